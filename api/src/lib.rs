@@ -1,0 +1,18 @@
+//! Slipway's shared types and trust core, with no I/O and no clock: release manifests,
+//! DSSE envelopes, the node's root of trust and its rotation, and the admission policy.
+//! Later: CRD types and wire types shared by the operator, the agent and the server.
+
+pub mod digest;
+pub mod dsse;
+pub mod error;
+pub mod keys;
+pub mod manifest;
+pub mod names;
+pub mod root;
+
+pub use digest::Sha256Digest;
+pub use dsse::{Envelope, KeySet};
+pub use error::{Error, Result};
+pub use keys::{PrivateKey, PublicKey};
+pub use manifest::{Manifest, admit};
+pub use root::{Root, TrustedRoot};

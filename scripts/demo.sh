@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The demo. Today Slipway has its trust core and CLI, so the demo walks through them for real:
+# keys, a 2-of-3 root of trust, a signed release, verification, and a tampered payload refused.
+# The fleet rollout across QEMU nodes with the dashboard replaces this once the engine, vm-tests,
+# operator and node-side issues have landed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== Slipway demo: signed releases (the QEMU fleet rollout is not built yet) =="
+cargo build -q --locked -p slipway-server --bin slipway
+S="$PWD/target/debug/slipway"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$work"
+
+step() { printf '\n$ %s\n' "$*"; "$@"; }
+
+step "$S" keygen --out keys --name alice
+step "$S" keygen --out keys --name bob
+step "$S" keygen --out keys --name carol
+step "$S" root init --key keys/alice.key --key keys/bob.key --public-key keys/carol.pub --threshold 2 --out root.json
+head -c $((16 << 20)) /dev/urandom > os.img
+cat > manifest.json <<JSON
+{"type": "slipway.dev/release/v1", "channel": "stable", "version": "2.0.0",
+ "expires": "$(date -u -d '+30 days' +%Y-%m-%dT%H:%M:%SZ)",
+ "os": {"url": "/v1/payloads/os", "size": 0, "sha256": "$(printf '0%.0s' $(seq 64))", "format": "raw"}}
+JSON
+step "$S" sign --key keys/alice.key --key keys/bob.key --os os.img --out release.json manifest.json
+step "$S" verify --root root.json --os os.img --running-version 1.0.0 release.json
+printf '\x01' | dd of=os.img bs=1 seek=4096 conv=notrunc status=none
+echo
+echo "# one byte of os.img changed:"
+if "$S" verify --root root.json --os os.img release.json; then
+  echo "demo: a tampered payload was accepted" >&2
+  exit 1
+fi
+echo
+echo "== done: the tampered payload was refused (exit 1), as a node would refuse it =="

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs, on a fresh Debian 12 machine, what Slipway's build and tests need. Idempotent and
+# quiet: when everything is present it does nothing (no apt-get update).
+set -euo pipefail
+
+# Debian packages the tests use. Keep this list the single source of truth.
+PACKAGES=(
+  build-essential pkg-config ca-certificates
+  openssl            # key interoperability tests (openssl reads our keys and we read its)
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install the Rust toolchain named in rust-toolchain.toml" >&2
+  exit 1
+fi

@@ -1,0 +1,556 @@
+//! `slipway`: the release manager's command line: keys, roots of trust, signing and verifying
+//! releases (later: publishing, promoting and pausing on an update server).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use semver::Version;
+use slipway_api::manifest::check_expiry;
+use slipway_api::{Envelope, Manifest, PrivateKey, PublicKey, Root, TrustedRoot, admit};
+use slipway_server::files::{create_new, digest_file, read_limited, write_atomic};
+
+/// Largest manifest, root or key file read (all are a few KiB at most).
+const SMALL_FILE_LIMIT: u64 = 1 << 20;
+
+#[derive(Parser)]
+#[command(
+    name = "slipway",
+    version,
+    about = "Manage Slipway signing keys, roots of trust and signed releases",
+    long_about = "Manage Slipway signing keys, roots of trust and signed releases.\n\n\
+        A typical first run:\n  \
+        slipway keygen --out keys --name release-1\n  \
+        slipway root init --key keys/release-1.key --threshold 1 --out root.json\n  \
+        slipway sign --key keys/release-1.key --os os.img.zst manifest.json > release.json\n  \
+        slipway verify --root root.json --os os.img.zst release.json"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an ed25519 key pair: NAME.key (PKCS#8 PEM, mode 0600) and NAME.pub (SPKI PEM).
+    Keygen {
+        /// Directory to write the key files into (created if missing).
+        #[arg(long)]
+        out: PathBuf,
+        /// Base name of the key files.
+        #[arg(long, default_value = "slipway")]
+        name: String,
+    },
+    /// Print the key id (sha256 of the raw public key) of a public or private key file.
+    KeyId {
+        /// A `.pub` or `.key` PEM file.
+        file: PathBuf,
+    },
+    /// Create, rotate, inspect and check roots of trust (`root.json`).
+    #[command(subcommand)]
+    Root(RootCommand),
+    /// Sign a release manifest into a DSSE envelope, filling in payload sizes and digests.
+    Sign(SignArgs),
+    /// Add signatures to an existing envelope (a release or a root), one key holder at a time.
+    Cosign {
+        /// Private key(s) to sign with.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// The envelope to add signatures to; it is rewritten in place unless --out is given.
+        envelope: PathBuf,
+        /// Write the result here instead.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Verify a signed release against a root of trust; prints the manifest on success.
+    Verify(VerifyArgs),
+}
+
+#[derive(Subcommand)]
+enum RootCommand {
+    /// Create root version 1, trusting the given keys, self-signed by the private ones.
+    Init {
+        /// Private keys: trusted, and they sign the new root.
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+        /// Public keys: trusted, but not signing now (their holders can `cosign` later).
+        #[arg(long = "public-key")]
+        public_keys: Vec<PathBuf>,
+        /// How many distinct keys must sign a release or the next root.
+        #[arg(long)]
+        threshold: u32,
+        /// Write the signed root here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Create root N+1, signed by a threshold of root N's keys and of its own.
+    Rotate {
+        /// The root currently trusted (version N).
+        #[arg(long)]
+        root: PathBuf,
+        /// Private keys of root N that sign the rotation.
+        #[arg(long = "old-key", required = true)]
+        old_keys: Vec<PathBuf>,
+        /// Private keys of root N+1: trusted, and they sign.
+        #[arg(long = "new-key", required = true)]
+        new_keys: Vec<PathBuf>,
+        /// Public keys of root N+1 that do not sign now.
+        #[arg(long = "new-public-key")]
+        new_public_keys: Vec<PathBuf>,
+        /// Threshold of root N+1 (default: root N's threshold).
+        #[arg(long)]
+        threshold: Option<u32>,
+        /// Write the signed root here (default: standard output).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a root (and optionally its rotations, in order) and print the resulting root.
+    Verify {
+        /// The trusted root (version N).
+        #[arg(long)]
+        root: PathBuf,
+        /// Rotated roots N+1, N+2, ... to check in order.
+        rotations: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct SignArgs {
+    /// Private key(s) to sign with.
+    #[arg(long = "key", required = true)]
+    keys: Vec<PathBuf>,
+    /// The OS payload file: its size and sha256 are written into `os`.
+    #[arg(long)]
+    os: Option<PathBuf>,
+    /// A runtime image payload, NAME=FILE: fills in the `runtime` entry named NAME.
+    #[arg(long = "runtime", value_name = "NAME=FILE", value_parser = parse_named_file)]
+    runtime: Vec<(String, PathBuf)>,
+    /// Write the envelope here (default: standard output).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The release manifest (JSON; see ARCHITECTURE.md for its fields).
+    manifest: PathBuf,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    /// The node's root of trust (`root.json`).
+    #[arg(long)]
+    root: PathBuf,
+    /// Also refuse what a node running this version would refuse (not newer, minFromVersion).
+    #[arg(long)]
+    running_version: Option<Version>,
+    /// Refuse a release signed for another channel.
+    #[arg(long)]
+    channel: Option<String>,
+    /// Check this file against the signed OS payload size and digest.
+    #[arg(long)]
+    os: Option<PathBuf>,
+    /// Check NAME=FILE against the signed runtime image NAME.
+    #[arg(long = "runtime", value_name = "NAME=FILE", value_parser = parse_named_file)]
+    runtime: Vec<(String, PathBuf)>,
+    /// Judge expiry at this instant (RFC 3339) instead of now.
+    #[arg(long)]
+    now: Option<jiff::Timestamp>,
+    /// The signed release envelope.
+    envelope: PathBuf,
+}
+
+fn parse_named_file(s: &str) -> Result<(String, PathBuf), String> {
+    let (name, file) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=FILE, got {s:?}"))?;
+    if name.is_empty() || file.is_empty() {
+        return Err(format!("expected NAME=FILE, got {s:?}"));
+    }
+    Ok((name.to_owned(), PathBuf::from(file)))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("slipway: error: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Keygen { out, name } => keygen(&out, &name),
+        Command::KeyId { file } => {
+            let text = read_text(&file)?;
+            let id = if text.contains("PRIVATE KEY") {
+                PrivateKey::from_pem(&text)
+                    .with_context(|| format!("{}", file.display()))?
+                    .id()
+                    .to_owned()
+            } else {
+                PublicKey::from_pem(&text)
+                    .with_context(|| format!("{}", file.display()))?
+                    .id()
+                    .to_owned()
+            };
+            print_stdout(&format!("{id}\n"))
+        }
+        Command::Root(cmd) => root(cmd),
+        Command::Sign(args) => sign(args),
+        Command::Cosign {
+            keys,
+            envelope,
+            out,
+        } => cosign(&keys, &envelope, out.as_deref()),
+        Command::Verify(args) => verify(args),
+    }
+}
+
+fn keygen(dir: &Path, name: &str) -> Result<()> {
+    if !slipway_api::manifest::is_valid_name(name) {
+        bail!("key name {name:?} must be 1-63 characters of letters, digits, '.', '_' or '-'");
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let key = PrivateKey::generate();
+    let secret = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub"));
+    for p in [&secret, &public] {
+        if p.exists() {
+            bail!(
+                "{} already exists; refusing to overwrite a key",
+                p.display()
+            );
+        }
+    }
+    create_new(&secret, key.to_pem().as_bytes(), 0o600)
+        .with_context(|| format!("writing {}", secret.display()))?;
+    create_new(&public, key.public().to_pem().as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", public.display()))?;
+    eprintln!(
+        "wrote {} (private, mode 0600) and {}",
+        secret.display(),
+        public.display()
+    );
+    print_stdout(&format!("{}\n", key.id()))
+}
+
+fn root(cmd: RootCommand) -> Result<()> {
+    match cmd {
+        RootCommand::Init {
+            keys,
+            public_keys,
+            threshold,
+            out,
+        } => {
+            let signers = load_private_keys(&keys)?;
+            let mut trusted: BTreeMap<String, PublicKey> = signers
+                .iter()
+                .map(|k| (k.id().to_owned(), k.public().clone()))
+                .collect();
+            for p in load_public_keys(&public_keys)? {
+                trusted.insert(p.id().to_owned(), p);
+            }
+            if trusted.is_empty() {
+                bail!("a root needs at least one key (--key or --public-key)");
+            }
+            let publics: Vec<&PublicKey> = trusted.values().collect();
+            let root = Root::new(1, threshold, &publics);
+            root.key_set()?;
+            let refs: Vec<&PrivateKey> = signers.iter().collect();
+            let env = root.sign(&refs);
+            let note = if signers.len() < threshold as usize {
+                format!(
+                    "; only {} of {threshold} required signatures so far: add more with `slipway cosign`",
+                    signers.len()
+                )
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "root version 1: {} keys, threshold {threshold}{note}",
+                trusted.len()
+            );
+            write_output(out.as_deref(), env.to_json_pretty().as_bytes())
+        }
+        RootCommand::Rotate {
+            root,
+            old_keys,
+            new_keys,
+            new_public_keys,
+            threshold,
+            out,
+        } => {
+            let current = load_root(&root)?;
+            let old_signers = load_private_keys(&old_keys)?;
+            let new_signers = load_private_keys(&new_keys)?;
+            let mut trusted: BTreeMap<String, PublicKey> = new_signers
+                .iter()
+                .map(|k| (k.id().to_owned(), k.public().clone()))
+                .collect();
+            for p in load_public_keys(&new_public_keys)? {
+                trusted.insert(p.id().to_owned(), p);
+            }
+            let threshold = threshold.unwrap_or(current.key_set().threshold());
+            let publics: Vec<&PublicKey> = trusted.values().collect();
+            let next = Root::new(current.version() + 1, threshold, &publics);
+            next.key_set()?;
+            let refs: Vec<&PrivateKey> = old_signers.iter().chain(&new_signers).collect();
+            let env = next.sign(&refs);
+            // Check the result the way a node will, so a short-signed rotation is caught here.
+            let bytes = env.to_json_pretty();
+            match current.rotate(bytes.as_bytes()) {
+                Ok(_) => eprintln!(
+                    "root version {}: {} keys, threshold {threshold}; a node trusting version {} accepts it",
+                    next.version,
+                    trusted.len(),
+                    current.version()
+                ),
+                Err(e) => eprintln!(
+                    "root version {} written, but not yet acceptable to nodes: {e}; add signatures with `slipway cosign`",
+                    next.version
+                ),
+            }
+            write_output(out.as_deref(), bytes.as_bytes())
+        }
+        RootCommand::Verify { root, rotations } => {
+            let mut trusted = load_root(&root)?;
+            for path in &rotations {
+                let bytes = read_limited(path, SMALL_FILE_LIMIT)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                trusted = trusted
+                    .rotate(&bytes)
+                    .with_context(|| format!("{}", path.display()))?;
+            }
+            let r = trusted.root();
+            let mut text = format!(
+                "root version {}: threshold {} of {} keys\n",
+                r.version,
+                r.threshold,
+                r.keys.len()
+            );
+            for id in r.keys.keys() {
+                text.push_str(&format!("  {id}\n"));
+            }
+            print_stdout(&text)
+        }
+    }
+}
+
+fn sign(args: SignArgs) -> Result<()> {
+    let path = &args.manifest;
+    let text = read_text(path)?;
+    let mut value: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{}: not valid JSON", path.display()))?;
+    if let Some(os) = &args.os {
+        let (size, sha256) = hash_payload(os)?;
+        let obj = value
+            .get_mut("os")
+            .and_then(|v| v.as_object_mut())
+            .ok_or_else(|| anyhow!("{}: has no \"os\" object to fill in", path.display()))?;
+        obj.insert("size".into(), size.into());
+        obj.insert("sha256".into(), sha256.to_hex().into());
+    }
+    for (name, file) in &args.runtime {
+        let (size, sha256) = hash_payload(file)?;
+        let entry = value
+            .get_mut("runtime")
+            .and_then(|v| v.as_array_mut())
+            .and_then(|list| {
+                list.iter_mut()
+                    .find(|e| e.get("name").and_then(|n| n.as_str()) == Some(name))
+            })
+            .and_then(|e| e.as_object_mut())
+            .ok_or_else(|| {
+                anyhow!(
+                    "{}: lists no runtime image named {name:?} to fill in",
+                    path.display()
+                )
+            })?;
+        entry.insert("size".into(), size.into());
+        entry.insert("sha256".into(), sha256.to_hex().into());
+    }
+    let manifest: Manifest = serde_json::from_value(value)
+        .with_context(|| format!("{}: not a valid release manifest", path.display()))?;
+    manifest
+        .validate()
+        .with_context(|| format!("{}", path.display()))?;
+    check_expiry(&manifest, jiff::Timestamp::now()).with_context(|| {
+        format!(
+            "{}: refusing to sign a release that nodes would refuse",
+            path.display()
+        )
+    })?;
+    let keys = load_private_keys(&args.keys)?;
+    let refs: Vec<&PrivateKey> = keys.iter().collect();
+    let env = manifest.sign(&refs);
+    eprintln!(
+        "signed release {} for channel {} with {} key(s): {}",
+        manifest.version,
+        manifest.channel,
+        env.signatures.len(),
+        env.signatures
+            .iter()
+            .map(|s| &s.keyid[..16])
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    write_output(args.out.as_deref(), env.to_json_pretty().as_bytes())
+}
+
+fn cosign(keys: &[PathBuf], envelope: &Path, out: Option<&Path>) -> Result<()> {
+    let bytes = read_limited(envelope, SMALL_FILE_LIMIT)
+        .with_context(|| format!("reading {}", envelope.display()))?;
+    let mut env = Envelope::from_json(&bytes).with_context(|| format!("{}", envelope.display()))?;
+    let before = env.signatures.len();
+    for key in load_private_keys(keys)? {
+        env.add_signature(&key)
+            .with_context(|| format!("{}", envelope.display()))?;
+    }
+    eprintln!(
+        "{}: {} signature(s) added, {} in all",
+        envelope.display(),
+        env.signatures.len() - before,
+        env.signatures.len()
+    );
+    write_output(
+        Some(out.unwrap_or(envelope)),
+        env.to_json_pretty().as_bytes(),
+    )
+}
+
+fn verify(args: VerifyArgs) -> Result<()> {
+    let root = load_root(&args.root)?;
+    let bytes = read_limited(&args.envelope, SMALL_FILE_LIMIT)
+        .with_context(|| format!("reading {}", args.envelope.display()))?;
+    let manifest = root
+        .verify_release(&bytes)
+        .with_context(|| format!("{}", args.envelope.display()))?;
+    let now = args.now.unwrap_or_else(jiff::Timestamp::now);
+    match &args.running_version {
+        Some(running) => admit(&manifest, running, now),
+        None => check_expiry(&manifest, now),
+    }
+    .with_context(|| format!("{}", args.envelope.display()))?;
+    if let Some(channel) = &args.channel {
+        manifest.check_channel(channel)?;
+    }
+    if let Some(os) = &args.os {
+        check_payload(os, "os payload", manifest.os.size, &manifest.os.sha256)?;
+    }
+    for (name, file) in &args.runtime {
+        let image = manifest
+            .runtime
+            .iter()
+            .find(|r| &r.name == name)
+            .ok_or_else(|| {
+                anyhow!(
+                    "release {} has no runtime image named {name:?}",
+                    manifest.version
+                )
+            })?;
+        check_payload(
+            file,
+            &format!("runtime image {name}"),
+            image.size,
+            &image.sha256,
+        )?;
+    }
+    let mut text = serde_json::to_string_pretty(&manifest)?;
+    text.push('\n');
+    print_stdout(&text)
+}
+
+fn check_payload(
+    file: &Path,
+    what: &str,
+    size: u64,
+    sha256: &slipway_api::Sha256Digest,
+) -> Result<()> {
+    let f = fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+    let (got_size, got) = slipway_server::files::digest_reader(f, size)
+        .with_context(|| format!("reading {}", file.display()))?;
+    if got_size > size {
+        bail!(
+            "{what} {}: larger than the signed size of {size} bytes",
+            file.display()
+        );
+    }
+    if got_size < size {
+        bail!(
+            "{what} {}: {got_size} bytes, but the signed size is {size}",
+            file.display()
+        );
+    }
+    if got != *sha256 {
+        bail!(
+            "{what} {}: sha256 digest mismatch: signed {sha256}, file has {got}",
+            file.display()
+        );
+    }
+    Ok(())
+}
+
+fn hash_payload(file: &Path) -> Result<(u64, slipway_api::Sha256Digest)> {
+    let (size, digest) =
+        digest_file(file).with_context(|| format!("hashing {}", file.display()))?;
+    if size == 0 {
+        bail!("{} is empty", file.display());
+    }
+    Ok((size, digest))
+}
+
+fn load_root(path: &Path) -> Result<TrustedRoot> {
+    let bytes = read_limited(path, SMALL_FILE_LIMIT)
+        .with_context(|| format!("reading {}", path.display()))?;
+    TrustedRoot::bootstrap(&bytes)
+        .with_context(|| format!("{}: not a valid root of trust", path.display()))
+}
+
+fn load_private_keys(paths: &[PathBuf]) -> Result<Vec<PrivateKey>> {
+    paths
+        .iter()
+        .map(|p| {
+            let text = read_text(p)?;
+            PrivateKey::from_pem(&text).with_context(|| format!("{}", p.display()))
+        })
+        .collect()
+}
+
+fn load_public_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
+    paths
+        .iter()
+        .map(|p| {
+            let text = read_text(p)?;
+            PublicKey::from_pem(&text).with_context(|| format!("{}", p.display()))
+        })
+        .collect()
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = read_limited(path, SMALL_FILE_LIMIT)
+        .with_context(|| format!("reading {}", path.display()))?;
+    String::from_utf8(bytes).map_err(|_| anyhow!("{}: not UTF-8 text", path.display()))
+}
+
+fn write_output(out: Option<&Path>, bytes: &[u8]) -> Result<()> {
+    match out {
+        Some(path) => {
+            write_atomic(path, bytes, 0o644).with_context(|| format!("writing {}", path.display()))
+        }
+        None => {
+            let mut stdout = io::stdout().lock();
+            stdout
+                .write_all(bytes)
+                .and_then(|()| stdout.flush())
+                .context("writing to standard output")
+        }
+    }
+}
+
+fn print_stdout(text: &str) -> Result<()> {
+    write_output(None, text.as_bytes())
+}
