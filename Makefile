@@ -11,8 +11,7 @@ setup: ## Install what the build and tests need (Debian packages; idempotent)
 	@scripts/setup.sh
 
 test: setup ## Run every test (unit, integration, CLI end to end)
-	$(CARGO) test --workspace --all-targets --locked
-	$(CARGO) test --workspace --doc --locked
+	@scripts/test.sh
 
 demo: setup ## Run the demo (today: the signing tour; the QEMU fleet rollout comes with issue 9)
 	@scripts/demo.sh
