@@ -9,6 +9,7 @@ pub mod keys;
 pub mod manifest;
 pub mod names;
 pub mod root;
+pub mod wire;
 
 pub use digest::Sha256Digest;
 pub use dsse::{Envelope, KeySet};

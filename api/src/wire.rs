@@ -1,0 +1,136 @@
+//! Wire types of the update-server protocol (JSON over HTTPS; see ARCHITECTURE.md), shared by
+//! the engine (client) and the server. Unknown fields are ignored here, unlike in signed
+//! documents, so that newer clients can talk to older servers.
+
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+use crate::dsse::Envelope;
+
+/// `POST /v1/check`: a machine asks whether an update is due.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckRequest {
+    /// The machine's stable id (e.g. `/etc/machine-id`).
+    pub machine_id: String,
+    /// The channel it follows.
+    pub channel: String,
+    /// Its group (maps to a RolloutPolicy / FleetLock group); empty for none.
+    #[serde(default)]
+    pub group: String,
+    /// The OS version it runs.
+    pub version: Version,
+    /// Its architecture (`x86_64`, `aarch64`).
+    pub arch: String,
+    /// The current boot's id (`/proc/sys/kernel/random/boot_id`).
+    #[serde(default)]
+    pub boot_id: String,
+}
+
+/// The answer to a check: a signed release envelope, or none.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckResponse {
+    /// The release to apply, still to be verified by the machine.
+    pub update: Option<Envelope>,
+}
+
+/// `POST /v1/events`: a machine reports a step of its update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventReport {
+    /// The reporting machine.
+    pub machine_id: String,
+    /// The version the event is about (the target while updating, the running one otherwise).
+    pub version: Version,
+    /// What happened.
+    pub event: EventKind,
+    /// Human-readable detail (an error message for `failed` / `rolled-back`).
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// The steps a machine reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EventKind {
+    /// Asked the server for an update.
+    Checked,
+    /// Started (or resumed) downloading a release.
+    Downloading,
+    /// Wrote and verified the inactive slot; ready to reboot.
+    Staged,
+    /// Rebooting into the new slot.
+    Rebooting,
+    /// Booted a new slot (on trial).
+    Booted,
+    /// Health checks passed; the slot is marked good.
+    Healthy,
+    /// The update failed (download, verification, write, health).
+    Failed,
+    /// The machine fell back to the previous slot.
+    RolledBack,
+}
+
+impl EventKind {
+    /// Every kind, in lifecycle order.
+    pub const ALL: [EventKind; 8] = [
+        EventKind::Checked,
+        EventKind::Downloading,
+        EventKind::Staged,
+        EventKind::Rebooting,
+        EventKind::Booted,
+        EventKind::Healthy,
+        EventKind::Failed,
+        EventKind::RolledBack,
+    ];
+
+    /// The wire name (`rolled-back`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Checked => "checked",
+            EventKind::Downloading => "downloading",
+            EventKind::Staged => "staged",
+            EventKind::Rebooting => "rebooting",
+            EventKind::Booted => "booted",
+            EventKind::Healthy => "healthy",
+            EventKind::Failed => "failed",
+            EventKind::RolledBack => "rolled-back",
+        }
+    }
+}
+
+/// The error body every non-2xx answer of the server carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// A stable, machine-readable kind (`bad-request`, `not-found`, `unauthorized`, ...).
+    pub kind: String,
+    /// What went wrong, for humans.
+    pub message: String,
+}
+
+/// A machine id: 1-128 characters of `[A-Za-z0-9._-]` (a systemd machine id is 32 hex digits).
+pub fn is_valid_machine_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_use_their_wire_names() {
+        for k in EventKind::ALL {
+            let json = serde_json::to_string(&k).unwrap();
+            assert_eq!(json, format!("\"{}\"", k.as_str()));
+        }
+    }
+
+    #[test]
+    fn no_update_is_null() {
+        let r = CheckResponse { update: None };
+        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"update":null}"#);
+    }
+}

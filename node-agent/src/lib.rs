@@ -1,0 +1,6 @@
+//! `slipway-agent`: the update engine (`engine`, a systemd service owning the D-Bus name
+//! `dev.slipway.Engine1`: checks, downloads, verifies and writes the inactive slot, drives the
+//! boot loader) and, later, the node side (`node`, the DaemonSet bridging the engine and
+//! Kubernetes).
+
+pub mod engine;
