@@ -4,3 +4,6 @@
 //! Kubernetes).
 
 pub mod engine;
+pub mod error;
+
+pub use error::{Error, Result};

@@ -1,7 +1,16 @@
-//! The update engine: a pure state machine (`machine`), and the I/O that runs it: slots, boot
-//! backends, downloads, the D-Bus service.
+//! The update engine: a pure state machine (`machine`), and the I/O that runs it (`runner`):
+//! slots, boot backends, downloads, runtime images, the D-Bus service, persisted state.
 
 pub mod boot;
+pub mod dbus;
+pub mod download;
+pub mod machine;
+pub mod runner;
+pub mod settings;
 pub mod slot;
+pub mod store;
+pub mod sysext;
 
+pub use runner::{Engine, Facts, Snapshot};
+pub use settings::Settings;
 pub use slot::Slot;

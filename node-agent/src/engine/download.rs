@@ -1,0 +1,538 @@
+//! Streaming a payload into a slot in one pass: HTTP body → SHA-256 of the served bytes →
+//! decompression (zstd / xz / none) → a writer thread that writes and fsyncs the slot. Memory
+//! is bounded by a few fixed buffers whatever the payload size; the network/hash side and the
+//! write side run on different threads so that hashing and writing overlap.
+//!
+//! Durable checkpoints (`Checkpoint`) are taken every `checkpoint_bytes` at positions where the
+//! decoder can restart (anywhere for raw payloads, at frame/stream ends for zstd/xz): the slot is
+//! fsynced first, then the checkpoint — with both hash states serialized — is handed to the
+//! runner to persist. A restarted engine resumes with an HTTP `Range` request from there.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::time::Duration;
+
+use sha2::digest::common::hazmat::SerializableState;
+use sha2::{Digest as _, Sha256};
+use slipway_api::Sha256Digest;
+use slipway_api::manifest::PayloadFormat;
+
+use super::machine::Checkpoint;
+use crate::error::{Error, Result};
+
+/// Size of the buffers handed to the writer thread.
+const WRITE_BUF: usize = 1 << 20;
+/// Buffers in flight between the network side and the writer.
+const QUEUE_DEPTH: usize = 4;
+/// Scratch output of one decompression call.
+const DECODE_BUF: usize = 256 << 10;
+
+/// One payload to write into one slot.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Absolute payload URL.
+    pub url: String,
+    /// Signed size of the served bytes.
+    pub size: u64,
+    /// Signed SHA-256 of the served bytes.
+    pub sha256: Sha256Digest,
+    /// Encoding of the served bytes.
+    pub format: PayloadFormat,
+    /// The slot (file or block device) to write. Never the booted slot: the caller checks.
+    pub slot_path: PathBuf,
+    /// Where to resume (default: from the start).
+    pub from: Checkpoint,
+    /// Bytes between durable checkpoints.
+    pub checkpoint_bytes: u64,
+    /// Longest wait for the next bytes from the server.
+    pub idle_timeout: Duration,
+}
+
+/// What a finished download wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Bytes written into the slot.
+    pub written: u64,
+    /// SHA-256 of the bytes written into the slot.
+    pub written_digest: Sha256Digest,
+}
+
+/// Live progress: served bytes so far (for D-Bus properties and progress bars).
+pub type Progress = Arc<AtomicU64>;
+
+fn hash_state(h: &Sha256) -> String {
+    hex::encode(h.serialize().as_slice())
+}
+
+fn restore_hash(hexed: &str) -> Option<Sha256> {
+    if hexed.is_empty() {
+        return Some(Sha256::new());
+    }
+    let bytes = hex::decode(hexed).ok()?;
+    let state = bytes.as_slice().try_into().ok()?;
+    Sha256::deserialize(state).ok()
+}
+
+enum Msg {
+    Data(Vec<u8>),
+    Checkpoint(Checkpoint),
+    Finish,
+}
+
+/// The decoder of the served bytes, able to say where it may restart.
+enum Decoder {
+    Raw,
+    Zstd(Box<zstd::stream::raw::Decoder<'static>>),
+    Xz(Box<liblzma::stream::Stream>),
+}
+
+/// One decode call: how much input was consumed, how much output produced, and whether the
+/// decoder now sits at a restartable boundary (end of a zstd frame / xz stream).
+struct Step {
+    consumed: usize,
+    produced: usize,
+    boundary: bool,
+}
+
+impl Decoder {
+    fn new(format: PayloadFormat, url: &str) -> Result<Self> {
+        let fail = |e: std::io::Error| Error::Payload {
+            url: url.into(),
+            reason: format!("decoder: {e}"),
+        };
+        Ok(match format {
+            PayloadFormat::Raw => Decoder::Raw,
+            PayloadFormat::Zstd => {
+                Decoder::Zstd(Box::new(zstd::stream::raw::Decoder::new().map_err(fail)?))
+            }
+            PayloadFormat::Xz => Decoder::Xz(Box::new(new_xz(url)?)),
+        })
+    }
+
+    fn step(&mut self, input: &[u8], out: &mut [u8], url: &str) -> Result<Step> {
+        use zstd::stream::raw::{InBuffer, Operation, OutBuffer};
+        let bad = |reason: String| Error::Payload {
+            url: url.into(),
+            reason,
+        };
+        match self {
+            Decoder::Raw => {
+                let n = input.len().min(out.len());
+                out[..n].copy_from_slice(&input[..n]);
+                Ok(Step {
+                    consumed: n,
+                    produced: n,
+                    boundary: true,
+                })
+            }
+            Decoder::Zstd(d) => {
+                let mut inb = InBuffer::around(input);
+                let mut outb = OutBuffer::around(out);
+                let hint = d
+                    .run(&mut inb, &mut outb)
+                    .map_err(|e| bad(format!("zstd: {e}")))?;
+                Ok(Step {
+                    consumed: inb.pos(),
+                    produced: outb.pos(),
+                    boundary: hint == 0,
+                })
+            }
+            Decoder::Xz(s) => {
+                let (in0, out0) = (s.total_in(), s.total_out());
+                let status = s
+                    .process(input, out, liblzma::stream::Action::Run)
+                    .map_err(|e| bad(format!("xz: {e}")))?;
+                let step = Step {
+                    consumed: (s.total_in() - in0) as usize,
+                    produced: (s.total_out() - out0) as usize,
+                    boundary: status == liblzma::stream::Status::StreamEnd,
+                };
+                if step.boundary {
+                    // A concatenated payload continues with a fresh stream.
+                    **s = new_xz(url)?;
+                }
+                Ok(step)
+            }
+        }
+    }
+}
+
+fn new_xz(url: &str) -> Result<liblzma::stream::Stream> {
+    liblzma::stream::Stream::new_stream_decoder(u64::MAX, 0).map_err(|e| Error::Payload {
+        url: url.into(),
+        reason: format!("xz decoder: {e}"),
+    })
+}
+
+/// The network-side half: hashing, decoding, batching for the writer.
+struct Pipeline {
+    url: String,
+    size: u64,
+    compressed: bool,
+    served: u64,
+    served_hash: Sha256,
+    written: u64,
+    written_hash: Sha256,
+    decoder: Decoder,
+    at_boundary: bool,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    last_checkpoint: u64,
+    checkpoint_bytes: u64,
+    tx: SyncSender<Msg>,
+    progress: Progress,
+}
+
+impl Pipeline {
+    fn send(&self, msg: Msg) -> Result<()> {
+        // The writer only hangs up when it failed; its error is reported by `join`.
+        self.tx.send(msg).map_err(|_| Error::Payload {
+            url: self.url.clone(),
+            reason: "slot writer stopped".into(),
+        })
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            let full = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_BUF));
+            self.send(Msg::Data(full))?;
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, mut chunk: &[u8]) -> Result<()> {
+        if self.served + chunk.len() as u64 > self.size {
+            return Err(Error::Payload {
+                url: self.url.clone(),
+                reason: format!(
+                    "server sent more than the signed size of {} bytes; stopped reading",
+                    self.size
+                ),
+            });
+        }
+        while !chunk.is_empty() {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let step = self.decoder.step(chunk, &mut scratch, &self.url)?;
+            self.served_hash.update(&chunk[..step.consumed]);
+            self.served += step.consumed as u64;
+            chunk = &chunk[step.consumed..];
+            self.emit(&scratch[..step.produced])?;
+            self.scratch = scratch;
+            if step.consumed > 0 || step.produced > 0 {
+                self.at_boundary = step.boundary;
+            }
+            if step.boundary && self.written - self.last_checkpoint >= self.checkpoint_bytes {
+                self.checkpoint()?;
+            }
+            if step.consumed == 0 && step.produced == 0 {
+                return Err(Error::Payload {
+                    url: self.url.clone(),
+                    reason: "decoder made no progress (corrupt compressed payload)".into(),
+                });
+            }
+        }
+        // A zstd/xz decoder may hold output it could not fit; drain it.
+        while self.compressed {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let step = self.decoder.step(&[], &mut scratch, &self.url)?;
+            self.emit(&scratch[..step.produced])?;
+            self.scratch = scratch;
+            if step.produced > 0 {
+                self.at_boundary = step.boundary;
+            }
+            if step.produced < DECODE_BUF {
+                break;
+            }
+        }
+        self.progress.store(self.served, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn emit(&mut self, out: &[u8]) -> Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        if self.compressed {
+            self.written_hash.update(out);
+        }
+        self.written += out.len() as u64;
+        let mut rest = out;
+        while !rest.is_empty() {
+            let room = WRITE_BUF - self.buf.len();
+            let n = room.min(rest.len());
+            self.buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if self.buf.len() == WRITE_BUF {
+                self.flush()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        self.flush()?;
+        self.last_checkpoint = self.written;
+        let cp = Checkpoint {
+            served: self.served,
+            written: self.written,
+            served_hash: hash_state(&self.served_hash),
+            written_hash: if self.compressed {
+                hash_state(&self.written_hash)
+            } else {
+                String::new()
+            },
+        };
+        self.send(Msg::Checkpoint(cp))
+    }
+}
+
+/// Writes `job`'s payload into its slot. `on_checkpoint` is called (from the writer thread)
+/// after each fsync with a checkpoint that is safe to persist.
+pub async fn run(
+    client: &reqwest::Client,
+    job: Job,
+    progress: Progress,
+    on_checkpoint: impl Fn(Checkpoint) + Send + 'static,
+) -> Result<Outcome> {
+    let url = job.url.clone();
+    let payload_err = |reason: String| Error::Payload {
+        url: url.clone(),
+        reason,
+    };
+    let interrupted = |reason: String| Error::Interrupted {
+        url: url.clone(),
+        reason,
+    };
+    let mut from = job.from.clone();
+    if from.served > job.size {
+        from = Checkpoint::default();
+    }
+    let (served_hash, written_hash) = match (
+        restore_hash(&from.served_hash),
+        restore_hash(&from.written_hash),
+    ) {
+        (Some(a), Some(b)) => (a, b),
+        _ => {
+            tracing::warn!(url = %url, "checkpoint hash state unreadable; restarting download");
+            from = Checkpoint::default();
+            (Sha256::new(), Sha256::new())
+        }
+    };
+
+    let mut request = client.get(&job.url);
+    if from.served > 0 {
+        request = request.header(reqwest::header::RANGE, format!("bytes={}-", from.served));
+    }
+    let mut resp = tokio::time::timeout(job.idle_timeout, request.send())
+        .await
+        .map_err(|_| interrupted(format!("no answer within {:?}", job.idle_timeout)))?
+        .map_err(|e| interrupted(format!("request failed: {e}")))?;
+    let status = resp.status();
+    let (served_hash, written_hash) = match status.as_u16() {
+        206 if from.served > 0 => {
+            let expected = format!("bytes {}-{}/{}", from.served, job.size - 1, job.size);
+            let got = resp
+                .headers()
+                .get(reqwest::header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if got != expected {
+                return Err(payload_err(format!(
+                    "resumed with Content-Range {got:?}, expected {expected:?}"
+                )));
+            }
+            (served_hash, written_hash)
+        }
+        200 => {
+            if from.served > 0 {
+                tracing::info!(url = %url, "server ignored Range; restarting from byte 0");
+            }
+            from = Checkpoint::default();
+            (Sha256::new(), Sha256::new())
+        }
+        s if (500..600).contains(&s) || s == 408 || s == 429 => {
+            return Err(interrupted(format!("HTTP {status}")));
+        }
+        _ => return Err(payload_err(format!("HTTP {status}"))),
+    };
+    if let Some(len) = resp.content_length()
+        && from.served + len != job.size
+    {
+        return Err(payload_err(format!(
+            "server announces {} bytes, the signed size is {}",
+            from.served + len,
+            job.size
+        )));
+    }
+
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&job.slot_path)
+        .map_err(|e| Error::io(&job.slot_path, e))?;
+    let (tx, rx) = sync_channel::<Msg>(QUEUE_DEPTH);
+    let slot_path = job.slot_path.clone();
+    let start = from.written;
+    let writer = std::thread::Builder::new()
+        .name("slot-writer".into())
+        .spawn(move || write_slot(file, slot_path, start, rx, on_checkpoint))
+        .map_err(|e| Error::io(&job.slot_path, e))?;
+
+    let mut pipe = Pipeline {
+        url: url.clone(),
+        size: job.size,
+        compressed: job.format != PayloadFormat::Raw,
+        served: from.served,
+        served_hash,
+        written: from.written,
+        written_hash,
+        decoder: Decoder::new(job.format, &url)?,
+        at_boundary: true,
+        buf: Vec::with_capacity(WRITE_BUF),
+        scratch: vec![0u8; DECODE_BUF],
+        last_checkpoint: from.written,
+        checkpoint_bytes: job.checkpoint_bytes,
+        tx,
+        progress,
+    };
+    let streamed: Result<()> = async {
+        loop {
+            let chunk = tokio::time::timeout(job.idle_timeout, resp.chunk())
+                .await
+                .map_err(|_| {
+                    interrupted(format!(
+                        "no bytes for {:?} at byte {}",
+                        job.idle_timeout, pipe.served
+                    ))
+                })?
+                .map_err(|e| {
+                    interrupted(format!("connection failed at byte {}: {e}", pipe.served))
+                })?;
+            match chunk {
+                Some(bytes) => pipe.push(&bytes)?,
+                None => break,
+            }
+        }
+        if pipe.served != job.size {
+            // Indistinguishable from a connection cut short: resume later.
+            return Err(interrupted(format!(
+                "the server ended the body at byte {} of {}",
+                pipe.served, job.size
+            )));
+        }
+        if !pipe.at_boundary {
+            return Err(payload_err(
+                "compressed payload ends inside a frame (truncated or corrupt)".into(),
+            ));
+        }
+        let served = Sha256Digest::from_hasher(pipe.served_hash.clone());
+        if served != job.sha256 {
+            return Err(payload_err(format!(
+                "sha256 digest mismatch: signed {}, served bytes hash to {served}",
+                job.sha256
+            )));
+        }
+        pipe.flush()?;
+        pipe.send(Msg::Finish)
+    }
+    .await;
+    let written_digest = if pipe.compressed {
+        Sha256Digest::from_hasher(pipe.written_hash.clone())
+    } else {
+        job.sha256
+    };
+    let written = pipe.written;
+    drop(pipe); // hang up, so a writer waiting for more stops
+    let wrote = tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .map_err(|e| payload_err(format!("writer task: {e}")))?
+        .map_err(|_| payload_err("slot writer panicked".into()))?;
+    match (streamed, wrote) {
+        // The writer's own failure (e.g. disk full) explains a "writer stopped" on our side.
+        (_, Err(e)) => Err(e),
+        (Err(e), Ok(_)) => Err(e),
+        (Ok(()), Ok(total)) => {
+            debug_assert_eq!(total, written);
+            Ok(Outcome {
+                written,
+                written_digest,
+            })
+        }
+    }
+}
+
+/// The writer thread: positional writes, fsync at checkpoints and at the end.
+fn write_slot(
+    file: std::fs::File,
+    path: PathBuf,
+    mut offset: u64,
+    rx: Receiver<Msg>,
+    on_checkpoint: impl Fn(Checkpoint),
+) -> Result<u64> {
+    let io = |e| Error::io(&path, e);
+    loop {
+        match rx.recv() {
+            Ok(Msg::Data(buf)) => {
+                file.write_all_at(&buf, offset).map_err(io)?;
+                offset += buf.len() as u64;
+            }
+            Ok(Msg::Checkpoint(cp)) => {
+                file.sync_data().map_err(io)?;
+                fail::fail_point!("download-after-checkpoint-fsync");
+                on_checkpoint(cp);
+            }
+            Ok(Msg::Finish) => {
+                file.sync_all().map_err(io)?;
+                return Ok(offset);
+            }
+            // The network side gave up; its error is the one reported.
+            Err(_) => return Ok(offset),
+        }
+    }
+}
+
+/// Re-reads `len` bytes of the slot at `path` and returns their SHA-256 (the check before the
+/// boot selection flips).
+pub fn digest_slot(path: &std::path::Path, len: u64) -> Result<Sha256Digest> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut reader = file.take(len);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; WRITE_BUF];
+    let mut total = 0u64;
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        total += n as u64;
+    }
+    if total != len {
+        return Err(Error::Verify {
+            slot: path.display().to_string(),
+            reason: format!("slot holds {total} bytes, {len} were written"),
+        });
+    }
+    Ok(Sha256Digest::from_hasher(hasher))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_state_round_trips_mid_stream() {
+        let mut h = Sha256::new();
+        h.update(b"hello ");
+        let saved = hash_state(&h);
+        let mut again = restore_hash(&saved).unwrap();
+        h.update(b"world");
+        again.update(b"world");
+        assert_eq!(h.finalize(), again.finalize());
+        assert!(restore_hash("zz").is_none());
+    }
+}

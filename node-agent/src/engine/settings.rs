@@ -1,0 +1,360 @@
+//! The engine's settings: TOML drop-ins read once at start-up (Zincati-style), first
+//! `/usr/lib/slipway/engine.d/*.toml` (the image's defaults), then `/etc/slipway/engine.d/*.toml`
+//! (the admin's overrides), each directory in file-name order, later keys winning. Unknown keys
+//! are errors, so a typo never silently keeps a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::error::{Error, Result};
+
+/// Where drop-ins are read from, lowest priority first.
+pub const DEFAULT_CONFIG_DIRS: [&str; 2] = ["/usr/lib/slipway/engine.d", "/etc/slipway/engine.d"];
+
+/// Everything the engine is configured with.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    /// The update server's base URL.
+    pub server: url::Url,
+    /// The channel this machine follows.
+    #[serde(default = "defaults::channel")]
+    pub channel: String,
+    /// The machine's group (RolloutPolicy / FleetLock group).
+    #[serde(default)]
+    pub group: String,
+    /// The signed root of trust.
+    #[serde(default = "defaults::root")]
+    pub root: PathBuf,
+    /// Where the engine keeps its state (a persistent partition).
+    #[serde(default = "defaults::state_dir")]
+    pub state_dir: PathBuf,
+    /// The machine id file.
+    #[serde(default = "defaults::machine_id")]
+    pub machine_id_file: PathBuf,
+    /// The os-release file of the booted slot; its `SLIPWAY_VERSION` (or a semver
+    /// `VERSION_ID`) is the running version.
+    #[serde(default = "defaults::os_release")]
+    pub os_release: PathBuf,
+    /// The kernel command line (`slipway.slot=A|B` names the booted slot).
+    #[serde(default = "defaults::cmdline")]
+    pub cmdline: PathBuf,
+    /// The current boot's id.
+    #[serde(default = "defaults::boot_id")]
+    pub boot_id_file: PathBuf,
+    /// How often to check for updates (`30s`, `15m`, `1h`).
+    #[serde(default = "defaults::check_interval", deserialize_with = "duration")]
+    pub check_interval: Duration,
+    /// Download as soon as an update is found.
+    #[serde(default = "defaults::yes")]
+    pub auto_download: bool,
+    /// Trial boots granted to a new slot before the boot loader falls back.
+    #[serde(default = "defaults::boot_tries")]
+    pub boot_tries: u32,
+    /// Bytes between durable download checkpoints.
+    #[serde(default = "defaults::checkpoint_bytes")]
+    pub checkpoint_bytes: u64,
+    /// HTTP timeouts (connect, and idle between received bytes).
+    #[serde(default = "defaults::http_timeout", deserialize_with = "duration")]
+    pub http_timeout: Duration,
+    /// Maximum queued reports kept while the server is unreachable.
+    #[serde(default = "defaults::outbox_limit")]
+    pub outbox_limit: usize,
+    /// The two slots.
+    #[serde(default)]
+    pub slots: SlotPaths,
+    /// The boot loader.
+    #[serde(default)]
+    pub boot: BootSettings,
+    /// Runtime (sysext) images.
+    #[serde(default)]
+    pub runtime: RuntimeSettings,
+}
+
+/// Paths of the two slots: block devices in production, files in tests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlotPaths {
+    /// Slot A.
+    pub a: PathBuf,
+    /// Slot B.
+    pub b: PathBuf,
+}
+
+impl Default for SlotPaths {
+    fn default() -> Self {
+        Self {
+            a: "/dev/disk/by-partlabel/SLIPWAY_A".into(),
+            b: "/dev/disk/by-partlabel/SLIPWAY_B".into(),
+        }
+    }
+}
+
+/// Which boot backend, and where its state lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "backend", rename_all = "kebab-case")]
+pub enum BootSettings {
+    /// GRUB environment block.
+    Grub {
+        /// The `grubenv` file.
+        grubenv: PathBuf,
+    },
+    /// systemd-boot boot counting.
+    SystemdBoot {
+        /// The ESP mount point.
+        esp: PathBuf,
+    },
+    /// ChromeOS/CoreOS GPT attributes.
+    Gpt {
+        /// The disk holding the slots' partitions.
+        disk: PathBuf,
+    },
+}
+
+impl Default for BootSettings {
+    fn default() -> Self {
+        BootSettings::Grub {
+            grubenv: "/boot/grub/grubenv".into(),
+        }
+    }
+}
+
+/// Runtime (sysext) images.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case", default)]
+pub struct RuntimeSettings {
+    /// Where sysext images go.
+    pub extensions_dir: PathBuf,
+    /// Units restarted after a runtime image changes.
+    pub restart_units: Vec<String>,
+    /// Where the image each update replaces is kept, for rolling back a failed restart
+    /// (outside the extensions directory, so systemd-sysext never merges it).
+    pub previous_dir: PathBuf,
+}
+
+impl Default for RuntimeSettings {
+    fn default() -> Self {
+        Self {
+            extensions_dir: "/var/lib/extensions".into(),
+            restart_units: vec!["containerd.service".into(), "kubelet.service".into()],
+            previous_dir: "/var/lib/slipway/extensions.previous".into(),
+        }
+    }
+}
+
+mod defaults {
+    use std::path::PathBuf;
+    use std::time::Duration;
+
+    pub fn channel() -> String {
+        "stable".into()
+    }
+    pub fn root() -> PathBuf {
+        "/etc/slipway/root.json".into()
+    }
+    pub fn state_dir() -> PathBuf {
+        "/var/lib/slipway".into()
+    }
+    pub fn machine_id() -> PathBuf {
+        "/etc/machine-id".into()
+    }
+    pub fn os_release() -> PathBuf {
+        "/etc/os-release".into()
+    }
+    pub fn cmdline() -> PathBuf {
+        "/proc/cmdline".into()
+    }
+    pub fn boot_id() -> PathBuf {
+        "/proc/sys/kernel/random/boot_id".into()
+    }
+    pub fn check_interval() -> Duration {
+        Duration::from_secs(3600)
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn boot_tries() -> u32 {
+        1
+    }
+    pub fn checkpoint_bytes() -> u64 {
+        64 << 20
+    }
+    pub fn http_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn outbox_limit() -> usize {
+        256
+    }
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_duration(&s).map_err(serde::de::Error::custom)
+}
+
+/// Parses `90s`, `15m`, `1h30m`, `2d`, `500ms`.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let bad = || format!("invalid duration {s:?}: expected e.g. 30s, 15m, 1h30m");
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            "d" => Duration::from_secs(n * 86400),
+            _ => return Err(bad()),
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+impl Settings {
+    /// Loads the drop-ins of `dirs` (lowest priority first) and any explicit `files` after them.
+    pub fn load(dirs: &[PathBuf], files: &[PathBuf]) -> Result<Self> {
+        let mut merged = toml::Table::new();
+        let mut sources = Vec::new();
+        for dir in dirs {
+            let mut entries: Vec<PathBuf> = match std::fs::read_dir(dir) {
+                Ok(rd) => rd
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+                    .collect(),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(Error::io(dir, e)),
+            };
+            entries.sort();
+            sources.extend(entries);
+        }
+        sources.extend(files.iter().cloned());
+        if sources.is_empty() {
+            return Err(Error::Config(format!(
+                "no configuration found (looked for *.toml in {})",
+                dirs.iter()
+                    .map(|d| d.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        for path in &sources {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let table: toml::Table = toml::from_str(&text)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            merge(&mut merged, table);
+        }
+        let settings: Settings = merged
+            .try_into()
+            .map_err(|e| Error::Config(format!("{}: {e}", describe(&sources))))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !slipway_api::manifest::is_valid_name(&self.channel) {
+            return Err(Error::Config(format!(
+                "channel {:?} is not a valid name",
+                self.channel
+            )));
+        }
+        if self.boot_tries == 0 {
+            return Err(Error::Config("boot-tries must be at least 1".into()));
+        }
+        if self.slots.a == self.slots.b {
+            return Err(Error::Config(
+                "slots.a and slots.b are the same path".into(),
+            ));
+        }
+        if self.checkpoint_bytes < 1 << 20 {
+            return Err(Error::Config(
+                "checkpoint-bytes must be at least 1 MiB".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The path of `slot`.
+    pub fn slot_path(&self, slot: super::Slot) -> &Path {
+        match slot {
+            super::Slot::A => &self.slots.a,
+            super::Slot::B => &self.slots.b,
+        }
+    }
+}
+
+fn describe(sources: &[PathBuf]) -> String {
+    sources
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" + ")
+}
+
+/// Deep merge: tables merge key by key, anything else is replaced.
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(&k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, v) => {
+                into.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        for bad in ["", "h", "10", "10x", "1.5h", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn later_drop_ins_override_and_unknown_keys_fail() {
+        let tmp = tempfile::tempdir().unwrap();
+        let lib = tmp.path().join("lib");
+        let etc = tmp.path().join("etc");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            lib.join("10-base.toml"),
+            "server = \"http://a\"\nchannel = \"beta\"\n[boot]\nbackend = \"grub\"\ngrubenv = \"/x\"\n",
+        )
+        .unwrap();
+        std::fs::write(
+            etc.join("50-site.toml"),
+            "channel = \"stable\"\ncheck-interval = \"5m\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(&[lib.clone(), etc.clone()], &[]).unwrap();
+        assert_eq!(s.channel, "stable");
+        assert_eq!(s.check_interval, Duration::from_secs(300));
+        assert!(matches!(s.boot, BootSettings::Grub { .. }));
+        std::fs::write(etc.join("60-typo.toml"), "chanel = \"x\"\n").unwrap();
+        let err = Settings::load(&[lib, etc], &[]).unwrap_err().to_string();
+        assert!(err.contains("unknown field `chanel`"), "{err}");
+    }
+}
