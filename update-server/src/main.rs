@@ -1,6 +1,95 @@
-//! `slipway-server`: the update server. Not built yet (issue 5).
+//! `slipway-server`: parses settings, opens the store, binds, serves until SIGTERM or Ctrl-C.
 
-fn main() {
-    eprintln!("slipway-server: not built yet; the update server lands with its own issue");
-    std::process::exit(2);
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use slipway_api::TrustedRoot;
+use slipway_server::auth::AdminTokens;
+use slipway_server::clock::SystemClock;
+use slipway_server::config::Settings;
+use slipway_server::payloads::PayloadDir;
+use slipway_server::state::{AppState, Limits, StateConfig};
+use slipway_server::store::{self, Retention};
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let settings = Settings::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if settings.log_json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating {}", settings.data_dir.display()))?;
+    let url = settings.database_url();
+    let store = store::open(&url, settings.database_pool)
+        .await
+        .context("opening the database")?;
+    let root_path = settings.root_path();
+    let root = match std::fs::read(&root_path) {
+        Ok(bytes) => Some(
+            TrustedRoot::bootstrap(&bytes)
+                .with_context(|| format!("{}: not a valid root of trust", root_path.display()))?,
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::warn!(path = %root_path.display(), "no root of trust: publishing is refused");
+            None
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", root_path.display())),
+    };
+    let tokens_path = settings.tokens_path();
+    let tokens = match AdminTokens::load(&tokens_path)? {
+        Some(t) => t,
+        None => {
+            tracing::warn!(path = %tokens_path.display(), "no admin token file: the admin API is disabled");
+            AdminTokens::default()
+        }
+    };
+    let state = AppState::new(StateConfig {
+        store: store.clone(),
+        clock: Arc::new(SystemClock),
+        root,
+        tokens,
+        payloads: PayloadDir::open(&settings.data_dir)?,
+        limits: Limits {
+            payload: settings.max_payload_bytes,
+            ..Limits::default()
+        },
+        retention: Retention {
+            max_age: settings.events_max_age,
+            max_count: settings.events_max_count,
+        },
+        refresh: settings.refresh,
+    })
+    .await?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("binding {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, backend = store.backend(), data_dir = %settings.data_dir.display(), "listening on http://{addr}");
+    slipway_server::serve(listener, state, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
+    }
 }

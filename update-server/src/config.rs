@@ -1,0 +1,80 @@
+//! `slipway-server`'s settings, parsed once at start-up (flags, or `SLIPWAY_*` variables).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+fn duration(s: &str) -> Result<Duration, String> {
+    crate::rollout::duration_text::parse(s)
+}
+
+/// The update server's settings.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "slipway-server",
+    version,
+    about = "Slipway's update server: channels, phased rollouts, payloads, fleet reports"
+)]
+pub struct Settings {
+    /// Address to listen on (port 0: any free port; the log says which).
+    #[arg(long, env = "SLIPWAY_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Directory for payloads and the default SQLite database, root and token files.
+    #[arg(long, env = "SLIPWAY_DATA_DIR", default_value = "./slipway-data")]
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://USER@HOST/DB` [default: sqlite://DATA_DIR/slipway.db].
+    #[arg(long, env = "SLIPWAY_DATABASE")]
+    pub database: Option<String>,
+    /// PostgreSQL connection pool size.
+    #[arg(long, env = "SLIPWAY_DATABASE_POOL", default_value_t = 16)]
+    pub database_pool: usize,
+    /// Signed root of trust releases are verified against on publish
+    /// [default: DATA_DIR/root.json; without it publishing is refused].
+    #[arg(long, env = "SLIPWAY_ROOT")]
+    pub root: Option<PathBuf>,
+    /// File of admin bearer tokens, one per line [default: DATA_DIR/admin-tokens; without it
+    /// the admin API is disabled].
+    #[arg(long, env = "SLIPWAY_ADMIN_TOKENS")]
+    pub admin_tokens: Option<PathBuf>,
+    /// Events older than this are deleted (e.g. `30d`, `12h`).
+    #[arg(long, env = "SLIPWAY_EVENTS_MAX_AGE", default_value = "30d", value_parser = duration)]
+    pub events_max_age: Duration,
+    /// At most this many events are kept (the oldest go first).
+    #[arg(long, env = "SLIPWAY_EVENTS_MAX_COUNT", default_value_t = 1_000_000)]
+    pub events_max_count: u64,
+    /// How often releases and channel state are re-read from the database (changes made
+    /// through other replicas).
+    #[arg(long, env = "SLIPWAY_REFRESH", default_value = "5s", value_parser = duration)]
+    pub refresh: Duration,
+    /// Largest payload upload, in bytes.
+    #[arg(long, env = "SLIPWAY_MAX_PAYLOAD_BYTES", default_value_t = 64 << 30)]
+    pub max_payload_bytes: u64,
+    /// Log as JSON lines instead of text.
+    #[arg(long, env = "SLIPWAY_LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Settings {
+    /// The database URL.
+    pub fn database_url(&self) -> String {
+        self.database
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("slipway.db").display()))
+    }
+
+    /// The root file.
+    pub fn root_path(&self) -> PathBuf {
+        self.root
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("root.json"))
+    }
+
+    /// The admin token file.
+    pub fn tokens_path(&self) -> PathBuf {
+        self.admin_tokens
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin-tokens"))
+    }
+}

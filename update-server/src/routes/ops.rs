@@ -1,0 +1,36 @@
+//! Operations endpoints: liveness, readiness (the database answers) and metrics.
+
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use super::ApiError;
+use crate::state::AppState;
+
+/// `GET /healthz`: the process serves requests.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: the database answers.
+pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state.store().ping().await.map_err(|e| {
+        tracing::warn!(error = %e, "not ready");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not-ready",
+            "the database does not answer",
+        )
+    })?;
+    Ok("ready\n")
+}
+
+/// `GET /metrics`: OpenMetrics text.
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    let mut resp = state.metrics().encode().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    resp
+}

@@ -1,0 +1,186 @@
+//! What every request handler shares: the store, the clock, the root of trust, admin tokens,
+//! payload files, metrics, and an in-memory snapshot of releases and channel state that update
+//! checks are answered from (so a check costs no database read).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use semver::Version;
+use slipway_api::{Manifest, TrustedRoot};
+
+use crate::auth::AdminTokens;
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::payloads::PayloadDir;
+use crate::rollout::ReleaseInfo;
+use crate::store::{ChannelRecord, ReleaseRecord, Retention, Store};
+
+/// Request size limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest JSON body of a machine request (check, event) or an admin command.
+    pub json_body: usize,
+    /// Largest release envelope accepted on publish.
+    pub envelope_body: usize,
+    /// Largest payload accepted on upload.
+    pub payload: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            json_body: 64 << 10,
+            envelope_body: slipway_api::dsse::MAX_ENVELOPE_BYTES,
+            payload: 64 << 30,
+        }
+    }
+}
+
+/// One channel as checks see it.
+#[derive(Debug, Default)]
+pub struct ChannelView {
+    /// The rollout state, if the channel was ever promoted, paused or resumed.
+    pub state: Option<ChannelRecord>,
+    /// Every release published on it, for the rollout decision.
+    pub releases: Vec<ReleaseInfo>,
+    /// The answer to a check offering each release: `{"update": <envelope>}`.
+    pub offers: HashMap<Version, Bytes>,
+}
+
+/// Releases and channel state, rebuilt from the store after every admin change and
+/// periodically (other replicas may change the database).
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Channels by name: every channel with a release or a state.
+    pub channels: HashMap<String, ChannelView>,
+}
+
+impl Snapshot {
+    /// Builds the snapshot from stored rows.
+    pub fn build(releases: Vec<ReleaseRecord>, channels: Vec<ChannelRecord>) -> Result<Self> {
+        let mut map: HashMap<String, ChannelView> = HashMap::new();
+        for r in releases {
+            let m: Manifest = serde_json::from_str(&r.manifest).map_err(|e| {
+                Error::Corrupt(format!(
+                    "release {} {}: manifest: {e}",
+                    r.channel, r.version
+                ))
+            })?;
+            let view = map.entry(r.channel.clone()).or_default();
+            view.releases.push(ReleaseInfo {
+                version: r.version.clone(),
+                expires: m.expires,
+                min_from_version: m.min_from_version.clone(),
+                advised: r.advisory.is_some(),
+                floor: r.floor,
+            });
+            let body = format!("{{\"update\":{}}}", r.envelope);
+            view.offers.insert(r.version, Bytes::from(body));
+        }
+        for c in channels {
+            let name = c.name.clone();
+            map.entry(name).or_default().state = Some(c);
+        }
+        Ok(Self { channels: map })
+    }
+}
+
+/// Everything the server is configured with, before it starts.
+pub struct StateConfig {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The clock (the system clock outside tests).
+    pub clock: Arc<dyn Clock>,
+    /// The root releases are verified against on publish; none refuses publishing.
+    pub root: Option<TrustedRoot>,
+    /// Admin tokens; none disables the admin API.
+    pub tokens: AdminTokens,
+    /// Payload files.
+    pub payloads: PayloadDir,
+    /// Request limits.
+    pub limits: Limits,
+    /// Event retention.
+    pub retention: Retention,
+    /// How often the snapshot is rebuilt from the store.
+    pub refresh: Duration,
+}
+
+/// The shared state (cheap to clone).
+#[derive(Clone)]
+pub struct AppState(pub(crate) Arc<Inner>);
+
+pub(crate) struct Inner {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub root: Option<TrustedRoot>,
+    pub tokens: AdminTokens,
+    pub payloads: PayloadDir,
+    pub limits: Limits,
+    pub retention: Retention,
+    pub refresh: Duration,
+    pub metrics: Metrics,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// Serializes admin changes with the snapshot rebuild that follows each.
+    pub admin: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("backend", &self.0.store.backend())
+            .field("tokens", &self.0.tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Builds the state and loads the first snapshot.
+    pub async fn new(config: StateConfig) -> Result<Self> {
+        let state = Self(Arc::new(Inner {
+            store: config.store,
+            clock: config.clock,
+            root: config.root,
+            tokens: config.tokens,
+            payloads: config.payloads,
+            limits: config.limits,
+            retention: config.retention,
+            refresh: config.refresh,
+            metrics: Metrics::default(),
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            admin: tokio::sync::Mutex::new(()),
+        }));
+        state.reload().await?;
+        Ok(state)
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.0.store
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.0
+            .snapshot
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Rebuilds the snapshot from the store.
+    pub async fn reload(&self) -> Result<()> {
+        let releases = self.0.store.releases().await?;
+        let channels = self.0.store.channels().await?;
+        let snap = Arc::new(Snapshot::build(releases, channels)?);
+        *self.0.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
+        Ok(())
+    }
+}

@@ -1,0 +1,308 @@
+//! The server's state behind one trait, [`Store`]: releases, channel state, machines and
+//! events. SQLite ([`sqlite`], the default) and PostgreSQL ([`postgres`]) implement it; both
+//! run the same versioned schema migrations at open.
+
+pub mod postgres;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use slipway_api::wire::EventKind;
+
+use crate::error::{Error, Result};
+use crate::rollout::Wave;
+
+/// A published release, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseRecord {
+    /// The channel it was signed for.
+    pub channel: String,
+    /// Its version.
+    pub version: Version,
+    /// The signed envelope, compact JSON, exactly as offered to machines.
+    pub envelope: String,
+    /// The verified manifest, JSON.
+    pub manifest: String,
+    /// When it was published.
+    pub published_at: Timestamp,
+    /// The advisory set on it, if any.
+    pub advisory: Option<AdvisoryMark>,
+    /// Whether it is a floor.
+    pub floor: bool,
+}
+
+/// An advisory set on a release: machines running it are offered the channel's target at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdvisoryMark {
+    /// Identifier (`CVE-2026-1234`).
+    pub id: String,
+    /// One line for humans.
+    #[serde(default)]
+    pub summary: String,
+    /// When it was set.
+    pub marked_at: Timestamp,
+}
+
+/// What publishing a release did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Stored.
+    Created,
+    /// The same envelope was already stored (publishing is idempotent).
+    Unchanged,
+    /// Another envelope is stored under this channel and version.
+    Conflict,
+}
+
+/// A channel's rollout state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelRecord {
+    /// The channel name.
+    pub name: String,
+    /// The promoted version.
+    pub target: Option<Version>,
+    /// The promotion's wave schedule.
+    pub waves: Vec<Wave>,
+    /// When the target was promoted.
+    pub promoted_at: Option<Timestamp>,
+    /// Paused channels offer nothing.
+    pub paused: bool,
+    /// Last change.
+    pub updated_at: Timestamp,
+}
+
+/// What a machine said in a check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MachineCheck {
+    /// Machine id.
+    pub id: String,
+    /// Channel it follows.
+    pub channel: String,
+    /// Its group.
+    pub group: String,
+    /// Version it runs.
+    pub version: Version,
+    /// Architecture.
+    pub arch: String,
+    /// Current boot id.
+    pub boot_id: String,
+    /// When it checked.
+    pub at: Timestamp,
+}
+
+/// A machine as the server remembers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineRecord {
+    /// Machine id.
+    pub id: String,
+    /// Channel it follows (empty if it never checked).
+    pub channel: String,
+    /// Its group.
+    pub group: String,
+    /// Version it last reported running.
+    pub version: Version,
+    /// Architecture.
+    pub arch: String,
+    /// Last boot id.
+    pub boot_id: String,
+    /// First contact.
+    pub first_seen: Timestamp,
+    /// Last contact (check or event).
+    pub last_seen: Timestamp,
+    /// Last event reported.
+    pub last_event: Option<EventKind>,
+    /// When.
+    pub last_event_at: Option<Timestamp>,
+    /// Detail of the last `failed` / `rolled-back` event, cleared by `healthy`.
+    pub last_error: Option<String>,
+}
+
+/// An event a machine reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventRecord {
+    /// Sequence number (assigned by the store; 0 before).
+    pub id: i64,
+    /// Reporting machine.
+    pub machine_id: String,
+    /// Version the event is about.
+    pub version: Version,
+    /// What happened.
+    pub event: EventKind,
+    /// Detail.
+    pub detail: String,
+    /// When the server received it.
+    pub at: Timestamp,
+}
+
+/// Event retention: events older than `max_age`, and all but the newest `max_count`, go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Oldest event kept.
+    pub max_age: std::time::Duration,
+    /// Most events kept.
+    pub max_count: u64,
+}
+
+/// Everything the server keeps, behind one interface.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend (`sqlite`, `postgres`).
+    fn backend(&self) -> &'static str;
+    /// Answers if the database is reachable.
+    async fn ping(&self) -> Result<()>;
+    /// Stores a release unless one exists under its channel and version.
+    async fn put_release(&self, release: &ReleaseRecord) -> Result<PutOutcome>;
+    /// Every release.
+    async fn releases(&self) -> Result<Vec<ReleaseRecord>>;
+    /// Sets or clears a release's advisory; false if there is no such release.
+    async fn set_advisory(
+        &self,
+        channel: &str,
+        version: &Version,
+        advisory: Option<&AdvisoryMark>,
+    ) -> Result<bool>;
+    /// Marks or unmarks a release as a floor; false if there is no such release.
+    async fn set_floor(&self, channel: &str, version: &Version, floor: bool) -> Result<bool>;
+    /// Writes a channel's state.
+    async fn put_channel(&self, channel: &ChannelRecord) -> Result<()>;
+    /// Every channel's state.
+    async fn channels(&self) -> Result<Vec<ChannelRecord>>;
+    /// Records checks (creating machines), durably, before returning.
+    async fn record_checks(&self, checks: &[MachineCheck]) -> Result<()>;
+    /// Records an event and updates the machine's last event, durably; returns its id.
+    async fn record_event(&self, event: &EventRecord) -> Result<i64>;
+    /// One machine.
+    async fn machine(&self, id: &str) -> Result<Option<MachineRecord>>;
+    /// Machines, by id, optionally of one channel, at most `limit`, ids after `after`.
+    async fn machines(
+        &self,
+        channel: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MachineRecord>>;
+    /// Number of machines.
+    async fn machine_count(&self) -> Result<u64>;
+    /// The newest events (of one machine, optionally), newest first.
+    async fn events(&self, machine_id: Option<&str>, limit: u32) -> Result<Vec<EventRecord>>;
+    /// Deletes events beyond retention; returns how many went.
+    async fn prune_events(&self, retention: Retention, now: Timestamp) -> Result<u64>;
+    /// Finishes pending writes and closes (graceful shutdown).
+    async fn close(&self) {}
+}
+
+/// Opens the store a `--database` URL names: `sqlite://PATH` or `postgres://...`.
+pub async fn open(url: &str, pool_size: usize) -> Result<Arc<dyn Store>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        Ok(Arc::new(sqlite::SqliteStore::open(path.as_ref()).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(
+            postgres::PostgresStore::open(url, pool_size).await?,
+        ))
+    } else {
+        Err(Error::Config(
+            "--database must be sqlite://PATH or postgres://USER@HOST/DB".into(),
+        ))
+    }
+}
+
+/// A schema migration: a version and its SQL for each backend.
+pub(crate) struct Migration {
+    pub version: i64,
+    pub sqlite: &'static str,
+    pub postgres: &'static str,
+}
+
+/// The schema, in order. Append; never edit a released step.
+pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sqlite: "
+        CREATE TABLE releases (
+            channel TEXT NOT NULL, version TEXT NOT NULL, envelope TEXT NOT NULL,
+            manifest TEXT NOT NULL, published_at INTEGER NOT NULL, advisory TEXT,
+            floor INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (channel, version));
+        CREATE TABLE channels (
+            name TEXT PRIMARY KEY, target TEXT, waves TEXT NOT NULL, promoted_at INTEGER,
+            paused INTEGER NOT NULL DEFAULT 0, updated_at INTEGER NOT NULL);
+        CREATE TABLE machines (
+            id TEXT PRIMARY KEY, channel TEXT NOT NULL, grp TEXT NOT NULL, version TEXT NOT NULL,
+            arch TEXT NOT NULL, boot_id TEXT NOT NULL, first_seen INTEGER NOT NULL,
+            last_seen INTEGER NOT NULL, last_event TEXT, last_event_at INTEGER, last_error TEXT);
+        CREATE INDEX machines_by_channel ON machines (channel, id);
+        CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, machine_id TEXT NOT NULL, version TEXT NOT NULL,
+            kind TEXT NOT NULL, detail TEXT NOT NULL, at INTEGER NOT NULL);
+        CREATE INDEX events_by_machine ON events (machine_id, id);
+        CREATE INDEX events_by_time ON events (at);",
+    postgres: "
+        CREATE TABLE releases (
+            channel TEXT NOT NULL, version TEXT NOT NULL, envelope TEXT NOT NULL,
+            manifest TEXT NOT NULL, published_at BIGINT NOT NULL, advisory TEXT,
+            floor BOOLEAN NOT NULL DEFAULT FALSE, PRIMARY KEY (channel, version));
+        CREATE TABLE channels (
+            name TEXT PRIMARY KEY, target TEXT, waves TEXT NOT NULL, promoted_at BIGINT,
+            paused BOOLEAN NOT NULL DEFAULT FALSE, updated_at BIGINT NOT NULL);
+        CREATE TABLE machines (
+            id TEXT PRIMARY KEY, channel TEXT NOT NULL, grp TEXT NOT NULL, version TEXT NOT NULL,
+            arch TEXT NOT NULL, boot_id TEXT NOT NULL, first_seen BIGINT NOT NULL,
+            last_seen BIGINT NOT NULL, last_event TEXT, last_event_at BIGINT, last_error TEXT);
+        CREATE INDEX machines_by_channel ON machines (channel, id);
+        CREATE TABLE events (
+            id BIGSERIAL PRIMARY KEY, machine_id TEXT NOT NULL, version TEXT NOT NULL,
+            kind TEXT NOT NULL, detail TEXT NOT NULL, at BIGINT NOT NULL);
+        CREATE INDEX events_by_machine ON events (machine_id, id);
+        CREATE INDEX events_by_time ON events (at);",
+}];
+
+/// The newest schema version this server knows.
+pub(crate) fn latest_schema() -> i64 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+// Row conversions shared by both backends: times are Unix milliseconds, versions and kinds
+// their text forms, waves and advisories JSON.
+
+pub(crate) fn ms(t: Timestamp) -> i64 {
+    t.as_millisecond()
+}
+
+pub(crate) fn ts(ms: i64) -> Result<Timestamp> {
+    Timestamp::from_millisecond(ms).map_err(|e| Error::Corrupt(format!("timestamp {ms}: {e}")))
+}
+
+pub(crate) fn version(s: &str) -> Result<Version> {
+    Version::parse(s).map_err(|e| Error::Corrupt(format!("version {s:?}: {e}")))
+}
+
+pub(crate) fn event_kind(s: &str) -> Result<EventKind> {
+    EventKind::ALL
+        .into_iter()
+        .find(|k| k.as_str() == s)
+        .ok_or_else(|| Error::Corrupt(format!("event kind {s:?}")))
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
+    serde_json::from_str(s).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+pub(crate) fn to_json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// How an event changes the machine's `last_error` and `version`.
+pub(crate) fn event_effects(e: &EventRecord) -> (Option<&str>, bool, bool) {
+    match e.event {
+        // A failure's detail becomes the machine's last error.
+        EventKind::Failed | EventKind::RolledBack => (Some(e.detail.as_str()), false, false),
+        // Healthy on a version: the machine now runs it, and its last error is resolved.
+        EventKind::Healthy => (None, true, true),
+        _ => (None, false, false),
+    }
+}

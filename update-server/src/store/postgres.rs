@@ -1,0 +1,447 @@
+//! The PostgreSQL store, for several server replicas sharing one database: a connection pool
+//! (deadpool), prepared statements cached per connection, migrations under an advisory lock so
+//! replicas starting together migrate once.
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use jiff::Timestamp;
+use semver::Version;
+use tokio_postgres::{NoTls, Row};
+
+use super::sqlite::{UPSERT_CHECK, UPSERT_EVENT_MACHINE};
+use super::{
+    AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck, MachineRecord, PutOutcome,
+    ReleaseRecord, Retention, Store, event_effects, event_kind, from_json, latest_schema, ms,
+    to_json, ts, version,
+};
+use crate::error::{Error, Result};
+
+/// An arbitrary constant naming the migration lock.
+const MIGRATION_LOCK: i64 = 0x5117_3a7_5e7e;
+
+/// PostgreSQL behind [`Store`].
+pub struct PostgresStore {
+    pool: Pool,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStore").finish_non_exhaustive()
+    }
+}
+
+fn pg_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+    move |source| Error::Postgres {
+        what: what.into(),
+        source,
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (a `postgres://` URL or libpq key-value string) and migrates.
+    pub async fn open(url: &str, pool_size: usize) -> Result<Self> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| Error::Config(format!("--database: invalid postgres URL: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(pool_size.max(1))
+            .build()
+            .map_err(|e| Error::Pool(e.to_string()))?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn conn(&self) -> Result<Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| Error::Pool(e.to_string()))
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err("migrate"))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(pg_err("migration lock"))?;
+        tx.batch_execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations (
+                version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+        )
+        .await
+        .map_err(pg_err("migrate"))?;
+        let current: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await
+            .map_err(pg_err("migrate"))?
+            .get(0);
+        if current > latest_schema() {
+            return Err(Error::Migration(format!(
+                "database schema version {current} is newer than this server's {}",
+                latest_schema()
+            )));
+        }
+        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+            tx.batch_execute(m.postgres)
+                .await
+                .map_err(|e| Error::Migration(format!("step {}: {e}", m.version)))?;
+            // The database's clock: the record is informational only.
+            tx.execute(
+                "INSERT INTO schema_migrations (version, applied_at)
+                 VALUES ($1, (extract(epoch from now()) * 1000)::bigint)",
+                &[&m.version],
+            )
+            .await
+            .map_err(pg_err("migrate"))?;
+            tracing::info!(version = m.version, "applied schema migration");
+        }
+        tx.commit().await.map_err(pg_err("migrate"))
+    }
+}
+
+const RELEASE_COLUMNS: &str = "channel, version, envelope, manifest, published_at, advisory, floor";
+const MACHINE_COLUMNS: &str = "id, channel, grp, version, arch, boot_id, first_seen, last_seen, \
+     last_event, last_event_at, last_error";
+
+fn release_row(r: &Row) -> Result<ReleaseRecord> {
+    let advisory: Option<String> = r.get(5);
+    Ok(ReleaseRecord {
+        channel: r.get(0),
+        version: version(r.get(1))?,
+        envelope: r.get(2),
+        manifest: r.get(3),
+        published_at: ts(r.get(4))?,
+        advisory: advisory
+            .as_deref()
+            .map(|a| from_json("advisory", a))
+            .transpose()?,
+        floor: r.get(6),
+    })
+}
+
+fn machine_row(r: &Row) -> Result<MachineRecord> {
+    let last_event: Option<String> = r.get(8);
+    let last_event_at: Option<i64> = r.get(9);
+    Ok(MachineRecord {
+        id: r.get(0),
+        channel: r.get(1),
+        group: r.get(2),
+        version: version(r.get(3))?,
+        arch: r.get(4),
+        boot_id: r.get(5),
+        first_seen: ts(r.get(6))?,
+        last_seen: ts(r.get(7))?,
+        last_event: last_event.as_deref().map(event_kind).transpose()?,
+        last_event_at: last_event_at.map(ts).transpose()?,
+        last_error: r.get(10),
+    })
+}
+
+fn event_row(r: &Row) -> Result<EventRecord> {
+    Ok(EventRecord {
+        id: r.get(0),
+        machine_id: r.get(1),
+        version: version(r.get(2))?,
+        event: event_kind(r.get(3))?,
+        detail: r.get(4),
+        at: ts(r.get(5))?,
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let c = self.conn().await?;
+        c.simple_query("SELECT 1").await.map_err(pg_err("ping"))?;
+        Ok(())
+    }
+
+    async fn put_release(&self, r: &ReleaseRecord) -> Result<PutOutcome> {
+        let c = self.conn().await?;
+        let inserted = c
+            .execute(
+                &format!(
+                    "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)
+                     ON CONFLICT (channel, version) DO NOTHING"
+                ),
+                &[
+                    &r.channel,
+                    &r.version.to_string(),
+                    &r.envelope,
+                    &r.manifest,
+                    &ms(r.published_at),
+                    &r.advisory.as_ref().map(to_json),
+                    &r.floor,
+                ],
+            )
+            .await
+            .map_err(pg_err("put release"))?;
+        if inserted == 1 {
+            return Ok(PutOutcome::Created);
+        }
+        let row = c
+            .query_one(
+                "SELECT envelope FROM releases WHERE channel = $1 AND version = $2",
+                &[&r.channel, &r.version.to_string()],
+            )
+            .await
+            .map_err(pg_err("put release"))?;
+        let existing: String = row.get(0);
+        Ok(if existing == r.envelope {
+            PutOutcome::Unchanged
+        } else {
+            PutOutcome::Conflict
+        })
+    }
+
+    async fn releases(&self) -> Result<Vec<ReleaseRecord>> {
+        let c = self.conn().await?;
+        c.query(
+            &format!("SELECT {RELEASE_COLUMNS} FROM releases ORDER BY channel, published_at"),
+            &[],
+        )
+        .await
+        .map_err(pg_err("releases"))?
+        .iter()
+        .map(release_row)
+        .collect()
+    }
+
+    async fn set_advisory(
+        &self,
+        channel: &str,
+        version: &Version,
+        advisory: Option<&AdvisoryMark>,
+    ) -> Result<bool> {
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "UPDATE releases SET advisory = $3 WHERE channel = $1 AND version = $2",
+                &[&channel, &version.to_string(), &advisory.map(to_json)],
+            )
+            .await
+            .map_err(pg_err("set advisory"))?;
+        Ok(n > 0)
+    }
+
+    async fn set_floor(&self, channel: &str, version: &Version, floor: bool) -> Result<bool> {
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "UPDATE releases SET floor = $3 WHERE channel = $1 AND version = $2",
+                &[&channel, &version.to_string(), &floor],
+            )
+            .await
+            .map_err(pg_err("set floor"))?;
+        Ok(n > 0)
+    }
+
+    async fn put_channel(&self, ch: &ChannelRecord) -> Result<()> {
+        let c = self.conn().await?;
+        c.execute(
+            "INSERT INTO channels (name, target, waves, promoted_at, paused, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (name) DO UPDATE SET target = excluded.target,
+               waves = excluded.waves, promoted_at = excluded.promoted_at,
+               paused = excluded.paused, updated_at = excluded.updated_at",
+            &[
+                &ch.name,
+                &ch.target.as_ref().map(|v| v.to_string()),
+                &to_json(&ch.waves),
+                &ch.promoted_at.map(ms),
+                &ch.paused,
+                &ms(ch.updated_at),
+            ],
+        )
+        .await
+        .map_err(pg_err("put channel"))?;
+        Ok(())
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelRecord>> {
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT name, target, waves, promoted_at, paused, updated_at FROM channels ORDER BY name",
+                &[],
+            )
+            .await
+            .map_err(pg_err("channels"))?;
+        rows.iter()
+            .map(|r| {
+                let target: Option<String> = r.get(1);
+                let promoted_at: Option<i64> = r.get(3);
+                Ok(ChannelRecord {
+                    name: r.get(0),
+                    target: target.as_deref().map(version).transpose()?,
+                    waves: from_json("waves", r.get(2))?,
+                    promoted_at: promoted_at.map(ts).transpose()?,
+                    paused: r.get(4),
+                    updated_at: ts(r.get(5))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn record_checks(&self, checks: &[MachineCheck]) -> Result<()> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err("record check"))?;
+        let stmt = tx
+            .prepare_cached(UPSERT_CHECK)
+            .await
+            .map_err(pg_err("record check"))?;
+        for m in checks {
+            tx.execute(
+                &stmt,
+                &[
+                    &m.id,
+                    &m.channel,
+                    &m.group,
+                    &m.version.to_string(),
+                    &m.arch,
+                    &m.boot_id,
+                    &ms(m.at),
+                ],
+            )
+            .await
+            .map_err(pg_err("record check"))?;
+        }
+        tx.commit().await.map_err(pg_err("record check"))
+    }
+
+    async fn record_event(&self, e: &EventRecord) -> Result<i64> {
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(pg_err("record event"))?;
+        let id: i64 = tx
+            .query_one(
+                "INSERT INTO events (machine_id, version, kind, detail, at)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                &[
+                    &e.machine_id,
+                    &e.version.to_string(),
+                    &e.event.as_str(),
+                    &e.detail,
+                    &ms(e.at),
+                ],
+            )
+            .await
+            .map_err(pg_err("record event"))?
+            .get(0);
+        let (error, clear, set_version) = event_effects(e);
+        let stmt = tx
+            .prepare_cached(UPSERT_EVENT_MACHINE)
+            .await
+            .map_err(pg_err("record event"))?;
+        tx.execute(
+            &stmt,
+            &[
+                &e.machine_id,
+                &e.version.to_string(),
+                &ms(e.at),
+                &e.event.as_str(),
+                &error,
+                &clear,
+                &set_version,
+            ],
+        )
+        .await
+        .map_err(pg_err("record event"))?;
+        tx.commit().await.map_err(pg_err("record event"))?;
+        Ok(id)
+    }
+
+    async fn machine(&self, id: &str) -> Result<Option<MachineRecord>> {
+        let c = self.conn().await?;
+        c.query_opt(
+            &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = $1"),
+            &[&id],
+        )
+        .await
+        .map_err(pg_err("machine"))?
+        .as_ref()
+        .map(machine_row)
+        .transpose()
+    }
+
+    async fn machines(
+        &self,
+        channel: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MachineRecord>> {
+        let c = self.conn().await?;
+        c.query(
+            &format!(
+                "SELECT {MACHINE_COLUMNS} FROM machines
+                 WHERE ($1::text IS NULL OR channel = $1) AND id > $2 ORDER BY id LIMIT $3"
+            ),
+            &[&channel, &after.unwrap_or(""), &i64::from(limit)],
+        )
+        .await
+        .map_err(pg_err("machines"))?
+        .iter()
+        .map(machine_row)
+        .collect()
+    }
+
+    async fn machine_count(&self) -> Result<u64> {
+        let c = self.conn().await?;
+        let n: i64 = c
+            .query_one("SELECT COUNT(*) FROM machines", &[])
+            .await
+            .map_err(pg_err("machine count"))?
+            .get(0);
+        Ok(n as u64)
+    }
+
+    async fn events(&self, machine_id: Option<&str>, limit: u32) -> Result<Vec<EventRecord>> {
+        let c = self.conn().await?;
+        c.query(
+            "SELECT id, machine_id, version, kind, detail, at FROM events
+             WHERE ($1::text IS NULL OR machine_id = $1) ORDER BY id DESC LIMIT $2",
+            &[&machine_id, &i64::from(limit)],
+        )
+        .await
+        .map_err(pg_err("events"))?
+        .iter()
+        .map(event_row)
+        .collect()
+    }
+
+    async fn prune_events(&self, retention: Retention, now: Timestamp) -> Result<u64> {
+        let cutoff = ms(now) - i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let keep = i64::try_from(retention.max_count).unwrap_or(i64::MAX);
+        let c = self.conn().await?;
+        let old = c
+            .execute("DELETE FROM events WHERE at < $1", &[&cutoff])
+            .await
+            .map_err(pg_err("prune events"))?;
+        let over = c
+            .execute(
+                "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET $1)",
+                &[&keep],
+            )
+            .await
+            .map_err(pg_err("prune events"))?;
+        Ok(old + over)
+    }
+
+    async fn close(&self) {
+        self.pool.close();
+    }
+}

@@ -1,0 +1,639 @@
+//! The SQLite store (the default): one file in WAL mode, one writer thread that commits
+//! whatever queued up meanwhile in a single transaction (group commit, so thousands of checks
+//! a second cost a few commits), and a reader connection for queries.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use semver::Version;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck, MachineRecord, PutOutcome,
+    ReleaseRecord, Retention, Store, event_effects, event_kind, from_json, latest_schema, ms,
+    to_json, ts, version,
+};
+use crate::error::{Error, Result};
+
+/// Most jobs committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+type Job = Box<dyn Job_ + Send>;
+
+// A write: `run` inside the batch's transaction (in its own savepoint, so one failing job
+// does not undo the others), `finish` after the commit, with the commit's outcome.
+trait Job_ {
+    fn run(&mut self, conn: &Connection);
+    fn finish(self: Box<Self>, committed: std::result::Result<(), String>);
+}
+
+struct TypedJob<R, F> {
+    work: Option<F>,
+    result: Option<rusqlite::Result<R>>,
+    reply: Option<oneshot::Sender<Result<R>>>,
+    what: &'static str,
+}
+
+impl<R: Send, F: FnOnce(&Connection) -> rusqlite::Result<R> + Send> Job_ for TypedJob<R, F> {
+    fn run(&mut self, conn: &Connection) {
+        let Some(work) = self.work.take() else { return };
+        let result = conn.execute_batch("SAVEPOINT job").and_then(|()| {
+            let r = work(conn);
+            let end = if r.is_ok() {
+                "RELEASE job"
+            } else {
+                "ROLLBACK TO job; RELEASE job"
+            };
+            conn.execute_batch(end)?;
+            r
+        });
+        self.result = Some(result);
+    }
+
+    fn finish(mut self: Box<Self>, committed: std::result::Result<(), String>) {
+        let what = self.what;
+        let outcome = match (self.result.take(), committed) {
+            (Some(Ok(r)), Ok(())) => Ok(r),
+            (Some(Err(source)), _) => Err(Error::Sqlite {
+                what: what.into(),
+                source,
+            }),
+            (_, Err(e)) => Err(Error::Sqlite {
+                what: format!("{what} (commit)"),
+                source: rusqlite::Error::InvalidParameterName(e),
+            }),
+            (None, Ok(())) => Err(Error::Closed),
+        };
+        if let Some(reply) = self.reply.take() {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// SQLite behind [`Store`].
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    writer_thread: Mutex<Option<JoinHandle<()>>>,
+    reader: Arc<Mutex<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn sqlite_err(what: &str) -> impl FnOnce(rusqlite::Error) -> Error + '_ {
+    move |source| Error::Sqlite {
+        what: what.into(),
+        source,
+    }
+}
+
+fn connect(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(sqlite_err("open"))?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(sqlite_err("busy_timeout"))?;
+    // WAL: readers never block the writer. synchronous=NORMAL: a commit survives a process
+    // crash; only an OS crash or power loss can lose the last commits (WAL is fsynced at
+    // checkpoints), which is the usual trade for a server's telemetry.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )
+    .map_err(sqlite_err("pragmas"))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let err = sqlite_err("migrate");
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+    )
+    .map_err(err)?;
+    let current: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(sqlite_err("migrate"))?;
+    if current > latest_schema() {
+        return Err(Error::Migration(format!(
+            "database schema version {current} is newer than this server's {}",
+            latest_schema()
+        )));
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        let tx = conn.transaction().map_err(sqlite_err("migrate"))?;
+        tx.execute_batch(m.sqlite)
+            .map_err(|e| Error::Migration(format!("step {}: {e}", m.version)))?;
+        tx.execute(
+            // The database's clock: the record is informational only.
+            "INSERT INTO schema_migrations (version, applied_at)
+             VALUES (?1, CAST(unixepoch('subsec') * 1000 AS INTEGER))",
+            params![m.version],
+        )
+        .map_err(sqlite_err("migrate"))?;
+        tx.commit().map_err(sqlite_err("migrate"))?;
+        tracing::info!(version = m.version, "applied schema migration");
+    }
+    Ok(())
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let committed = conn
+            .execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                for job in batch.iter_mut() {
+                    job.run(&conn);
+                }
+                conn.execute_batch("COMMIT").map_err(|e| {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    e.to_string()
+                })
+            });
+        if let Err(e) = &committed {
+            tracing::error!(error = %e, jobs = batch.len(), "sqlite commit failed");
+        }
+        for job in batch.drain(..) {
+            job.finish(committed.clone());
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Self> {
+        let path = path.to_path_buf();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let p = path.clone();
+        let (writer_conn, reader) = tokio::task::spawn_blocking(move || -> Result<_> {
+            let mut w = connect(&p)?;
+            migrate(&mut w)?;
+            let r = connect(&p)?;
+            Ok((w, r))
+        })
+        .await
+        .map_err(|e| Error::Config(format!("opening sqlite: {e}")))??;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer_loop(writer_conn, rx))
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Self {
+            path,
+            writer: Mutex::new(Some(tx)),
+            writer_thread: Mutex::new(Some(thread)),
+            reader: Arc::new(Mutex::new(reader)),
+        })
+    }
+
+    async fn write<R, F>(&self, what: &'static str, work: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(TypedJob {
+            work: Some(work),
+            result: None,
+            reply: Some(reply),
+            what,
+        });
+        {
+            let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+            let sender = guard.as_ref().ok_or(Error::Closed)?;
+            sender.send(job).map_err(|_| Error::Closed)?;
+        }
+        rx.await.map_err(|_| Error::Closed)?
+    }
+
+    async fn read<R, F>(&self, what: &'static str, work: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R> + Send + 'static,
+    {
+        let reader = self.reader.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = reader.lock().unwrap_or_else(|p| p.into_inner());
+            work(&conn)
+        })
+        .await
+        .map_err(|e| Error::Config(format!("sqlite {what}: {e}")))?
+    }
+}
+
+const RELEASE_COLUMNS: &str = "channel, version, envelope, manifest, published_at, advisory, floor";
+const MACHINE_COLUMNS: &str = "id, channel, grp, version, arch, boot_id, first_seen, last_seen, \
+     last_event, last_event_at, last_error";
+
+fn release_row(r: &Row<'_>) -> rusqlite::Result<Result<ReleaseRecord>> {
+    let version_text: String = r.get(1)?;
+    let published: i64 = r.get(4)?;
+    let advisory: Option<String> = r.get(5)?;
+    let channel: String = r.get(0)?;
+    let envelope: String = r.get(2)?;
+    let manifest: String = r.get(3)?;
+    let floor: bool = r.get(6)?;
+    Ok((|| {
+        Ok(ReleaseRecord {
+            channel,
+            version: version(&version_text)?,
+            envelope,
+            manifest,
+            published_at: ts(published)?,
+            advisory: advisory
+                .as_deref()
+                .map(|a| from_json("advisory", a))
+                .transpose()?,
+            floor,
+        })
+    })())
+}
+
+fn machine_row(r: &Row<'_>) -> rusqlite::Result<Result<MachineRecord>> {
+    let id: String = r.get(0)?;
+    let channel: String = r.get(1)?;
+    let group: String = r.get(2)?;
+    let ver: String = r.get(3)?;
+    let arch: String = r.get(4)?;
+    let boot_id: String = r.get(5)?;
+    let first_seen: i64 = r.get(6)?;
+    let last_seen: i64 = r.get(7)?;
+    let last_event: Option<String> = r.get(8)?;
+    let last_event_at: Option<i64> = r.get(9)?;
+    let last_error: Option<String> = r.get(10)?;
+    Ok((|| {
+        Ok(MachineRecord {
+            id,
+            channel,
+            group,
+            version: version(&ver)?,
+            arch,
+            boot_id,
+            first_seen: ts(first_seen)?,
+            last_seen: ts(last_seen)?,
+            last_event: last_event.as_deref().map(event_kind).transpose()?,
+            last_event_at: last_event_at.map(ts).transpose()?,
+            last_error,
+        })
+    })())
+}
+
+fn event_row(r: &Row<'_>) -> rusqlite::Result<Result<EventRecord>> {
+    let id: i64 = r.get(0)?;
+    let machine_id: String = r.get(1)?;
+    let ver: String = r.get(2)?;
+    let kind: String = r.get(3)?;
+    let detail: String = r.get(4)?;
+    let at: i64 = r.get(5)?;
+    Ok((|| {
+        Ok(EventRecord {
+            id,
+            machine_id,
+            version: version(&ver)?,
+            event: event_kind(&kind)?,
+            detail,
+            at: ts(at)?,
+        })
+    })())
+}
+
+fn collect<T>(
+    conn: &Connection,
+    what: &str,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: fn(&Row<'_>) -> rusqlite::Result<Result<T>>,
+) -> Result<Vec<T>> {
+    let mut stmt = conn.prepare_cached(sql).map_err(sqlite_err(what))?;
+    let rows = stmt.query_map(params, row).map_err(sqlite_err(what))?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.push(r.map_err(sqlite_err(what))??);
+    }
+    Ok(out)
+}
+
+pub(crate) const UPSERT_CHECK: &str = "INSERT INTO machines
+        (id, channel, grp, version, arch, boot_id, first_seen, last_seen)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+    ON CONFLICT (id) DO UPDATE SET channel = excluded.channel, grp = excluded.grp,
+        version = excluded.version, arch = excluded.arch, boot_id = excluded.boot_id,
+        last_seen = excluded.last_seen";
+
+pub(crate) const UPSERT_EVENT_MACHINE: &str = "INSERT INTO machines
+        (id, channel, grp, version, arch, boot_id, first_seen, last_seen, last_event,
+         last_event_at, last_error)
+        VALUES ($1, '', '', $2, '', '', $3, $3, $4, $3, $5)
+    ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,
+        last_event = excluded.last_event, last_event_at = excluded.last_event_at,
+        last_error = CASE WHEN $6 THEN NULL ELSE COALESCE($5, machines.last_error) END,
+        version = CASE WHEN $7 THEN excluded.version ELSE machines.version END";
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.read("ping", |c| {
+            c.query_row("SELECT 1", [], |_| Ok(()))
+                .map_err(sqlite_err("ping"))
+        })
+        .await
+    }
+
+    async fn put_release(&self, release: &ReleaseRecord) -> Result<PutOutcome> {
+        let r = release.clone();
+        self.write("put release", move |c| {
+            let existing: Option<String> = c
+                .query_row(
+                    "SELECT envelope FROM releases WHERE channel = ?1 AND version = ?2",
+                    params![r.channel, r.version.to_string()],
+                    |row| row.get(0),
+                )
+                .optional()?;
+            match existing {
+                Some(e) if e == r.envelope => Ok(PutOutcome::Unchanged),
+                Some(_) => Ok(PutOutcome::Conflict),
+                None => {
+                    c.execute(
+                        &format!(
+                            "INSERT INTO releases ({RELEASE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+                        ),
+                        params![
+                            r.channel,
+                            r.version.to_string(),
+                            r.envelope,
+                            r.manifest,
+                            ms(r.published_at),
+                            r.advisory.as_ref().map(to_json),
+                            r.floor
+                        ],
+                    )?;
+                    Ok(PutOutcome::Created)
+                }
+            }
+        })
+        .await
+    }
+
+    async fn releases(&self) -> Result<Vec<ReleaseRecord>> {
+        self.read("releases", |c| {
+            collect(
+                c,
+                "releases",
+                &format!("SELECT {RELEASE_COLUMNS} FROM releases ORDER BY channel, published_at"),
+                [],
+                release_row,
+            )
+        })
+        .await
+    }
+
+    async fn set_advisory(
+        &self,
+        channel: &str,
+        version: &Version,
+        advisory: Option<&AdvisoryMark>,
+    ) -> Result<bool> {
+        let (channel, version, advisory) = (
+            channel.to_owned(),
+            version.to_string(),
+            advisory.map(to_json),
+        );
+        self.write("set advisory", move |c| {
+            let n = c.execute(
+                "UPDATE releases SET advisory = ?3 WHERE channel = ?1 AND version = ?2",
+                params![channel, version, advisory],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn set_floor(&self, channel: &str, version: &Version, floor: bool) -> Result<bool> {
+        let (channel, version) = (channel.to_owned(), version.to_string());
+        self.write("set floor", move |c| {
+            let n = c.execute(
+                "UPDATE releases SET floor = ?3 WHERE channel = ?1 AND version = ?2",
+                params![channel, version, floor],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn put_channel(&self, ch: &ChannelRecord) -> Result<()> {
+        let ch = ch.clone();
+        self.write("put channel", move |c| {
+            c.execute(
+                "INSERT INTO channels (name, target, waves, promoted_at, paused, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (name) DO UPDATE SET target = excluded.target,
+                   waves = excluded.waves, promoted_at = excluded.promoted_at,
+                   paused = excluded.paused, updated_at = excluded.updated_at",
+                params![
+                    ch.name,
+                    ch.target.as_ref().map(|v| v.to_string()),
+                    to_json(&ch.waves),
+                    ch.promoted_at.map(ms),
+                    ch.paused,
+                    ms(ch.updated_at)
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelRecord>> {
+        fn row(r: &Row<'_>) -> rusqlite::Result<Result<ChannelRecord>> {
+            let name: String = r.get(0)?;
+            let target: Option<String> = r.get(1)?;
+            let waves: String = r.get(2)?;
+            let promoted_at: Option<i64> = r.get(3)?;
+            let paused: bool = r.get(4)?;
+            let updated_at: i64 = r.get(5)?;
+            Ok((|| {
+                Ok(ChannelRecord {
+                    name,
+                    target: target.as_deref().map(version).transpose()?,
+                    waves: from_json("waves", &waves)?,
+                    promoted_at: promoted_at.map(ts).transpose()?,
+                    paused,
+                    updated_at: ts(updated_at)?,
+                })
+            })())
+        }
+        self.read("channels", |c| {
+            collect(
+                c,
+                "channels",
+                "SELECT name, target, waves, promoted_at, paused, updated_at FROM channels ORDER BY name",
+                [],
+                row,
+            )
+        })
+        .await
+    }
+
+    async fn record_checks(&self, checks: &[MachineCheck]) -> Result<()> {
+        let checks = checks.to_vec();
+        self.write("record check", move |c| {
+            let mut stmt = c.prepare_cached(UPSERT_CHECK)?;
+            for m in &checks {
+                stmt.execute(params![
+                    m.id,
+                    m.channel,
+                    m.group,
+                    m.version.to_string(),
+                    m.arch,
+                    m.boot_id,
+                    ms(m.at)
+                ])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn record_event(&self, e: &EventRecord) -> Result<i64> {
+        let e = e.clone();
+        self.write("record event", move |c| {
+            c.prepare_cached(
+                "INSERT INTO events (machine_id, version, kind, detail, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .execute(params![
+                e.machine_id,
+                e.version.to_string(),
+                e.event.as_str(),
+                e.detail,
+                ms(e.at)
+            ])?;
+            let id = c.last_insert_rowid();
+            let (error, clear, set_version) = event_effects(&e);
+            c.prepare_cached(UPSERT_EVENT_MACHINE)?.execute(params![
+                e.machine_id,
+                e.version.to_string(),
+                ms(e.at),
+                e.event.as_str(),
+                error,
+                clear,
+                set_version
+            ])?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn machine(&self, id: &str) -> Result<Option<MachineRecord>> {
+        let id = id.to_owned();
+        self.read("machine", move |c| {
+            Ok(collect(
+                c,
+                "machine",
+                &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = ?1"),
+                [id],
+                machine_row,
+            )?
+            .pop())
+        })
+        .await
+    }
+
+    async fn machines(
+        &self,
+        channel: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<MachineRecord>> {
+        let (channel, after) = (channel.map(str::to_owned), after.unwrap_or("").to_owned());
+        self.read("machines", move |c| {
+            collect(
+                c,
+                "machines",
+                &format!(
+                    "SELECT {MACHINE_COLUMNS} FROM machines
+                     WHERE (?1 IS NULL OR channel = ?1) AND id > ?2 ORDER BY id LIMIT ?3"
+                ),
+                params![channel, after, limit],
+                machine_row,
+            )
+        })
+        .await
+    }
+
+    async fn machine_count(&self) -> Result<u64> {
+        self.read("machine count", |c| {
+            c.query_row("SELECT COUNT(*) FROM machines", [], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+                .map_err(sqlite_err("machine count"))
+        })
+        .await
+    }
+
+    async fn events(&self, machine_id: Option<&str>, limit: u32) -> Result<Vec<EventRecord>> {
+        let machine_id = machine_id.map(str::to_owned);
+        self.read("events", move |c| {
+            collect(
+                c,
+                "events",
+                "SELECT id, machine_id, version, kind, detail, at FROM events
+                 WHERE (?1 IS NULL OR machine_id = ?1) ORDER BY id DESC LIMIT ?2",
+                params![machine_id, limit],
+                event_row,
+            )
+        })
+        .await
+    }
+
+    async fn prune_events(&self, retention: Retention, now: Timestamp) -> Result<u64> {
+        let cutoff = ms(now) - i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
+        let keep = i64::try_from(retention.max_count).unwrap_or(i64::MAX);
+        self.write("prune events", move |c| {
+            let old = c.execute("DELETE FROM events WHERE at < ?1", params![cutoff])?;
+            let over = c.execute(
+                "DELETE FROM events WHERE id <= (SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1)",
+                params![keep],
+            )?;
+            Ok((old + over) as u64)
+        })
+        .await
+    }
+
+    async fn close(&self) {
+        drop(self.writer.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let thread = self
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
