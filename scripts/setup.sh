@@ -7,6 +7,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential pkg-config ca-certificates
   openssl            # key interoperability tests (openssl reads our keys and we read its)
+  postgresql         # update-server store tests start a throwaway cluster (initdb, pg_ctl)
 )
 
 missing=()

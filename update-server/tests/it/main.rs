@@ -1,3 +1,10 @@
-//! Integration tests of the update-server crate: the `slipway` CLI run as a real process.
+//! Integration tests of the update-server crate: the `slipway` CLI run as a real process, and
+//! the update server on 127.0.0.1:0 against SQLite and a throwaway PostgreSQL cluster.
 
 mod cli;
+mod harness;
+mod http;
+mod pg;
+mod process;
+mod rollout;
+mod store;
