@@ -7,7 +7,10 @@ set -euo pipefail
 PACKAGES=(
   build-essential pkg-config ca-certificates
   openssl            # key interoperability tests (openssl reads our keys and we read its)
+  grub-common fdisk  # boot backend tests: grub-editenv/grub-script-check and sfdisk cross-checks
   postgresql         # update-server store tests start a throwaway cluster (initdb, pg_ctl)
+  dbus-daemon        # a private bus for the engine's D-Bus tests
+  xz-utils zstd      # payload compression in tests and image builds
 )
 
 missing=()

@@ -36,6 +36,12 @@ impl Engine1 {
 
     /// Starts (or resumes) downloading and staging the available release; returns at once.
     async fn apply_update(&self) -> fdo::Result<()> {
+        let phase = self.engine.snapshot().phase;
+        if !matches!(phase.as_str(), "Available" | "Downloading" | "Verifying") {
+            return Err(fdo::Error::AccessDenied(format!(
+                "nothing to apply while the engine is {phase}; CheckForUpdate first"
+            )));
+        }
         self.spawn(|e| async move { e.apply().await })
     }
 

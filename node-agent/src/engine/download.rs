@@ -59,6 +59,8 @@ pub struct Outcome {
     pub written: u64,
     /// SHA-256 of the bytes written into the slot.
     pub written_digest: Sha256Digest,
+    /// SHA-256 of the slot's first `written` bytes as re-read after they were fsynced.
+    pub reread_digest: Sha256Digest,
 }
 
 /// Live progress: served bytes so far (for D-Bus properties and progress bars).
@@ -374,11 +376,19 @@ pub async fn run(
         .open(&job.slot_path)
         .map_err(|e| Error::io(&job.slot_path, e))?;
     let (tx, rx) = sync_channel::<Msg>(QUEUE_DEPTH);
+    let (vtx, vrx) = std::sync::mpsc::channel::<u64>();
     let slot_path = job.slot_path.clone();
     let start = from.written;
+    // The bytes written before a resume are re-read first.
+    let _ = vtx.send(start);
     let writer = std::thread::Builder::new()
         .name("slot-writer".into())
-        .spawn(move || write_slot(file, slot_path, start, rx, on_checkpoint))
+        .spawn(move || write_slot(file, slot_path, start, rx, vtx, on_checkpoint))
+        .map_err(|e| Error::io(&job.slot_path, e))?;
+    let vpath = job.slot_path.clone();
+    let verifier = std::thread::Builder::new()
+        .name("slot-verifier".into())
+        .spawn(move || reread_slot(vpath, vrx))
         .map_err(|e| Error::io(&job.slot_path, e))?;
 
     let mut pipe = Pipeline {
@@ -446,32 +456,42 @@ pub async fn run(
     };
     let written = pipe.written;
     drop(pipe); // hang up, so a writer waiting for more stops
-    let wrote = tokio::task::spawn_blocking(move || writer.join())
+    let (wrote, reread) = tokio::task::spawn_blocking(move || (writer.join(), verifier.join()))
         .await
-        .map_err(|e| payload_err(format!("writer task: {e}")))?
-        .map_err(|_| payload_err("slot writer panicked".into()))?;
+        .map_err(|e| payload_err(format!("writer task: {e}")))?;
+    let wrote = wrote.map_err(|_| payload_err("slot writer panicked".into()))?;
+    let reread = reread.map_err(|_| payload_err("slot verifier panicked".into()))?;
     match (streamed, wrote) {
         // The writer's own failure (e.g. disk full) explains a "writer stopped" on our side.
         (_, Err(e)) => Err(e),
         (Err(e), Ok(_)) => Err(e),
-        (Ok(()), Ok(total)) => {
-            debug_assert_eq!(total, written);
+        (Ok(()), Ok((total, finished))) => {
+            let (reread_len, reread_digest) = reread?;
+            if !finished || total != written || reread_len != written {
+                return Err(Error::Verify {
+                    slot: job.slot_path.display().to_string(),
+                    reason: format!("wrote {total} and re-read {reread_len} of {written} bytes"),
+                });
+            }
             Ok(Outcome {
                 written,
                 written_digest,
+                reread_digest,
             })
         }
     }
 }
 
-/// The writer thread: positional writes, fsync at checkpoints and at the end.
+/// The writer thread: positional writes, fsync at checkpoints and at the end. After each
+/// fsync it tells the verifier how far the slot is durable.
 fn write_slot(
     file: std::fs::File,
     path: PathBuf,
     mut offset: u64,
     rx: Receiver<Msg>,
+    verify: std::sync::mpsc::Sender<u64>,
     on_checkpoint: impl Fn(Checkpoint),
-) -> Result<u64> {
+) -> Result<(u64, bool)> {
     let io = |e| Error::io(&path, e);
     loop {
         match rx.recv() {
@@ -481,17 +501,44 @@ fn write_slot(
             }
             Ok(Msg::Checkpoint(cp)) => {
                 file.sync_data().map_err(io)?;
+                let _ = verify.send(offset);
                 fail::fail_point!("download-after-checkpoint-fsync");
                 on_checkpoint(cp);
             }
             Ok(Msg::Finish) => {
                 file.sync_all().map_err(io)?;
-                return Ok(offset);
+                let _ = verify.send(offset);
+                return Ok((offset, true));
             }
             // The network side gave up; its error is the one reported.
-            Err(_) => return Ok(offset),
+            Err(_) => return Ok((offset, false)),
         }
     }
+}
+
+/// The verifier thread: re-reads the slot from the start, up to each durable offset the
+/// writer announces, so that the check before the boot selection flips overlaps the download
+/// instead of following it. (The bytes come back through the page cache, which is what the
+/// kernel writes back; the check proves the engine wrote what it meant to write.)
+fn reread_slot(path: PathBuf, rx: Receiver<u64>) -> Result<(u64, Sha256Digest)> {
+    let file = std::fs::File::open(&path).map_err(|e| Error::io(&path, e))?;
+    let mut hasher = Sha256::new();
+    let mut done = 0u64;
+    let mut buf = vec![0u8; WRITE_BUF];
+    while let Ok(upto) = rx.recv() {
+        while done < upto {
+            let want = (upto - done).min(buf.len() as u64) as usize;
+            let n = file
+                .read_at(&mut buf[..want], done)
+                .map_err(|e| Error::io(&path, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            done += n as u64;
+        }
+    }
+    Ok((done, Sha256Digest::from_hasher(hasher)))
 }
 
 /// Re-reads `len` bytes of the slot at `path` and returns their SHA-256 (the check before the

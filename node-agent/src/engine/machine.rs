@@ -217,6 +217,8 @@ pub enum Input {
     },
     /// The slot re-read matches.
     Verified,
+    /// The release's runtime images are installed and active.
+    RuntimeInstalled,
     /// The boot loader now tries the slot next; `boot_id` is the current boot.
     TrialSet {
         /// The current boot's id.
@@ -255,6 +257,7 @@ impl Input {
             Input::Progress(_) => "Progress",
             Input::Downloaded { .. } => "Downloaded",
             Input::Verified => "Verified",
+            Input::RuntimeInstalled => "RuntimeInstalled",
             Input::TrialSet { .. } => "TrialSet",
             Input::ApplyFailed(_) => "ApplyFailed",
             Input::Interrupted(_) => "Interrupted",
@@ -290,7 +293,8 @@ pub enum Effect {
         /// Expected digest.
         digest: Sha256Digest,
     },
-    /// Install the release's runtime (sysext) images (best effort before the trial is set).
+    /// Install and activate the release's runtime (sysext) images; answer `RuntimeInstalled`
+    /// or `ApplyFailed`. Comes before the trial, so a failure leaves the boot selection alone.
     InstallRuntime {
         /// The release.
         release: Box<Release>,
@@ -474,11 +478,18 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
             });
         }
         (State::Verifying { release, slot, .. }, Input::Verified) => {
-            if !release.manifest.runtime.is_empty() {
+            if release.manifest.runtime.is_empty() {
+                fx.push(Effect::SetTrial {
+                    slot: *slot,
+                    tries: policy.boot_tries,
+                });
+            } else {
                 fx.push(Effect::InstallRuntime {
                     release: Box::new(release.clone()),
                 });
             }
+        }
+        (State::Verifying { slot, .. }, Input::RuntimeInstalled) => {
             fx.push(Effect::SetTrial {
                 slot: *slot,
                 tries: policy.boot_tries,
@@ -811,9 +822,17 @@ mod tests {
             },
             ..fresh()
         };
-        let (_, fx) = run(&mem, vec![Input::Verified]);
-        assert!(matches!(fx[0], Effect::InstallRuntime { .. }));
-        assert!(matches!(fx[1], Effect::SetTrial { .. }));
+        let (m, fx) = run(&mem, vec![Input::Verified]);
+        assert!(matches!(fx[..], [Effect::InstallRuntime { .. }]));
+        let (_, fx) = run(&m, vec![Input::RuntimeInstalled]);
+        assert!(matches!(fx[..], [Effect::SetTrial { .. }]));
+        // A failed runtime install fails the update without touching the boot selection.
+        let (m, fx) = run(
+            &m,
+            vec![Input::ApplyFailed("containerd restart failed".into())],
+        );
+        assert_eq!(m.state.phase(), "Failed");
+        assert!(fx.iter().all(|e| !matches!(e, Effect::SetTrial { .. })));
     }
 
     #[test]
@@ -1056,6 +1075,7 @@ mod tests {
                 written_digest: Sha256Digest::of(b"x")
             }),
             Just(Input::Verified),
+            Just(Input::RuntimeInstalled),
             Just(Input::TrialSet {
                 boot_id: "b1".into()
             }),

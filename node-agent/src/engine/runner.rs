@@ -184,6 +184,9 @@ pub struct Engine {
     /// second one are refused as busy instead of queueing behind a long download.
     op: tokio::sync::Mutex<()>,
     progress: Progress,
+    /// The re-read digest of the last download, (slot, bytes, digest): lets the Verify effect
+    /// that follows a download skip a second full read.
+    reread: Mutex<Option<(Slot, u64, slipway_api::Sha256Digest)>>,
     now: Box<dyn Fn() -> jiff::Timestamp + Send + Sync>,
     units: Arc<dyn super::sysext::UnitManager>,
 }
@@ -235,6 +238,7 @@ impl Engine {
             sysext,
             op: tokio::sync::Mutex::new(()),
             progress: Arc::new(AtomicU64::new(0)),
+            reread: Mutex::new(None),
             now: Box::new(jiff::Timestamp::now),
             units,
         })
@@ -396,10 +400,14 @@ impl Engine {
                 slot,
                 from,
             } => Some(match self.download(&release, slot, from).await {
-                Ok(done) => Input::Downloaded {
-                    written: done.written,
-                    written_digest: done.written_digest,
-                },
+                Ok(done) => {
+                    *self.reread.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((slot, done.written, done.reread_digest));
+                    Input::Downloaded {
+                        written: done.written,
+                        written_digest: done.written_digest,
+                    }
+                }
                 Err(e @ Error::Interrupted { .. }) => {
                     tracing::warn!(error = %e, "download interrupted; it resumes from the last checkpoint");
                     Input::Interrupted(e.to_string())
@@ -433,10 +441,10 @@ impl Engine {
             }
             Effect::InstallRuntime { release } => {
                 // Runtime images follow the OS release; a failure here fails the update.
-                match self.install_runtime(&release).await {
-                    Ok(()) => None,
-                    Err(e) => Some(Input::ApplyFailed(e.to_string())),
-                }
+                Some(match self.install_runtime(&release).await {
+                    Ok(()) => Input::RuntimeInstalled,
+                    Err(e) => Input::ApplyFailed(e.to_string()),
+                })
             }
             Effect::SetTrial { slot, tries } => {
                 fail::fail_point!("before-set-trial", |_| Err(Error::Refused(

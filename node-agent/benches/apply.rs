@@ -1,0 +1,322 @@
+//! Benchmark: the engine applying a large payload from a local HTTP server into a slot file,
+//! against the two limits measured in the same run over the same bytes: `openssl dgst -sha256`
+//! (SHA-NI hashing, the CPU limit) and a plain copy + fsync (the disk limit).
+//!
+//! `cargo bench -p slipway-agent --bench apply` (sizes in MiB: `-- 1024 4096`; default 1024).
+//! The engine runs in a child process (this binary re-executed) so that its peak RSS (VmHWM)
+//! is its own; the HTTP server streams the payload from disk in the parent.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Instant;
+
+use slipway_agent::engine::sysext::UnitManager;
+use slipway_agent::engine::{Engine, Facts, Settings};
+use slipway_api::manifest::{OsImage, PayloadFormat, RELEASE_TYPE};
+use slipway_api::{Manifest, PrivateKey, Root, Sha256Digest};
+
+const RUNS: usize = 3;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("--child-apply") {
+        child_apply(Path::new(&args[1]));
+        return;
+    }
+    let sizes: Vec<u64> = args
+        .iter()
+        .filter_map(|a| a.parse().ok())
+        .collect::<Vec<u64>>();
+    let sizes = if sizes.is_empty() { vec![1024] } else { sizes };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    for mib in sizes {
+        rt.block_on(bench(mib << 20));
+    }
+}
+
+fn fill(path: &Path, len: u64) -> Sha256Digest {
+    use sha2::Digest as _;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut h = sha2::Sha256::new();
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).unwrap();
+        h.update(&block[..n]);
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+    f.get_ref().sync_all().unwrap();
+    Sha256Digest::from_hasher(h)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+async fn bench(len: u64) {
+    let tmp = tempfile::Builder::new()
+        .prefix("slipway-bench-")
+        .tempdir_in(
+            std::env::var_os("BENCH_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir),
+        )
+        .unwrap();
+    let dir = tmp.path();
+    let payload = dir.join("payload.img");
+    eprintln!("bench: writing a {} MiB payload", len >> 20);
+    let digest = fill(&payload, len);
+
+    // The CPU limit: openssl's SHA-256 over the same file.
+    let mut openssl = Vec::new();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let out = Command::new("openssl")
+            .args(["dgst", "-sha256"])
+            .arg(&payload)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success());
+        assert!(String::from_utf8_lossy(&out.stdout).contains(&digest.to_hex()));
+        openssl.push(len as f64 / t.elapsed().as_secs_f64());
+    }
+    // The disk limit: copy + fsync into a slot-sized file.
+    let mut copy = Vec::new();
+    let target = dir.join("copy-target");
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let mut src = std::fs::File::open(&payload).unwrap();
+        let mut dst = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&target)
+            .unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = src.read(&mut buf).unwrap();
+            if n == 0 {
+                break;
+            }
+            dst.write_all(&buf[..n]).unwrap();
+        }
+        dst.sync_all().unwrap();
+        copy.push(len as f64 / t.elapsed().as_secs_f64());
+    }
+    std::fs::remove_file(&target).unwrap();
+
+    // The engine, in a child process, against a local HTTP server streaming from disk.
+    let server = serve(payload.clone()).await;
+    let mut engine = Vec::new();
+    let mut rss = Vec::new();
+    for run in 0..RUNS {
+        let node = dir.join(format!("node-{run}"));
+        setup_node(&node, &server, len, digest);
+        let t = Instant::now();
+        let out = Command::new(std::env::current_exe().unwrap())
+            .arg("--child-apply")
+            .arg(&node)
+            .output()
+            .unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "engine child failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let apply_secs: f64 = field(&stdout, "apply_secs");
+        let hwm_kib: f64 = field(&stdout, "vmhwm_kib");
+        engine.push(len as f64 / apply_secs);
+        rss.push(hwm_kib / 1024.0);
+        let _ = secs;
+        std::fs::remove_dir_all(&node).unwrap();
+    }
+    let gb = |b: f64| b / 1e9;
+    let (o, c, e, r) = (median(openssl), median(copy), median(engine), median(rss));
+    let limit = o.min(c);
+    println!(
+        "apply benchmark, payload {} MiB, median of {RUNS} runs",
+        len >> 20
+    );
+    println!("  openssl dgst -sha256 (CPU limit):  {:.2} GB/s", gb(o));
+    println!("  copy + fsync (disk limit):         {:.2} GB/s", gb(c));
+    println!(
+        "  engine apply (download, hash, write, fsync, re-read verify): {:.2} GB/s",
+        gb(e)
+    );
+    println!(
+        "  ratio engine / slower limit:       {:.2} (target >= 0.8)",
+        e / limit
+    );
+    println!(
+        "  engine peak RSS (VmHWM):           {:.1} MiB (target <= 32)",
+        r
+    );
+}
+
+fn field(out: &str, name: &str) -> f64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("child printed no {name}: {out}"))
+}
+
+struct Server {
+    url: String,
+}
+
+async fn serve(payload: PathBuf) -> Server {
+    use axum::routing::{get, post};
+    let app = axum::Router::new()
+        .route(
+            "/v1/payloads/os",
+            get(move || {
+                let payload = payload.clone();
+                async move {
+                    let f = tokio::fs::File::open(&payload).await.unwrap();
+                    let len = f.metadata().await.unwrap().len();
+                    let stream = tokio_util::io::ReaderStream::with_capacity(f, 256 << 10);
+                    axum::response::Response::builder()
+                        .header("content-length", len)
+                        .body(axum::body::Body::from_stream(stream))
+                        .unwrap()
+                }
+            }),
+        )
+        .route(
+            "/v1/check",
+            post(
+                |axum::extract::State(offer): axum::extract::State<
+                    Arc<std::sync::Mutex<Option<String>>>,
+                >| async move {
+                    offer
+                        .lock()
+                        .unwrap()
+                        .clone()
+                        .unwrap_or_else(|| "{\"update\":null}".into())
+                },
+            ),
+        )
+        .route(
+            "/v1/events",
+            post(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
+        .with_state(OFFER.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    Server { url }
+}
+
+static OFFER: std::sync::LazyLock<Arc<std::sync::Mutex<Option<String>>>> =
+    std::sync::LazyLock::new(|| Arc::new(std::sync::Mutex::new(None)));
+
+fn setup_node(dir: &Path, server: &Server, len: u64, digest: Sha256Digest) {
+    std::fs::create_dir_all(dir).unwrap();
+    let key = PrivateKey::from_seed([1; 32]);
+    let root = Root::new(1, 1, &[key.public()]).sign(&[&key]);
+    std::fs::write(dir.join("root.json"), root.to_json_pretty()).unwrap();
+    std::fs::write(
+        dir.join("machine-id"),
+        "bench0000000000000000000000000000\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("os-release"), "SLIPWAY_VERSION=1.0.0\n").unwrap();
+    std::fs::write(dir.join("cmdline"), "slipway.slot=A\n").unwrap();
+    std::fs::write(dir.join("boot_id"), "bench-boot\n").unwrap();
+    std::fs::write(dir.join("slot-a"), b"running").unwrap();
+    std::fs::File::create(dir.join("slot-b")).unwrap();
+    slipway_agent::engine::boot::grub::GrubEnv::create(&dir.join("grubenv")).unwrap();
+    let manifest = Manifest {
+        kind: RELEASE_TYPE.into(),
+        channel: "stable".into(),
+        version: "2.0.0".parse().unwrap(),
+        expires: "2099-01-01T00:00:00Z".parse().unwrap(),
+        os: OsImage {
+            url: "/v1/payloads/os".into(),
+            size: len,
+            sha256: digest,
+            format: PayloadFormat::Raw,
+        },
+        runtime: vec![],
+        min_from_version: None,
+        advisories: vec![],
+    };
+    let answer = serde_json::json!({ "update": manifest.sign(&[&key]) });
+    *OFFER.lock().unwrap() = Some(answer.to_string());
+    let d = dir.display();
+    std::fs::write(
+        dir.join("engine.toml"),
+        format!(
+            r#"server = "{url}"
+root = "{d}/root.json"
+state-dir = "{d}/state"
+machine-id-file = "{d}/machine-id"
+os-release = "{d}/os-release"
+cmdline = "{d}/cmdline"
+boot-id-file = "{d}/boot_id"
+[slots]
+a = "{d}/slot-a"
+b = "{d}/slot-b"
+[boot]
+backend = "grub"
+grubenv = "{d}/grubenv"
+"#,
+            url = server.url
+        ),
+    )
+    .unwrap();
+}
+
+struct NoUnits;
+
+#[async_trait::async_trait]
+impl UnitManager for NoUnits {
+    async fn restart_unit(&self, unit: &str) -> slipway_agent::Result<()> {
+        Err(slipway_agent::Error::Dbus(format!(
+            "no units in the benchmark ({unit})"
+        )))
+    }
+}
+
+/// The child: open the engine, check, apply; print timing and VmHWM.
+fn child_apply(dir: &Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let settings = Settings::load(&[], &[dir.join("engine.toml")]).unwrap();
+        let facts = Facts::read(&settings).unwrap();
+        let backend = slipway_agent::engine::boot::open(&settings.boot).unwrap();
+        let engine = Engine::open(settings, facts, backend, Arc::new(NoUnits)).unwrap();
+        engine.start().await.unwrap();
+        let t = Instant::now();
+        engine.check().await.unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let snap = engine.snapshot();
+        assert_eq!(snap.phase, "Staged", "{}", snap.last_error);
+        println!("apply_secs={secs}");
+    });
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .map(|v| v.trim().trim_end_matches("kB").trim().to_owned())
+        .unwrap();
+    println!("vmhwm_kib={hwm}");
+}

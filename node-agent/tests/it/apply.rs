@@ -1,0 +1,375 @@
+//! Applying releases end to end: download into the inactive slot, verification, the boot
+//! loader's trial, marking good, rolling back, resuming, and refusing misbehaving servers.
+
+use std::sync::Arc;
+
+use slipway_agent::engine::Slot;
+use slipway_agent::engine::machine::State;
+use slipway_api::manifest::{PayloadFormat, RuntimeImage};
+use slipway_api::wire::EventKind;
+
+use crate::fixtures::*;
+use crate::server::{Mode, TestServer};
+
+#[tokio::test]
+async fn full_apply_then_mark_good_then_rollback() {
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let image = bytes(6 << 20, 2);
+    let m = manifest("2.0.0", &image, "/v1/payloads/os-2", PayloadFormat::Raw);
+    node.offer("os-2", image.clone(), sign(&m));
+
+    let engine = node.engine().await;
+    engine.check().await.unwrap();
+    let snap = engine.snapshot();
+    assert_eq!(snap.phase, "Staged", "last error: {}", snap.last_error);
+    assert_eq!(snap.staged_version, "2.0.0");
+    // Slot B holds the image; slot A is untouched; the boot loader tries B once.
+    assert_eq!(&node.slot(Slot::B)[..image.len()], &image[..]);
+    assert_eq!(node.slot(Slot::A), node.running_a);
+    let boot = engine.boot().status().unwrap();
+    assert_eq!(boot.next, Some(Slot::B));
+    assert!(!boot.b.good);
+    assert_eq!(boot.b.tries, 1);
+    assert!(boot.a.good);
+    engine.flush_reports().await;
+    drop(engine);
+
+    // The boot loader spends the try and boots B; the engine starts on the new boot.
+    assert_eq!(node.backend_simulate_boot(), Some(Slot::B));
+    node.reboot_into(Slot::B, "boot-2");
+    let engine = node.engine().await;
+    assert_eq!(engine.snapshot().phase, "Trial");
+    engine.mark_good().await.unwrap();
+    let snap = engine.snapshot();
+    assert_eq!(
+        (snap.phase.as_str(), snap.current_version.as_str()),
+        ("Idle", "2.0.0")
+    );
+    let boot = engine.boot().status().unwrap();
+    assert!(boot.b.good);
+    assert_eq!(boot.next, Some(Slot::B));
+
+    // Rollback to the previous release: A boots next.
+    engine.rollback("admin asked").await.unwrap();
+    assert_eq!(engine.boot().status().unwrap().next, Some(Slot::A));
+    node.reboot_into(Slot::A, "boot-3");
+    engine.flush_reports().await;
+    drop(engine);
+    let engine = node.engine().await;
+    assert_eq!(engine.snapshot().current_version, "1.0.0");
+    engine.flush_reports().await;
+
+    let events: Vec<EventKind> = server.with(|r| r.events.iter().map(|e| e.event).collect());
+    assert_eq!(
+        events,
+        vec![
+            EventKind::Checked,
+            EventKind::Downloading,
+            EventKind::Staged,
+            EventKind::Booted,
+            EventKind::Healthy,
+            EventKind::RolledBack,
+        ]
+    );
+}
+
+#[tokio::test]
+async fn zstd_and_xz_payloads_are_decompressed_into_the_slot() {
+    for format in [PayloadFormat::Zstd, PayloadFormat::Xz] {
+        let server = TestServer::start().await;
+        let node = Node::new(&server);
+        let image = bytes(5 << 20, 3);
+        let served = match format {
+            PayloadFormat::Zstd => zstd_frames(&image, 1 << 20),
+            _ => {
+                let mut out = Vec::new();
+                let mut enc = liblzma::write::XzEncoder::new(&mut out, 1);
+                std::io::Write::write_all(&mut enc, &image).unwrap();
+                enc.finish().unwrap();
+                out
+            }
+        };
+        let m = manifest("2.0.0", &served, "/v1/payloads/os", format);
+        node.offer("os", served, sign(&m));
+        let engine = node.engine().await;
+        engine.check().await.unwrap();
+        let snap = engine.snapshot();
+        assert_eq!(snap.phase, "Staged", "{format:?}: {}", snap.last_error);
+        assert_eq!(&node.slot(Slot::B)[..image.len()], &image[..], "{format:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_server_sending_more_than_the_size_is_cut_off() {
+    for mode in [Mode::Oversize, Mode::Endless] {
+        let server = TestServer::start().await;
+        let node = Node::new(&server);
+        let image = bytes(2 << 20, 4);
+        let m = manifest("2.0.0", &image, "/v1/payloads/os", PayloadFormat::Raw);
+        node.offer("os", image.clone(), sign(&m));
+        server.with(|r| r.mode = mode.clone());
+        let engine = node.engine().await;
+        let before = engine.boot().status().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(60), engine.check())
+            .await
+            .expect("the engine stops reading at the signed size")
+            .unwrap();
+        let snap = engine.snapshot();
+        assert_eq!(snap.phase, "Failed", "{mode:?}");
+        assert!(
+            snap.last_error.contains("more than the signed size"),
+            "{mode:?}: {}",
+            snap.last_error
+        );
+        assert_eq!(engine.boot().status().unwrap(), before);
+        assert_eq!(node.slot(Slot::A), node.running_a);
+    }
+}
+
+#[tokio::test]
+async fn an_interrupted_download_resumes_with_range_in_a_new_engine() {
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let image = bytes(8 << 20, 5);
+    let m = manifest("2.0.0", &image, "/v1/payloads/os", PayloadFormat::Raw);
+    node.offer("os", image.clone(), sign(&m));
+    server.with(|r| r.mode = Mode::DropAfter((image.len() as u64) * 4 / 10));
+
+    let engine = node.engine().await;
+    engine.check().await.unwrap();
+    let snap = engine.snapshot();
+    assert_eq!(snap.phase, "Downloading", "{}", snap.last_error);
+    assert!(
+        snap.last_error.contains("interrupted"),
+        "{}",
+        snap.last_error
+    );
+    let State::Downloading { checkpoint, .. } = engine.memory().state else {
+        panic!("not downloading")
+    };
+    assert!(
+        checkpoint.served >= 2 << 20,
+        "checkpointed at {}",
+        checkpoint.served
+    );
+    drop(engine);
+
+    // A new engine (as after a restart) resumes on start.
+    let engine = node.engine().await;
+    let snap = engine.snapshot();
+    assert_eq!(snap.phase, "Staged", "{}", snap.last_error);
+    assert_eq!(&node.slot(Slot::B)[..image.len()], &image[..]);
+    let (ranges, served) = server.with(|r| (r.ranges.clone(), r.bytes_served));
+    assert_eq!(ranges[0], None);
+    assert_eq!(ranges[1], Some(format!("bytes={}-", checkpoint.served)));
+    assert!(
+        served < image.len() as u64 * 3 / 2,
+        "served {served} for a {} byte payload",
+        image.len()
+    );
+}
+
+#[tokio::test]
+async fn a_zstd_download_resumes_at_a_frame_boundary() {
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let image = bytes(8 << 20, 6);
+    let served = zstd_frames(&image, 1 << 20);
+    let m = manifest("2.0.0", &served, "/v1/payloads/os", PayloadFormat::Zstd);
+    node.offer("os", served.clone(), sign(&m));
+    server.with(|r| r.mode = Mode::DropAfter((served.len() as u64) * 6 / 10));
+    let engine = node.engine().await;
+    engine.check().await.unwrap();
+    assert_eq!(engine.snapshot().phase, "Downloading");
+    drop(engine);
+    let engine = node.engine().await;
+    let snap = engine.snapshot();
+    assert_eq!(snap.phase, "Staged", "{}", snap.last_error);
+    assert_eq!(&node.slot(Slot::B)[..image.len()], &image[..]);
+    let ranges = server.with(|r| r.ranges.clone());
+    assert!(
+        ranges[1].is_some(),
+        "resumed with a Range request: {ranges:?}"
+    );
+}
+
+#[tokio::test]
+async fn reports_wait_for_a_server_that_is_down_without_delaying_the_update() {
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let image = bytes(1 << 20, 7);
+    let m = manifest("2.0.0", &image, "/v1/payloads/os", PayloadFormat::Raw);
+    node.offer("os", image, sign(&m));
+    server.with(|r| r.events_down = true);
+    let engine = node.engine().await;
+    engine.check().await.unwrap();
+    assert_eq!(engine.snapshot().phase, "Staged");
+    assert_eq!(engine.flush_reports().await, 0);
+    assert_eq!(
+        engine.queued_events(),
+        vec![
+            EventKind::Checked,
+            EventKind::Downloading,
+            EventKind::Staged
+        ]
+    );
+    drop(engine);
+    // The queue survives a restart and drains once the server is back.
+    server.with(|r| r.events_down = false);
+    let engine = node.engine().await;
+    assert_eq!(engine.flush_reports().await, 3);
+    assert_eq!(engine.outbox_len(), 0);
+    assert_eq!(server.with(|r| r.events.len()), 3);
+}
+
+#[tokio::test]
+async fn runtime_images_are_installed_and_units_restarted_or_rolled_back() {
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let old = bytes(100_000, 8);
+    std::fs::create_dir_all(node.dir.join("extensions")).unwrap();
+    std::fs::write(node.dir.join("extensions/containerd.raw"), &old).unwrap();
+
+    for (version, fail) in [("2.0.0", true), ("2.0.1", false)] {
+        let image = bytes(1 << 20, 9);
+        let runtime = bytes(300_000, 10 + version.len() as u64 + fail as u64);
+        let mut m = manifest(version, &image, "/v1/payloads/os", PayloadFormat::Raw);
+        m.runtime.push(RuntimeImage {
+            name: "containerd".into(),
+            url: "/v1/payloads/ctr".into(),
+            size: runtime.len() as u64,
+            sha256: sha(&runtime),
+        });
+        server.with(|r| {
+            r.payloads.insert("ctr".into(), runtime.clone().into());
+        });
+        node.offer("os", image, sign(&m));
+        let units = Arc::new(RecordingUnits {
+            fail: if fail {
+                vec!["containerd.service".into()]
+            } else {
+                vec![]
+            },
+            ..Default::default()
+        });
+        let engine = node.engine_with(units.clone()).await;
+        engine.check().await.unwrap();
+        let installed = std::fs::read(node.dir.join("extensions/containerd.raw")).unwrap();
+        let restarted = units.restarted.lock().unwrap().clone();
+        if fail {
+            // The failed restart put the previous image back and restarted again.
+            assert_eq!(engine.snapshot().phase, "Failed");
+            assert_eq!(installed, old);
+            assert_eq!(
+                restarted,
+                vec![
+                    "systemd-sysext.service",
+                    "containerd.service",
+                    "systemd-sysext.service",
+                    "containerd.service"
+                ]
+            );
+        } else {
+            assert_eq!(
+                engine.snapshot().phase,
+                "Staged",
+                "{}",
+                engine.snapshot().last_error
+            );
+            assert_eq!(installed, runtime);
+            assert_eq!(
+                restarted,
+                vec!["systemd-sysext.service", "containerd.service"]
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_crash_between_writing_and_flipping_re_verifies_on_restart() {
+    let scenario = fail::FailScenario::setup();
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let image = bytes(2 << 20, 11);
+    let m = manifest("2.0.0", &image, "/v1/payloads/os", PayloadFormat::Raw);
+    node.offer("os", image.clone(), sign(&m));
+    fail::cfg("before-set-trial", "return").unwrap();
+    let engine = node.engine().await;
+    assert!(
+        engine.check().await.is_err(),
+        "the failpoint stops the engine"
+    );
+    fail::remove("before-set-trial");
+    assert_eq!(engine.snapshot().phase, "Verifying");
+    assert_eq!(engine.boot().status().unwrap().next, Some(Slot::A));
+    drop(engine);
+
+    // Between the crash and the restart, the slot is damaged: the restart must notice.
+    let mut b = node.slot(Slot::B);
+    b[1000] ^= 0xff;
+    std::fs::write(node.dir.join("slot-b"), &b).unwrap();
+    let engine = node.engine().await;
+    let snap = engine.snapshot();
+    assert_eq!(snap.phase, "Failed");
+    assert!(
+        snap.last_error.contains("verification failed"),
+        "{}",
+        snap.last_error
+    );
+    assert_eq!(engine.boot().status().unwrap().next, Some(Slot::A));
+    drop(engine);
+
+    // Same crash with an intact slot: the restart re-verifies and stages.
+    let node = Node::new(&server);
+    fail::cfg("before-set-trial", "return").unwrap();
+    let engine = node.engine().await;
+    assert!(engine.check().await.is_err());
+    fail::remove("before-set-trial");
+    drop(engine);
+    let engine = node.engine().await;
+    assert_eq!(engine.snapshot().phase, "Staged");
+    assert_eq!(engine.boot().status().unwrap().next, Some(Slot::B));
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn the_engine_binary_resumes_in_a_new_process_after_an_interruption() {
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let image = bytes(8 << 20, 12);
+    let m = manifest("2.0.0", &image, "/v1/payloads/os", PayloadFormat::Raw);
+    node.offer("os", image.clone(), sign(&m));
+    server.with(|r| r.mode = Mode::DropAfter((image.len() as u64) * 4 / 10));
+    let once = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_slipway-agent"))
+            .args(["engine", "--once", "--config"])
+            .arg(&node.config)
+            .env("SLIPWAY_DBUS_ADDRESS", "unix:path=/nonexistent")
+            .output()
+    };
+    let first = once().await.unwrap();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert_eq!(first.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let second = once().await.unwrap();
+    let stdout = String::from_utf8_lossy(&second.stdout);
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(stdout.contains("staged 2.0.0"), "{stdout}");
+    assert_eq!(&node.slot(Slot::B)[..image.len()], &image[..]);
+    let (ranges, served) = server.with(|r| (r.ranges.clone(), r.bytes_served));
+    assert!(
+        ranges[1]
+            .as_deref()
+            .is_some_and(|r| r.starts_with("bytes=")),
+        "{ranges:?}"
+    );
+    assert!(served < image.len() as u64 * 3 / 2, "served {served}");
+}

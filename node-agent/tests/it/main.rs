@@ -1,0 +1,9 @@
+//! Integration tests of the agent: the engine against a real local HTTP server, real slot
+//! files, a real boot-loader state file, and (for D-Bus) a private dbus-daemon.
+
+mod fixtures;
+mod server;
+
+mod apply;
+mod attacks;
+mod dbus;
