@@ -8,7 +8,24 @@
 
 use std::path::PathBuf;
 
+use super::settings::BootSettings;
 use super::slot::Slot;
+
+mod durable;
+pub mod gpt;
+pub mod grub;
+pub mod sdboot;
+
+/// The backend `settings` names. No I/O happens here: a broken boot-loader state shows up on the
+/// first `status()`, where it is reported with its path, instead of keeping the engine from
+/// starting (it still has to report the problem).
+pub fn open(settings: &BootSettings) -> Result<Box<dyn BootBackend>, BootError> {
+    Ok(match settings {
+        BootSettings::Grub { grubenv } => Box::new(grub::GrubEnv::new(grubenv)),
+        BootSettings::SystemdBoot { esp } => Box::new(sdboot::SdBoot::new(esp)),
+        BootSettings::Gpt { disk } => Box::new(gpt::GptDisk::new(disk)),
+    })
+}
 
 /// Per-slot state as the boot loader sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
