@@ -26,5 +26,6 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-bench: ## Benchmarks (engine apply, server checks, planner) arrive with their issues
-	@echo "bench: no benchmarks yet; they arrive with the engine (3), server (5) and operator (6) issues."
+bench: ## Benchmarks: update-server checks/s vs /healthz (engine apply and planner arrive with their issues)
+	$(CARGO) run --release --locked -p slipway-server --bin bench-checks
+	@echo "bench: engine (3) and operator (6) benchmarks arrive with their issues."

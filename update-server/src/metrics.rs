@@ -39,8 +39,9 @@ impl EncodeLabelValue for EventLabel {
 /// methods it routes, status codes), so clients cannot grow the label space.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    /// The matched route template (`/v1/payloads/{sha256}`), or `unmatched`.
-    pub route: String,
+    /// The matched route template (`/v1/payloads/{sha256}`), `/v1/admin` for any admin route,
+    /// or `unmatched`.
+    pub route: &'static str,
     /// HTTP method (`other` for unusual ones).
     pub method: &'static str,
     /// Status code.

@@ -1,5 +1,5 @@
 //! `slipway`: the release manager's command line: keys, roots of trust, signing and verifying
-//! releases (later: publishing, promoting and pausing on an update server).
+//! releases, and publishing, promoting, pausing and advising on an update server.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -27,7 +27,10 @@ const SMALL_FILE_LIMIT: u64 = 1 << 20;
         slipway keygen --out keys --name release-1\n  \
         slipway root init --key keys/release-1.key --threshold 1 --out root.json\n  \
         slipway sign --key keys/release-1.key --os os.img.zst manifest.json > release.json\n  \
-        slipway verify --root root.json --os os.img.zst release.json"
+        slipway verify --root root.json --os os.img.zst release.json\n  \
+        slipway publish --server https://updates.example --token-file admin.token --os os.img.zst release.json\n  \
+        slipway promote --server https://updates.example --token-file admin.token \\\n      \
+        --channel stable --version 2.0.0 --wave 0s=0.01 --wave 1h=0.1 --wave 1d=1"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -68,6 +71,128 @@ enum Command {
     },
     /// Verify a signed release against a root of trust; prints the manifest on success.
     Verify(VerifyArgs),
+    /// Upload a release's payloads and its signed envelope to an update server.
+    Publish(PublishArgs),
+    /// Start rolling a published version out on a channel, in waves.
+    Promote(PromoteArgs),
+    /// Stop offering updates on a channel.
+    Pause(ChannelArgs),
+    /// Offer updates on a paused channel again.
+    Resume(ChannelArgs),
+    /// Mark a release with an advisory: machines running it get the channel's target at once.
+    Advise(AdviseArgs),
+    /// Make a release a floor: older machines pass through it before anything newer.
+    Floor(FloorArgs),
+    /// Show channels (rollout state, releases) on an update server.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// The update server's base URL.
+    #[arg(long, env = "SLIPWAY_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// File holding an admin bearer token (first non-comment line).
+    #[arg(long, env = "SLIPWAY_TOKEN_FILE")]
+    token_file: PathBuf,
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Verify the envelope and the payload files against this root before uploading.
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// The OS payload file.
+    #[arg(long)]
+    os: Option<PathBuf>,
+    /// A runtime image payload, NAME=FILE.
+    #[arg(long = "runtime", value_name = "NAME=FILE", value_parser = parse_named_file)]
+    runtime: Vec<(String, PathBuf)>,
+    /// The signed release envelope.
+    envelope: PathBuf,
+}
+
+#[derive(Args)]
+struct ChannelArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The channel.
+    #[arg(long)]
+    channel: String,
+}
+
+#[derive(Args)]
+struct PromoteArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The channel.
+    #[arg(long)]
+    channel: String,
+    /// The version to roll out (already published on the channel).
+    #[arg(long)]
+    version: Version,
+    /// A wave, AFTER=FRACTION (e.g. `0s=0.01 1h=0.1 4h=0.5 1d=1`); default: everyone now.
+    #[arg(long = "wave", value_name = "AFTER=FRACTION", value_parser = parse_wave)]
+    waves: Vec<slipway_server::rollout::Wave>,
+}
+
+#[derive(Args)]
+struct AdviseArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The channel.
+    #[arg(long)]
+    channel: String,
+    /// The affected release.
+    #[arg(long)]
+    version: Version,
+    /// Advisory id (e.g. CVE-2026-1234).
+    #[arg(long, required_unless_present = "clear")]
+    id: Option<String>,
+    /// One line for humans.
+    #[arg(long, default_value = "")]
+    summary: String,
+    /// Remove the advisory instead.
+    #[arg(long, conflicts_with = "id")]
+    clear: bool,
+}
+
+#[derive(Args)]
+struct FloorArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// The channel.
+    #[arg(long)]
+    channel: String,
+    /// The release that becomes a floor.
+    #[arg(long)]
+    version: Version,
+    /// Remove the floor instead.
+    #[arg(long)]
+    clear: bool,
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Only this channel.
+    #[arg(long)]
+    channel: Option<String>,
+}
+
+fn parse_wave(s: &str) -> Result<slipway_server::rollout::Wave, String> {
+    let (after, fraction) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected AFTER=FRACTION, got {s:?}"))?;
+    Ok(slipway_server::rollout::Wave {
+        after: slipway_server::rollout::duration_text::parse(after)?,
+        fraction: fraction
+            .parse()
+            .map_err(|_| format!("fraction {fraction:?} is not a number"))?,
+    })
 }
 
 #[derive(Subcommand)]
@@ -207,6 +332,56 @@ fn run(cli: Cli) -> Result<()> {
             out,
         } => cosign(&keys, &envelope, out.as_deref()),
         Command::Verify(args) => verify(args),
+        Command::Publish(args) => admin::publish(args),
+        Command::Promote(args) => {
+            let waves = (!args.waves.is_empty()).then_some(&args.waves);
+            let body = serde_json::json!({"version": args.version, "waves": waves});
+            admin::call(
+                &args.server,
+                "POST",
+                &format!("/channels/{}/promote", args.channel),
+                Some(body),
+            )
+        }
+        Command::Pause(args) => admin::call(
+            &args.server,
+            "POST",
+            &format!("/channels/{}/pause", args.channel),
+            None,
+        ),
+        Command::Resume(args) => admin::call(
+            &args.server,
+            "POST",
+            &format!("/channels/{}/resume", args.channel),
+            None,
+        ),
+        Command::Advise(args) => {
+            let path = format!(
+                "/channels/{}/releases/{}/advisory",
+                args.channel, args.version
+            );
+            match args.id {
+                Some(id) if !args.clear => admin::call(
+                    &args.server,
+                    "PUT",
+                    &path,
+                    Some(serde_json::json!({"id": id, "summary": args.summary})),
+                ),
+                _ => admin::call(&args.server, "DELETE", &path, None),
+            }
+        }
+        Command::Floor(args) => {
+            let path = format!("/channels/{}/releases/{}/floor", args.channel, args.version);
+            let method = if args.clear { "DELETE" } else { "PUT" };
+            admin::call(&args.server, method, &path, None)
+        }
+        Command::Status(args) => {
+            let path = match &args.channel {
+                Some(c) => format!("/channels/{c}"),
+                None => "/channels".to_owned(),
+            };
+            admin::call(&args.server, "GET", &path, None)
+        }
     }
 }
 
@@ -353,6 +528,7 @@ fn sign(args: SignArgs) -> Result<()> {
             .ok_or_else(|| anyhow!("{}: has no \"os\" object to fill in", path.display()))?;
         obj.insert("size".into(), size.into());
         obj.insert("sha256".into(), sha256.to_hex().into());
+        fill_url(obj, &sha256);
     }
     for (name, file) in &args.runtime {
         let (size, sha256) = hash_payload(file)?;
@@ -372,6 +548,7 @@ fn sign(args: SignArgs) -> Result<()> {
             })?;
         entry.insert("size".into(), size.into());
         entry.insert("sha256".into(), sha256.to_hex().into());
+        fill_url(entry, &sha256);
     }
     let manifest: Manifest = serde_json::from_value(value)
         .with_context(|| format!("{}: not a valid release manifest", path.display()))?;
@@ -494,6 +671,17 @@ fn check_payload(
     Ok(())
 }
 
+/// Replaces a `{sha256}` placeholder in a payload's `url` (e.g. `/v1/payloads/{sha256}`, the
+/// update server's content-addressed path) with the digest just computed.
+fn fill_url(
+    entry: &mut serde_json::Map<String, serde_json::Value>,
+    sha256: &slipway_api::Sha256Digest,
+) {
+    if let Some(serde_json::Value::String(url)) = entry.get_mut("url") {
+        *url = url.replace("{sha256}", &sha256.to_hex());
+    }
+}
+
 fn hash_payload(file: &Path) -> Result<(u64, slipway_api::Sha256Digest)> {
     let (size, digest) =
         digest_file(file).with_context(|| format!("hashing {}", file.display()))?;
@@ -553,4 +741,165 @@ fn write_output(out: Option<&Path>, bytes: &[u8]) -> Result<()> {
 
 fn print_stdout(text: &str) -> Result<()> {
     write_output(None, text.as_bytes())
+}
+
+/// The admin API client behind `publish`, `promote`, `pause`, `resume`, `advise`, `floor`
+/// and `status`.
+mod admin {
+    use super::*;
+
+    fn token(args: &ServerArgs) -> Result<String> {
+        let text = read_text(&args.token_file)?;
+        text.lines()
+            .map(str::trim)
+            .find(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow!("{}: no token in the file", args.token_file.display()))
+    }
+
+    fn runtime() -> Result<tokio::runtime::Runtime> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")
+    }
+
+    fn url(args: &ServerArgs, path: &str) -> String {
+        format!("{}/v1/admin{path}", args.server.trim_end_matches('/'))
+    }
+
+    /// Turns a non-2xx answer into one error line, `STATUS KIND: MESSAGE`.
+    async fn answer(resp: reqwest::Response, what: &str) -> Result<serde_json::Value> {
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("{what}: reading the answer"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        if !status.is_success() {
+            let kind = value["kind"].as_str().unwrap_or("error");
+            let message = value["message"].as_str().unwrap_or("");
+            bail!("{what}: the server answered {status} {kind}: {message}");
+        }
+        Ok(value)
+    }
+
+    fn print_json(value: &serde_json::Value) -> Result<()> {
+        let mut text = serde_json::to_string_pretty(value)?;
+        text.push('\n');
+        print_stdout(&text)
+    }
+
+    pub(super) fn call(
+        args: &ServerArgs,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<()> {
+        let token = token(args)?;
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let value = runtime()?.block_on(async {
+            let mut req = reqwest::Client::new()
+                .request(method.clone(), url(args, path))
+                .bearer_auth(token);
+            if let Some(b) = body {
+                req = req.json(&b);
+            }
+            let resp = req
+                .send()
+                .await
+                .with_context(|| format!("{method} {}", url(args, path)))?;
+            answer(resp, &format!("{method} {path}")).await
+        })?;
+        print_json(&value)
+    }
+
+    pub(super) fn publish(args: PublishArgs) -> Result<()> {
+        let token = token(&args.server)?;
+        let bytes = read_limited(&args.envelope, SMALL_FILE_LIMIT)
+            .with_context(|| format!("reading {}", args.envelope.display()))?;
+        Envelope::from_json(&bytes).with_context(|| format!("{}", args.envelope.display()))?;
+        if let Some(root) = &args.root {
+            let root = load_root(root)?;
+            let manifest = root
+                .verify_release(&bytes)
+                .with_context(|| format!("{}", args.envelope.display()))?;
+            if let Some(os) = &args.os {
+                check_payload(os, "os payload", manifest.os.size, &manifest.os.sha256)?;
+            }
+            for (name, file) in &args.runtime {
+                let image = manifest
+                    .runtime
+                    .iter()
+                    .find(|r| &r.name == name)
+                    .ok_or_else(|| {
+                        anyhow!(
+                            "release {} has no runtime image named {name:?}",
+                            manifest.version
+                        )
+                    })?;
+                check_payload(
+                    file,
+                    &format!("runtime image {name}"),
+                    image.size,
+                    &image.sha256,
+                )?;
+            }
+        }
+        let files: Vec<&PathBuf> = args
+            .os
+            .iter()
+            .chain(args.runtime.iter().map(|(_, f)| f))
+            .collect();
+        runtime()?.block_on(async {
+            let client = reqwest::Client::new();
+            for file in files {
+                let (size, sha256) =
+                    digest_file(file).with_context(|| format!("hashing {}", file.display()))?;
+                let f = tokio::fs::File::open(file)
+                    .await
+                    .with_context(|| format!("opening {}", file.display()))?;
+                let body = reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
+                    f,
+                    1 << 20,
+                ));
+                let resp = client
+                    .put(url(&args.server, &format!("/payloads/{sha256}")))
+                    .bearer_auth(&token)
+                    .header(reqwest::header::CONTENT_LENGTH, size)
+                    .body(body)
+                    .send()
+                    .await
+                    .with_context(|| format!("uploading {}", file.display()))?;
+                let v = answer(resp, &format!("uploading {}", file.display())).await?;
+                let state = if v["created"] == true {
+                    "uploaded"
+                } else {
+                    "already there"
+                };
+                eprintln!("{}: {size} bytes, sha256 {sha256}: {state}", file.display());
+            }
+            let resp = client
+                .post(url(&args.server, "/releases"))
+                .bearer_auth(&token)
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(bytes)
+                .send()
+                .await
+                .context("publishing the release")?;
+            let v = answer(resp, "publishing the release").await?;
+            eprintln!(
+                "release {} on channel {}: {}",
+                v["version"].as_str().unwrap_or("?"),
+                v["channel"].as_str().unwrap_or("?"),
+                if v["created"] == true {
+                    "published"
+                } else {
+                    "already published"
+                }
+            );
+            print_json(&v)
+        })
+    }
 }

@@ -320,13 +320,18 @@ fn summary(r: crate::store::ReleaseRecord) -> ReleaseSummary {
 
 /// `GET /v1/admin/releases`.
 pub async fn list_releases(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let list: Vec<ReleaseSummary> = state
+    let mut list: Vec<ReleaseSummary> = state
         .store()
         .releases()
         .await?
         .into_iter()
         .map(summary)
         .collect();
+    list.sort_by(|a, b| {
+        a.channel
+            .cmp(&b.channel)
+            .then_with(|| a.version.cmp_precedence(&b.version))
+    });
     Ok(json_response(StatusCode::OK, &list))
 }
 
@@ -351,7 +356,7 @@ pub struct ChannelStatus {
 }
 
 async fn channel_status(state: &AppState, name: &str) -> Result<ChannelStatus, ApiError> {
-    let releases: Vec<ReleaseSummary> = state
+    let mut releases: Vec<ReleaseSummary> = state
         .store()
         .releases()
         .await?
@@ -359,6 +364,7 @@ async fn channel_status(state: &AppState, name: &str) -> Result<ChannelStatus, A
         .filter(|r| r.channel == name)
         .map(summary)
         .collect();
+    releases.sort_by(|a, b| a.version.cmp_precedence(&b.version));
     let record = state
         .store()
         .channels()

@@ -91,7 +91,7 @@ pub async fn check(
     };
     state
         .store()
-        .record_checks(&[MachineCheck {
+        .note_check(MachineCheck {
             id: req.machine_id,
             channel: req.channel,
             group: req.group,
@@ -99,7 +99,7 @@ pub async fn check(
             arch: req.arch,
             boot_id: req.boot_id,
             at: now,
-        }])
+        })
         .await?;
     let metrics = state.metrics();
     metrics.checks.inc();

@@ -177,6 +177,13 @@ pub trait Store: Send + Sync + 'static {
     async fn channels(&self) -> Result<Vec<ChannelRecord>>;
     /// Records checks (creating machines), durably, before returning.
     async fn record_checks(&self, checks: &[MachineCheck]) -> Result<()>;
+    /// Records a check without making the caller wait for the commit: the write is queued
+    /// and committed within milliseconds, and [`Store::close`] flushes the queue. What a check
+    /// writes is "last seen" telemetry, so a check's answer need not wait for it; state that
+    /// must survive (releases, channels, events) goes through the durable methods.
+    async fn note_check(&self, check: MachineCheck) -> Result<()> {
+        self.record_checks(&[check]).await
+    }
     /// Records an event and updates the machine's last event, durably; returns its id.
     async fn record_event(&self, event: &EventRecord) -> Result<i64>;
     /// One machine.

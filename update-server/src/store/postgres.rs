@@ -17,7 +17,7 @@ use super::{
 use crate::error::{Error, Result};
 
 /// An arbitrary constant naming the migration lock.
-const MIGRATION_LOCK: i64 = 0x5117_3a7_5e7e;
+const MIGRATION_LOCK: i64 = 0x0511_73a7_5e7e;
 
 /// PostgreSQL behind [`Store`].
 pub struct PostgresStore {

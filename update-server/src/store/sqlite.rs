@@ -1,6 +1,7 @@
 //! The SQLite store (the default): one file in WAL mode, one writer thread that commits
 //! whatever queued up meanwhile in a single transaction (group commit, so thousands of checks
-//! a second cost a few commits), and a reader connection for queries.
+//! a second cost a few commits), a reader connection for queries, and a thread that
+//! checkpoints the WAL so no commit ever waits for one.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -24,6 +25,14 @@ use crate::error::{Error, Result};
 const MAX_BATCH: usize = 512;
 
 type Job = Box<dyn Job_ + Send>;
+
+/// What the writer thread receives.
+enum Msg {
+    /// A write whose caller waits for the commit.
+    Job(Job),
+    /// A check to record; nobody waits (see [`Store::note_check`]).
+    Check(MachineCheck),
+}
 
 // A write: `run` inside the batch's transaction (in its own savepoint, so one failing job
 // does not undo the others), `finish` after the commit, with the commit's outcome.
@@ -78,8 +87,10 @@ impl<R: Send, F: FnOnce(&Connection) -> rusqlite::Result<R> + Send> Job_ for Typ
 /// SQLite behind [`Store`].
 pub struct SqliteStore {
     path: PathBuf,
-    writer: Mutex<Option<mpsc::UnboundedSender<Job>>>,
+    writer: Mutex<Option<mpsc::UnboundedSender<Msg>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
+    checkpointer: Mutex<Option<JoinHandle<()>>>,
+    stop_checkpoints: Arc<std::sync::atomic::AtomicBool>,
     reader: Arc<Mutex<Connection>>,
 }
 
@@ -106,7 +117,8 @@ fn connect(path: &Path) -> Result<Connection> {
     // crash; only an OS crash or power loss can lose the last commits (WAL is fsynced at
     // checkpoints), which is the usual trade for a server's telemetry.
     conn.execute_batch(
-        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
+         PRAGMA cache_size = -65536; PRAGMA mmap_size = 268435456;",
     )
     .map_err(sqlite_err("pragmas"))?;
     Ok(conn)
@@ -149,21 +161,65 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+fn upsert_check(conn: &Connection, m: &MachineCheck) -> rusqlite::Result<()> {
+    conn.prepare_cached(UPSERT_CHECK)?.execute(params![
+        m.id,
+        m.channel,
+        m.group,
+        m.version.to_string(),
+        m.arch,
+        m.boot_id,
+        ms(m.at)
+    ])?;
+    Ok(())
+}
+
+fn record_queued_checks(conn: &Connection, checks: &[MachineCheck]) {
+    let mut stmt = match conn.prepare_cached(UPSERT_CHECK) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, checks = checks.len(), "recording checks failed");
+            return;
+        }
+    };
+    for m in checks {
+        let r = stmt.execute(params![
+            m.id,
+            m.channel,
+            m.group,
+            m.version.to_string(),
+            m.arch,
+            m.boot_id,
+            ms(m.at)
+        ]);
+        if let Err(e) = r {
+            tracing::error!(error = %e, machine = %m.id, "recording a check failed");
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut checks: Vec<MachineCheck> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Job(j) => jobs.push(j),
+                Msg::Check(c) => checks.push(c),
+            }
+            if jobs.len() + checks.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
         let committed = conn
             .execute_batch("BEGIN IMMEDIATE")
             .map_err(|e| e.to_string())
             .and_then(|()| {
-                for job in batch.iter_mut() {
+                if !checks.is_empty() {
+                    record_queued_checks(&conn, &checks);
+                }
+                for job in jobs.iter_mut() {
                     job.run(&conn);
                 }
                 conn.execute_batch("COMMIT").map_err(|e| {
@@ -172,12 +228,26 @@ fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<Job>) {
                 })
             });
         if let Err(e) = &committed {
-            tracing::error!(error = %e, jobs = batch.len(), "sqlite commit failed");
+            tracing::error!(error = %e, jobs = jobs.len(), checks = checks.len(), "sqlite commit failed");
         }
-        for job in batch.drain(..) {
+        checks.clear();
+        for job in jobs.drain(..) {
             job.finish(committed.clone());
         }
     }
+}
+
+/// Checkpoints the WAL from its own connection, so the writer never stalls on one (PASSIVE:
+/// never blocks the writer or readers). Stops when `stop` is set.
+fn checkpoint_loop(conn: Connection, stop: Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::atomic::Ordering;
+    while !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(500));
+        if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+            tracing::warn!(error = %e, "wal checkpoint failed");
+        }
+    }
+    let _ = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
 }
 
 impl SqliteStore {
@@ -188,23 +258,36 @@ impl SqliteStore {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
         let p = path.clone();
-        let (writer_conn, reader) = tokio::task::spawn_blocking(move || -> Result<_> {
-            let mut w = connect(&p)?;
-            migrate(&mut w)?;
-            let r = connect(&p)?;
-            Ok((w, r))
-        })
-        .await
-        .map_err(|e| Error::Config(format!("opening sqlite: {e}")))??;
+        let (writer_conn, reader, checkpoints) =
+            tokio::task::spawn_blocking(move || -> Result<_> {
+                let mut w = connect(&p)?;
+                migrate(&mut w)?;
+                // Checkpoints run on their own thread (below), never inside a commit.
+                w.execute_batch("PRAGMA wal_autocheckpoint = 0")
+                    .map_err(sqlite_err("pragmas"))?;
+                let r = connect(&p)?;
+                let c = connect(&p)?;
+                Ok((w, r, c))
+            })
+            .await
+            .map_err(|e| Error::Config(format!("opening sqlite: {e}")))??;
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(writer_conn, rx))
             .map_err(|e| Error::io(&path, e))?;
+        let stop_checkpoints = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop = stop_checkpoints.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || checkpoint_loop(checkpoints, stop))
+            .map_err(|e| Error::io(&path, e))?;
         Ok(Self {
             path,
             writer: Mutex::new(Some(tx)),
             writer_thread: Mutex::new(Some(thread)),
+            checkpointer: Mutex::new(Some(checkpointer)),
+            stop_checkpoints,
             reader: Arc::new(Mutex::new(reader)),
         })
     }
@@ -224,9 +307,14 @@ impl SqliteStore {
         {
             let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
             let sender = guard.as_ref().ok_or(Error::Closed)?;
-            sender.send(job).map_err(|_| Error::Closed)?;
+            sender.send(Msg::Job(job)).map_err(|_| Error::Closed)?;
         }
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    /// Waits until every check queued before now is committed, so machine reads see them.
+    async fn flush(&self) -> Result<()> {
+        self.write("flush", |_| Ok(())).await
     }
 
     async fn read<R, F>(&self, what: &'static str, work: F) -> Result<R>
@@ -504,21 +592,18 @@ impl Store for SqliteStore {
     async fn record_checks(&self, checks: &[MachineCheck]) -> Result<()> {
         let checks = checks.to_vec();
         self.write("record check", move |c| {
-            let mut stmt = c.prepare_cached(UPSERT_CHECK)?;
             for m in &checks {
-                stmt.execute(params![
-                    m.id,
-                    m.channel,
-                    m.group,
-                    m.version.to_string(),
-                    m.arch,
-                    m.boot_id,
-                    ms(m.at)
-                ])?;
+                upsert_check(c, m)?;
             }
             Ok(())
         })
         .await
+    }
+
+    async fn note_check(&self, check: MachineCheck) -> Result<()> {
+        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let sender = guard.as_ref().ok_or(Error::Closed)?;
+        sender.send(Msg::Check(check)).map_err(|_| Error::Closed)
     }
 
     async fn record_event(&self, e: &EventRecord) -> Result<i64> {
@@ -551,6 +636,7 @@ impl Store for SqliteStore {
     }
 
     async fn machine(&self, id: &str) -> Result<Option<MachineRecord>> {
+        self.flush().await?;
         let id = id.to_owned();
         self.read("machine", move |c| {
             Ok(collect(
@@ -571,6 +657,7 @@ impl Store for SqliteStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<MachineRecord>> {
+        self.flush().await?;
         let (channel, after) = (channel.map(str::to_owned), after.unwrap_or("").to_owned());
         self.read("machines", move |c| {
             collect(
@@ -588,6 +675,7 @@ impl Store for SqliteStore {
     }
 
     async fn machine_count(&self) -> Result<u64> {
+        self.flush().await?;
         self.read("machine count", |c| {
             c.query_row("SELECT COUNT(*) FROM machines", [], |r| r.get::<_, i64>(0))
                 .map(|n| n as u64)
@@ -633,6 +721,16 @@ impl Store for SqliteStore {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+        self.stop_checkpoints
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let checkpointer = self
+            .checkpointer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = checkpointer {
             let _ = tokio::task::spawn_blocking(move || t.join()).await;
         }
     }

@@ -2,6 +2,7 @@
 //! the update server on 127.0.0.1:0 against SQLite and a throwaway PostgreSQL cluster.
 
 mod cli;
+mod cli_admin;
 mod harness;
 mod http;
 mod pg;

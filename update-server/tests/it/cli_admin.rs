@@ -1,0 +1,198 @@
+//! The `slipway` admin subcommands (publish, promote, pause, resume, advise, floor, status)
+//! against a real server on port 0.
+
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::harness::{Backend, TOKEN, TestServer, release_key, root_json};
+
+fn slipway(dir: &Path, args: Vec<String>) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
+        .args(&args)
+        .current_dir(dir)
+        .env_remove("SLIPWAY_SERVER")
+        .env_remove("SLIPWAY_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(!stderr.contains(TOKEN), "token printed: {stderr}");
+    (
+        out.status.code().unwrap(),
+        String::from_utf8(out.stdout).unwrap(),
+        stderr,
+    )
+}
+
+async fn ok(dir: &Path, server: &str, args: &[&str]) -> Value {
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend([
+        "--server".into(),
+        server.into(),
+        "--token-file".into(),
+        "admin.token".into(),
+    ]);
+    let d = dir.to_path_buf();
+    let (code, out, err) = tokio::task::spawn_blocking(move || slipway(&d, all))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "slipway {args:?}: {err}");
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("slipway {args:?} printed non-JSON {out:?}: {e}"))
+}
+
+#[tokio::test]
+async fn admin_subcommands_drive_a_server() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    std::fs::write(dir.join("admin.token"), format!("# ops\n{TOKEN}\n")).unwrap();
+    std::fs::write(dir.join("root.json"), root_json()).unwrap();
+    std::fs::write(dir.join("release.key"), release_key().to_pem()).unwrap();
+    for version in ["1.0.0", "2.0.0"] {
+        std::fs::write(dir.join("os.img"), format!("image {version}").repeat(1000)).unwrap();
+        let manifest = format!(
+            r#"{{"type": "slipway.dev/release/v1", "channel": "stable", "version": "{version}",
+               "expires": "2099-01-01T00:00:00Z",
+               "os": {{"url": "/v1/payloads/{{sha256}}", "size": 0, "sha256": "{zero}"}}}}"#,
+            zero = "0".repeat(64)
+        );
+        std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+        let d = dir.to_path_buf();
+        let (code, _, err) = tokio::task::spawn_blocking(move || {
+            slipway(
+                &d,
+                [
+                    "sign",
+                    "--key",
+                    "release.key",
+                    "--os",
+                    "os.img",
+                    "--out",
+                    "release.json",
+                    "manifest.json",
+                ]
+                .map(String::from)
+                .to_vec(),
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{err}");
+        let v = ok(
+            dir,
+            &s.url,
+            &[
+                "publish",
+                "--root",
+                "root.json",
+                "--os",
+                "os.img",
+                "release.json",
+            ],
+        )
+        .await;
+        assert_eq!(v["version"], version);
+        assert_eq!(v["created"], true);
+    }
+    let v = ok(
+        dir,
+        &s.url,
+        &[
+            "promote",
+            "--channel",
+            "stable",
+            "--version",
+            "2.0.0",
+            "--wave",
+            "0s=0",
+            "--wave",
+            "1h=1",
+        ],
+    )
+    .await;
+    assert_eq!(v["target"], "2.0.0");
+    assert_eq!(v["waves"][1]["after"], "1h");
+    assert_eq!(
+        s.check("m1", "stable", "1.0.0").await,
+        None,
+        "wave 0 is empty"
+    );
+    let v = ok(
+        dir,
+        &s.url,
+        &[
+            "advise",
+            "--channel",
+            "stable",
+            "--version",
+            "1.0.0",
+            "--id",
+            "CVE-2026-7",
+        ],
+    )
+    .await;
+    assert_eq!(v["releases"][0]["advisory"]["id"], "CVE-2026-7");
+    assert_eq!(
+        s.check("m1", "stable", "1.0.0").await,
+        Some("2.0.0".parse().unwrap())
+    );
+    let v = ok(dir, &s.url, &["pause", "--channel", "stable"]).await;
+    assert_eq!(v["paused"], true);
+    assert_eq!(s.check("m1", "stable", "1.0.0").await, None);
+    let v = ok(dir, &s.url, &["resume", "--channel", "stable"]).await;
+    assert_eq!(v["paused"], false);
+    ok(
+        dir,
+        &s.url,
+        &[
+            "advise",
+            "--channel",
+            "stable",
+            "--version",
+            "1.0.0",
+            "--clear",
+        ],
+    )
+    .await;
+    let v = ok(
+        dir,
+        &s.url,
+        &["floor", "--channel", "stable", "--version", "1.0.0"],
+    )
+    .await;
+    assert_eq!(v["releases"][0]["floor"], true);
+    let v = ok(dir, &s.url, &["status"]).await;
+    assert_eq!(v[0]["name"], "stable");
+    assert_eq!(v[0]["releases"].as_array().unwrap().len(), 2);
+
+    // Refusals are one error line naming the server's kind.
+    std::fs::write(dir.join("bad.token"), "not-the-token-0123456789\n").unwrap();
+    let d = dir.to_path_buf();
+    let url = s.url.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        slipway(
+            &d,
+            [
+                "pause",
+                "--channel",
+                "stable",
+                "--server",
+                &url,
+                "--token-file",
+                "bad.token",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!((code, out.as_str()), (1, ""));
+    assert!(
+        err.contains("401") && err.contains("invalid-token"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+}
