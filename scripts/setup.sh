@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential pkg-config ca-certificates
   openssl            # key interoperability tests (openssl reads our keys and we read its)
-  grub-common fdisk  # boot backend tests: grub-editenv/grub-script-check and sfdisk cross-checks
+  grub-common grub-emu fdisk e2fsprogs  # boot backend tests: grub-editenv, grub.cfg run in grub-emu, sfdisk
   postgresql         # update-server store tests start a throwaway cluster (initdb, pg_ctl)
   dbus-daemon        # a private bus for the engine's D-Bus tests
   xz-utils zstd      # payload compression in tests and image builds

@@ -66,9 +66,12 @@ pub(crate) fn replace_file(
             .open(&tmp)
             .map_err(io_err(backend, &tmp))?;
         // Keep the old file's permissions: the replacement must not widen or narrow access.
-        if let Ok(meta) = fs::metadata(path) {
-            f.set_permissions(meta.permissions())
-                .map_err(io_err(backend, &tmp))?;
+        // Best effort: on FAT (the ESP) modes come from mount options and chmod fails with
+        // EPERM, and there the new file gets the same fixed mode anyway.
+        if let (Ok(old), Ok(new)) = (fs::metadata(path), f.metadata())
+            && old.permissions() != new.permissions()
+        {
+            let _ = f.set_permissions(old.permissions());
         }
         f.write_all(bytes).map_err(io_err(backend, &tmp))?;
         f.sync_all().map_err(io_err(backend, &tmp))?;

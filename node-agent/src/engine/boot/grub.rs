@@ -854,9 +854,20 @@ mod tests {
         bytes.truncate(ENV_SIZE);
         fs::write(&path, &bytes).unwrap();
 
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+
         let env = GrubEnv::create(&path).unwrap();
         env.set_trial(Slot::B, 2).unwrap();
         env.mark_good(Slot::B).unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the rewrite keeps the file's mode");
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n != "grubenv")
+            .collect();
+        assert!(leftovers.is_empty(), "temp files left: {leftovers:?}");
         let after = fs::read(&path).unwrap();
         assert_eq!(after.len(), ENV_SIZE);
         assert!(after[SIGNATURE.len()..].starts_with(comment));
@@ -1053,6 +1064,127 @@ mod tests {
         match Command::new("grub-script-check").arg(&file).output() {
             Ok(out) => assert!(out.status.success(), "grub-script-check: {out:?}\n{cfg}"),
             Err(e) => panic!("grub-script-check (grub-common, scripts/setup.sh): {e}"),
+        }
+    }
+
+    /// Boots the selection script once in real GRUB: grub-emu (GRUB 2.06 built to run as a
+    /// host process) with `env` as `/grubenv` on an ext2 image it sees as `(hd0)`, so that
+    /// `save_env` really writes to the image. Returns the slot, trial and last-resort flags the
+    /// script printed, and the block as GRUB left it.
+    fn grub_emu_boot(dir: &Path, env: &[u8]) -> (Option<Slot>, bool, bool, Vec<u8>) {
+        let run = |cmd: &mut Command| {
+            let out = cmd
+                .output()
+                .unwrap_or_else(|e| panic!("{cmd:?}: {e} (scripts/setup.sh installs it)"));
+            assert!(out.status.success(), "{cmd:?}: {out:?}");
+            out
+        };
+        let root = dir.join("root");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("grubenv"), env).unwrap();
+        let img = dir.join("fs.img");
+        let _ = fs::remove_file(&img);
+        run(Command::new("mke2fs")
+            .args(["-q", "-t", "ext2", "-d"])
+            .arg(&root)
+            .arg(&img)
+            .arg("4M"));
+        let map = dir.join("device.map");
+        fs::write(&map, format!("(hd0) {}\n", img.display())).unwrap();
+        let prefix = dir.join("grub");
+        fs::create_dir_all(&prefix).unwrap();
+        let cfg = format!(
+            "set slipway_env=(hd0)/grubenv\n{}\
+             echo \"RESULT $slipway_slot $slipway_trial $slipway_lastresort\"\nreboot\n",
+            grub_cfg_select()
+        );
+        fs::write(prefix.join("grub.cfg"), cfg).unwrap();
+        let out = run(Command::new("timeout")
+            .args(["60", "grub-emu", "-m"])
+            .arg(&map)
+            .arg("-d")
+            .arg(&prefix)
+            .stdin(std::process::Stdio::null()));
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .split(['\r', '\n', '\x1b'])
+            .find_map(|l| l.strip_prefix("RESULT "))
+            .unwrap_or_else(|| panic!("no RESULT from grub-emu: {text:?}"));
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let slot = f.first().map(|s| s.parse::<Slot>().unwrap());
+        let after = dir.join("after.env");
+        let _ = fs::remove_file(&after);
+        run(Command::new("debugfs")
+            .arg("-R")
+            .arg(format!("dump /grubenv {}", after.display()))
+            .arg(&img));
+        (
+            slot,
+            f.get(1) == Some(&"1"),
+            f.get(2) == Some(&"1"),
+            fs::read(&after).unwrap(),
+        )
+    }
+
+    /// The grub.cfg script in real GRUB against `simulate_boot`, power-on by power-on, from
+    /// states the engine creates: same slot, same flags, and byte-identical blocks afterwards
+    /// (GRUB's `save_env` and our writer both rewrite the one value in place).
+    #[test]
+    fn grub_script_in_real_grub_matches_simulate_boot() {
+        type Setup = fn(&GrubEnv) -> Result<(), BootError>;
+        let scenarios: [(&str, Setup, usize); 6] = [
+            ("fresh", |_| Ok(()), 1),
+            ("trial of B, never marked", |e| e.set_trial(Slot::B, 3), 5),
+            (
+                "trial of B, good",
+                |e| {
+                    e.set_trial(Slot::B, 2)?;
+                    e.mark_good(Slot::B)
+                },
+                2,
+            ),
+            (
+                "trial of B, bad",
+                |e| {
+                    e.set_trial(Slot::B, 2)?;
+                    e.mark_bad(Slot::B)
+                },
+                2,
+            ),
+            (
+                "trial of A from B good, most tries",
+                |e| {
+                    e.set_trial(Slot::B, 1)?;
+                    e.mark_good(Slot::B)?;
+                    e.set_trial(Slot::A, MAX_TRIES)
+                },
+                3,
+            ),
+            ("nothing bootable", |e| e.mark_bad(Slot::A), 2),
+        ];
+        for (name, setup, boots) in scenarios {
+            let dir = tempfile::tempdir().unwrap();
+            let model = GrubEnv::create(dir.path().join("model.env")).unwrap();
+            let mut block = model.load().unwrap();
+            block.set("unrelated", b"kept\\as is").unwrap();
+            model.store(&block).unwrap();
+            setup(&model).unwrap();
+            for boot in 0..boots {
+                let before = fs::read(model.path()).unwrap();
+                let status = model.status().unwrap();
+                let (slot, trial, lastresort, after) = grub_emu_boot(dir.path(), &before);
+                let simulated = model.simulate_boot().unwrap();
+                let what = format!("{name}, power-on {}", boot + 1);
+                assert_eq!(slot, simulated, "{what}: slot");
+                assert_eq!(lastresort, status.next.is_none(), "{what}: last resort");
+                let expect_trial = status.next.is_some_and(|s| !status.slot(s).good);
+                assert_eq!(trial, expect_trial, "{what}: trial");
+                assert_eq!(
+                    after,
+                    fs::read(model.path()).unwrap(),
+                    "{what}: block after"
+                );
+            }
         }
     }
 
