@@ -22,9 +22,10 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("configuration: {0}")]
     Config(String),
-    /// The trust core refused something.
+    /// The trust core refused something (boxed: its variants carry versions and key lists,
+    /// and every `Result` of the agent would otherwise pay for that size).
     #[error(transparent)]
-    Trust(#[from] slipway_api::Error),
+    Trust(Box<slipway_api::Error>),
     /// Talking to the update server failed.
     #[error("update server {url}: {reason}")]
     Server {
@@ -77,6 +78,12 @@ pub enum Error {
     /// D-Bus failed.
     #[error("D-Bus: {0}")]
     Dbus(String),
+}
+
+impl From<slipway_api::Error> for Error {
+    fn from(e: slipway_api::Error) -> Self {
+        Error::Trust(Box::new(e))
+    }
 }
 
 impl Error {

@@ -330,11 +330,8 @@ async fn status(bus: BusArgs) -> Result<ExitCode> {
     }
     println!("booted slot:     {}", p.booted_slot().await?);
     let (done, total) = (p.downloaded_bytes().await?, p.total_bytes().await?);
-    if total > 0 {
-        println!(
-            "download:        {done} of {total} bytes ({}%)",
-            done * 100 / total
-        );
+    if let Some(percent) = (done * 100).checked_div(total) {
+        println!("download:        {done} of {total} bytes ({percent}%)");
     }
     let err = p.last_error().await?;
     if !err.is_empty() {

@@ -199,7 +199,7 @@ pub enum Input {
     /// Start a check (timer or `CheckForUpdate`).
     Check,
     /// The server offered this verified, admitted release.
-    Found(Release),
+    Found(Box<Release>),
     /// The server had nothing (or only refused versions).
     NothingNew,
     /// The check failed (server down, bad signature, not admitted).
@@ -360,6 +360,7 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
             fx.push(Effect::Check);
         }
         (State::Checking, Input::Found(release)) => {
+            let release = *release;
             let v = release.version().clone();
             fx.push(report(EventKind::Checked, &v, "update available"));
             if mem.refused.contains(&v) {
@@ -730,7 +731,7 @@ mod tests {
             &fresh(),
             vec![
                 Input::Check,
-                Input::Found(release("2.0.0")),
+                Input::Found(Box::new(release("2.0.0"))),
                 Input::Downloaded {
                     written: 10,
                     written_digest: digest,
@@ -751,7 +752,7 @@ mod tests {
         assert_eq!(m.state, State::Checking);
         assert_eq!(fx, vec![Effect::Check]);
 
-        let (m, fx) = run(&m, vec![Input::Found(release("2.0.0"))]);
+        let (m, fx) = run(&m, vec![Input::Found(Box::new(release("2.0.0")))]);
         assert_eq!(m.state.phase(), "Downloading");
         assert_eq!(
             reports(&fx),
@@ -842,7 +843,7 @@ mod tests {
             boot_tries: 2,
         };
         let (m, _) = step(&fresh(), Input::Check, &manual).unwrap();
-        let (m, fx) = step(&m, Input::Found(release("2.0.0")), &manual).unwrap();
+        let (m, fx) = step(&m, Input::Found(Box::new(release("2.0.0"))), &manual).unwrap();
         assert_eq!(m.state.phase(), "Available");
         assert_eq!(reports(&fx), vec![EventKind::Checked]);
         let (m, fx) = step(&m, Input::Apply, &manual).unwrap();
@@ -852,7 +853,10 @@ mod tests {
 
     #[test]
     fn failures_before_reboot_leave_the_running_version() {
-        let (m, _) = run(&fresh(), vec![Input::Check, Input::Found(release("2.0.0"))]);
+        let (m, _) = run(
+            &fresh(),
+            vec![Input::Check, Input::Found(Box::new(release("2.0.0")))],
+        );
         let (m, fx) = run(
             &m,
             vec![Input::ApplyFailed("sha256 digest mismatch".into())],
@@ -884,7 +888,7 @@ mod tests {
             &fresh(),
             vec![
                 Input::Check,
-                Input::Found(release("2.0.0")),
+                Input::Found(Box::new(release("2.0.0"))),
                 Input::Progress(cp.clone()),
                 Input::Interrupted("connection reset at byte 9".into()),
             ],
@@ -933,7 +937,10 @@ mod tests {
         assert_eq!(fx[0], Effect::MarkGood { slot: Slot::B });
         assert_eq!(reports(&fx), vec![EventKind::Healthy]);
         // The next update writes slot A, the one not running.
-        let (_, fx) = run(&m, vec![Input::Check, Input::Found(release("3.0.0"))]);
+        let (_, fx) = run(
+            &m,
+            vec![Input::Check, Input::Found(Box::new(release("3.0.0")))],
+        );
         assert!(
             fx.iter()
                 .any(|e| matches!(e, Effect::Download { slot: Slot::A, .. }))
@@ -954,7 +961,10 @@ mod tests {
         assert_eq!(reports(&fx), vec![EventKind::RolledBack]);
         assert!(m.refused.contains(&v("2.0.0")));
         // Offered again: checked, not downloaded.
-        let (m, fx) = run(&m, vec![Input::Check, Input::Found(release("2.0.0"))]);
+        let (m, fx) = run(
+            &m,
+            vec![Input::Check, Input::Found(Box::new(release("2.0.0")))],
+        );
         assert_eq!(m.state, State::Idle);
         assert!(fx.iter().all(|e| !matches!(e, Effect::Download { .. })));
     }
@@ -1046,7 +1056,10 @@ mod tests {
 
     #[test]
     fn illegal_inputs_are_errors_not_panics() {
-        let (downloading, _) = run(&fresh(), vec![Input::Check, Input::Found(release("2.0.0"))]);
+        let (downloading, _) = run(
+            &fresh(),
+            vec![Input::Check, Input::Found(Box::new(release("2.0.0")))],
+        );
         for (mem, input) in [
             (fresh(), Input::Verified),
             (fresh(), Input::Apply),
@@ -1065,7 +1078,7 @@ mod tests {
         let slot = prop_oneof![Just(Slot::A), Just(Slot::B)];
         prop_oneof![
             Just(Input::Check),
-            (2u64..5).prop_map(|m| Input::Found(release(&format!("{m}.0.0")))),
+            (2u64..5).prop_map(|m| Input::Found(Box::new(release(&format!("{m}.0.0"))))),
             Just(Input::NothingNew),
             Just(Input::CheckFailed("x".into())),
             Just(Input::Apply),

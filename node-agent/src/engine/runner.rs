@@ -388,7 +388,7 @@ impl Engine {
     async fn execute(&self, effect: Effect) -> Result<Option<Input>> {
         Ok(match effect {
             Effect::Check => Some(match self.fetch_update().await {
-                Ok(Some(release)) => Input::Found(release),
+                Ok(Some(release)) => Input::Found(Box::new(release)),
                 Ok(None) => Input::NothingNew,
                 Err(e) => {
                     tracing::warn!(error = %e, "update check failed");

@@ -95,7 +95,7 @@ impl Node {
         std::fs::write(dir.join("machine-id"), "0123456789abcdef0123456789abcdef\n").unwrap();
         std::fs::write(dir.join("os-release"), "ID=debian\nSLIPWAY_VERSION=1.0.0\n").unwrap();
         Self::boot(&dir, Slot::A, "boot-1");
-        slipway_agent::engine::boot::grub::GrubEnv::create(&dir.join("grubenv")).unwrap();
+        slipway_agent::engine::boot::grub::GrubEnv::create(dir.join("grubenv")).unwrap();
         let config = dir.join("engine.toml");
         let d = dir.display();
         std::fs::write(

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Builds Slipway's VM test node images. Called by the vm-tests harness (src/image.rs), which
+# decides what is cached; every input of this script is part of the harness's cache key.
+#
+#   build.sh BASE_TAR OUT AGENT ROOT_JSON BOOT_DIR VERSION...
+#
+# BASE_TAR   Debian 12 minbase root filesystem with systemd and the cloud kernel (made here with
+#            mmdebstrap, from the machine's own apt sources, if missing)
+# OUT        output directory: disk.raw (first VERSION in slot A, slot B empty), and for every
+#            VERSION slot-VERSION.img (ext4) and payload-VERSION.zst (multi-frame zstd)
+# AGENT      the slipway-agent binary to bake in
+# ROOT_JSON  the signed root of trust the engine trusts
+# BOOT_DIR   contents of the boot partition (grub/grub.cfg, grub/grubenv), made by the harness
+#
+# Only the root filesystem step needs root (mmdebstrap); everything after it runs under fakeroot
+# with image files: mke2fs -d, sfdisk on a file, dd, grub-mkimage (no grub-install).
+set -euo pipefail
+
+BASE_TAR=$1 OUT=$2 AGENT=$3 ROOT_JSON=$4 BOOT_DIR=$5
+shift 5
+VERSIONS=("$@")
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+SLOT_MIB=400
+log() { printf 'image: %s\n' "$*" >&2; }
+
+if [ ! -s "$BASE_TAR" ]; then
+  log "root filesystem: mmdebstrap bookworm minbase + systemd + cloud kernel (a few minutes)"
+  mkdir -p "$(dirname "$BASE_TAR")"
+  mmdebstrap --quiet --variant=minbase --format=tar \
+    --include="$(grep -v '^#' "$HERE/packages" | paste -sd, -)" \
+    --dpkgopt='path-exclude=/usr/share/doc/*' \
+    --dpkgopt='path-exclude=/usr/share/man/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --dpkgopt='path-exclude=/usr/share/info/*' \
+    bookworm "$BASE_TAR.partial"
+  mv "$BASE_TAR.partial" "$BASE_TAR"
+fi
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+WORK="$OUT/work"
+mkdir -p "$WORK"
+trap 'rm -rf "$WORK"' EXIT
+
+# --- kernel and a busybox initramfs that loads the virtio block driver --------------------------
+log "kernel and initramfs"
+mkdir -p "$WORK/k"
+tar -xf "$BASE_TAR" -C "$WORK/k" --wildcards './boot/vmlinuz-*' './usr/lib/modules/*'
+KVER=$(basename "$(ls -d "$WORK"/k/usr/lib/modules/*)")
+MODDIR="$WORK/k/usr/lib/modules/$KVER"
+# virtio_blk and its dependencies, dependencies first (modules.dep lists them after the module).
+resolve() {
+  local m=$1 deps
+  deps=$(grep -E "(^|/)$m\.ko:" "$MODDIR/modules.dep" | cut -d: -f2)
+  for d in $deps; do resolve "$(basename "$d" .ko)"; done
+  grep -E "(^|/)$m\.ko:" "$MODDIR/modules.dep" | cut -d: -f1
+}
+INITRD="$WORK/initrd"
+mkdir -p "$INITRD/bin" "$INITRD/modules"
+cp /bin/busybox "$INITRD/bin/busybox"
+cp "$HERE/init" "$INITRD/init"
+: > "$INITRD/modules/order"
+for m in virtio_pci virtio_blk; do
+  for path in $(resolve "$m"); do
+    name=$(basename "$path")
+    if [ ! -f "$INITRD/modules/$name" ]; then
+      cp "$MODDIR/$path" "$INITRD/modules/$name"
+      echo "$name" >> "$INITRD/modules/order"
+    fi
+  done
+done
+(cd "$INITRD" && find . | cpio --quiet -o -H newc | gzip -1) > "$WORK/initrd.img"
+
+# --- the root filesystem tree, shared by every version ------------------------------------------
+log "root filesystem tree"
+FR="$WORK/fakeroot.state"
+TREE="$WORK/tree"
+mkdir -p "$TREE"
+fakeroot -s "$FR" -- tar -xpf "$BASE_TAR" -C "$TREE"
+fakeroot -i "$FR" -s "$FR" -- bash -euo pipefail -c '
+  TREE=$1 HERE=$2 REPO=$3 AGENT=$4 ROOT_JSON=$5 WORK=$6
+  cp -a "$HERE/overlay/." "$TREE/"
+  install -m 0755 "$AGENT" "$TREE/usr/bin/slipway-agent"
+  install -D -m 0644 "$ROOT_JSON" "$TREE/etc/slipway/root.json"
+  install -D -m 0644 "$REPO/manifests/dbus/dev.slipway.Engine1.conf" \
+    "$TREE/usr/share/dbus-1/system.d/dev.slipway.Engine1.conf"
+  install -D -m 0644 "$REPO/manifests/systemd/slipway-engine.service" \
+    "$TREE/etc/systemd/system/slipway-engine.service"
+  install -D -m 0644 "$HERE/engine.toml" "$TREE/usr/lib/slipway/engine.d/10-vm.toml"
+  mkdir -p "$TREE/kernel" "$TREE/var/lib/slipway" "$TREE/var/lib/extensions"
+  cp "$WORK"/k/boot/vmlinuz-* "$TREE/kernel/vmlinuz"
+  cp "$WORK/initrd.img" "$TREE/kernel/initrd.img"
+  # Trim what a test node never uses.
+  rm -rf "$TREE"/usr/share/doc/* "$TREE"/usr/share/man/* "$TREE"/var/cache/apt/* \
+    "$TREE"/var/lib/apt/lists/* "$TREE"/boot/initrd.img* "$TREE"/usr/lib/modules/*/kernel/sound \
+    "$TREE"/usr/lib/modules/*/kernel/drivers/gpu "$TREE"/usr/lib/modules/*/kernel/drivers/infiniband \
+    "$TREE"/usr/lib/modules/*/kernel/drivers/media "$TREE"/usr/lib/modules/*/kernel/drivers/net/wireless
+  : > "$TREE/etc/machine-id"
+  echo slipway-vm > "$TREE/etc/hostname"
+  ln -sf /dev/null "$TREE/etc/systemd/system/getty@tty1.service"
+  ln -sf /lib/systemd/system/serial-getty@.service "$TREE/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service" 2>/dev/null || true
+  for u in slipway-engine slipway-vm-node slipway-vm-setup; do
+    mkdir -p "$TREE/etc/systemd/system/multi-user.target.wants"
+    ln -sf "/etc/systemd/system/$u.service" "$TREE/etc/systemd/system/multi-user.target.wants/$u.service"
+  done
+  ln -sf /lib/systemd/system/systemd-networkd.service \
+    "$TREE/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+' _ "$TREE" "$HERE" "$REPO" "$AGENT" "$ROOT_JSON" "$WORK"
+
+# --- one ext4 slot image and payload per version --------------------------------------------------
+for v in "${VERSIONS[@]}"; do
+  log "slot image $v"
+  fakeroot -i "$FR" -s "$FR" -- bash -euo pipefail -c '
+    TREE=$1 v=$2
+    sed -i "/^SLIPWAY_VERSION=/d" "$TREE/etc/os-release"
+    echo "SLIPWAY_VERSION=$v" >> "$TREE/etc/os-release"
+    # Version 3.x.x is the bad release of the fallback scenario: its health check fails.
+    case "$v" in
+      3.*) printf "#!/bin/sh\necho \"slipway health: release %s is broken on purpose\" >&2\nexit 1\n" "$v" ;;
+      *)   printf "#!/bin/sh\nsystemctl is-active --quiet slipway-engine.service\n" ;;
+    esac > "$TREE/usr/lib/slipway/health-check"
+    chmod 0755 "$TREE/usr/lib/slipway/health-check"
+  ' _ "$TREE" "$v"
+  img="$OUT/slot-$v.img"
+  fakeroot -i "$FR" -- mke2fs -q -t ext4 -O ^orphan_file,^metadata_csum_seed -L "slipway-$v" \
+    -E root_owner=0:0 -d "$TREE" "$img" "${SLOT_MIB}M" 2>/dev/null ||
+    fakeroot -i "$FR" -- mke2fs -q -t ext4 -L "slipway-$v" -d "$TREE" "$img" "${SLOT_MIB}M"
+  e2fsck -fy "$img" >/dev/null 2>&1 || true
+  resize2fs -M "$img" >/dev/null 2>&1
+  # Independent zstd frames of 8 MiB: a download can resume at any frame boundary.
+  rm -rf "$WORK/chunks" && mkdir "$WORK/chunks"
+  split -b 8M -d -a 4 "$img" "$WORK/chunks/c"
+  for c in "$WORK"/chunks/c*; do zstd -q -3 --rm "$c"; done
+  cat "$WORK"/chunks/c*.zst > "$OUT/payload-$v.zst"
+done
+
+# --- boot partition, data partition, disk ----------------------------------------------------------
+log "disk"
+mke2fs -q -t ext2 -L slipway-boot -d "$BOOT_DIR" "$WORK/boot.img" 32M
+mke2fs -q -t ext4 -L slipway-data "$WORK/data.img" 64M
+DISK="$OUT/disk.raw"
+P1=2048 P1S=$((32 * 2048))
+P2=$((P1 + P1S)) PS=$((SLOT_MIB * 2048))
+P3=$((P2 + PS))
+P4=$((P3 + PS)) P4S=$((64 * 2048))
+truncate -s $(((P4 + P4S + 2048) * 512)) "$DISK"
+sfdisk -q "$DISK" <<SFDISK
+label: dos
+start=$P1, size=$P1S, type=83, bootable
+start=$P2, size=$PS, type=83
+start=$P3, size=$PS, type=83
+start=$P4, size=$P4S, type=83
+SFDISK
+dd if="$WORK/boot.img" of="$DISK" bs=512 seek=$P1 conv=notrunc,sparse status=none
+dd if="$OUT/slot-${VERSIONS[0]}.img" of="$DISK" bs=512 seek=$P2 conv=notrunc,sparse status=none
+dd if="$WORK/data.img" of="$DISK" bs=512 seek=$P4 conv=notrunc,sparse status=none
+grub-mkimage -O i386-pc -o "$WORK/core.img" -p '(hd0,msdos1)/grub' \
+  biosdisk part_msdos ext2 normal configfile linux echo test loadenv serial terminal boot gzio
+[ "$(stat -c %s "$WORK/core.img")" -lt $(((P1 - 1) * 512)) ] || { log "core.img too large"; exit 1; }
+dd if=/usr/lib/grub/i386-pc/boot.img of="$DISK" bs=440 count=1 conv=notrunc status=none
+dd if="$WORK/core.img" of="$DISK" bs=512 seek=1 conv=notrunc status=none
+log "done: $DISK"

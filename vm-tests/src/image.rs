@@ -1,0 +1,176 @@
+//! Building (or reusing) the node images: the harness renders the boot partition (grub.cfg
+//! from the engine's own GRUB script generator, a fresh grubenv) and runs `image/build.sh`.
+//! Everything is cached under `target/vm-images/`, keyed by a hash of every input, so a
+//! second run rebuilds nothing.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context, Result, ensure};
+use sha2::{Digest, Sha256};
+use slipway_agent::engine::boot::grub::{GrubCfg, GrubEnv, GrubSlotCfg, render_grub_cfg};
+
+use crate::server::Keys;
+
+/// The versions every image set contains: 1.0.0 installed in slot A, 2.0.0 the good update,
+/// 3.0.0 the bad one (its health check fails).
+pub const VERSIONS: [&str; 3] = ["1.0.0", "2.0.0", "3.0.0"];
+
+/// A built image set.
+pub struct Images {
+    /// Directory holding `disk.raw`, `slot-V.img`, `payload-V.zst`.
+    pub dir: PathBuf,
+    /// Release keys and root of trust baked into the images.
+    pub keys: Keys,
+    /// Seconds the build took (0 when cached).
+    pub build_secs: f64,
+}
+
+impl Images {
+    /// The base disk (1.0.0 in slot A).
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.raw")
+    }
+
+    /// The zstd payload of `version`.
+    pub fn payload(&self, version: &str) -> PathBuf {
+        self.dir.join(format!("payload-{version}.zst"))
+    }
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn hash_tree(h: &mut Sha256, dir: &Path) -> Result<()> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()?;
+    entries.sort();
+    for p in entries {
+        h.update(
+            p.strip_prefix(crate::workspace())
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .as_bytes(),
+        );
+        if p.is_dir() {
+            hash_tree(h, &p)?;
+        } else {
+            h.update(std::fs::read(&p)?);
+        }
+    }
+    Ok(())
+}
+
+/// The grub.cfg of the test disk: serial console, no menu delay, and Slipway's A/B script
+/// over the MBR partitions 2 and 3.
+pub fn grub_cfg() -> Result<String> {
+    let cfg = GrubCfg {
+        env_file: "(hd0,msdos1)/grub/grubenv".into(),
+        a: GrubSlotCfg {
+            device: "(hd0,msdos2)".into(),
+            root: "/dev/vda2".into(),
+        },
+        b: GrubSlotCfg {
+            device: "(hd0,msdos3)".into(),
+            root: "/dev/vda3".into(),
+        },
+        kernel: "/kernel/vmlinuz".into(),
+        initrd: Some("/kernel/initrd.img".into()),
+        cmdline: "rw console=ttyS0,115200 panic=-1 quiet systemd.show_status=0".into(),
+    };
+    let mut s = String::from(
+        "serial --unit=0 --speed=115200\nterminal_input serial\nterminal_output serial\nset timeout=0\n",
+    );
+    s.push_str(&render_grub_cfg(&cfg)?);
+    Ok(s)
+}
+
+/// Builds the image set, or returns the cached one.
+pub fn build() -> Result<Images> {
+    let root = crate::target_dir().join("vm-images");
+    std::fs::create_dir_all(&root)?;
+    let keys = Keys::load_or_create(&root.join("keys"))?;
+    let agent = crate::binary("slipway-agent")?;
+    let image_dir = crate::workspace().join("vm-tests/image");
+
+    // The boot partition's contents.
+    let boot = root.join("boot-staging");
+    let _ = std::fs::remove_dir_all(&boot);
+    std::fs::create_dir_all(boot.join("grub"))?;
+    std::fs::write(boot.join("grub/grub.cfg"), grub_cfg()?)?;
+    GrubEnv::create(boot.join("grub/grubenv"))?;
+
+    let mut h = Sha256::new();
+    hash_tree(&mut h, &image_dir)?;
+    hash_tree(&mut h, &boot)?;
+    for f in [
+        agent.clone(),
+        keys.root_json(),
+        crate::workspace().join("manifests/dbus/dev.slipway.Engine1.conf"),
+        crate::workspace().join("manifests/systemd/slipway-engine.service"),
+    ] {
+        h.update(std::fs::read(&f).with_context(|| format!("{}", f.display()))?);
+    }
+    h.update(VERSIONS.join(",").as_bytes());
+    let key = hex::encode(&h.finalize()[..8]);
+    let dir = root.join(format!("set-{key}"));
+    if dir.join("disk.raw").exists() {
+        return Ok(Images {
+            dir,
+            keys,
+            build_secs: 0.0,
+        });
+    }
+    // Only the newest image set is kept (each is ~1 GB of sparse files).
+    for e in std::fs::read_dir(&root)? {
+        let p = e?.path();
+        if p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("set-"))
+        {
+            let _ = std::fs::remove_dir_all(&p);
+        }
+    }
+    let start = Instant::now();
+    let tmp = root.join(format!("building-{key}"));
+    let packages = std::fs::read(image_dir.join("packages"))?;
+    let base = root.join(format!(
+        "base-bookworm-{}.tar",
+        &hex::encode(Sha256::digest(&packages))[..12]
+    ));
+    let status = Command::new(image_dir.join("build.sh"))
+        .arg(&base)
+        .arg(&tmp)
+        .arg(&agent)
+        .arg(keys.root_json())
+        .arg(&boot)
+        .args(VERSIONS)
+        .status()
+        .context("running vm-tests/image/build.sh")?;
+    ensure!(
+        status.success(),
+        "building the node images failed ({status})"
+    );
+    std::fs::rename(&tmp, &dir)?;
+    let build_secs = start.elapsed().as_secs_f64();
+    eprintln!("vm-tests: built node images in {build_secs:.1} s");
+    Ok(Images {
+        dir,
+        keys,
+        build_secs,
+    })
+}
