@@ -427,9 +427,9 @@ fn main() -> Result<()> {
         );
         anyhow::Ok(())
     })?;
-    let _ = stop_tx.send(());
-    server_rt.block_on(server)??;
     let count = server_rt.block_on(state.store().machine_count())?;
     println!("machines in the database after the run: {count}");
+    let _ = stop_tx.send(());
+    server_rt.block_on(server)??;
     Ok(())
 }

@@ -40,9 +40,12 @@ fn pg_err(what: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
 impl PostgresStore {
     /// Connects to `url` (a `postgres://` URL or libpq key-value string) and migrates.
     pub async fn open(url: &str, pool_size: usize) -> Result<Self> {
-        let config: tokio_postgres::Config = url
+        let mut config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::Config(format!("--database: invalid postgres URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(5));
+        }
         let manager = Manager::from_config(
             config,
             NoTls,

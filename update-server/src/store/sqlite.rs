@@ -23,6 +23,10 @@ use crate::error::{Error, Result};
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
+/// How long the writer gathers queued checks before committing them.
+const LINGER: Duration = Duration::from_millis(2);
+/// Most writes waiting for the writer thread.
+const QUEUE: usize = 16_384;
 
 type Job = Box<dyn Job_ + Send>;
 
@@ -87,7 +91,7 @@ impl<R: Send, F: FnOnce(&Connection) -> rusqlite::Result<R> + Send> Job_ for Typ
 /// SQLite behind [`Store`].
 pub struct SqliteStore {
     path: PathBuf,
-    writer: Mutex<Option<mpsc::UnboundedSender<Msg>>>,
+    writer: Mutex<Option<mpsc::Sender<Msg>>>,
     writer_thread: Mutex<Option<JoinHandle<()>>>,
     checkpointer: Mutex<Option<JoinHandle<()>>>,
     stop_checkpoints: Arc<std::sync::atomic::AtomicBool>,
@@ -198,10 +202,15 @@ fn record_queued_checks(conn: &Connection, checks: &[MachineCheck]) {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::UnboundedReceiver<Msg>) {
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut checks: Vec<MachineCheck> = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
+        // Nobody waits for a queued check, so linger a moment to gather more: one wake-up
+        // and one commit for many checks instead of one each. Durable jobs go at once.
+        if matches!(first, Msg::Check(_)) {
+            std::thread::sleep(LINGER);
+        }
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
@@ -271,7 +280,7 @@ impl SqliteStore {
             })
             .await
             .map_err(|e| Error::Config(format!("opening sqlite: {e}")))??;
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE);
         let thread = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer_loop(writer_conn, rx))
@@ -304,12 +313,16 @@ impl SqliteStore {
             reply: Some(reply),
             what,
         });
-        {
-            let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-            let sender = guard.as_ref().ok_or(Error::Closed)?;
-            sender.send(Msg::Job(job)).map_err(|_| Error::Closed)?;
-        }
+        self.sender()?
+            .send(Msg::Job(job))
+            .await
+            .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Msg>> {
+        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().cloned().ok_or(Error::Closed)
     }
 
     /// Waits until every check queued before now is committed, so machine reads see them.
@@ -601,9 +614,12 @@ impl Store for SqliteStore {
     }
 
     async fn note_check(&self, check: MachineCheck) -> Result<()> {
-        let guard = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let sender = guard.as_ref().ok_or(Error::Closed)?;
-        sender.send(Msg::Check(check)).map_err(|_| Error::Closed)
+        // Immediate unless the queue is full: then checks wait, which is the backpressure that
+        // keeps memory bounded when the disk cannot keep up.
+        self.sender()?
+            .send(Msg::Check(check))
+            .await
+            .map_err(|_| Error::Closed)
     }
 
     async fn record_event(&self, e: &EventRecord) -> Result<i64> {
