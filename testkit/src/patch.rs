@@ -1,6 +1,7 @@
 //! Patch application: JSON merge patch (RFC 7386), JSON patch (RFC 6902), strategic merge patch
 //! (treated as a merge patch: lists are replaced, not merged by key) and server-side apply
-//! (the applied configuration merged over the live object; field ownership is not tracked). Pure.
+//! (the applied configuration merged over the live object; field ownership, 409 conflicts and
+//! removal of fields a manager stops applying live in the store). Pure.
 
 use crate::error::{Error, Result};
 use serde_json::Value;

@@ -275,15 +275,22 @@ async fn dispatch(
         }
         Verb::Create => out(
             201,
-            app.state.create_raw(&scope, parse_json(&body)?, dry_run)?,
+            app.state
+                .create_raw(&scope, parse_json(&body)?, q("fieldManager"), dry_run)?,
         ),
         Verb::Update if path.name.is_none() => {
             Err(Error::MethodNotAllowed("PUT on a collection".into()))
         }
         Verb::Update => out(
             200,
-            app.state
-                .update_raw(&scope, &name, parse_json(&body)?, sub, dry_run)?,
+            app.state.update_raw(
+                &scope,
+                &name,
+                parse_json(&body)?,
+                sub,
+                q("fieldManager"),
+                dry_run,
+            )?,
         ),
         Verb::Patch if path.name.is_none() => {
             Err(Error::MethodNotAllowed("PATCH on a collection".into()))
@@ -304,6 +311,7 @@ async fn dispatch(
                     &patch_body,
                     sub,
                     q("fieldManager"),
+                    q("force") == Some("true"),
                     dry_run,
                 )?,
             )

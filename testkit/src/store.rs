@@ -247,6 +247,8 @@ struct Inner {
     history: Vec<Change>,
     record_history: bool,
     faults: Vec<Fault>,
+    /// Server-side-apply field ownership: leaf JSON pointer -> field manager, per object.
+    owners: BTreeMap<ObjKey, BTreeMap<String, String>>,
     clock: Option<Clock>,
     bookmark_interval: Duration,
     tx: broadcast::Sender<WatchMessage>,
@@ -349,6 +351,7 @@ impl ClusterState {
                 history: Vec::new(),
                 record_history: true,
                 faults: Vec::new(),
+                owners: BTreeMap::new(),
                 clock: None,
                 bookmark_interval: Duration::from_secs(5),
                 tx,
@@ -629,9 +632,18 @@ impl ClusterState {
         self.lock().list(scope, labels, fields, limit, cont)
     }
 
-    pub(crate) fn create_raw(&self, scope: &Scope, body: Value, dry_run: bool) -> Result<Value> {
+    pub(crate) fn create_raw(
+        &self,
+        scope: &Scope,
+        body: Value,
+        manager: Option<&str>,
+        dry_run: bool,
+    ) -> Result<Value> {
         let mut inner = self.lock();
         let out = inner.create(scope, body, false, dry_run)?;
+        if !dry_run {
+            inner.track(scope, None, &out, manager, None);
+        }
         Ok(inner.present(&out, scope))
     }
 
@@ -641,10 +653,15 @@ impl ClusterState {
         name: &str,
         body: Value,
         sub: Sub,
+        manager: Option<&str>,
         dry_run: bool,
     ) -> Result<Value> {
         let mut inner = self.lock();
+        let old = inner.objects.get(&Inner::key(scope, name)).cloned();
         let out = inner.update(scope, name, body, sub, dry_run)?;
+        if !dry_run {
+            inner.track(scope, old.as_ref(), &out, manager, None);
+        }
         Ok(inner.present(&out, scope))
     }
 
@@ -657,10 +674,16 @@ impl ClusterState {
         body: &Value,
         sub: Sub,
         field_manager: Option<&str>,
+        force: bool,
         dry_run: bool,
     ) -> Result<Value> {
         let mut inner = self.lock();
-        let out = inner.patch(scope, name, kind, body, sub, field_manager, dry_run)?;
+        let old = inner.objects.get(&Inner::key(scope, name)).cloned();
+        let out = inner.patch(scope, name, kind, body, sub, field_manager, force, dry_run)?;
+        if !dry_run {
+            let applied = (kind == PatchKind::Apply).then(|| leaves(body));
+            inner.track(scope, old.as_ref(), &out, field_manager, applied.as_deref());
+        }
         Ok(inner.present(&out, scope))
     }
 
@@ -758,7 +781,139 @@ fn present(obj: &Value, scope: &Scope) -> Value {
     out
 }
 
+/// The leaf fields of an object as `(JSON pointer, value)`, for server-side-apply ownership.
+/// `apiVersion`, `kind` and identity metadata are not fields anyone owns.
+fn leaves(obj: &Value) -> Vec<(String, Value)> {
+    fn walk(v: &Value, ptr: String, out: &mut Vec<(String, Value)>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, c) in m {
+                    walk(
+                        c,
+                        format!("{ptr}/{}", k.replace('~', "~0").replace('/', "~1")),
+                        out,
+                    );
+                }
+            }
+            _ => out.push((ptr, v.clone())),
+        }
+    }
+    let mut out = Vec::new();
+    if let Some(m) = obj.as_object() {
+        for (k, c) in m {
+            match k.as_str() {
+                "apiVersion" | "kind" => {}
+                "metadata" => {
+                    for mk in ["labels", "annotations", "finalizers", "ownerReferences"] {
+                        if let Some(c) = c.get(mk) {
+                            walk(c, format!("/metadata/{mk}"), &mut out);
+                        }
+                    }
+                }
+                _ => walk(c, format!("/{k}"), &mut out),
+            }
+        }
+    }
+    out
+}
+
+fn remove_pointer(v: &mut Value, ptr: &str) {
+    let Some((parent, last)) = ptr.rsplit_once('/') else {
+        return;
+    };
+    let key = last.replace("~1", "/").replace("~0", "~");
+    if let Some(Value::Object(m)) = v.pointer_mut(parent) {
+        m.remove(&key);
+    }
+}
+
+fn dotted(ptr: &str) -> String {
+    ptr.replace('/', ".")
+}
+
 impl Inner {
+    /// Server-side apply: refuses (409) to change fields another manager owns unless forced, and
+    /// returns the fields this manager applied before but no longer applies (to be removed).
+    fn check_apply(
+        &self,
+        scope: &Scope,
+        key: &ObjKey,
+        old: &Value,
+        body: &Value,
+        manager: &str,
+        force: bool,
+    ) -> Result<Vec<String>> {
+        let empty = BTreeMap::new();
+        let owners = self.owners.get(key).unwrap_or(&empty);
+        let applied = leaves(body);
+        let conflicts: Vec<String> = applied
+            .iter()
+            .filter_map(|(p, v)| {
+                let owner = owners.get(p)?;
+                (owner != manager && old.pointer(p) != Some(v))
+                    .then(|| format!("conflict with {owner:?}: {}", dotted(p)))
+            })
+            .collect();
+        if !conflicts.is_empty() && !force {
+            return Err(Error::Conflict {
+                target: Self::target(scope, &key.name),
+                message: format!(
+                    "Apply failed with {} conflict(s): {}",
+                    conflicts.len(),
+                    conflicts.join(", ")
+                ),
+            });
+        }
+        Ok(owners
+            .iter()
+            .filter(|(p, o)| *o == manager && !applied.iter().any(|(a, _)| a == *p))
+            .map(|(p, _)| p.clone())
+            .collect())
+    }
+
+    /// Records field ownership after a write: applied fields go to the applier, other changed
+    /// fields to the writer's manager (or `unknown`), and vanished fields are forgotten.
+    fn track(
+        &mut self,
+        scope: &Scope,
+        old: Option<&Value>,
+        new: &Value,
+        manager: Option<&str>,
+        applied: Option<&[(String, Value)]>,
+    ) {
+        let Some(name) = meta_str(new, "name") else {
+            return;
+        };
+        let key = Self::key(scope, name);
+        if !self.objects.contains_key(&key) {
+            self.owners.remove(&key);
+            return;
+        }
+        let manager = manager
+            .filter(|m| !m.is_empty())
+            .unwrap_or("unknown")
+            .to_owned();
+        let now = leaves(new);
+        let entry = self.owners.entry(key).or_default();
+        entry.retain(|p, _| now.iter().any(|(q, _)| q == p));
+        match applied {
+            Some(list) => {
+                for (p, _) in list {
+                    if now.iter().any(|(q, _)| q == p) {
+                        entry.insert(p.clone(), manager.clone());
+                    }
+                }
+            }
+            None => {
+                for (p, v) in &now {
+                    if old.and_then(|o| o.pointer(p)) != Some(v) {
+                        entry.insert(p.clone(), manager.clone());
+                    }
+                }
+            }
+        }
+    }
+
     fn now(&self) -> Timestamp {
         match &self.clock {
             Some(c) => c(),
@@ -1321,6 +1476,7 @@ impl Inner {
         body: &Value,
         sub: Sub,
         field_manager: Option<&str>,
+        force: bool,
         dry_run: bool,
     ) -> Result<Value> {
         if kind == PatchKind::Apply && field_manager.is_none_or(str::is_empty) {
@@ -1342,7 +1498,12 @@ impl Inner {
             }
             return Err(Error::NotFound(Self::target(scope, name)));
         };
-        let patched = patch::apply(kind, &old, body).map_err(|e| match e {
+        let mut dropped = Vec::new();
+        if kind == PatchKind::Apply {
+            let manager = field_manager.unwrap_or_default();
+            dropped = self.check_apply(scope, &key, &old, body, manager, force)?;
+        }
+        let mut patched = patch::apply(kind, &old, body).map_err(|e| match e {
             Error::Invalid { causes, .. } => Error::Invalid {
                 target: Target {
                     group: scope.rt.group.clone(),
@@ -1353,6 +1514,9 @@ impl Inner {
             },
             other => other,
         })?;
+        for ptr in dropped {
+            remove_pointer(&mut patched, &ptr);
+        }
         match self.prepare_update(scope, &old, patched, sub, true)? {
             None => Ok(old),
             Some(new) if dry_run => Ok(new),
@@ -1413,6 +1577,7 @@ impl Inner {
         let Some(mut obj) = self.objects.remove(&key) else {
             return Value::Null;
         };
+        self.owners.remove(&key);
         self.rv += 1;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         self.emit(&scope.rt, EventKind::Deleted, obj.clone(), None);
@@ -1605,7 +1770,7 @@ mod tests {
         let s = ClusterState::new();
         let scope = ns_scope(&s, "pods", "", "v1");
         let created = s
-            .create_raw(&scope, json!({"metadata": {"name": "p"}, "spec": {"nodeName": "a"}, "status": {"phase": "Running"}}), false)
+            .create_raw(&scope, json!({"metadata": {"name": "p"}, "spec": {"nodeName": "a"}, "status": {"phase": "Running"}}), None, false)
             .unwrap();
         assert_eq!(created["metadata"]["generation"], 1);
         let rv = created["metadata"]["resourceVersion"]
@@ -1616,21 +1781,25 @@ mod tests {
         let mut body = created.clone();
         body["spec"]["nodeName"] = json!("b");
         body["status"]["phase"] = json!("Failed");
-        let updated = s.update_raw(&scope, "p", body, Sub::Main, false).unwrap();
+        let updated = s
+            .update_raw(&scope, "p", body, Sub::Main, None, false)
+            .unwrap();
         assert_eq!(updated["metadata"]["generation"], 2);
         assert_eq!(updated["status"]["phase"], "Running");
         // Stale resourceVersion.
         let mut stale = updated.clone();
         stale["metadata"]["resourceVersion"] = json!(rv);
         assert!(matches!(
-            s.update_raw(&scope, "p", stale, Sub::Main, false),
+            s.update_raw(&scope, "p", stale, Sub::Main, None, false),
             Err(Error::Conflict { .. })
         ));
         // Status write ignores spec and keeps generation.
         let mut st = updated.clone();
         st["spec"]["nodeName"] = json!("c");
         st["status"]["phase"] = json!("Succeeded");
-        let after = s.update_raw(&scope, "p", st, Sub::Status, false).unwrap();
+        let after = s
+            .update_raw(&scope, "p", st, Sub::Status, None, false)
+            .unwrap();
         assert_eq!(
             (
                 after["spec"]["nodeName"].as_str(),
@@ -1641,7 +1810,7 @@ mod tests {
         assert_eq!(after["metadata"]["generation"], 2);
         // A no-op write does not bump the resourceVersion.
         let again = s
-            .update_raw(&scope, "p", after.clone(), Sub::Status, false)
+            .update_raw(&scope, "p", after.clone(), Sub::Status, None, false)
             .unwrap();
         assert_eq!(
             again["metadata"]["resourceVersion"],
@@ -1655,7 +1824,7 @@ mod tests {
         s.set_watch_history_limit(2);
         let scope = s.scope("", "v1", "nodes", None).unwrap();
         for n in ["a", "b", "c", "d"] {
-            s.create_raw(&scope, json!({"metadata": {"name": n}}), false)
+            s.create_raw(&scope, json!({"metadata": {"name": n}}), None, false)
                 .unwrap();
         }
         assert!(matches!(
@@ -1677,18 +1846,19 @@ mod tests {
             .create_raw(
                 &nodes,
                 json!({"metadata": {"name": "n1", "finalizers": ["x/y"]}}),
+                None,
                 false,
             )
             .unwrap();
         let uid = node["metadata"]["uid"].clone();
-        s.create_raw(&cms, json!({"metadata": {"name": "dep", "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": uid}]}}), false)
+        s.create_raw(&cms, json!({"metadata": {"name": "dep", "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": uid}]}}), None, false)
             .unwrap();
         let marked = s.delete_raw(&nodes, "n1", &Value::Null, false).unwrap();
         assert!(marked["metadata"]["deletionTimestamp"].is_string());
         assert!(s.get_raw(&cms, "dep").is_ok());
         let mut cleared = marked.clone();
         cleared["metadata"]["finalizers"] = json!([]);
-        s.update_raw(&nodes, "n1", cleared, Sub::Main, false)
+        s.update_raw(&nodes, "n1", cleared, Sub::Main, None, false)
             .unwrap();
         assert!(s.get_raw(&nodes, "n1").is_err());
         assert!(matches!(s.get_raw(&cms, "dep"), Err(Error::NotFound(_))));
@@ -1709,26 +1879,90 @@ mod tests {
         let s = ClusterState::new();
         let nodes = s.scope("", "v1", "nodes", None).unwrap();
         assert!(matches!(
-            s.create_raw(&nodes, json!({"metadata": {"name": "Bad_Name"}}), false),
+            s.create_raw(
+                &nodes,
+                json!({"metadata": {"name": "Bad_Name"}}),
+                None,
+                false
+            ),
             Err(Error::Invalid { .. })
         ));
         assert!(matches!(
-            s.create_raw(&nodes, json!({"metadata": {}}), false),
+            s.create_raw(&nodes, json!({"metadata": {}}), None, false),
             Err(Error::Invalid { .. })
         ));
         let g = s
             .create_raw(
                 &nodes,
                 json!({"metadata": {"generateName": "node-"}}),
+                None,
                 false,
             )
             .unwrap();
         assert!(g["metadata"]["name"].as_str().unwrap().starts_with("node-"));
         let missing = s.scope("", "v1", "pods", Some("nope")).unwrap();
         assert!(matches!(
-            s.create_raw(&missing, json!({"metadata": {"name": "p"}}), false),
+            s.create_raw(&missing, json!({"metadata": {"name": "p"}}), None, false),
             Err(Error::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn server_side_apply_tracks_field_owners() {
+        let s = ClusterState::new();
+        let leases = ns_scope(&s, "leases", "coordination.k8s.io", "v1");
+        let apply = |mgr: &str, holder: &str, force: bool| {
+            let body = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"},
+                              "spec": {"holderIdentity": holder}});
+            s.patch_raw(
+                &leases,
+                "l",
+                PatchKind::Apply,
+                &body,
+                Sub::Main,
+                Some(mgr),
+                force,
+                false,
+            )
+        };
+        apply("a", "a", false).unwrap();
+        apply("a", "a", false).unwrap();
+        assert!(matches!(
+            apply("b", "b", false),
+            Err(Error::Conflict { .. })
+        ));
+        // Same value: no conflict (shared ownership in kube-apiserver).
+        apply("b", "a", false).unwrap();
+        // A merge patch removing the field frees it.
+        let release = json!({"spec": {"holderIdentity": null}});
+        s.patch_raw(
+            &leases,
+            "l",
+            PatchKind::Merge,
+            &release,
+            Sub::Main,
+            Some("a"),
+            false,
+            false,
+        )
+        .unwrap();
+        apply("b", "b", false).unwrap();
+        // Force takes ownership; a manager's dropped fields are removed on its next apply.
+        apply("a", "a", true).unwrap();
+        let body = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "l"}, "spec": {"leaseDurationSeconds": 5}});
+        let out = s
+            .patch_raw(
+                &leases,
+                "l",
+                PatchKind::Apply,
+                &body,
+                Sub::Main,
+                Some("a"),
+                false,
+                false,
+            )
+            .unwrap();
+        assert_eq!(out["spec"], json!({"leaseDurationSeconds": 5}));
     }
 
     #[test]
