@@ -11,6 +11,8 @@ PACKAGES=(
   postgresql         # update-server store tests start a throwaway cluster (initdb, pg_ctl)
   dbus-daemon        # a private bus for the engine's D-Bus tests
   xz-utils zstd      # payload compression in tests and image builds
+  # vm-tests: the node image builder and QEMU nodes (software emulation)
+  mmdebstrap grub-pc-bin busybox-static fakeroot cpio socat curl
 )
 
 missing=()
@@ -25,6 +27,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# QEMU: Debian 12's qemu-system-x86 (7.2) conflicts with the newer backported qemu-utils that
+# some images preinstall; install both at the same version, explicitly.
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed"; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  [ ${#missing[@]} -gt 0 ] || $SUDO apt-get update -qq
+  ver=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+  echo "setup: installing qemu-system-x86 $ver"
+  $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
+    "qemu-system-x86=$ver" "qemu-system-common=$ver" "qemu-utils=$ver" >/dev/null
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

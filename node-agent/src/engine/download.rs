@@ -482,38 +482,68 @@ pub async fn run(
     }
 }
 
-/// The writer thread: positional writes, fsync at checkpoints and at the end. After each
-/// fsync it tells the verifier how far the slot is durable.
+/// The writer thread: positional writes into the page cache. Checkpoints go to a syncer thread
+/// that fsyncs while writing goes on (a flush of tens of MiB would otherwise stall the whole
+/// pipeline), then tells the verifier how far the slot is durable and hands the checkpoint on
+/// to be persisted. `fdatasync` covers every write issued before it started, so a checkpoint is
+/// reported only once everything up to its offset is on disk.
 fn write_slot(
     file: std::fs::File,
     path: PathBuf,
     mut offset: u64,
     rx: Receiver<Msg>,
     verify: std::sync::mpsc::Sender<u64>,
-    on_checkpoint: impl Fn(Checkpoint),
+    on_checkpoint: impl Fn(Checkpoint) + Send + 'static,
 ) -> Result<(u64, bool)> {
     let io = |e| Error::io(&path, e);
-    loop {
-        match rx.recv() {
-            Ok(Msg::Data(buf)) => {
-                file.write_all_at(&buf, offset).map_err(io)?;
-                offset += buf.len() as u64;
-            }
-            Ok(Msg::Checkpoint(cp)) => {
-                file.sync_data().map_err(io)?;
-                let _ = verify.send(offset);
+    let sync_file = file.try_clone().map_err(io)?;
+    let (stx, srx) = sync_channel::<(u64, Checkpoint)>(1);
+    let sync_path = path.clone();
+    let sync_verify = verify.clone();
+    let syncer = std::thread::Builder::new()
+        .name("slot-syncer".into())
+        .spawn(move || -> Result<()> {
+            for (upto, cp) in srx {
+                sync_file
+                    .sync_data()
+                    .map_err(|e| Error::io(&sync_path, e))?;
+                let _ = sync_verify.send(upto);
                 fail::fail_point!("download-after-checkpoint-fsync");
                 on_checkpoint(cp);
             }
-            Ok(Msg::Finish) => {
-                file.sync_all().map_err(io)?;
-                let _ = verify.send(offset);
-                return Ok((offset, true));
+            Ok(())
+        })
+        .map_err(io)?;
+    let outcome = (|| -> Result<(u64, bool)> {
+        loop {
+            match rx.recv() {
+                Ok(Msg::Data(buf)) => {
+                    file.write_all_at(&buf, offset).map_err(io)?;
+                    offset += buf.len() as u64;
+                }
+                Ok(Msg::Checkpoint(cp)) => {
+                    if stx.send((offset, cp)).is_err() {
+                        // The syncer failed; its error is reported below.
+                        return Ok((offset, false));
+                    }
+                }
+                Ok(Msg::Finish) => return Ok((offset, true)),
+                // The network side gave up; its error is the one reported.
+                Err(_) => return Ok((offset, false)),
             }
-            // The network side gave up; its error is the one reported.
-            Err(_) => return Ok((offset, false)),
         }
+    })();
+    drop(stx);
+    let synced = syncer
+        .join()
+        .map_err(|_| Error::io(&path, std::io::Error::other("slot syncer panicked")))?;
+    let (offset, finished) = outcome?;
+    synced?;
+    if finished {
+        file.sync_all().map_err(io)?;
+        let _ = verify.send(offset);
     }
+    Ok((offset, finished))
 }
 
 /// The verifier thread: re-reads the slot from the start, up to each durable offset the

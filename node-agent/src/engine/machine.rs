@@ -166,6 +166,10 @@ pub struct Memory {
     pub previous: Option<(Slot, Version)>,
     /// Versions that failed on this machine: never offered again automatically.
     pub refused: BTreeSet<Version>,
+    /// Failed attempts per version not (yet) refused; at `Policy::max_attempts` a version is
+    /// refused, so a release that cannot apply is not downloaded again and again.
+    #[serde(default)]
+    pub attempts: std::collections::BTreeMap<Version, u32>,
     /// The last error, for humans (cleared when an update succeeds).
     pub last_error: Option<String>,
 }
@@ -179,6 +183,7 @@ impl Memory {
             current_slot: slot,
             previous: None,
             refused: BTreeSet::new(),
+            attempts: std::collections::BTreeMap::new(),
             last_error: None,
         }
     }
@@ -191,6 +196,8 @@ pub struct Policy {
     pub auto_download: bool,
     /// Trial boots the boot loader grants the new slot.
     pub boot_tries: u32,
+    /// Failed attempts at one version before it is refused for good.
+    pub max_attempts: u32,
 }
 
 /// What happened: requests from D-Bus and results of effects.
@@ -516,6 +523,19 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
             State::Downloading { release, .. } | State::Verifying { release, .. },
             Input::ApplyFailed(reason),
         ) => {
+            let v = release.version().clone();
+            let n = next.attempts.entry(v.clone()).or_insert(0);
+            *n += 1;
+            let reason = if *n >= policy.max_attempts {
+                next.attempts.remove(&v);
+                next.refused.insert(v.clone());
+                format!(
+                    "{reason} (attempt {}: giving up on {v})",
+                    policy.max_attempts
+                )
+            } else {
+                reason
+            };
             fx.push(report(EventKind::Failed, release.version(), reason.clone()));
             next.last_error = Some(reason.clone());
             next.state = State::Failed {
@@ -610,6 +630,7 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
                 format!("slot {slot} marked good"),
             ));
             next.previous = Some((mem.current_slot, mem.current_version.clone()));
+            next.attempts.clear();
             next.current_version = v;
             next.current_slot = *slot;
             next.state = State::Idle;
@@ -699,6 +720,7 @@ mod tests {
     const AUTO: Policy = Policy {
         auto_download: true,
         boot_tries: 1,
+        max_attempts: 3,
     };
 
     fn run(mem: &Memory, inputs: Vec<Input>) -> (Memory, Vec<Effect>) {
@@ -841,6 +863,7 @@ mod tests {
         let manual = Policy {
             auto_download: false,
             boot_tries: 2,
+            max_attempts: 3,
         };
         let (m, _) = step(&fresh(), Input::Check, &manual).unwrap();
         let (m, fx) = step(&m, Input::Found(Box::new(release("2.0.0"))), &manual).unwrap();
@@ -900,6 +923,45 @@ mod tests {
             fx.iter()
                 .any(|e| matches!(e, Effect::Download { from, .. } if *from == cp))
         );
+    }
+
+    #[test]
+    fn a_release_that_keeps_failing_is_given_up_after_max_attempts() {
+        let mut m = fresh();
+        for attempt in 1..=3 {
+            let (n, fx) = run(
+                &m,
+                vec![
+                    Input::Check,
+                    Input::Found(Box::new(release("2.0.0"))),
+                    Input::ApplyFailed("sha256 digest mismatch".into()),
+                ],
+            );
+            assert!(
+                fx.iter().any(|e| matches!(e, Effect::Download { .. })),
+                "attempt {attempt}"
+            );
+            m = n;
+        }
+        assert!(m.refused.contains(&v("2.0.0")));
+        assert!(
+            m.last_error
+                .as_deref()
+                .unwrap()
+                .contains("giving up on 2.0.0")
+        );
+        let (m, fx) = run(
+            &m,
+            vec![Input::Check, Input::Found(Box::new(release("2.0.0")))],
+        );
+        assert_eq!(m.state, State::Idle);
+        assert!(fx.iter().all(|e| !matches!(e, Effect::Download { .. })));
+        // A newer release is still taken.
+        let (m, _) = run(
+            &m,
+            vec![Input::Check, Input::Found(Box::new(release("2.0.1")))],
+        );
+        assert_eq!(m.state.phase(), "Downloading");
     }
 
     #[test]

@@ -138,7 +138,16 @@ impl Shared {
     /// the outbox in the same write).
     fn step(&self, input: Input, machine_id: &str) -> Result<Vec<Effect>> {
         let mut p = self.lock();
+        let input_name = format!("{input:?}");
         let (next, effects) = step(&p.memory, input, &self.policy)?;
+        if next.state.phase() != p.memory.state.phase() {
+            tracing::info!(
+                from = p.memory.state.phase(),
+                to = next.state.phase(),
+                input = %input_name.chars().take(120).collect::<String>(),
+                "engine phase"
+            );
+        }
         let mut rest = Vec::new();
         let mut candidate = p.clone();
         candidate.memory = next;
@@ -223,6 +232,7 @@ impl Engine {
             policy: Policy {
                 auto_download: settings.auto_download,
                 boot_tries: settings.boot_tries,
+                max_attempts: settings.max_attempts,
             },
             outbox_limit: settings.outbox_limit,
             changed,
@@ -377,7 +387,15 @@ impl Engine {
         while let Some(input) = queue.pop_front() {
             let effects = self.shared.step(input, &self.facts.machine_id)?;
             for effect in effects {
-                if let Some(next) = self.execute(effect).await? {
+                let name = format!("{effect:?}");
+                let started = std::time::Instant::now();
+                let result = self.execute(effect).await;
+                tracing::debug!(
+                    effect = %name.chars().take(60).collect::<String>(),
+                    secs = started.elapsed().as_secs_f64(),
+                    "effect done"
+                );
+                if let Some(next) = result? {
                     queue.push_back(next);
                 }
             }

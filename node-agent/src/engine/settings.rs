@@ -53,6 +53,9 @@ pub struct Settings {
     /// Trial boots granted to a new slot before the boot loader falls back.
     #[serde(default = "defaults::boot_tries")]
     pub boot_tries: u32,
+    /// Failed attempts at one release before the engine stops trying it.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
     /// Bytes between durable download checkpoints.
     #[serde(default = "defaults::checkpoint_bytes")]
     pub checkpoint_bytes: u64,
@@ -178,6 +181,9 @@ mod defaults {
     pub fn boot_tries() -> u32 {
         1
     }
+    pub fn max_attempts() -> u32 {
+        3
+    }
     pub fn checkpoint_bytes() -> u64 {
         64 << 20
     }
@@ -272,6 +278,9 @@ impl Settings {
                 "channel {:?} is not a valid name",
                 self.channel
             )));
+        }
+        if self.max_attempts == 0 {
+            return Err(Error::Config("max-attempts must be at least 1".into()));
         }
         if self.boot_tries == 0 {
             return Err(Error::Config("boot-tries must be at least 1".into()));

@@ -193,9 +193,14 @@ async fn engine_serves_every_method_and_signals_property_changes() {
             .contains("not valid while the engine is Staged"),
         "{err}"
     );
-    // Rollback cancels the staged release.
+    // Rollback cancels the staged release; the change arrives as a signal (the proxy's
+    // property cache follows PropertiesChanged).
     proxy.rollback("changed my mind").await.unwrap();
-    assert_eq!(proxy.phase().await.unwrap(), "Failed");
+    let next = tokio::time::timeout(Duration::from_secs(10), phases.next())
+        .await
+        .expect("PropertiesChanged after Rollback")
+        .unwrap();
+    assert_eq!(next.get().await.unwrap(), "Failed");
     assert_eq!(engine.boot().status().unwrap().next, Some(Slot::A));
     // ApplyUpdate with nothing available is refused at once.
     let err = proxy.apply_update().await.unwrap_err();
