@@ -18,15 +18,24 @@ pub mod store;
 use std::future::Future;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 pub use error::{Error, Result};
 pub use state::AppState;
 
+/// How long a client may take to send a request's headers (also bounds idle keep-alive
+/// connections): slow or stalled clients cannot pin connections forever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long shutdown waits for in-flight requests before dropping them.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// Serves the API on `listener` until `shutdown` completes, then lets in-flight requests
-/// finish, flushes the store and returns. Housekeeping (snapshot refresh for other replicas'
-/// changes, event retention) runs alongside.
+/// finish (up to [`SHUTDOWN_GRACE`]), flushes the store and returns. Housekeeping (snapshot
+/// refresh for other replicas' changes, event retention) runs alongside.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -35,21 +44,55 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let housekeeping = tokio::spawn(housekeeping(state.clone(), stop_rx));
     let app = routes::router(state.clone());
-    // Small JSON answers on keep-alive connections: no Nagle delay.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
-        .await;
+    // axum::serve sets no timer, so hyper would wait for headers forever; this loop is
+    // axum::serve plus a header-read timeout.
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Small JSON answers on keep-alive connections: no Nagle delay.
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(app.clone());
+        let conn = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests");
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish in time; dropping them");
+    }
     let _ = stop_tx.send(true);
     let _ = housekeeping.await;
     state.store().close().await;
     tracing::info!("stopped");
-    result
+    Ok(())
 }
 
 async fn housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
