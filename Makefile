@@ -10,14 +10,15 @@ help: ## List the targets
 setup: ## Install what the build and tests need (Debian packages; idempotent)
 	@scripts/setup.sh
 
-test: setup ## Run every test (unit, integration, CLI end to end)
+test: setup ## Run every test (unit, integration, CLI end to end, D-Bus, QEMU scenarios)
 	@scripts/test.sh
 
 demo: setup ## Run the demo (today: the signing tour; the QEMU fleet rollout comes with issue 9)
 	@scripts/demo.sh
 
-vm-test: setup ## Boot QEMU nodes through update and fallback (not built yet: issue 4)
-	@echo "vm-test: no VM scenarios exist yet; they arrive with the vm-tests issue (4)."
+vm-test: setup ## Boot QEMU nodes (TCG) through update, reboot into the other slot, fallback
+	$(CARGO) build --locked -p slipway-agent -p slipway-server --bins
+	$(CARGO) test --locked -p slipway-vm-tests -- --nocapture --test-threads=1
 
 generate: ## Regenerate checked-in files (CRDs arrive with the operator issue)
 	@echo "generate: nothing is generated yet; crdgen arrives with the operator issue (6)."
@@ -26,6 +27,7 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-bench: ## Benchmarks: update-server checks/s vs /healthz (engine apply and planner arrive with their issues)
+bench: ## Benchmarks: engine apply vs openssl/copy+fsync, update-server checks/s vs /healthz
+	$(CARGO) bench --locked -p slipway-agent --bench apply -- 1024 4096
 	$(CARGO) run --release --locked -p slipway-server --bin bench-checks
-	@echo "bench: engine (3) and operator (6) benchmarks arrive with their issues."
+	@echo "bench: the operator's planner benchmark arrives with its issue (6)."

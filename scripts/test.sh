@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 
+# The VM scenarios boot the agent and run the server and CLI as separate programs.
+cargo build --workspace --bins --locked || exit 1
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 
