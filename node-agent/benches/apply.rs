@@ -173,6 +173,10 @@ async fn bench(len: u64) {
     println!("  openssl dgst -sha256 (CPU limit):  {:.2} GB/s", gb(o));
     println!("  copy + fsync (disk limit):         {:.2} GB/s", gb(c));
     println!(
+        "  sha2 crate in memory (the engine's hasher): {:.2} GB/s",
+        gb(median(sha2_rate))
+    );
+    println!(
         "  engine apply (download, hash, write, fsync, re-read verify): {:.2} GB/s",
         gb(e)
     );

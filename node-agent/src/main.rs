@@ -174,10 +174,9 @@ async fn daemon(args: EngineArgs) -> Result<ExitCode> {
     let checker = {
         let engine = engine.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first check right away, then a full interval after each one finishes: a
+            // long download must not be followed by checks that catch up back to back.
             loop {
-                tick.tick().await;
                 match engine.check().await {
                     Ok(()) => {}
                     Err(slipway_agent::Error::Refused(why)) => {
@@ -186,6 +185,7 @@ async fn daemon(args: EngineArgs) -> Result<ExitCode> {
                     Err(e) => tracing::warn!(error = %e, "periodic check failed"),
                 }
                 engine.flush_reports().await;
+                tokio::time::sleep(interval).await;
             }
         })
     };
