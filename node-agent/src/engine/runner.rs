@@ -599,7 +599,19 @@ impl Engine {
             .await
             .map_err(|e| server_err(format!("request failed: {e}")))?;
         if !resp.status().is_success() {
-            return Err(server_err(format!("HTTP {}", resp.status())));
+            let status = resp.status();
+            let body = resp.bytes().await.unwrap_or_default();
+            let error: Option<slipway_api::wire::ErrorBody> = serde_json::from_slice(&body).ok();
+            // Nothing has been published on this channel yet: nothing to do, not a failure.
+            if status == reqwest::StatusCode::NOT_FOUND
+                && error.as_ref().is_some_and(|e| e.kind == "unknown-channel")
+            {
+                return Ok(None);
+            }
+            return Err(server_err(match error {
+                Some(e) => format!("HTTP {status}: {} ({})", e.message, e.kind),
+                None => format!("HTTP {status}"),
+            }));
         }
         let body = resp
             .bytes()

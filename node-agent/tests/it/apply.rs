@@ -373,3 +373,29 @@ async fn the_engine_binary_resumes_in_a_new_process_after_an_interruption() {
     );
     assert!(served < image.len() as u64 * 3 / 2, "served {served}");
 }
+
+#[tokio::test]
+async fn an_unknown_channel_is_nothing_new_but_other_server_errors_fail_the_check() {
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    server.with(|r| r.check_error = Some((axum::http::StatusCode::NOT_FOUND, "unknown-channel")));
+    let engine = node.engine().await;
+    engine.check().await.unwrap();
+    let snap = engine.snapshot();
+    assert_eq!(
+        (snap.phase.as_str(), snap.last_error.as_str()),
+        ("Idle", "")
+    );
+    assert_eq!(engine.queued_events(), vec![EventKind::Checked]);
+
+    server.with(|r| r.check_error = Some((axum::http::StatusCode::BAD_REQUEST, "bad-machine-id")));
+    engine.check().await.unwrap();
+    let snap = engine.snapshot();
+    assert_eq!(snap.phase, "Idle");
+    assert!(
+        snap.last_error.contains("HTTP 400") && snap.last_error.contains("bad-machine-id"),
+        "{}",
+        snap.last_error
+    );
+    assert_eq!(engine.queued_events().last(), Some(&EventKind::Failed));
+}

@@ -38,6 +38,8 @@ pub struct Recorded {
     pub bytes_served: u64,
     pub events: Vec<EventReport>,
     pub events_down: bool,
+    /// Answer checks with this status and error kind instead.
+    pub check_error: Option<(StatusCode, &'static str)>,
 }
 
 #[derive(Clone)]
@@ -72,12 +74,20 @@ impl TestServer {
 async fn check(
     State(rec): State<Arc<Mutex<Recorded>>>,
     axum::Json(req): axum::Json<CheckRequest>,
-) -> axum::Json<CheckResponse> {
+) -> Response {
     let mut r = rec.lock().unwrap();
     r.checks.push(req);
+    if let Some((status, kind)) = r.check_error {
+        let body = slipway_api::wire::ErrorBody {
+            kind: kind.into(),
+            message: format!("test server says {kind}"),
+        };
+        return (status, axum::Json(body)).into_response();
+    }
     axum::Json(CheckResponse {
         update: r.offer.clone(),
     })
+    .into_response()
 }
 
 async fn events(
