@@ -615,10 +615,22 @@ fn verify(args: VerifyArgs) -> Result<()> {
     if let Some(channel) = &args.channel {
         manifest.check_channel(channel)?;
     }
-    if let Some(os) = &args.os {
+    check_payloads(&manifest, args.os.as_deref(), &args.runtime)?;
+    let mut text = serde_json::to_string_pretty(&manifest)?;
+    text.push('\n');
+    print_stdout(&text)
+}
+
+/// Checks the given payload files against the manifest's signed sizes and digests.
+fn check_payloads(
+    manifest: &Manifest,
+    os: Option<&Path>,
+    runtime: &[(String, PathBuf)],
+) -> Result<()> {
+    if let Some(os) = os {
         check_payload(os, "os payload", manifest.os.size, &manifest.os.sha256)?;
     }
-    for (name, file) in &args.runtime {
+    for (name, file) in runtime {
         let image = manifest
             .runtime
             .iter()
@@ -636,9 +648,7 @@ fn verify(args: VerifyArgs) -> Result<()> {
             &image.sha256,
         )?;
     }
-    let mut text = serde_json::to_string_pretty(&manifest)?;
-    text.push('\n');
-    print_stdout(&text)
+    Ok(())
 }
 
 fn check_payload(
@@ -825,27 +835,7 @@ mod admin {
             let manifest = root
                 .verify_release(&bytes)
                 .with_context(|| format!("{}", args.envelope.display()))?;
-            if let Some(os) = &args.os {
-                check_payload(os, "os payload", manifest.os.size, &manifest.os.sha256)?;
-            }
-            for (name, file) in &args.runtime {
-                let image = manifest
-                    .runtime
-                    .iter()
-                    .find(|r| &r.name == name)
-                    .ok_or_else(|| {
-                        anyhow!(
-                            "release {} has no runtime image named {name:?}",
-                            manifest.version
-                        )
-                    })?;
-                check_payload(
-                    file,
-                    &format!("runtime image {name}"),
-                    image.size,
-                    &image.sha256,
-                )?;
-            }
+            check_payloads(&manifest, args.os.as_deref(), &args.runtime)?;
         }
         let files: Vec<&PathBuf> = args
             .os
