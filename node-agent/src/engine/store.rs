@@ -3,9 +3,7 @@
 //! delivered to the update server.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -82,24 +80,18 @@ impl Store {
     /// Writes the state durably; readers see the old file or the new one, never a torn one.
     pub fn save(&self, p: &Persisted) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(p).expect("state always serializes");
-        write_atomic(&self.path, &bytes).map_err(|e| Error::io(&self.path, e))
+        if let Some(dir) = self.path.parent() {
+            fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        }
+        let first = !self.path.exists();
+        // The same crash-safe replacement the boot backends use for their state.
+        super::boot::durable::replace_file("state", &self.path, &bytes)?;
+        if first {
+            // A private file; later replacements keep its mode.
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&self.path, fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
+        Ok(())
     }
-}
-
-/// Temp file beside `path`, fsync, rename over `path`, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
 }

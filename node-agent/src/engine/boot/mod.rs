@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use super::settings::BootSettings;
 use super::slot::Slot;
 
-mod durable;
+pub(crate) mod durable;
 pub mod gpt;
 pub mod grub;
 pub mod sdboot;
