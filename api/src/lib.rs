@@ -1,7 +1,9 @@
 //! Slipway's shared types and trust core, with no I/O and no clock: release manifests,
 //! DSSE envelopes, the node's root of trust and its rotation, and the admission policy.
-//! Later: CRD types and wire types shared by the operator, the agent and the server.
+//! Also the custom resources (`RolloutPolicy`, `NodeUpdate`) and the wire types shared by the
+//! operator, the agent and the server.
 
+pub mod crd;
 pub mod digest;
 pub mod dsse;
 pub mod error;

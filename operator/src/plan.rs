@@ -1,0 +1,1403 @@
+//! The operator's decisions, as one pure function: `plan(view, now)` takes what the cluster looks
+//! like (nodes, their `NodeUpdate`s, the `RolloutPolicy`s) and returns, for every node, whether it
+//! may reboot now, must give a grant back, or waits and why, and for every policy the status it
+//! should show. No clock, no API calls: `reconcile.rs` builds the view and carries the plan out.
+//!
+//! The rules, in the order they are applied for each policy:
+//! 1. A node selected by two policies is governed by neither (both report the conflict); it
+//!    still counts against both budgets while it is unavailable, so a conflict never frees a slot.
+//! 2. Grants already held continue while the node drains, reboots or verifies; they are released
+//!    when the node is healthy on the target (recording the cycle time) or has failed, and taken
+//!    back from nodes that have not started draining when the policy is paused, halted, invalid
+//!    or out of its window, or when the node's agent reports it could not drain.
+//! 3. Unavailable = NotReady, or draining/rebooting/verifying, or holding a grant, plus FleetLock
+//!    holders. New grants are made only while unavailable < budget, only inside a window whose
+//!    remaining time covers a node's cycle (median of recent cycles, 10 minutes by default), and
+//!    never while paused, halted or invalid.
+//! 4. Candidates are Ready nodes with the target staged, ordered: already cordoned first (a
+//!    drain that started before a restart finishes first), then by a stable hash of the name.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use slipway_api::crd::{
+    NodePhase, NodeUpdateSpec, NodeUpdateStatus, RolloutPolicySpec, RolloutPolicyStatus,
+};
+
+use crate::windows::{WindowState, Windows};
+
+/// Node-cycle time assumed until a policy has measured some.
+pub const DEFAULT_CYCLE: SignedDuration = SignedDuration::from_mins(10);
+/// How many recent cycles a policy keeps for its median.
+pub const RECENT_CYCLES: usize = 10;
+/// The agent's `waitingReason` when a drain could not finish in time (it gives the grant back).
+pub const DRAIN_BLOCKED: &str = "DrainBlocked";
+
+/// Everything `plan` looks at.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterView {
+    /// All nodes.
+    pub nodes: Vec<NodeView>,
+    /// All policies.
+    pub policies: Vec<PolicyView>,
+}
+
+/// One Node and its `NodeUpdate`.
+#[derive(Debug, Clone, Default)]
+pub struct NodeView {
+    /// Node name (also the `NodeUpdate`'s).
+    pub name: String,
+    /// Node labels (policies select on them).
+    pub labels: BTreeMap<String, String>,
+    /// The Node's `Ready` condition is `True`.
+    pub ready: bool,
+    /// `spec.unschedulable` (cordoned).
+    pub unschedulable: bool,
+    /// The `NodeUpdate` spec as last written (default when there is none).
+    pub spec: NodeUpdateSpec,
+    /// The agent's report (default `Idle` when there is none).
+    pub status: NodeUpdateStatus,
+}
+
+/// One `RolloutPolicy`.
+#[derive(Debug, Clone)]
+pub struct PolicyView {
+    /// Policy name (also the FleetLock group).
+    pub name: String,
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// What the admin asked for.
+    pub spec: RolloutPolicySpec,
+    /// What the operator wrote last time (halt, acknowledged failures, cycles, FleetLock holders).
+    pub status: RolloutPolicyStatus,
+    /// The `slipway.dev/clear-halt` annotation, if set.
+    pub clear_halt: Option<String>,
+}
+
+/// Why a node does not get (or loses) a grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reason {
+    /// No window is open; the next opens at `next`.
+    WindowClosed {
+        /// Next opening, if any.
+        next: Option<Timestamp>,
+    },
+    /// A window is open but closes before a node's cycle would finish.
+    WindowTooShort {
+        /// Time left in the window.
+        remaining: SignedDuration,
+        /// The policy's node-cycle estimate.
+        cycle: SignedDuration,
+    },
+    /// The budget is used up.
+    BudgetFull {
+        /// Unavailable nodes and FleetLock holders now.
+        used: u32,
+        /// The budget.
+        max: u32,
+    },
+    /// `spec.paused`.
+    Paused,
+    /// The policy halted after these nodes failed.
+    Halted {
+        /// The failed nodes.
+        failed: Vec<String>,
+    },
+    /// No policy selects the node.
+    NotSelected,
+    /// The node runs the target version and nothing newer is staged.
+    UpToDate,
+    /// The target is not (yet) staged on the node.
+    WaitingForDownload {
+        /// What the node has staged instead, if anything.
+        staged: Option<String>,
+    },
+    /// More than one policy selects the node.
+    PolicyConflict {
+        /// The policies.
+        policies: Vec<String>,
+    },
+    /// The policy's spec is unusable.
+    InvalidPolicy {
+        /// What is wrong.
+        error: String,
+    },
+    /// The node is not Ready, so it is not taken down for an update.
+    NodeNotReady,
+    /// The node's update failed; it is not retried.
+    Failed {
+        /// The agent's last error.
+        error: Option<String>,
+    },
+    /// The agent could not drain the node in time and gave the grant back.
+    DrainBlocked,
+    /// The node is draining, rebooting or verifying without holding a grant (a grant taken back
+    /// as the agent started, or an update started by hand); it counts as unavailable.
+    UpdatingWithoutGrant {
+        /// The phase it reports.
+        phase: NodePhase,
+    },
+}
+
+impl Reason {
+    /// The machine-readable reason (`NodeUpdate.spec.waitingReason`, Event reasons).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::WindowClosed { .. } => "WindowClosed",
+            Self::WindowTooShort { .. } => "WindowTooShort",
+            Self::BudgetFull { .. } => "BudgetFull",
+            Self::Paused => "Paused",
+            Self::Halted { .. } => "Halted",
+            Self::NotSelected => "NotSelected",
+            Self::UpToDate => "UpToDate",
+            Self::WaitingForDownload { .. } => "WaitingForDownload",
+            Self::PolicyConflict { .. } => "PolicyConflict",
+            Self::InvalidPolicy { .. } => "InvalidPolicy",
+            Self::NodeNotReady => "NodeNotReady",
+            Self::Failed { .. } => "Failed",
+            Self::DrainBlocked => "DrainBlocked",
+            Self::UpdatingWithoutGrant { .. } => "UpdatingWithoutGrant",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::WindowClosed { next: Some(t) } => {
+                write!(f, "reboot window closed; next opens at {t}")
+            }
+            Self::WindowClosed { next: None } => {
+                f.write_str("reboot window closed; no window opens again")
+            }
+            Self::WindowTooShort { remaining, cycle } => write!(
+                f,
+                "window closes in {}s, shorter than a node cycle ({}s)",
+                remaining.as_secs(),
+                cycle.as_secs()
+            ),
+            Self::BudgetFull { used, max } => {
+                write!(f, "{used} of {max} allowed unavailable nodes in use")
+            }
+            Self::Paused => f.write_str("policy is paused"),
+            Self::Halted { failed } => write!(
+                f,
+                "policy halted after failures on {}; clear with the slipway.dev/clear-halt annotation",
+                failed.join(", ")
+            ),
+            Self::NotSelected => f.write_str("no RolloutPolicy selects this node"),
+            Self::UpToDate => f.write_str("node runs the target version"),
+            Self::WaitingForDownload { staged: Some(v) } => {
+                write!(f, "node staged {v}, which is not the policy's target")
+            }
+            Self::WaitingForDownload { staged: None } => {
+                f.write_str("target version not staged yet")
+            }
+            Self::PolicyConflict { policies } => {
+                write!(
+                    f,
+                    "selected by more than one policy: {}",
+                    policies.join(", ")
+                )
+            }
+            Self::InvalidPolicy { error } => write!(f, "policy is invalid: {error}"),
+            Self::NodeNotReady => f.write_str("node is not Ready"),
+            Self::Failed { error: Some(e) } => write!(f, "update failed: {e}"),
+            Self::Failed { error: None } => f.write_str("update failed"),
+            Self::DrainBlocked => f.write_str("drain could not finish; grant returned"),
+            Self::UpdatingWithoutGrant { phase } => write!(f, "node is {phase} without a grant"),
+        }
+    }
+}
+
+/// What happens to one node's grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// A new grant, written now.
+    Grant,
+    /// A held grant stays (the node is updating).
+    Continue,
+    /// The grant is cleared because the node finished (healthy on the target) or failed.
+    Release {
+        /// Grant-to-healthy time, when the node finished successfully.
+        cycle: Option<SignedDuration>,
+    },
+    /// A held grant is taken back before the node started draining.
+    Revoke(Reason),
+    /// No grant; the node waits.
+    Wait(Reason),
+}
+
+/// The desired `NodeUpdate` spec for a node and the decision behind it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlan {
+    /// The governing policy.
+    pub policy: Option<String>,
+    /// The version the node may reboot into.
+    pub target_version: Option<String>,
+    /// Whether the node holds a grant after this plan.
+    pub granted: bool,
+    /// When the held grant was made.
+    pub granted_at: Option<Timestamp>,
+    /// Why.
+    pub decision: Decision,
+}
+
+impl NodePlan {
+    /// The reason the node waits, if it does.
+    pub fn reason(&self) -> Option<&Reason> {
+        match &self.decision {
+            Decision::Wait(r) | Decision::Revoke(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
+/// A policy's outcome: what its status should say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyPlan {
+    /// `Err` with the reason when the spec is unusable.
+    pub valid: Result<(), String>,
+    /// Selected nodes, by name.
+    pub nodes: Vec<String>,
+    /// Nodes also selected by another policy.
+    pub conflicts: Vec<String>,
+    /// The version being rolled out.
+    pub target_version: Option<String>,
+    /// Selected nodes on the target version.
+    pub updated: u32,
+    /// Unavailable after this plan (nodes + FleetLock holders).
+    pub unavailable: u32,
+    /// The resolved budget.
+    pub max_unavailable: u32,
+    /// Selected nodes per phase.
+    pub phases: BTreeMap<String, u32>,
+    /// The window as of `now` (none when the windows are invalid).
+    pub window: Option<WindowState>,
+    /// The halt (kept from before, or new).
+    pub halt: Option<(Timestamp, Vec<String>)>,
+    /// The halt started in this plan.
+    pub newly_halted: bool,
+    /// A `clear-halt` token was acted on in this plan.
+    pub halt_cleared: bool,
+    /// Failures an admin acknowledged (by clearing a halt) that are still failed.
+    pub acknowledged_failures: Vec<String>,
+    /// The clear-halt token acted on (latest).
+    pub cleared_halt_token: Option<String>,
+    /// Selected nodes that failed or rolled back.
+    pub failed_nodes: Vec<String>,
+    /// Cycles finished in this plan (node, duration).
+    pub new_cycles: Vec<(String, SignedDuration)>,
+    /// The cycle estimate used for window fitting.
+    pub cycle_estimate: SignedDuration,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    /// Per node, by name.
+    pub nodes: BTreeMap<String, NodePlan>,
+    /// Per policy, by name.
+    pub policies: BTreeMap<String, PolicyPlan>,
+}
+
+impl Plan {
+    /// The next instant at which time alone can change the plan (a window edge).
+    pub fn next_wakeup(&self) -> Option<Timestamp> {
+        self.policies
+            .values()
+            .filter_map(|p| p.window.and_then(|w| w.next_edge()))
+            .min()
+    }
+}
+
+/// Whether `labels` match `selector` (`matchLabels` and `matchExpressions`).
+pub fn selector_matches(
+    selector: &LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    if let Some(ml) = &selector.match_labels {
+        for (k, v) in ml {
+            if labels.get(k) != Some(v) {
+                return Ok(false);
+            }
+        }
+    }
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.as_deref().unwrap_or_default();
+        let have = labels.get(&e.key);
+        let ok = match e.operator.as_str() {
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => have.is_none_or(|v| !values.contains(v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            other => {
+                return Err(format!(
+                    "nodeSelector operator {other:?} is not In, NotIn, Exists or DoesNotExist"
+                ));
+            }
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+/// Resolves `maxUnavailable` against `total` selected nodes (and FleetLock holders).
+pub fn resolve_budget(max: &IntOrString, total: u32) -> Result<u32, String> {
+    match max {
+        IntOrString::Int(n) => {
+            u32::try_from(*n).map_err(|_| format!("maxUnavailable {n} is negative"))
+        }
+        IntOrString::String(s) => {
+            let pct: u32 = s
+                .strip_suffix('%')
+                .and_then(|p| p.parse().ok())
+                .filter(|p| *p <= 100)
+                .ok_or_else(|| {
+                    format!("maxUnavailable {s:?} is neither a count nor a percentage like \"25%\"")
+                })?;
+            let n = (u64::from(total) * u64::from(pct) / 100) as u32;
+            Ok(if pct > 0 { n.max(1) } else { 0 })
+        }
+    }
+}
+
+/// A stable 64-bit FNV-1a hash, so that candidate order agrees across runs and replicas.
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+fn median(mut xs: Vec<SignedDuration>) -> Option<SignedDuration> {
+    if xs.is_empty() {
+        return None;
+    }
+    xs.sort();
+    let n = xs.len();
+    Some(if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2
+    })
+}
+
+fn newest<'a>(versions: impl Iterator<Item = &'a str>) -> Option<String> {
+    versions
+        .filter_map(|v| semver::Version::parse(v).ok())
+        .max()
+        .map(|v| v.to_string())
+}
+
+/// Decides grants and reasons for every node and the status of every policy.
+pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
+    // Which policies select which nodes; selector errors make a policy invalid.
+    let mut invalid: BTreeMap<&str, String> = BTreeMap::new();
+    let mut selected_by: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    let mut windows: BTreeMap<&str, Windows> = BTreeMap::new();
+    for p in &view.policies {
+        match Windows::compile(&p.spec.windows) {
+            Ok(w) => {
+                windows.insert(&p.name, w);
+            }
+            Err(e) => {
+                invalid.insert(&p.name, e.to_string());
+            }
+        }
+        if let Err(e) = resolve_budget(&p.spec.max_unavailable, 0) {
+            invalid.entry(&p.name).or_insert(e);
+        }
+        if let Some(v) = &p.spec.version
+            && semver::Version::parse(v).is_err()
+        {
+            invalid
+                .entry(&p.name)
+                .or_insert(format!("version {v:?} is not a semantic version"));
+        }
+        for n in &view.nodes {
+            match selector_matches(&p.spec.node_selector, &n.labels) {
+                Ok(true) => selected_by.entry(&n.name).or_default().push(&p.name),
+                Ok(false) => {}
+                Err(e) => {
+                    invalid.entry(&p.name).or_insert(e);
+                }
+            }
+        }
+    }
+
+    let mut out = Plan::default();
+    let nodes_by_name: BTreeMap<&str, &NodeView> =
+        view.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+
+    // Nodes no policy selects: release or revoke any grant, report NotSelected.
+    for n in &view.nodes {
+        if selected_by.get(n.name.as_str()).is_none_or(Vec::is_empty) {
+            let decision = held_without_policy(n, Reason::NotSelected);
+            out.nodes.insert(
+                n.name.clone(),
+                node_plan(
+                    n,
+                    n.spec.policy.clone(),
+                    n.spec.target_version.clone(),
+                    decision,
+                    now,
+                ),
+            );
+        } else if let Some(ps) = selected_by.get(n.name.as_str()).filter(|ps| ps.len() > 1) {
+            let reason = Reason::PolicyConflict {
+                policies: ps.iter().map(|s| s.to_string()).collect(),
+            };
+            let decision = held_without_policy(n, reason);
+            out.nodes.insert(
+                n.name.clone(),
+                node_plan(
+                    n,
+                    n.spec.policy.clone(),
+                    n.spec.target_version.clone(),
+                    decision,
+                    now,
+                ),
+            );
+        }
+    }
+
+    for p in &view.policies {
+        let selected: Vec<&NodeView> = view
+            .nodes
+            .iter()
+            .filter(|n| {
+                selected_by
+                    .get(n.name.as_str())
+                    .is_some_and(|ps| ps.contains(&p.name.as_str()))
+            })
+            .collect();
+        let governed: Vec<&NodeView> = selected
+            .iter()
+            .copied()
+            .filter(|n| selected_by[n.name.as_str()].len() == 1)
+            .collect();
+        let conflicts: Vec<String> = selected
+            .iter()
+            .filter(|n| selected_by[n.name.as_str()].len() > 1)
+            .map(|n| n.name.clone())
+            .collect();
+        let valid = match invalid.get(p.name.as_str()) {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        };
+
+        let target = p.spec.version.clone().or_else(|| {
+            newest(
+                selected
+                    .iter()
+                    .flat_map(|n| {
+                        [
+                            n.status.staged_version.as_deref(),
+                            n.status.current_version.as_deref(),
+                        ]
+                    })
+                    .flatten(),
+            )
+        });
+
+        // Failures, acknowledgements and the halt.
+        let failed: Vec<String> = governed
+            .iter()
+            .filter(|n| n.status.phase.is_failure())
+            .map(|n| n.name.clone())
+            .collect();
+        let mut acknowledged: Vec<String> = p.status.acknowledged_failures.clone();
+        let mut halt = p
+            .status
+            .halt
+            .as_ref()
+            .map(|h| (h.since.0, h.failed_nodes.clone()));
+        let mut cleared_token = p.status.cleared_halt_token.clone();
+        let mut halt_cleared = false;
+        if let Some(token) = &p.clear_halt
+            && cleared_token.as_ref() != Some(token)
+        {
+            acknowledged.extend(failed.iter().cloned());
+            cleared_token = Some(token.clone());
+            halt_cleared = halt.is_some();
+            halt = None;
+        }
+        acknowledged.retain(|a| failed.contains(a));
+        acknowledged.sort();
+        acknowledged.dedup();
+        let unacknowledged: Vec<String> = failed
+            .iter()
+            .filter(|f| !acknowledged.contains(f))
+            .cloned()
+            .collect();
+        let mut newly_halted = false;
+        if halt.is_none()
+            && p.spec.halt_after_failures > 0
+            && unacknowledged.len() >= p.spec.halt_after_failures as usize
+        {
+            halt = Some((now, unacknowledged.clone()));
+            newly_halted = true;
+        }
+
+        let window = windows.get(p.name.as_str()).map(|w| w.state_at(now));
+        let cycle_estimate = median(
+            p.status
+                .recent_cycles
+                .iter()
+                .map(|c| SignedDuration::from_secs(i64::try_from(c.seconds).unwrap_or(i64::MAX)))
+                .collect(),
+        )
+        .unwrap_or(DEFAULT_CYCLE);
+
+        // The gate every grant (new or held-but-not-started) must pass, apart from the budget.
+        let gate: Option<Reason> = if let Err(e) = &valid {
+            Some(Reason::InvalidPolicy { error: e.clone() })
+        } else if let Some((_, failed)) = &halt {
+            Some(Reason::Halted {
+                failed: failed.clone(),
+            })
+        } else if p.spec.paused {
+            Some(Reason::Paused)
+        } else {
+            match window {
+                Some(WindowState::Closed { next }) => Some(Reason::WindowClosed { next }),
+                Some(WindowState::Open { until }) => {
+                    let remaining = until.duration_since(now);
+                    (remaining < cycle_estimate).then_some(Reason::WindowTooShort {
+                        remaining,
+                        cycle: cycle_estimate,
+                    })
+                }
+                Some(WindowState::Always) | None => None,
+            }
+        };
+
+        let mut new_cycles = Vec::new();
+        let mut decisions: BTreeMap<&str, (Option<String>, Decision)> = BTreeMap::new();
+        let mut candidates: Vec<&NodeView> = Vec::new();
+        for n in &governed {
+            let node_target = p
+                .spec
+                .version
+                .clone()
+                .or_else(|| n.status.staged_version.clone());
+            let phase = n.status.phase;
+            let staged_ok =
+                n.status.staged_version.is_some() && n.status.staged_version == node_target;
+            let decision = if n.spec.reboot_granted {
+                if phase.is_disruptive() {
+                    Decision::Continue
+                } else if phase == NodePhase::Healthy || (phase == NodePhase::Idle && !staged_ok) {
+                    let cycle = n
+                        .spec
+                        .granted_at
+                        .as_ref()
+                        .filter(|_| phase == NodePhase::Healthy)
+                        .map(|t| now.duration_since(t.0))
+                        .filter(|d| !d.is_negative());
+                    if let Some(c) = cycle {
+                        new_cycles.push((n.name.clone(), c));
+                    }
+                    Decision::Release { cycle }
+                } else if phase.is_failure() {
+                    Decision::Release { cycle: None }
+                } else if n.status.waiting_reason.as_deref() == Some(DRAIN_BLOCKED) {
+                    Decision::Revoke(Reason::DrainBlocked)
+                } else if !staged_ok {
+                    Decision::Revoke(Reason::WaitingForDownload {
+                        staged: n.status.staged_version.clone(),
+                    })
+                } else if let Some(r) = gate.clone() {
+                    Decision::Revoke(r)
+                } else {
+                    Decision::Continue
+                }
+            } else if phase.is_failure() {
+                Decision::Wait(Reason::Failed {
+                    error: n.status.last_error.clone(),
+                })
+            } else if phase.is_disruptive() {
+                // The agent is mid-update without a grant (e.g. the grant was revoked as it
+                // started): not a candidate, and it counts as unavailable below.
+                Decision::Wait(Reason::UpdatingWithoutGrant { phase })
+            } else if phase == NodePhase::Staged && staged_ok {
+                if !n.ready {
+                    Decision::Wait(Reason::NodeNotReady)
+                } else if let Some(r) = gate.clone() {
+                    Decision::Wait(r)
+                } else {
+                    candidates.push(n);
+                    continue;
+                }
+            } else if phase == NodePhase::Downloading
+                || (phase == NodePhase::Staged && !staged_ok)
+                || (p.spec.version.is_some()
+                    && n.status.current_version.is_some()
+                    && n.status.current_version != p.spec.version)
+            {
+                Decision::Wait(Reason::WaitingForDownload {
+                    staged: n.status.staged_version.clone(),
+                })
+            } else {
+                Decision::Wait(Reason::UpToDate)
+            };
+            decisions.insert(&n.name, (node_target, decision));
+        }
+
+        // Budget: everything unavailable after the held-grant decisions, then new grants.
+        let holders = u32::try_from(p.status.fleet_lock_holders.len()).unwrap_or(u32::MAX);
+        let total = u32::try_from(selected.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(holders);
+        let max = resolve_budget(&p.spec.max_unavailable, total).unwrap_or(0);
+        let holds_grant = |n: &NodeView| match decisions.get(n.name.as_str()) {
+            Some((_, Decision::Continue | Decision::Grant)) => true,
+            Some(_) => false,
+            // Conflicted nodes: their held grant (decided above) still counts here.
+            None => out.nodes.get(&n.name).is_some_and(|np| np.granted),
+        };
+        let mut used = holders
+            + u32::try_from(
+                selected
+                    .iter()
+                    .filter(|n| !n.ready || n.status.phase.is_disruptive() || holds_grant(n))
+                    .count(),
+            )
+            .unwrap_or(u32::MAX);
+
+        candidates.sort_by_key(|n| (!n.unschedulable, name_hash(&n.name), n.name.clone()));
+        for n in candidates {
+            let node_target = p
+                .spec
+                .version
+                .clone()
+                .or_else(|| n.status.staged_version.clone());
+            let decision = if used < max {
+                used += 1;
+                Decision::Grant
+            } else {
+                Decision::Wait(Reason::BudgetFull { used, max })
+            };
+            decisions.insert(&n.name, (node_target, decision));
+        }
+
+        let mut phases: BTreeMap<String, u32> = BTreeMap::new();
+        for n in &selected {
+            *phases
+                .entry(n.status.phase.as_str().to_string())
+                .or_default() += 1;
+        }
+        let updated = u32::try_from(
+            selected
+                .iter()
+                .filter(|n| target.is_some() && n.status.current_version == target)
+                .count(),
+        )
+        .unwrap_or(u32::MAX);
+
+        for (name, (node_target, decision)) in decisions {
+            let n = nodes_by_name[name];
+            out.nodes.insert(
+                name.to_string(),
+                node_plan(n, Some(p.name.clone()), node_target, decision, now),
+            );
+        }
+        out.policies.insert(
+            p.name.clone(),
+            PolicyPlan {
+                valid,
+                nodes: selected.iter().map(|n| n.name.clone()).collect(),
+                conflicts,
+                target_version: target,
+                updated,
+                unavailable: used,
+                max_unavailable: max,
+                phases,
+                window,
+                halt,
+                newly_halted,
+                halt_cleared,
+                acknowledged_failures: acknowledged,
+                cleared_halt_token: cleared_token,
+                failed_nodes: failed,
+                new_cycles,
+                cycle_estimate,
+            },
+        );
+    }
+    out
+}
+
+/// For a node no single policy governs: keep a grant whose update is under way, release it
+/// when the node finished or failed, take it back otherwise.
+fn held_without_policy(n: &NodeView, reason: Reason) -> Decision {
+    if !n.spec.reboot_granted {
+        return Decision::Wait(reason);
+    }
+    match n.status.phase {
+        p if p.is_disruptive() => Decision::Continue,
+        p if p.is_failure() || p == NodePhase::Healthy || p == NodePhase::Idle => {
+            Decision::Release { cycle: None }
+        }
+        _ => Decision::Revoke(reason),
+    }
+}
+
+fn node_plan(
+    n: &NodeView,
+    policy: Option<String>,
+    target: Option<String>,
+    decision: Decision,
+    now: Timestamp,
+) -> NodePlan {
+    let (granted, granted_at) = match &decision {
+        Decision::Grant => (true, Some(now)),
+        Decision::Continue => (true, n.spec.granted_at.as_ref().map(|t| t.0).or(Some(now))),
+        Decision::Release { .. } | Decision::Revoke(_) | Decision::Wait(_) => (false, None),
+    };
+    NodePlan {
+        policy,
+        target_version: target,
+        granted,
+        granted_at,
+        decision,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, Time};
+    use proptest::prelude::*;
+    use slipway_api::crd::{FleetLockHolder, HaltStatus, NodeCycle, RebootWindow};
+
+    const NOW: &str = "2026-03-02T12:00:00Z";
+
+    fn now() -> Timestamp {
+        NOW.parse().unwrap()
+    }
+
+    fn node(name: &str) -> NodeView {
+        NodeView {
+            name: name.into(),
+            labels: BTreeMap::from([("pool".to_string(), "a".to_string())]),
+            ready: true,
+            ..Default::default()
+        }
+        .phase(NodePhase::Idle)
+        .current("1.0.0")
+    }
+
+    impl NodeView {
+        fn phase(mut self, p: NodePhase) -> Self {
+            self.status.phase = p;
+            self
+        }
+        fn current(mut self, v: &str) -> Self {
+            self.status.current_version = Some(v.into());
+            self
+        }
+        fn staged(mut self, v: &str) -> Self {
+            self.status.staged_version = Some(v.into());
+            self.phase(NodePhase::Staged)
+        }
+        fn granted(mut self, at: &str) -> Self {
+            self.spec.reboot_granted = true;
+            self.spec.granted_at = Some(Time(at.parse().unwrap()));
+            self
+        }
+        fn not_ready(mut self) -> Self {
+            self.ready = false;
+            self
+        }
+        fn label(mut self, k: &str, v: &str) -> Self {
+            self.labels.insert(k.into(), v.into());
+            self
+        }
+    }
+
+    fn policy(name: &str) -> PolicyView {
+        PolicyView {
+            name: name.into(),
+            generation: Some(1),
+            spec: serde_json::from_value(serde_json::json!({"channel": "stable"})).unwrap(),
+            status: RolloutPolicyStatus::default(),
+            clear_halt: None,
+        }
+    }
+
+    impl PolicyView {
+        fn max(mut self, m: IntOrString) -> Self {
+            self.spec.max_unavailable = m;
+            self
+        }
+        fn window(mut self, schedule: &str, duration: &str) -> Self {
+            self.spec.windows.push(RebootWindow {
+                schedule: schedule.into(),
+                duration: duration.parse().unwrap(),
+                time_zone: "UTC".into(),
+            });
+            self
+        }
+        fn select(mut self, k: &str, v: &str) -> Self {
+            self.spec.node_selector.match_labels =
+                Some(BTreeMap::from([(k.to_string(), v.to_string())]));
+            self
+        }
+    }
+
+    fn run(nodes: Vec<NodeView>, policies: Vec<PolicyView>) -> Plan {
+        plan(&ClusterView { nodes, policies }, now())
+    }
+
+    fn reason_of(p: &Plan, node: &str) -> Option<Reason> {
+        p.nodes[node].reason().cloned()
+    }
+
+    #[test]
+    fn staged_nodes_are_granted_up_to_the_budget_and_the_rest_wait_budget_full() {
+        let nodes = (0..5)
+            .map(|i| node(&format!("n{i}")).staged("2.0.0"))
+            .collect();
+        let p = run(nodes, vec![policy("p").max(IntOrString::Int(2))]);
+        let granted: Vec<_> = p
+            .nodes
+            .iter()
+            .filter(|(_, n)| n.decision == Decision::Grant)
+            .collect();
+        assert_eq!(granted.len(), 2);
+        for (_, n) in &granted {
+            assert_eq!(n.target_version.as_deref(), Some("2.0.0"));
+            assert_eq!(n.granted_at, Some(now()));
+        }
+        let waiting: Vec<_> = p.nodes.values().filter_map(NodePlan::reason).collect();
+        assert_eq!(waiting, vec![&Reason::BudgetFull { used: 2, max: 2 }; 3]);
+        assert_eq!(p.policies["p"].unavailable, 2);
+        assert_eq!(p.policies["p"].target_version.as_deref(), Some("2.0.0"));
+    }
+
+    #[test]
+    fn order_is_deterministic_and_cordoned_nodes_go_first() {
+        let mk = || {
+            (0..20)
+                .map(|i| node(&format!("node-{i}")).staged("2.0.0"))
+                .collect::<Vec<_>>()
+        };
+        let a = run(mk(), vec![policy("p")]);
+        let mut reversed = mk();
+        reversed.reverse();
+        let b = run(reversed, vec![policy("p")]);
+        let first = |p: &Plan| {
+            p.nodes
+                .iter()
+                .find(|(_, n)| n.decision == Decision::Grant)
+                .map(|(k, _)| k.clone())
+        };
+        assert_eq!(first(&a), first(&b));
+        let mut nodes = mk();
+        nodes[7].unschedulable = true;
+        assert_eq!(
+            first(&run(nodes, vec![policy("p")])).as_deref(),
+            Some("node-7")
+        );
+    }
+
+    #[test]
+    fn every_waiting_reason_is_reported() {
+        let pinned = {
+            let mut p = policy("pin").select("pool", "pin");
+            p.spec.version = Some("3.0.0".into());
+            p
+        };
+        let nodes = vec![
+            node("uptodate"),
+            node("downloading").phase(NodePhase::Downloading),
+            node("notready").staged("2.0.0").not_ready(),
+            node("failed").phase(NodePhase::Failed),
+            node("orphan").label("pool", "none"),
+            node("wrong-staged").label("pool", "pin").staged("2.0.0"),
+            node("behind-pin").label("pool", "pin").current("2.0.0"),
+        ];
+        let mut halting = policy("p");
+        halting.spec.halt_after_failures = 0;
+        let p = run(nodes, vec![halting.select("pool", "a"), pinned]);
+        assert_eq!(reason_of(&p, "uptodate"), Some(Reason::UpToDate));
+        assert_eq!(
+            reason_of(&p, "downloading"),
+            Some(Reason::WaitingForDownload { staged: None })
+        );
+        assert_eq!(reason_of(&p, "notready"), Some(Reason::NodeNotReady));
+        assert_eq!(
+            reason_of(&p, "failed"),
+            Some(Reason::Failed { error: None })
+        );
+        assert_eq!(reason_of(&p, "orphan"), Some(Reason::NotSelected));
+        assert_eq!(
+            reason_of(&p, "wrong-staged"),
+            Some(Reason::WaitingForDownload {
+                staged: Some("2.0.0".into())
+            })
+        );
+        assert_eq!(
+            reason_of(&p, "behind-pin"),
+            Some(Reason::WaitingForDownload { staged: None })
+        );
+    }
+
+    #[test]
+    fn paused_halted_and_invalid_policies_grant_nothing() {
+        let nodes = || vec![node("a").staged("2.0.0")];
+        let mut paused = policy("p");
+        paused.spec.paused = true;
+        assert_eq!(
+            reason_of(&run(nodes(), vec![paused]), "a"),
+            Some(Reason::Paused)
+        );
+
+        let mut halted = policy("p");
+        halted.status.halt = Some(HaltStatus {
+            since: Time(now()),
+            failed_nodes: vec!["x".into()],
+        });
+        assert_eq!(
+            reason_of(&run(nodes(), vec![halted]), "a"),
+            Some(Reason::Halted {
+                failed: vec!["x".into()]
+            })
+        );
+
+        let bad_cron = policy("p").window("0 25 * * *", "1h");
+        assert!(matches!(
+            reason_of(&run(nodes(), vec![bad_cron]), "a"),
+            Some(Reason::InvalidPolicy { .. })
+        ));
+        let bad_pct = policy("p").max(IntOrString::String("150%".into()));
+        let plan = run(nodes(), vec![bad_pct]);
+        assert!(matches!(
+            reason_of(&plan, "a"),
+            Some(Reason::InvalidPolicy { .. })
+        ));
+        assert!(plan.policies["p"].valid.is_err());
+        let mut bad_selector = policy("p");
+        bad_selector.spec.node_selector.match_expressions = Some(vec![LabelSelectorRequirement {
+            key: "pool".into(),
+            operator: "Matches".into(),
+            values: None,
+        }]);
+        // An unusable selector selects nothing; the policy says why.
+        let plan = run(nodes(), vec![bad_selector]);
+        assert_eq!(reason_of(&plan, "a"), Some(Reason::NotSelected));
+        assert!(
+            plan.policies["p"]
+                .valid
+                .as_ref()
+                .unwrap_err()
+                .contains("Matches")
+        );
+    }
+
+    #[test]
+    fn windows_gate_grants_and_short_windows_are_skipped() {
+        let nodes = || vec![node("a").staged("2.0.0")];
+        // NOW is 12:00; a window at 12:02 is closed.
+        let closed = run(nodes(), vec![policy("p").window("2 12 * * *", "1h")]);
+        assert_eq!(
+            reason_of(&closed, "a"),
+            Some(Reason::WindowClosed {
+                next: Some("2026-03-02T12:02:00Z".parse().unwrap())
+            })
+        );
+        assert_eq!(
+            closed.next_wakeup(),
+            Some("2026-03-02T12:02:00Z".parse().unwrap())
+        );
+        let open = run(nodes(), vec![policy("p").window("0 12 * * *", "1h")]);
+        assert_eq!(open.nodes["a"].decision, Decision::Grant);
+        // Open for 5 more minutes, but a node cycle takes 10 by default.
+        let short = run(nodes(), vec![policy("p").window("55 11 * * *", "10m")]);
+        assert_eq!(
+            reason_of(&short, "a"),
+            Some(Reason::WindowTooShort {
+                remaining: SignedDuration::from_mins(5),
+                cycle: DEFAULT_CYCLE
+            })
+        );
+        // With measured 3-minute cycles the same window fits.
+        let mut fast = policy("p").window("55 11 * * *", "10m");
+        fast.status.recent_cycles = (0..3)
+            .map(|i| NodeCycle {
+                node: format!("n{i}"),
+                seconds: 180,
+            })
+            .collect();
+        assert_eq!(
+            run(nodes(), vec![fast]).nodes["a"].decision,
+            Decision::Grant
+        );
+    }
+
+    #[test]
+    fn unavailable_nodes_and_fleetlock_holders_use_the_budget() {
+        let nodes = vec![node("down").not_ready(), node("a").staged("2.0.0")];
+        let p = run(nodes, vec![policy("p")]);
+        assert_eq!(
+            reason_of(&p, "a"),
+            Some(Reason::BudgetFull { used: 1, max: 1 })
+        );
+
+        let mut with_holder = policy("p").max(IntOrString::Int(2));
+        with_holder.status.fleet_lock_holders = vec![FleetLockHolder {
+            id: "host-1".into(),
+            since: Time(now()),
+        }];
+        let nodes = vec![
+            node("r").phase(NodePhase::Rebooting).granted(NOW),
+            node("a").staged("2.0.0"),
+        ];
+        let p = run(nodes, vec![with_holder]);
+        assert_eq!(p.nodes["r"].decision, Decision::Continue);
+        assert_eq!(
+            reason_of(&p, "a"),
+            Some(Reason::BudgetFull { used: 2, max: 2 })
+        );
+    }
+
+    #[test]
+    fn percent_budgets_round_down_but_never_to_zero() {
+        assert_eq!(
+            resolve_budget(&IntOrString::String("25%".into()), 10),
+            Ok(2)
+        );
+        assert_eq!(resolve_budget(&IntOrString::String("10%".into()), 3), Ok(1));
+        assert_eq!(resolve_budget(&IntOrString::String("0%".into()), 30), Ok(0));
+        assert_eq!(
+            resolve_budget(&IntOrString::String("100%".into()), 7),
+            Ok(7)
+        );
+        assert!(resolve_budget(&IntOrString::String("x".into()), 7).is_err());
+        assert!(resolve_budget(&IntOrString::Int(-1), 7).is_err());
+    }
+
+    #[test]
+    fn grants_are_released_when_healthy_with_the_cycle_time_and_on_failure() {
+        let nodes = vec![
+            node("done")
+                .phase(NodePhase::Healthy)
+                .current("2.0.0")
+                .granted("2026-03-02T11:52:00Z"),
+            node("bad")
+                .phase(NodePhase::RolledBack)
+                .granted("2026-03-02T11:00:00Z"),
+            node("busy")
+                .phase(NodePhase::Verifying)
+                .granted("2026-03-02T11:58:00Z"),
+        ];
+        let mut p = policy("p").max(IntOrString::Int(3));
+        p.spec.halt_after_failures = 5;
+        let plan = run(nodes, vec![p]);
+        assert_eq!(
+            plan.nodes["done"].decision,
+            Decision::Release {
+                cycle: Some(SignedDuration::from_mins(8))
+            }
+        );
+        assert!(!plan.nodes["done"].granted);
+        assert_eq!(
+            plan.nodes["bad"].decision,
+            Decision::Release { cycle: None }
+        );
+        assert_eq!(plan.nodes["busy"].decision, Decision::Continue);
+        assert_eq!(
+            plan.nodes["busy"].granted_at,
+            Some("2026-03-02T11:58:00Z".parse().unwrap())
+        );
+        assert_eq!(
+            plan.policies["p"].new_cycles,
+            vec![("done".to_string(), SignedDuration::from_mins(8))]
+        );
+    }
+
+    #[test]
+    fn unstarted_grants_are_revoked_when_the_gate_closes_but_started_ones_finish() {
+        let nodes = || {
+            vec![
+                node("waiting")
+                    .staged("2.0.0")
+                    .granted("2026-03-02T11:59:00Z"),
+                node("draining")
+                    .staged("2.0.0")
+                    .phase(NodePhase::Draining)
+                    .granted("2026-03-02T11:59:00Z"),
+            ]
+        };
+        let mut paused = policy("p").max(IntOrString::Int(2));
+        paused.spec.paused = true;
+        let p = run(nodes(), vec![paused]);
+        assert_eq!(
+            p.nodes["waiting"].decision,
+            Decision::Revoke(Reason::Paused)
+        );
+        assert_eq!(p.nodes["draining"].decision, Decision::Continue);
+        let p = run(
+            nodes(),
+            vec![
+                policy("p")
+                    .max(IntOrString::Int(2))
+                    .window("0 3 * * *", "1h"),
+            ],
+        );
+        assert!(matches!(
+            p.nodes["waiting"].decision,
+            Decision::Revoke(Reason::WindowClosed { .. })
+        ));
+        assert_eq!(p.nodes["draining"].decision, Decision::Continue);
+        let mut blocked = nodes();
+        blocked[0].status.waiting_reason = Some(DRAIN_BLOCKED.into());
+        let p = run(blocked, vec![policy("p").max(IntOrString::Int(2))]);
+        assert_eq!(
+            p.nodes["waiting"].decision,
+            Decision::Revoke(Reason::DrainBlocked)
+        );
+    }
+
+    #[test]
+    fn a_node_in_two_policies_is_never_granted_and_both_report_it() {
+        let nodes = vec![
+            node("both").staged("2.0.0").label("gpu", "yes"),
+            node("solo").staged("2.0.0"),
+        ];
+        let p = run(
+            nodes,
+            vec![
+                policy("pool").select("pool", "a").max(IntOrString::Int(5)),
+                policy("gpu").select("gpu", "yes"),
+            ],
+        );
+        assert_eq!(
+            reason_of(&p, "both"),
+            Some(Reason::PolicyConflict {
+                policies: vec!["pool".into(), "gpu".into()]
+            })
+        );
+        assert_eq!(p.policies["pool"].conflicts, vec!["both".to_string()]);
+        assert_eq!(p.policies["gpu"].conflicts, vec!["both".to_string()]);
+        assert_eq!(p.nodes["solo"].decision, Decision::Grant);
+        // A conflicted node mid-update keeps its grant and uses both budgets.
+        let nodes = vec![
+            node("both")
+                .phase(NodePhase::Rebooting)
+                .label("gpu", "yes")
+                .granted(NOW),
+            node("solo").staged("2.0.0"),
+        ];
+        let p = run(
+            nodes,
+            vec![
+                policy("pool").select("pool", "a"),
+                policy("gpu").select("gpu", "yes"),
+            ],
+        );
+        assert_eq!(p.nodes["both"].decision, Decision::Continue);
+        assert_eq!(
+            reason_of(&p, "solo"),
+            Some(Reason::BudgetFull { used: 1, max: 1 })
+        );
+    }
+
+    #[test]
+    fn failures_halt_the_policy_until_an_admin_clears_it() {
+        let nodes = || {
+            vec![
+                node("bad").phase(NodePhase::Failed),
+                node("a").staged("2.0.0"),
+            ]
+        };
+        let p = run(nodes(), vec![policy("p")]);
+        let pp = &p.policies["p"];
+        assert!(pp.newly_halted);
+        assert_eq!(pp.halt, Some((now(), vec!["bad".to_string()])));
+        assert_eq!(
+            reason_of(&p, "a"),
+            Some(Reason::Halted {
+                failed: vec!["bad".into()]
+            })
+        );
+
+        // The halt is sticky: kept from status even if the failure disappears.
+        let mut halted = policy("p");
+        halted.status.halt = Some(HaltStatus {
+            since: Time(now()),
+            failed_nodes: vec!["bad".into()],
+        });
+        let p = run(
+            vec![node("bad"), node("a").staged("2.0.0")],
+            vec![halted.clone()],
+        );
+        assert!(!p.policies["p"].newly_halted);
+        assert!(matches!(reason_of(&p, "a"), Some(Reason::Halted { .. })));
+
+        // Clearing acknowledges the failure; the same failure does not halt again.
+        halted.clear_halt = Some("1".into());
+        let p = run(nodes(), vec![halted.clone()]);
+        let pp = &p.policies["p"];
+        assert!(pp.halt_cleared && pp.halt.is_none());
+        assert_eq!(pp.acknowledged_failures, vec!["bad".to_string()]);
+        assert_eq!(pp.cleared_halt_token.as_deref(), Some("1"));
+        assert_eq!(p.nodes["a"].decision, Decision::Grant);
+        // A new failure halts again.
+        halted.status.halt = None;
+        halted.status.acknowledged_failures = vec!["bad".into()];
+        halted.status.cleared_halt_token = Some("1".into());
+        let p = run(
+            vec![
+                node("bad").phase(NodePhase::Failed),
+                node("worse").phase(NodePhase::RolledBack),
+            ],
+            vec![halted],
+        );
+        assert_eq!(
+            p.policies["p"].halt,
+            Some((now(), vec!["worse".to_string()]))
+        );
+    }
+
+    #[test]
+    fn selectors_support_expressions() {
+        let labels = BTreeMap::from([("zone".to_string(), "a".to_string())]);
+        let req = |op: &str, vals: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "zone".into(),
+                operator: op.into(),
+                values: Some(vals.iter().map(|s| s.to_string()).collect()),
+            }]),
+            match_labels: None,
+        };
+        assert_eq!(selector_matches(&req("In", &["a", "b"]), &labels), Ok(true));
+        assert_eq!(selector_matches(&req("NotIn", &["a"]), &labels), Ok(false));
+        assert_eq!(selector_matches(&req("Exists", &[]), &labels), Ok(true));
+        assert_eq!(
+            selector_matches(&req("DoesNotExist", &[]), &labels),
+            Ok(false)
+        );
+        assert_eq!(
+            selector_matches(&LabelSelector::default(), &labels),
+            Ok(true)
+        );
+    }
+
+    fn arb_node(i: usize) -> impl Strategy<Value = NodeView> {
+        (
+            any::<bool>(),
+            any::<bool>(),
+            any::<bool>(),
+            0usize..9,
+            0usize..3,
+            any::<bool>(),
+        )
+            .prop_map(
+                move |(ready, granted, cordoned, phase, staged, second_pool)| {
+                    let phase = [
+                        NodePhase::Idle,
+                        NodePhase::Downloading,
+                        NodePhase::Staged,
+                        NodePhase::Draining,
+                        NodePhase::Rebooting,
+                        NodePhase::Verifying,
+                        NodePhase::Healthy,
+                        NodePhase::Failed,
+                        NodePhase::RolledBack,
+                    ][phase];
+                    let mut n = node(&format!("n{i}")).phase(phase);
+                    n.ready = ready;
+                    n.unschedulable = cordoned;
+                    if staged > 0 {
+                        n.status.staged_version = Some(format!("{staged}.5.0"));
+                    }
+                    if granted {
+                        n = n.granted("2026-03-02T11:00:00Z");
+                    }
+                    if second_pool {
+                        n = n.label("extra", "yes");
+                    }
+                    n
+                },
+            )
+    }
+
+    fn arb_view() -> impl Strategy<Value = (ClusterView, i64)> {
+        (
+            (0usize..25).prop_flat_map(|n| (0..n).map(arb_node).collect::<Vec<_>>()),
+            0i32..5,
+            0u32..3,
+            any::<bool>(),
+            0usize..3,
+            0i64..86_400,
+        )
+            .prop_map(|(nodes, max, holders, two_policies, window, offset)| {
+                let mut a = policy("a").max(IntOrString::Int(max));
+                a.spec.halt_after_failures = 3;
+                a = match window {
+                    0 => a,
+                    1 => a.window("0 2 * * *", "3h"),
+                    _ => a.window("*/20 * * * *", "7m"),
+                };
+                a.status.fleet_lock_holders = (0..holders)
+                    .map(|h| FleetLockHolder {
+                        id: format!("h{h}"),
+                        since: Time(now()),
+                    })
+                    .collect();
+                let mut policies = vec![a];
+                if two_policies {
+                    policies.push(
+                        policy("b")
+                            .select("extra", "yes")
+                            .max(IntOrString::String("50%".into())),
+                    );
+                }
+                (ClusterView { nodes, policies }, offset)
+            })
+    }
+
+    proptest! {
+        /// Whatever the cluster looks like, a plan that makes a new grant leaves every policy at
+        /// or under its budget, and no new grant (or kept unstarted grant) exists outside a window.
+        #[test]
+        fn never_over_budget_and_never_outside_a_window((view, offset) in arb_view()) {
+            let at = now() + SignedDuration::from_secs(offset);
+            let plan = plan(&view, at);
+            for p in &view.policies {
+                let pp = &plan.policies[&p.name];
+                let selected: Vec<&NodeView> = view.nodes.iter().filter(|n| pp.nodes.contains(&n.name)).collect();
+                let after = selected
+                    .iter()
+                    .filter(|n| !n.ready || n.status.phase.is_disruptive() || plan.nodes[&n.name].granted)
+                    .count() as u32
+                    + p.status.fleet_lock_holders.len() as u32;
+                prop_assert_eq!(after, pp.unavailable);
+                let new_grants = selected.iter().filter(|n| plan.nodes[&n.name].decision == Decision::Grant).count();
+                if new_grants > 0 {
+                    prop_assert!(after <= pp.max_unavailable, "{} unavailable > max {}", after, pp.max_unavailable);
+                    let open_long_enough = match Windows::compile(&p.spec.windows).unwrap().state_at(at) {
+                        WindowState::Always => true,
+                        WindowState::Open { until } => until.duration_since(at) >= pp.cycle_estimate,
+                        WindowState::Closed { .. } => false,
+                    };
+                    prop_assert!(open_long_enough, "granted outside a window at {}", at);
+                }
+                for n in &selected {
+                    let np = &plan.nodes[&n.name];
+                    if np.granted && !n.status.phase.is_disruptive() {
+                        // A grant that has not started is only held inside the gate.
+                        prop_assert!(pp.valid.is_ok() && pp.halt.is_none() && !p.spec.paused);
+                    }
+                }
+            }
+        }
+    }
+}
