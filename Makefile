@@ -20,12 +20,13 @@ vm-test: setup ## Boot QEMU nodes (TCG) through update, reboot into the other sl
 	$(CARGO) build --locked -p slipway-agent -p slipway-server --bins
 	$(CARGO) test --locked -p slipway-vm-tests -- --nocapture --test-threads=1
 
-generate: ## Regenerate checked-in files (CRDs arrive with the operator issue)
-	@echo "generate: nothing is generated yet; crdgen arrives with the operator issue (6)."
+generate: ## Regenerate checked-in files: manifests/crds from the Rust CRD types
+	$(CARGO) run -q -p slipway-operator --bin crdgen -- --out-dir manifests/crds
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) run -q -p slipway-operator --bin crdgen -- --check --out-dir manifests/crds
 
 bench: ## Benchmarks: engine apply vs openssl/copy+fsync, update-server checks/s vs /healthz
 	$(CARGO) bench --locked -p slipway-agent --bench apply -- 1024 4096

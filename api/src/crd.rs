@@ -246,6 +246,12 @@ pub struct RolloutPolicyStatus {
     /// When the next window opens (when one is closed now).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_window: Option<Time>,
+    /// Selected nodes whose update failed or rolled back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_nodes: Vec<String>,
+    /// Nodes also selected by another policy (governed by neither).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicts: Vec<String>,
     /// Set when the policy halted; kept until an admin clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halt: Option<HaltStatus>,

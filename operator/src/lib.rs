@@ -1,8 +1,13 @@
 //! Slipway's cluster operator: watches Nodes, `NodeUpdate`s and `RolloutPolicy`s and decides,
-//! cluster-wide, which nodes may drain and reboot now. The decisions live in `plan` (pure) and
+//! cluster-wide, which nodes may drain and reboot now. The decisions live in `plan` and
 //! `windows` (pure); `reconcile` builds the view from reflectors and carries decisions out;
-//! `fleetlock` serves the FleetLock protocol for hosts outside Kubernetes; `metrics` exports
-//! what happened.
+//! `fleetlock` serves the FleetLock protocol and metrics; `leader` holds the lease; `clock` is
+//! the only module that reads the wall clock.
 
+pub mod clock;
+pub mod fleetlock;
+pub mod leader;
+pub mod metrics;
 pub mod plan;
+pub mod reconcile;
 pub mod windows;

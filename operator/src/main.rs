@@ -1,9 +1,134 @@
-//! `slipway-operator`: watches Nodes and RolloutPolicies and decides, cluster-wide, which nodes
-//! may drain and reboot now (reboot windows, maxUnavailable, pause, halting after failures).
-//! Planned layout: `plan.rs` (pure decisions), `reconcile.rs` (reflectors, actions),
-//! `windows.rs`, `fleetlock.rs`, `metrics.rs`, `src/bin/crdgen.rs`. Not built yet (issue 6).
+//! `slipway-operator`: watches Nodes, NodeUpdates and RolloutPolicies and decides, cluster-wide,
+//! which nodes may drain and reboot now. Leader-elected; serves FleetLock and metrics.
 
-fn main() {
-    eprintln!("slipway-operator: not built yet; the operator lands with its own issue");
-    std::process::exit(2);
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use slipway_operator::clock::SystemClock;
+use slipway_operator::leader::{self, LeaseSettings};
+use slipway_operator::metrics::Metrics;
+use slipway_operator::reconcile::{Operator, Settings};
+use tracing_subscriber::EnvFilter;
+
+/// Slipway's cluster operator.
+///
+/// Uses the in-cluster service account, or KUBECONFIG / ~/.kube/config outside a cluster.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address for FleetLock (/v1/pre-reboot, /v1/steady-state), /metrics, /healthz, /readyz.
+    #[arg(long, env = "SLIPWAY_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "slipway-system")]
+    lease_namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "slipway-operator")]
+    lease_name: String,
+    /// This replica's identity (defaults to the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Seconds a lease lasts without renewal.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
+    /// Run without leader election (a single replica only).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Evaluate at least this often (seconds) even when nothing changes.
+    #[arg(long, default_value_t = 60)]
+    resync_secs: u64,
+    /// Log as JSON lines.
+    #[arg(long, env = "SLIPWAY_LOG_JSON")]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        fmt.json().init();
+    } else {
+        fmt.init();
+    }
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/etc/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| format!("slipway-operator-{}", std::process::id()))
+    });
+    // Held for the life of the process when election is off, so the channel never closes.
+    let (_fixed_tx, fixed_rx) = tokio::sync::watch::channel(true);
+    let mut _election = None;
+    let leading = if args.no_leader_election {
+        fixed_rx
+    } else {
+        let election = leader::elect(
+            client.clone(),
+            &LeaseSettings {
+                namespace: args.lease_namespace.clone(),
+                name: args.lease_name.clone(),
+                identity: identity.clone(),
+                duration_secs: args.lease_duration,
+                grace_secs: (args.lease_duration / 3).max(1),
+            },
+        )
+        .await
+        .context("joining leader election")?;
+        let leading = election.leading.clone();
+        _election = Some(election);
+        leading
+    };
+    let metrics = Arc::new(Metrics::new());
+    let op = Operator::start(
+        client,
+        Arc::new(SystemClock),
+        metrics,
+        Settings {
+            resync: Duration::from_secs(args.resync_secs),
+            instance: identity.clone(),
+            ..Settings::default()
+        },
+        leading,
+    )
+    .await
+    .context("starting the operator")?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, %identity, "serving FleetLock and metrics");
+    let server = tokio::spawn(slipway_operator::fleetlock::serve(
+        listener,
+        op.clone(),
+        shutdown_signal(),
+    ));
+    op.run(shutdown_signal()).await;
+    server
+        .await
+        .context("HTTP server task")?
+        .context("HTTP server")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
 }

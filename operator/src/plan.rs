@@ -87,8 +87,8 @@ pub enum Reason {
     },
     /// A window is open but closes before a node's cycle would finish.
     WindowTooShort {
-        /// Time left in the window.
-        remaining: SignedDuration,
+        /// When the open window closes.
+        closes: Timestamp,
         /// The policy's node-cycle estimate.
         cycle: SignedDuration,
     },
@@ -173,10 +173,9 @@ impl fmt::Display for Reason {
             Self::WindowClosed { next: None } => {
                 f.write_str("reboot window closed; no window opens again")
             }
-            Self::WindowTooShort { remaining, cycle } => write!(
+            Self::WindowTooShort { closes, cycle } => write!(
                 f,
-                "window closes in {}s, shorter than a node cycle ({}s)",
-                remaining.as_secs(),
+                "window closes at {closes}, too soon for a node cycle ({}s)",
                 cycle.as_secs()
             ),
             Self::BudgetFull { used, max } => {
@@ -569,7 +568,7 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
                 Some(WindowState::Open { until }) => {
                     let remaining = until.duration_since(now);
                     (remaining < cycle_estimate).then_some(Reason::WindowTooShort {
-                        remaining,
+                        closes: until,
                         cycle: cycle_estimate,
                     })
                 }
@@ -1023,7 +1022,7 @@ mod tests {
         assert_eq!(
             reason_of(&short, "a"),
             Some(Reason::WindowTooShort {
-                remaining: SignedDuration::from_mins(5),
+                closes: "2026-03-02T12:05:00Z".parse().unwrap(),
                 cycle: DEFAULT_CYCLE
             })
         );

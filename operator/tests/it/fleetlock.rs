@@ -1,0 +1,205 @@
+//! FleetLock against the operator's real HTTP server: lock, recursive re-lock, unlock, a full
+//! semaphore, a wrong group, a missing header and a malformed body; FleetLock holders and
+//! Kubernetes nodes share one budget, and holders survive an operator restart.
+
+use super::*;
+
+struct Http {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Http {
+    async fn post(&self, path: &str, header: bool, body: &str) -> (u16, serde_json::Value) {
+        let mut req = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .body(body.to_string());
+        if header {
+            req = req.header("fleet-lock-protocol", "true");
+        }
+        let resp = req.send().await.unwrap();
+        let code = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    async fn lock(&self, group: &str, id: &str) -> (u16, serde_json::Value) {
+        let body = json!({"client_params": {"id": id, "group": group}}).to_string();
+        self.post("/v1/pre-reboot", true, &body).await
+    }
+
+    async fn unlock(&self, group: &str, id: &str) -> (u16, serde_json::Value) {
+        let body = json!({"client_params": {"id": id, "group": group}}).to_string();
+        self.post("/v1/steady-state", true, &body).await
+    }
+}
+
+async fn serve(op: Arc<Operator>) -> Http {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(slipway_operator::fleetlock::serve(
+        listener,
+        op,
+        std::future::pending(),
+    ));
+    Http {
+        base,
+        client: reqwest::Client::new(),
+    }
+}
+
+async fn stage(client: &Client, name: &str) {
+    Api::<NodeUpdate>::all(client.clone())
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Staged", "currentVersion": "1.0.0", "stagedVersion": "2.0.0"}})),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn fleetlock_locks_share_the_policy_budget_with_kubernetes_nodes() {
+    let cluster = cluster().await;
+    let client = cluster.client();
+    add_nodes(&client, &names("node", 2)).await;
+    apply_policy(
+        &client,
+        "workers",
+        json!({"channel": "stable", "maxUnavailable": 2}),
+    )
+    .await;
+    let clock = ManualClock::new(t0());
+    let (_tx, rx) = leading();
+    let running = start_operator(client.clone(), &clock, rx).await;
+    let http = serve(running.op.clone()).await;
+    wait_until("NodeUpdates", Duration::from_secs(10), || {
+        all_updates(&cluster).len() == 2
+    })
+    .await;
+    stage(&client, "node-00").await;
+    wait_until("node-00 granted", Duration::from_secs(10), || {
+        cluster
+            .state()
+            .get::<NodeUpdate>(None, "node-00")
+            .is_some_and(|u| u.spec.reboot_granted)
+    })
+    .await;
+
+    assert_eq!(http.lock("workers", "host-a").await.0, 200, "a free slot");
+    assert_eq!(
+        http.lock("workers", "host-a").await.0,
+        200,
+        "recursive re-lock by the holder"
+    );
+    let (code, body) = http.lock("workers", "host-b").await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(body["kind"], "failed_lock");
+    assert!(
+        body["value"]
+            .as_str()
+            .unwrap()
+            .contains("semaphore full: 2 of 2"),
+        "{body}"
+    );
+
+    // A Kubernetes node staged now waits for the same budget.
+    stage(&client, "node-01").await;
+    wait_until(
+        "node-01 waits on the budget",
+        Duration::from_secs(10),
+        || {
+            cluster
+                .state()
+                .get::<NodeUpdate>(None, "node-01")
+                .is_some_and(|u| u.spec.waiting_reason.as_deref() == Some("BudgetFull"))
+        },
+    )
+    .await;
+
+    // Protocol errors.
+    let (code, body) = http
+        .post(
+            "/v1/pre-reboot",
+            false,
+            r#"{"client_params":{"id":"x","group":"workers"}}"#,
+        )
+        .await;
+    assert_eq!((code, body["kind"].as_str()), (400, Some("missing_header")));
+    let (code, body) = http
+        .post("/v1/pre-reboot", true, r#"{"client_params":{"id":"x"}}"#)
+        .await;
+    assert_eq!(
+        (code, body["kind"].as_str()),
+        (400, Some("bad_request")),
+        "{body}"
+    );
+    let (code, body) = http.post("/v1/pre-reboot", true, "not json").await;
+    assert_eq!((code, body["kind"].as_str()), (400, Some("bad_request")));
+    let (code, body) = http.lock("nope", "host-a").await;
+    assert_eq!((code, body["kind"].as_str()), (404, Some("unknown_group")));
+
+    // Holders are recorded in the cluster and survive an operator restart.
+    let rp: RolloutPolicy = cluster.state().get(None, "workers").unwrap();
+    let holders: Vec<_> = rp
+        .status
+        .unwrap()
+        .fleet_lock_holders
+        .into_iter()
+        .map(|h| h.id)
+        .collect();
+    assert_eq!(holders, vec!["host-a".to_string()]);
+    drop(running);
+    let (_tx2, rx2) = leading();
+    let running = start_operator(client.clone(), &clock, rx2).await;
+    let http = serve(running.op.clone()).await;
+    let (code, body) = http.lock("workers", "host-b").await;
+    assert_eq!(code, 409, "the restarted operator forgot host-a: {body}");
+
+    // steady-state releases; unlocking what one does not hold is fine.
+    assert_eq!(http.unlock("workers", "host-a").await.0, 200);
+    assert_eq!(http.unlock("workers", "host-zzz").await.0, 200);
+    // The freed slot goes to whoever asks first: the waiting node (on the next evaluation) or
+    // host-b. Either way the budget holds.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, _) = http.lock("workers", "host-b").await;
+    let node01 = cluster
+        .state()
+        .get::<NodeUpdate>(None, "node-01")
+        .unwrap()
+        .spec
+        .reboot_granted;
+    assert!(code == 200 || node01, "the freed slot went to nobody");
+    assert!(!(code == 200 && node01), "both took the one freed slot");
+    let metrics = running.op.metrics().encode();
+    assert!(
+        metrics.contains(
+            "slipway_operator_fleetlock_requests_total{op=\"steady-state\",result=\"ok\"} 2"
+        ),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_standby_replica_refuses_fleetlock_and_reports_not_ready() {
+    let cluster = cluster().await;
+    let client = cluster.client();
+    apply_policy(&client, "workers", json!({"channel": "stable"})).await;
+    let (_tx, rx) = watch::channel(false);
+    let running = start_operator(client.clone(), &ManualClock::new(t0()), rx).await;
+    let http = serve(running.op.clone()).await;
+    let (code, body) = http.lock("workers", "host-a").await;
+    assert_eq!((code, body["kind"].as_str()), (503, Some("not_leader")));
+    let ready = http
+        .client
+        .get(format!("{}/readyz", http.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ready.status().as_u16(), 503);
+}
