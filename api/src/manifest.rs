@@ -13,7 +13,8 @@ use crate::keys::PrivateKey;
 /// The `type` of a release manifest.
 pub const RELEASE_TYPE: &str = "slipway.dev/release/v1";
 
-/// A release: one OS image and any number of runtime (sysext) images, for one channel.
+/// A release: an OS image and any number of runtime (sysext) images, for one channel. A release
+/// without an OS image is runtime-only: nodes apply it without writing a slot or rebooting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Manifest {
@@ -26,8 +27,10 @@ pub struct Manifest {
     pub version: Version,
     /// After this instant nodes refuse the release (limits replay of old signed releases).
     pub expires: jiff::Timestamp,
-    /// The OS image written to the inactive slot.
-    pub os: OsImage,
+    /// The OS image written to the inactive slot; absent in a runtime-only release (which then
+    /// lists at least one runtime image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os: Option<OsImage>,
     /// systemd-sysext images for the container runtime and kubelet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runtime: Vec<RuntimeImage>,
@@ -159,11 +162,16 @@ impl Manifest {
                 self.channel
             )));
         }
-        if self.os.url.is_empty() {
-            return Err(invalid("os.url is empty".into()));
-        }
-        if self.os.size == 0 {
-            return Err(invalid("os.size is 0".into()));
+        match &self.os {
+            Some(os) if os.url.is_empty() => return Err(invalid("os.url is empty".into())),
+            Some(os) if os.size == 0 => return Err(invalid("os.size is 0".into())),
+            Some(_) => {}
+            None if self.runtime.is_empty() => {
+                return Err(invalid(
+                    "neither an os image nor runtime images: nothing to install".into(),
+                ));
+            }
+            None => {}
         }
         let mut names = BTreeSet::new();
         for r in &self.runtime {

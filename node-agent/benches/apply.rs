@@ -268,12 +268,12 @@ fn setup_node(dir: &Path, server: &Server, len: u64, digest: Sha256Digest) {
         channel: "stable".into(),
         version: "2.0.0".parse().unwrap(),
         expires: "2099-01-01T00:00:00Z".parse().unwrap(),
-        os: OsImage {
+        os: Some(OsImage {
             url: "/v1/payloads/os".into(),
             size: len,
             sha256: digest,
             format: PayloadFormat::Raw,
-        },
+        }),
         runtime: vec![],
         min_from_version: None,
         advisories: vec![],

@@ -127,7 +127,13 @@ fn load(args: &EngineArgs) -> Result<Settings> {
     Ok(Settings::load(&dirs, &args.config_files)?)
 }
 
-async fn open(settings: Settings, conn: Option<zbus::Connection>) -> Result<Arc<Engine>> {
+/// Opens the engine and records this boot; with `resume`, also finishes an interrupted
+/// download before returning (the daemon leaves that to its first check, after it is on D-Bus).
+async fn open(
+    settings: Settings,
+    conn: Option<zbus::Connection>,
+    resume: bool,
+) -> Result<Arc<Engine>> {
     let facts = Facts::read(&settings)?;
     let backend = slipway_agent::engine::boot::open(&settings.boot)?;
     let units: Arc<dyn slipway_agent::engine::sysext::UnitManager> = match conn {
@@ -135,7 +141,11 @@ async fn open(settings: Settings, conn: Option<zbus::Connection>) -> Result<Arc<
         None => Arc::new(NoUnits),
     };
     let engine = Engine::open(settings, facts, backend, units)?;
-    engine.start().await?;
+    if resume {
+        engine.start().await?;
+    } else {
+        engine.record_boot().await?;
+    }
     Ok(Arc::new(engine))
 }
 
@@ -155,7 +165,7 @@ async fn daemon(args: EngineArgs) -> Result<ExitCode> {
     let settings = load(&args)?;
     let interval = settings.check_interval;
     let conn = connect(&args.bus).await?;
-    let engine = open(settings, Some(conn.clone())).await?;
+    let engine = open(settings, Some(conn.clone()), false).await?;
     let served = {
         let engine = engine.clone();
         let conn = conn.clone();
@@ -174,8 +184,9 @@ async fn daemon(args: EngineArgs) -> Result<ExitCode> {
     let checker = {
         let engine = engine.clone();
         tokio::spawn(async move {
-            // The first check right away, then a full interval after each one finishes: a
-            // long download must not be followed by checks that catch up back to back.
+            // The first check right away (it resumes an interrupted download), then a full
+            // interval after each one finishes: a long download must not be followed by
+            // checks that catch up back to back.
             loop {
                 match engine.check().await {
                     Ok(()) => {}
@@ -217,7 +228,7 @@ async fn once(args: EngineArgs) -> Result<ExitCode> {
             None
         }
     };
-    let engine = open(settings, conn).await?;
+    let engine = open(settings, conn, true).await?;
     let before = engine.snapshot();
     eprintln!(
         "slipway-agent: running {} from slot {}; checking for an update",

@@ -337,6 +337,32 @@ fn runtime_image_name_with_a_path_is_refused() {
 }
 
 #[test]
+fn a_runtime_only_release_verifies_but_one_with_nothing_to_install_is_refused() {
+    let root = root(&[1], 1);
+    let mut m = manifest("2.0.1");
+    m.os = None;
+    let env = m.sign(&[&key(1)]);
+    let err = root
+        .verify_release(env.to_json_pretty().as_bytes())
+        .unwrap_err();
+    assert!(err.to_string().contains("nothing to install"), "{err}");
+    m.runtime.push(slipway_api::manifest::RuntimeImage {
+        name: "kubelet".into(),
+        url: "/v1/payloads/def".into(),
+        size: 4096,
+        sha256: slipway_api::Sha256Digest::of(b"kubelet sysext"),
+    });
+    let env = m.sign(&[&key(1)]);
+    let got = root
+        .verify_release(env.to_json_pretty().as_bytes())
+        .unwrap();
+    assert_eq!(got.os, None);
+    assert_eq!(got.runtime.len(), 1);
+    // The signed JSON has no "os" key at all (not `"os": null`).
+    assert!(!String::from_utf8(m.to_json()).unwrap().contains("\"os\""));
+}
+
+#[test]
 fn oversized_envelope_is_refused_before_parsing() {
     let big = vec![b' '; slipway_api::dsse::MAX_ENVELOPE_BYTES + 1];
     let err = root(&[1], 1).verify_release(&big).unwrap_err();

@@ -35,12 +35,12 @@ pub fn manifest(version: &str) -> Manifest {
         channel: "stable".into(),
         version: v(version),
         expires: "2026-12-02T12:00:00Z".parse().unwrap(),
-        os: OsImage {
+        os: Some(OsImage {
             url: "/v1/payloads/abc".into(),
             size: 1 << 20,
             sha256: Sha256Digest::of(b"os image"),
             format: PayloadFormat::Zstd,
-        },
+        }),
         runtime: vec![],
         min_from_version: None,
         advisories: vec![],

@@ -108,7 +108,10 @@ impl Engine1 {
     {
         // Refuse at once if busy, so the caller learns it now rather than from a log.
         let phase = self.engine.snapshot().phase;
-        if matches!(phase.as_str(), "Checking" | "Downloading" | "Verifying") {
+        if matches!(
+            phase.as_str(),
+            "Checking" | "Downloading" | "Verifying" | "Activating"
+        ) {
             return Err(fdo::Error::AccessDenied(format!(
                 "the engine is busy ({phase}); try again when it is done"
             )));

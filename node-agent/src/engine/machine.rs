@@ -75,6 +75,12 @@ pub enum State {
         /// SHA-256 of the bytes written into the slot.
         written_digest: Sha256Digest,
     },
+    /// A runtime-only release (no OS image): installing its sysext images and restarting the
+    /// runtime units, without touching the slots or rebooting.
+    Activating {
+        /// The release.
+        release: Release,
+    },
     /// Verified and the boot loader set to try the slot: waiting for the node side to reboot.
     Staged {
         /// The release.
@@ -123,6 +129,7 @@ impl State {
             State::Available { .. } => "Available",
             State::Downloading { .. } => "Downloading",
             State::Verifying { .. } => "Verifying",
+            State::Activating { .. } => "Activating",
             State::Staged { .. } => "Staged",
             State::Trial { .. } => "Trial",
             State::RollingBack { .. } => "RollingBack",
@@ -137,6 +144,7 @@ impl State {
             State::Available { release }
             | State::Downloading { release, .. }
             | State::Verifying { release, .. }
+            | State::Activating { release }
             | State::Staged { release, .. }
             | State::Trial { release, .. } => Some(release),
             _ => None,
@@ -374,18 +382,7 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
                 // Offered again after failing here: never retried automatically.
                 next.state = State::Idle;
             } else if policy.auto_download {
-                fx.push(report(EventKind::Downloading, &v, ""));
-                let slot = mem.current_slot.other();
-                fx.push(Effect::Download {
-                    release: Box::new(release.clone()),
-                    slot,
-                    from: Checkpoint::default(),
-                });
-                next.state = State::Downloading {
-                    release,
-                    slot,
-                    checkpoint: Checkpoint::default(),
-                };
+                next.state = begin_apply(mem, release, &mut fx);
             } else {
                 next.state = State::Available { release };
             }
@@ -410,18 +407,37 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
             next.state = State::Idle;
         }
         (State::Available { release }, Input::Apply) => {
-            let slot = mem.current_slot.other();
-            fx.push(report(EventKind::Downloading, release.version(), ""));
-            fx.push(Effect::Download {
+            next.state = begin_apply(mem, release.clone(), &mut fx);
+        }
+        // Resume activating a runtime-only release after a restart (installing an image that
+        // is already in place is a no-op).
+        (State::Activating { release }, Input::Apply) => {
+            fx.push(Effect::InstallRuntime {
                 release: Box::new(release.clone()),
-                slot,
-                from: Checkpoint::default(),
             });
-            next.state = State::Downloading {
-                release: release.clone(),
-                slot,
-                checkpoint: Checkpoint::default(),
-            };
+        }
+        // A runtime-only release is live once its units restarted: the machine runs it now,
+        // on the same boot and the same slot.
+        (State::Activating { release }, Input::RuntimeInstalled) => {
+            let v = release.version().clone();
+            let names: Vec<&str> = release
+                .manifest
+                .runtime
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect();
+            fx.push(report(
+                EventKind::Healthy,
+                &v,
+                format!(
+                    "runtime images {} installed and units restarted, no reboot",
+                    names.join(", ")
+                ),
+            ));
+            next.attempts.remove(&v);
+            next.current_version = v;
+            next.state = State::Idle;
+            next.last_error = None;
         }
         (
             State::Downloading {
@@ -520,7 +536,9 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
             next.last_error = Some(reason);
         }
         (
-            State::Downloading { release, .. } | State::Verifying { release, .. },
+            State::Downloading { release, .. }
+            | State::Verifying { release, .. }
+            | State::Activating { release },
             Input::ApplyFailed(reason),
         ) => {
             let v = release.version().clone();
@@ -618,7 +636,10 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
                 }
             }
         }
-        (State::Downloading { .. } | State::Verifying { .. }, Input::Started { .. }) => {
+        (
+            State::Downloading { .. } | State::Verifying { .. } | State::Activating { .. },
+            Input::Started { .. },
+        ) => {
             // Resumed by an explicit Apply from the runner.
         }
         (State::Trial { release, slot }, Input::MarkGood) => {
@@ -677,6 +698,31 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
     Ok((next, fx))
 }
 
+/// Starts applying `release`: a runtime-only release (no OS image) installs its runtime images
+/// in place; any other downloads its OS image into the inactive slot first.
+fn begin_apply(mem: &Memory, release: Release, fx: &mut Vec<Effect>) -> State {
+    let v = release.version().clone();
+    if release.manifest.os.is_none() {
+        fx.push(report(EventKind::Downloading, &v, "runtime images only"));
+        fx.push(Effect::InstallRuntime {
+            release: Box::new(release.clone()),
+        });
+        return State::Activating { release };
+    }
+    fx.push(report(EventKind::Downloading, &v, ""));
+    let slot = mem.current_slot.other();
+    fx.push(Effect::Download {
+        release: Box::new(release.clone()),
+        slot,
+        from: Checkpoint::default(),
+    });
+    State::Downloading {
+        release,
+        slot,
+        checkpoint: Checkpoint::default(),
+    }
+}
+
 fn fall_back(next: &mut Memory, fx: &mut Vec<Effect>, slot: Slot, v: Version, reason: String) {
     fx.push(Effect::MarkBad { slot });
     fx.push(report(EventKind::RolledBack, &v, reason.clone()));
@@ -701,12 +747,12 @@ mod tests {
             channel: "stable".into(),
             version: v(version),
             expires: "2030-01-01T00:00:00Z".parse().unwrap(),
-            os: OsImage {
+            os: Some(OsImage {
                 url: "/p".into(),
                 size: 10,
                 sha256: Sha256Digest::of(b"x"),
                 format: PayloadFormat::Raw,
-            },
+            }),
             runtime: vec![],
             min_from_version: None,
             advisories: vec![],
@@ -856,6 +902,109 @@ mod tests {
         );
         assert_eq!(m.state.phase(), "Failed");
         assert!(fx.iter().all(|e| !matches!(e, Effect::SetTrial { .. })));
+    }
+
+    /// A release with runtime images and no OS image.
+    fn runtime_only(version: &str) -> Release {
+        let mut r = release(version);
+        r.manifest.os = None;
+        r.manifest.runtime.push(RuntimeImage {
+            name: "kubelet".into(),
+            url: "/k".into(),
+            size: 1,
+            sha256: Sha256Digest::of(b"k"),
+        });
+        r
+    }
+
+    #[test]
+    fn a_runtime_only_release_is_activated_in_place_without_a_reboot() {
+        let (m, fx) = run(
+            &fresh(),
+            vec![Input::Check, Input::Found(Box::new(runtime_only("1.0.1")))],
+        );
+        assert_eq!(m.state.phase(), "Activating");
+        assert_eq!(
+            reports(&fx),
+            vec![EventKind::Checked, EventKind::Downloading]
+        );
+        assert!(matches!(
+            fx.last(),
+            Some(Effect::InstallRuntime { release }) if release.version() == &v("1.0.1")
+        ));
+        // Neither slot is written nor the boot selection touched, at any point.
+        let no_slot_or_boot_change = |fx: &[Effect]| {
+            fx.iter().all(|e| {
+                !matches!(
+                    e,
+                    Effect::Download { .. }
+                        | Effect::Verify { .. }
+                        | Effect::SetTrial { .. }
+                        | Effect::MarkBad { .. }
+                        | Effect::MarkGood { .. }
+                )
+            })
+        };
+        assert!(no_slot_or_boot_change(&fx));
+        // An engine restart in the middle (same boot) resumes the install.
+        let (m, fx) = run(
+            &m,
+            vec![Input::Started {
+                slot: Slot::A,
+                boot_id: "b1".into(),
+            }],
+        );
+        assert!(fx.is_empty());
+        let (m, fx) = run(&m, vec![Input::Apply]);
+        assert!(matches!(fx[..], [Effect::InstallRuntime { .. }]));
+        let (m, fx) = run(&m, vec![Input::RuntimeInstalled]);
+        assert_eq!(m.state, State::Idle);
+        assert_eq!(m.current_version, v("1.0.1"));
+        assert_eq!(m.current_slot, Slot::A);
+        assert_eq!(m.previous, None);
+        assert_eq!(reports(&fx), vec![EventKind::Healthy]);
+        assert!(no_slot_or_boot_change(&fx));
+        let Some(Effect::Report { detail, .. }) = fx.first() else {
+            unreachable!()
+        };
+        assert!(
+            detail.contains("kubelet") && detail.contains("no reboot"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn a_failed_runtime_only_release_leaves_the_running_version_and_counts_attempts() {
+        let (m, fx) = run(
+            &fresh(),
+            vec![
+                Input::Check,
+                Input::Found(Box::new(runtime_only("1.0.1"))),
+                Input::ApplyFailed("restarting kubelet.service: job failed".into()),
+            ],
+        );
+        assert_eq!(m.state.phase(), "Failed");
+        assert_eq!(m.current_version, v("1.0.0"));
+        assert_eq!(m.attempts.get(&v("1.0.1")), Some(&1));
+        assert_eq!(
+            reports(&fx),
+            vec![
+                EventKind::Checked,
+                EventKind::Downloading,
+                EventKind::Failed
+            ]
+        );
+        // Without auto-download it waits for Apply like any release.
+        let manual = Policy {
+            auto_download: false,
+            ..AUTO
+        };
+        let (m, _) = step(&fresh(), Input::Check, &manual).unwrap();
+        let (m, _) = step(&m, Input::Found(Box::new(runtime_only("1.0.1"))), &manual).unwrap();
+        assert_eq!(m.state.phase(), "Available");
+        let (m, fx) = step(&m, Input::Apply, &manual).unwrap();
+        assert_eq!(m.state.phase(), "Activating");
+        assert!(matches!(fx.last(), Some(Effect::InstallRuntime { .. })));
     }
 
     #[test]
@@ -1141,6 +1290,7 @@ mod tests {
         prop_oneof![
             Just(Input::Check),
             (2u64..5).prop_map(|m| Input::Found(Box::new(release(&format!("{m}.0.0"))))),
+            (2u64..5).prop_map(|m| Input::Found(Box::new(runtime_only(&format!("{m}.0.1"))))),
             Just(Input::NothingNew),
             Just(Input::CheckFailed("x".into())),
             Just(Input::Apply),
@@ -1179,6 +1329,7 @@ mod tests {
                         if let Effect::Download { slot, release, .. } = e {
                             prop_assert_ne!(*slot, m.current_slot);
                             prop_assert!(!m.refused.contains(release.version()));
+                            prop_assert!(release.manifest.os.is_some(), "a runtime-only release writes no slot");
                         }
                         if let Effect::SetTrial { slot, .. } = e {
                             prop_assert_ne!(*slot, m.current_slot);

@@ -192,6 +192,9 @@ pub struct Engine {
     /// Held while an operation (check, download, verify) runs; requests that would start a
     /// second one are refused as busy instead of queueing behind a long download.
     op: tokio::sync::Mutex<()>,
+    /// Held while reports are delivered: two flushes at once (the report timer and the end of
+    /// a check) would both send the report at the head of the queue.
+    flushing: tokio::sync::Mutex<()>,
     progress: Progress,
     /// The re-read digest of the last download, (slot, bytes, digest): lets the Verify effect
     /// that follows a download skip a second full read.
@@ -247,6 +250,7 @@ impl Engine {
             shared,
             sysext,
             op: tokio::sync::Mutex::new(()),
+            flushing: tokio::sync::Mutex::new(()),
             progress: Arc::new(AtomicU64::new(0)),
             reread: Mutex::new(None),
             now: Box::new(jiff::Timestamp::now),
@@ -260,14 +264,24 @@ impl Engine {
         self
     }
 
-    /// Records this boot, and resumes an interrupted download or verification.
-    pub async fn start(&self) -> Result<()> {
+    /// Records this boot (booted slot and boot id: trial, fallback, manual rollback). Quick:
+    /// the daemon does this before it serves D-Bus and leaves an interrupted download to its
+    /// first check, so that a long resumed download never keeps it off the bus (nor past
+    /// systemd's start timeout).
+    pub async fn record_boot(&self) -> Result<()> {
         let _op = self.op.lock().await;
         self.run(Input::Started {
             slot: self.facts.booted_slot,
             boot_id: self.facts.boot_id.clone(),
         })
-        .await?;
+        .await
+    }
+
+    /// Records this boot, then resumes an interrupted download, verification or runtime
+    /// activation before returning (`--once`).
+    pub async fn start(&self) -> Result<()> {
+        self.record_boot().await?;
+        let _op = self.op.lock().await;
         if self.resumable() {
             self.run(Input::Apply).await?;
         }
@@ -284,11 +298,12 @@ impl Engine {
         self.run(Input::Check).await
     }
 
-    /// Whether a download or verification was interrupted and waits to be resumed.
+    /// Whether a download, verification or runtime activation was interrupted and waits to
+    /// be resumed.
     pub fn resumable(&self) -> bool {
         matches!(
             self.memory().state,
-            State::Downloading { .. } | State::Verifying { .. }
+            State::Downloading { .. } | State::Verifying { .. } | State::Activating { .. }
         )
     }
 
@@ -346,13 +361,13 @@ impl Engine {
             }
             _ => String::new(),
         };
+        let os_size = |r: &Release| r.manifest.os.as_ref().map_or(0, |os| os.size);
         let (downloaded_bytes, total_bytes) = match &mem.state {
-            State::Downloading { release, .. } => (
-                self.progress.load(Ordering::Relaxed),
-                release.manifest.os.size,
-            ),
+            State::Downloading { release, .. } => {
+                (self.progress.load(Ordering::Relaxed), os_size(release))
+            }
             State::Verifying { release, .. } | State::Staged { release, .. } => {
-                (release.manifest.os.size, release.manifest.os.size)
+                (os_size(release), os_size(release))
             }
             _ => (0, 0),
         };
@@ -543,7 +558,12 @@ impl Engine {
         from: super::machine::Checkpoint,
     ) -> Result<download::Outcome> {
         let slot_path = self.slot_path_for_write(slot)?;
-        let os = &release.manifest.os;
+        let os = release.manifest.os.as_ref().ok_or_else(|| {
+            Error::Refused(format!(
+                "release {} is runtime-only: no os image to download",
+                release.version()
+            ))
+        })?;
         self.progress.store(from.served, Ordering::Relaxed);
         let job = Job {
             url: self.resolve(&os.url)?,
@@ -632,6 +652,7 @@ impl Engine {
     /// Delivers queued reports, oldest first, until the queue is empty or the server fails.
     /// Never blocks an update: callers run it in the background.
     pub async fn flush_reports(&self) -> usize {
+        let _one = self.flushing.lock().await;
         let url = match self.resolve("v1/events") {
             Ok(u) => u,
             Err(_) => return 0,

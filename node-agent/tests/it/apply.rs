@@ -171,6 +171,55 @@ async fn an_interrupted_download_resumes_with_range_in_a_new_engine() {
 }
 
 #[tokio::test]
+async fn recording_the_boot_leaves_an_interrupted_download_to_the_first_check() {
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let image = bytes(4 << 20, 13);
+    let m = manifest("2.0.0", &image, "/v1/payloads/os", PayloadFormat::Raw);
+    node.offer("os", image.clone(), sign(&m));
+    server.with(|r| r.mode = Mode::DropAfter((image.len() as u64) * 6 / 10));
+    let engine = node.engine().await;
+    engine.check().await.unwrap();
+    assert_eq!(engine.snapshot().phase, "Downloading");
+    drop(engine);
+
+    // As the daemon does before serving D-Bus: quick, no request.
+    let settings = node.settings();
+    let facts = slipway_agent::engine::Facts::read(&settings).unwrap();
+    let units = Arc::new(RecordingUnits::default());
+    let engine =
+        slipway_agent::engine::Engine::open(settings, facts, node.backend(), units).unwrap();
+    engine.record_boot().await.unwrap();
+    assert_eq!(engine.snapshot().phase, "Downloading");
+    assert_eq!(server.with(|r| r.ranges.len()), 1);
+    // The first check resumes it with a Range request.
+    engine.check().await.unwrap();
+    assert_eq!(engine.snapshot().phase, "Staged");
+    let ranges = server.with(|r| r.ranges.clone());
+    assert!(
+        ranges.len() == 2 && ranges[1].is_some(),
+        "resumed with a Range request: {ranges:?}"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_flushes_deliver_each_report_once() {
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let image = bytes(1 << 20, 14);
+    let m = manifest("2.0.0", &image, "/v1/payloads/os", PayloadFormat::Raw);
+    node.offer("os", image, sign(&m));
+    server.with(|r| r.events_down = true);
+    let engine = node.engine().await;
+    engine.check().await.unwrap();
+    assert_eq!(engine.outbox_len(), 3);
+    server.with(|r| r.events_down = false);
+    let (a, b) = tokio::join!(engine.flush_reports(), engine.flush_reports());
+    assert_eq!(a + b, 3);
+    assert_eq!(server.with(|r| r.events.len()), 3);
+}
+
+#[tokio::test]
 async fn a_zstd_download_resumes_at_a_frame_boundary() {
     let server = TestServer::start().await;
     let node = Node::new(&server);

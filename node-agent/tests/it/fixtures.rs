@@ -43,12 +43,12 @@ pub fn manifest(version: &str, served: &[u8], url: &str, format: PayloadFormat) 
         channel: "stable".into(),
         version: version.parse().unwrap(),
         expires: "2099-01-01T00:00:00Z".parse().unwrap(),
-        os: OsImage {
+        os: Some(OsImage {
             url: url.into(),
             size: served.len() as u64,
             sha256: sha(served),
             format,
-        },
+        }),
         runtime: vec![],
         min_from_version: None,
         advisories: vec![],

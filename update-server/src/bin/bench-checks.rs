@@ -64,12 +64,12 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
             channel: "stable".into(),
             version: version.parse()?,
             expires: "2099-01-01T00:00:00Z".parse()?,
-            os: OsImage {
+            os: Some(OsImage {
                 url: format!("/v1/payloads/{sha}"),
                 size: payload.len() as u64,
                 sha256: sha,
                 format: PayloadFormat::Zstd,
-            },
+            }),
             runtime: Vec::new(),
             min_from_version: None,
             advisories: Vec::new(),

@@ -627,8 +627,15 @@ fn check_payloads(
     os: Option<&Path>,
     runtime: &[(String, PathBuf)],
 ) -> Result<()> {
-    if let Some(os) = os {
-        check_payload(os, "os payload", manifest.os.size, &manifest.os.sha256)?;
+    if let Some(file) = os {
+        let image = manifest.os.as_ref().ok_or_else(|| {
+            anyhow!(
+                "release {} is runtime-only: it has no os image to check {} against",
+                manifest.version,
+                file.display()
+            )
+        })?;
+        check_payload(file, "os payload", image.size, &image.sha256)?;
     }
     for (name, file) in runtime {
         let image = manifest

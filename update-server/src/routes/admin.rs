@@ -204,12 +204,12 @@ pub async fn publish(
     let now = state.0.clock.now();
     slipway_api::manifest::check_expiry(&manifest, now)
         .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, e.kind(), e.to_string()))?;
-    let mut payloads = vec![(
-        "os".to_owned(),
-        &manifest.os.url,
-        manifest.os.size,
-        manifest.os.sha256,
-    )];
+    // A runtime-only release has no OS payload.
+    let mut payloads: Vec<_> = manifest
+        .os
+        .iter()
+        .map(|os| ("os".to_owned(), &os.url, os.size, os.sha256))
+        .collect();
     for r in &manifest.runtime {
         payloads.push((
             format!("runtime image {}", r.name),

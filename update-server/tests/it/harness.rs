@@ -292,12 +292,12 @@ pub fn manifest(channel: &str, version: &str, payload: &[u8], sha256: Sha256Dige
         channel: channel.into(),
         version: version.parse().unwrap(),
         expires: "2099-01-01T00:00:00Z".parse().unwrap(),
-        os: OsImage {
+        os: Some(OsImage {
             url: format!("/v1/payloads/{sha256}"),
             size: payload.len() as u64,
             sha256,
             format: PayloadFormat::Raw,
-        },
+        }),
         runtime: Vec::new(),
         min_from_version: None,
         advisories: Vec::new(),
