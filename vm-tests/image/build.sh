@@ -82,6 +82,8 @@ fakeroot -i "$FR" -s "$FR" -- bash -euo pipefail -c '
   TREE=$1 HERE=$2 REPO=$3 AGENT=$4 ROOT_JSON=$5 WORK=$6
   cp -a "$HERE/overlay/." "$TREE/"
   install -m 0755 "$AGENT" "$TREE/usr/bin/slipway-agent"
+  # Debug info is most of a debug build (100+ MB); the slot has room for the OS, not for that.
+  strip --strip-debug "$TREE/usr/bin/slipway-agent"
   install -D -m 0644 "$ROOT_JSON" "$TREE/etc/slipway/root.json"
   install -D -m 0644 "$REPO/manifests/dbus/dev.slipway.Engine1.conf" \
     "$TREE/usr/share/dbus-1/system.d/dev.slipway.Engine1.conf"
@@ -100,7 +102,7 @@ fakeroot -i "$FR" -s "$FR" -- bash -euo pipefail -c '
   echo slipway-vm > "$TREE/etc/hostname"
   ln -sf /dev/null "$TREE/etc/systemd/system/getty@tty1.service"
   ln -sf /lib/systemd/system/serial-getty@.service "$TREE/etc/systemd/system/getty.target.wants/serial-getty@ttyS0.service" 2>/dev/null || true
-  for u in slipway-engine slipway-vm-node slipway-vm-setup; do
+  for u in slipway-engine slipway-vm-node slipway-vm-setup slipway-vm-runtime; do
     mkdir -p "$TREE/etc/systemd/system/multi-user.target.wants"
     ln -sf "/etc/systemd/system/$u.service" "$TREE/etc/systemd/system/multi-user.target.wants/$u.service"
   done

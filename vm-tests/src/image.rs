@@ -1,7 +1,7 @@
 //! Building (or reusing) the node images: the harness renders the boot partition (grub.cfg
 //! from the engine's own GRUB script generator, a fresh grubenv) and runs `image/build.sh`.
 //! Everything is cached under `target/vm-images/`, keyed by a hash of every input, so a
-//! second run rebuilds nothing.
+//! second run rebuilds nothing. Runtime (sysext) images are tiny and built per scenario.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -173,4 +173,45 @@ pub fn build() -> Result<Images> {
         keys,
         build_secs,
     })
+}
+
+/// Builds a systemd-sysext runtime image `NAME.raw` in `dir`: an unpartitioned ext4 file system
+/// (made rootless with `mke2fs -d`; systemd-sysext 252 dissects a lone file system as the
+/// image's root) holding `usr/lib/NAME/version` = `version` and the extension-release file
+/// that matches the Debian 12 guests.
+pub fn build_sysext(dir: &Path, name: &str, version: &str) -> Result<PathBuf> {
+    let tree = dir.join(format!("sysext-{name}"));
+    let _ = std::fs::remove_dir_all(&tree);
+    let release = tree.join("usr/lib/extension-release.d");
+    std::fs::create_dir_all(&release)?;
+    std::fs::write(
+        release.join(format!("extension-release.{name}")),
+        "ID=debian\nVERSION_ID=12\n",
+    )?;
+    std::fs::create_dir_all(tree.join("usr/lib").join(name))?;
+    std::fs::write(tree.join("usr/lib").join(name).join("version"), version)?;
+    let img = dir.join(format!("{name}.raw"));
+    let _ = std::fs::remove_file(&img);
+    // No journal (it is mounted read-only), and none of the features newer than the guest's
+    // 6.1 kernel; older mke2fs do not know those names, hence the second try.
+    let mut last = String::new();
+    for features in [
+        "^has_journal,^orphan_file,^metadata_csum_seed",
+        "^has_journal",
+    ] {
+        let out = Command::new("fakeroot")
+            .args(["mke2fs", "-q", "-t", "ext4", "-O", features, "-L", name])
+            .args(["-E", "root_owner=0:0", "-d"])
+            .arg(&tree)
+            .arg(&img)
+            .arg("4M")
+            .output()
+            .context("running fakeroot mke2fs")?;
+        if out.status.success() {
+            return Ok(img);
+        }
+        last = String::from_utf8_lossy(&out.stderr).into_owned();
+        let _ = std::fs::remove_file(&img);
+    }
+    anyhow::bail!("mke2fs of the {name} sysext image failed: {last}")
 }

@@ -1,12 +1,14 @@
 //! Real QEMU nodes under software emulation (TCG; KVM hangs on these machines): the image
 //! builder (`image`: a Debian minbase root filesystem, BIOS GRUB with an A/B layout, the agent
 //! baked in), the VM harness (`qemu`: serial markers, QMP power-off, restricted networking that
-//! reaches only the host's loopback), and the real update server and CLI (`server`).
+//! reaches only the host's loopback), a throttling proxy in front of the server (`throttle`),
+//! and the real update server and CLI (`server`).
 //! The scenarios live in `tests/it`.
 
 pub mod image;
 pub mod qemu;
 pub mod server;
+pub mod throttle;
 
 use std::path::PathBuf;
 

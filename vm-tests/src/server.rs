@@ -130,46 +130,77 @@ impl Server {
     /// Signs a manifest for `version` whose OS payload is `payload` (multi-frame zstd) with
     /// the real CLI, publishes it and promotes it to everyone on `stable`.
     pub fn release(&self, keys: &Keys, work: &Path, version: &str, payload: &Path) -> Result<()> {
-        let digest = crate::image::sha256_file(payload)?;
-        let manifest = serde_json::json!({
+        self.publish(keys, work, version, Some(payload), &[])
+    }
+
+    /// As [`Self::release`] for a runtime-only release: no OS image, only the sysext images
+    /// `runtime` (name, file).
+    pub fn release_runtime(
+        &self,
+        keys: &Keys,
+        work: &Path,
+        version: &str,
+        runtime: &[(&str, &Path)],
+    ) -> Result<()> {
+        self.publish(keys, work, version, None, runtime)
+    }
+
+    fn publish(
+        &self,
+        keys: &Keys,
+        work: &Path,
+        version: &str,
+        os: Option<&Path>,
+        runtime: &[(&str, &Path)],
+    ) -> Result<()> {
+        // Sizes and digests are left for `slipway sign` to fill in from the files.
+        let mut manifest = serde_json::json!({
             "type": "slipway.dev/release/v1",
             "channel": "stable",
             "version": version,
             "expires": "2099-01-01T00:00:00Z",
-            "os": {"url": format!("/v1/payloads/{digest}"), "size": 0,
-                   "sha256": "0".repeat(64), "format": "zstd"},
         });
+        if os.is_some() {
+            manifest["os"] = serde_json::json!({"url": "/v1/payloads/{sha256}", "size": 0,
+                   "sha256": "0".repeat(64), "format": "zstd"});
+        }
+        if !runtime.is_empty() {
+            manifest["runtime"] = runtime
+                .iter()
+                .map(|(name, _)| {
+                    serde_json::json!({"name": name, "url": "/v1/payloads/{sha256}",
+                        "size": 0, "sha256": "0".repeat(64)})
+                })
+                .collect();
+        }
         let m = work.join(format!("manifest-{version}.json"));
         std::fs::write(&m, serde_json::to_vec_pretty(&manifest)?)?;
         let env = work.join(format!("release-{version}.json"));
         let key = keys.dir.join("release.key");
-        slipway(
-            work,
-            &[
-                "sign",
-                "--key",
-                &key.to_string_lossy(),
-                "--os",
-                &payload.to_string_lossy(),
-                "--out",
-                &env.to_string_lossy(),
-                &m.to_string_lossy(),
-            ],
-        )?;
+        let mut payload_args = Vec::new();
+        if let Some(os) = os {
+            payload_args.push("--os".to_owned());
+            payload_args.push(os.to_string_lossy().into_owned());
+        }
+        for (name, file) in runtime {
+            payload_args.push("--runtime".to_owned());
+            payload_args.push(format!("{name}={}", file.display()));
+        }
+        let payload_args: Vec<&str> = payload_args.iter().map(String::as_str).collect();
+        let (key, env_s, m_s) = (
+            key.to_string_lossy(),
+            env.to_string_lossy(),
+            m.to_string_lossy(),
+        );
+        let mut sign = vec!["sign", "--key", &key, "--out", &env_s];
+        sign.extend(&payload_args);
+        sign.push(&m_s);
+        slipway(work, &sign)?;
         let token = self.token_file.to_string_lossy().into_owned();
-        slipway(
-            work,
-            &[
-                "publish",
-                "--server",
-                &self.url,
-                "--token-file",
-                &token,
-                "--os",
-                &payload.to_string_lossy(),
-                &env.to_string_lossy(),
-            ],
-        )?;
+        let mut publish = vec!["publish", "--server", &self.url, "--token-file", &token];
+        publish.extend(&payload_args);
+        publish.push(&env_s);
+        slipway(work, &publish)?;
         slipway(
             work,
             &[

@@ -1,4 +1,5 @@
-//! The node loop on real boots: update, reboot into the other slot, fall back.
+//! The node loop on real boots: update, reboot into the other slot, fall back, survive a power
+//! loss mid-download, refuse a tampered payload, and apply a runtime image without a reboot.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -7,6 +8,7 @@ use anyhow::Result;
 use slipway_vm_tests::image::{self, Images};
 use slipway_vm_tests::qemu::Node;
 use slipway_vm_tests::server::Server;
+use slipway_vm_tests::throttle::Throttle;
 
 /// Scenarios run one at a time: two TCG guests at once would starve each other.
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
@@ -32,6 +34,8 @@ struct Scenario {
     _tmp: tempfile::TempDir,
     images: Images,
     server: Server,
+    /// Between the guest and the server; unlimited unless a scenario slows it.
+    throttle: Throttle,
     node: Node,
     started: Instant,
 }
@@ -43,6 +47,7 @@ impl Scenario {
             .prefix(&format!("slipway-vm-{name}-"))
             .tempdir()?;
         let server = Server::start(tmp.path(), &images.keys)?;
+        let throttle = Throttle::start(server.port, 0)?;
         let machine_id = format!(
             "{:032x}",
             u128::from_le_bytes(*b"slipway-vm-test!") ^ name.len() as u128
@@ -50,13 +55,14 @@ impl Scenario {
         let node = Node::create(
             &tmp.path().join("node"),
             &images.disk(),
-            server.port,
+            throttle.port(),
             &machine_id,
         )?;
         Ok(Self {
             _tmp: tmp,
             images,
             server,
+            throttle,
             node,
             started: Instant::now(),
         })
@@ -235,6 +241,153 @@ fn a_tampered_payload_is_refused_and_the_boot_selection_never_changes() {
     assert!(!events.iter().any(|(e, _, _)| e == "staged"), "{events:?}");
     eprintln!(
         "vm-tests: scenario tampered took {:.1} s over {} boots",
+        s.started.elapsed().as_secs_f64(),
+        s.node.boots
+    );
+}
+
+/// The value of `key=` in a serial line (up to the next space).
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_once(key)
+        .map(|(_, rest)| rest.split_whitespace().next().unwrap_or(""))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
+
+#[test]
+fn power_loss_mid_download_resumes_from_the_checkpoint_and_completes() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = Scenario::new("powerloss").unwrap();
+    let size = std::fs::metadata(s.images.payload("2.0.0")).unwrap().len();
+    // About 40 s for the whole payload: many 4 MiB checkpoints (engine.toml), and a window
+    // wide enough to pull the plug in whatever TCG's timing is today.
+    let rate = (size / 40).max(256 << 10);
+    s.throttle.set_rate(rate);
+    s.release("2.0.0").unwrap();
+    s.node.power_on().unwrap();
+    s.wait("SLIPWAY-VM: up slot=A version=1.0.0");
+    // Past several checkpoints, well before the end: pull the plug (QMP quit) while B is
+    // written. Late rather than early: the resumed part runs at TCG's unthrottled pace.
+    let cut = size * 3 / 5;
+    let served = loop {
+        let line = s.wait("SLIPWAY-VM: phase=Downloading ");
+        let progress = field(&line, "phase=Downloading ");
+        let served: u64 = progress
+            .split_once('/')
+            .and_then(|(a, _)| a.parse().ok())
+            .unwrap_or_else(|| panic!("progress in {line:?}"));
+        if served >= cut {
+            break served;
+        }
+    };
+    s.node.power_off().unwrap();
+    eprintln!(
+        "vm-tests: powered off at {served} of {size} payload bytes ({} bytes through the throttle at {rate} B/s)",
+        s.throttle.bytes_down()
+    );
+    s.throttle.set_rate(0);
+    // The next boot is the old slot, untouched; the engine resumes and finishes the update.
+    s.node.power_on().unwrap();
+    s.wait("slipway: booting slot A trial=0");
+    s.wait("SLIPWAY-VM: up slot=A version=1.0.0");
+    s.wait("SLIPWAY-VM: rebooting into 2.0.0");
+    s.wait("slipway: booting slot B trial=1");
+    s.wait("SLIPWAY-VM: up slot=B version=2.0.0");
+    s.wait("SLIPWAY-VM: marked good slot=B version=2.0.0");
+    s.node.power_off().unwrap();
+    let events = s.server.events(&s.node.machine_id).unwrap();
+    // The engine reports where it resumed: from its last durable checkpoint, not from 0.
+    let resumed: Vec<u64> = events
+        .iter()
+        .filter(|(e, v, _)| e == "downloading" && v == "2.0.0")
+        .filter_map(|(_, _, d)| d.strip_prefix("resuming at byte ")?.parse().ok())
+        .collect();
+    assert!(!resumed.is_empty(), "no resumed download: {events:?}");
+    assert!(
+        resumed.iter().all(|&at| at > 0 && at < size),
+        "resumed at {resumed:?} of {size} (plug pulled at about {served}): {events:?}"
+    );
+    // Only the first download started from byte 0.
+    assert_eq!(
+        events
+            .iter()
+            .filter(|(e, v, d)| e == "downloading" && v == "2.0.0" && d.is_empty())
+            .count(),
+        1,
+        "{events:?}"
+    );
+    let kinds: Vec<&str> = events.iter().map(|(e, _, _)| e.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|e| **e == "staged").count(),
+        1,
+        "{events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(e, v, _)| e == "healthy" && v == "2.0.0"),
+        "{events:?}"
+    );
+    eprintln!("vm-tests: resumed at byte {} of {size}", resumed[0]);
+    eprintln!(
+        "vm-tests: scenario powerloss took {:.1} s over {} boots",
+        s.started.elapsed().as_secs_f64(),
+        s.node.boots
+    );
+}
+
+#[test]
+fn a_runtime_image_is_applied_and_its_unit_restarted_without_a_reboot() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = Scenario::new("runtime").unwrap();
+    let name = "slipway-vm-runtime";
+    let sysext = image::build_sysext(&s.node.dir, name, "1.1.0").unwrap();
+    s.node.power_on().unwrap();
+    // The runtime unit starts at boot without the extension.
+    let before = s.wait("SLIPWAY-VM: runtime started ");
+    assert_eq!(field(&before, "version="), "none", "{before}");
+    let boot_id = field(&before, "boot_id=").to_owned();
+    // Published only now, so that the next start of the unit is the engine's restart.
+    let work = s.node.dir.join("releases");
+    std::fs::create_dir_all(&work).unwrap();
+    s.server
+        .release_runtime(&s.images.keys, &work, "1.1.0", &[(name, &sysext)])
+        .unwrap();
+    let after = s.wait("SLIPWAY-VM: runtime started ");
+    assert_eq!(field(&after, "version="), "1.1.0", "{after}");
+    assert_eq!(field(&after, "boot_id="), boot_id, "the node rebooted");
+    assert_eq!(s.node.boots, 1, "QEMU was restarted");
+    assert!(s.node.running(), "the node went down");
+    // The engine reports the release healthy once its units restarted.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let events = loop {
+        let events = s.server.events(&s.node.machine_id).unwrap();
+        if events
+            .iter()
+            .any(|(e, v, _)| e == "healthy" && v == "1.1.0")
+            || Instant::now() > deadline
+        {
+            break events;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let healthy = events
+        .iter()
+        .find(|(e, v, _)| e == "healthy" && v == "1.1.0")
+        .unwrap_or_else(|| panic!("no healthy 1.1.0 in {events:?}"));
+    assert!(
+        healthy.2.contains(name) && healthy.2.contains("no reboot"),
+        "{healthy:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .all(|(e, _, _)| !matches!(e.as_str(), "staged" | "booted" | "rebooting" | "failed")),
+        "{events:?}"
+    );
+    assert_eq!(s.node.boots, 1);
+    s.node.power_off().unwrap();
+    eprintln!(
+        "vm-tests: scenario runtime took {:.1} s over {} boots",
         s.started.elapsed().as_secs_f64(),
         s.node.boots
     );
