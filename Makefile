@@ -28,7 +28,7 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) run -q -p slipway-operator --bin crdgen -- --check --out-dir manifests/crds
 
-bench: ## Benchmarks: engine apply vs openssl/copy+fsync, update-server checks/s vs /healthz
+bench: ## Benchmarks: engine apply vs openssl/copy+fsync, update-server checks/s vs /healthz, operator plan + 5k nodes
 	$(CARGO) bench --locked -p slipway-agent --bench apply -- 1024 4096
 	$(CARGO) run --release --locked -p slipway-server --bin bench-checks
-	@echo "bench: the operator's planner benchmark arrives with its issue (6)."
+	$(CARGO) bench --locked -p slipway-operator --bench operator

@@ -346,6 +346,90 @@ pub fn selector_matches(
     Ok(true)
 }
 
+/// Which policies select a node, without testing every policy against every node: the
+/// `matchLabels` pairs of all policies are indexed by label key and value, so a node costs one
+/// lookup per label it carries (most miss on the key), and only policies with
+/// `matchExpressions` are evaluated in full.
+struct SelectorIndex<'a> {
+    by_label: BTreeMap<&'a str, BTreeMap<&'a str, Vec<usize>>>,
+    /// Per policy: how many `matchLabels` pairs a node must hit.
+    required: Vec<usize>,
+    /// Policies that select every node (empty selector).
+    match_all: Vec<usize>,
+    /// Policies with `matchExpressions` (tested in full after their labels hit).
+    with_expressions: Vec<bool>,
+}
+
+impl<'a> SelectorIndex<'a> {
+    fn new(view: &'a ClusterView) -> Self {
+        let mut by_label: BTreeMap<&str, BTreeMap<&str, Vec<usize>>> = BTreeMap::new();
+        let mut required = vec![0; view.policies.len()];
+        let mut match_all = Vec::new();
+        let mut with_expressions = vec![false; view.policies.len()];
+        for (j, p) in view.policies.iter().enumerate() {
+            let sel = &p.spec.node_selector;
+            for (k, v) in sel.match_labels.iter().flatten() {
+                by_label.entry(k).or_default().entry(v).or_default().push(j);
+                required[j] += 1;
+            }
+            with_expressions[j] = sel
+                .match_expressions
+                .as_ref()
+                .is_some_and(|e| !e.is_empty());
+            if required[j] == 0 {
+                match_all.push(j);
+            }
+        }
+        Self {
+            by_label,
+            required,
+            match_all,
+            with_expressions,
+        }
+    }
+
+    /// Fills `out` with the policies selecting `node`; `hits` is scratch space, all zero on
+    /// entry and on exit.
+    fn matching(
+        &self,
+        policies: &[PolicyView],
+        node: &NodeView,
+        hits: &mut [usize],
+        out: &mut Vec<usize>,
+    ) {
+        out.clear();
+        if !self.by_label.is_empty() {
+            for (k, v) in &node.labels {
+                if let Some(values) = self.by_label.get(k.as_str())
+                    && let Some(js) = values.get(v.as_str())
+                {
+                    for &j in js {
+                        hits[j] += 1;
+                        if hits[j] == self.required[j] {
+                            out.push(j);
+                        }
+                    }
+                }
+            }
+            for (k, v) in &node.labels {
+                if let Some(values) = self.by_label.get(k.as_str())
+                    && let Some(js) = values.get(v.as_str())
+                {
+                    for &j in js {
+                        hits[j] = 0;
+                    }
+                }
+            }
+        }
+        out.extend(self.match_all.iter().copied());
+        out.retain(|&j| {
+            !self.with_expressions[j]
+                || selector_matches(&policies[j].spec.node_selector, &node.labels) == Ok(true)
+        });
+        out.sort_unstable();
+    }
+}
+
 /// Resolves `maxUnavailable` against `total` selected nodes (and FleetLock holders).
 pub fn resolve_budget(max: &IntOrString, total: u32) -> Result<u32, String> {
     match max {
@@ -395,118 +479,112 @@ fn newest<'a>(versions: impl Iterator<Item = &'a str>) -> Option<String> {
 
 /// Decides grants and reasons for every node and the status of every policy.
 pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
-    // Which policies select which nodes; selector errors make a policy invalid.
-    let mut invalid: BTreeMap<&str, String> = BTreeMap::new();
-    let mut selected_by: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    let mut windows: BTreeMap<&str, Windows> = BTreeMap::new();
-    for p in &view.policies {
+    // Indices, not name lookups: this runs over every node on every evaluation.
+    let nodes = &view.nodes;
+    let mut invalid: Vec<Option<String>> = vec![None; view.policies.len()];
+    let mut windows: Vec<Option<Windows>> = Vec::with_capacity(view.policies.len());
+    let mut policy_nodes: Vec<Vec<usize>> = vec![Vec::new(); view.policies.len()];
+    let mut selections = vec![0u32; nodes.len()];
+    for (j, p) in view.policies.iter().enumerate() {
         match Windows::compile(&p.spec.windows) {
-            Ok(w) => {
-                windows.insert(&p.name, w);
-            }
+            Ok(w) => windows.push(Some(w)),
             Err(e) => {
-                invalid.insert(&p.name, e.to_string());
+                windows.push(None);
+                invalid[j] = Some(e.to_string());
             }
         }
         if let Err(e) = resolve_budget(&p.spec.max_unavailable, 0) {
-            invalid.entry(&p.name).or_insert(e);
+            invalid[j].get_or_insert(e);
         }
         if let Some(v) = &p.spec.version
             && semver::Version::parse(v).is_err()
         {
-            invalid
-                .entry(&p.name)
-                .or_insert(format!("version {v:?} is not a semantic version"));
+            invalid[j].get_or_insert(format!("version {v:?} is not a semantic version"));
         }
-        for n in &view.nodes {
-            match selector_matches(&p.spec.node_selector, &n.labels) {
-                Ok(true) => selected_by.entry(&n.name).or_default().push(&p.name),
-                Ok(false) => {}
-                Err(e) => {
-                    invalid.entry(&p.name).or_insert(e);
-                }
+        if let Err(e) = selector_matches(&p.spec.node_selector, &BTreeMap::new()) {
+            // An unusable selector selects nothing.
+            invalid[j].get_or_insert(e);
+        }
+    }
+    // An unusable selector (bad operator) fails its full test below and selects nothing.
+    let index = SelectorIndex::new(view);
+    let mut hits = vec![0usize; view.policies.len()];
+    let mut matched = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        index.matching(&view.policies, n, &mut hits, &mut matched);
+        for &j in &matched {
+            policy_nodes[j].push(i);
+            selections[i] += 1;
+        }
+    }
+
+    let mut out_nodes: Vec<Option<NodePlan>> = vec![None; nodes.len()];
+    // Nodes no policy selects, and nodes more than one does: release or revoke any grant.
+    let mut conflicted: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (j, members) in policy_nodes.iter().enumerate() {
+        for &i in members {
+            if selections[i] > 1 {
+                conflicted
+                    .entry(i)
+                    .or_default()
+                    .push(view.policies[j].name.clone());
             }
         }
     }
-
-    let mut out = Plan::default();
-    let nodes_by_name: BTreeMap<&str, &NodeView> =
-        view.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
-
-    // Nodes no policy selects: release or revoke any grant, report NotSelected.
-    for n in &view.nodes {
-        if selected_by.get(n.name.as_str()).is_none_or(Vec::is_empty) {
-            let decision = held_without_policy(n, Reason::NotSelected);
-            out.nodes.insert(
-                n.name.clone(),
-                node_plan(
-                    n,
-                    n.spec.policy.clone(),
-                    n.spec.target_version.clone(),
-                    decision,
-                    now,
-                ),
-            );
-        } else if let Some(ps) = selected_by.get(n.name.as_str()).filter(|ps| ps.len() > 1) {
-            let reason = Reason::PolicyConflict {
-                policies: ps.iter().map(|s| s.to_string()).collect(),
-            };
-            let decision = held_without_policy(n, reason);
-            out.nodes.insert(
-                n.name.clone(),
-                node_plan(
-                    n,
-                    n.spec.policy.clone(),
-                    n.spec.target_version.clone(),
-                    decision,
-                    now,
-                ),
-            );
-        }
+    for (i, n) in nodes.iter().enumerate() {
+        let reason = match selections[i] {
+            0 => Reason::NotSelected,
+            1 => continue,
+            _ => Reason::PolicyConflict {
+                policies: conflicted.remove(&i).unwrap_or_default(),
+            },
+        };
+        let decision = held_without_policy(n, reason);
+        out_nodes[i] = Some(node_plan(
+            n,
+            n.spec.policy.clone(),
+            n.spec.target_version.clone(),
+            decision,
+            now,
+        ));
     }
 
-    for p in &view.policies {
-        let selected: Vec<&NodeView> = view
-            .nodes
-            .iter()
-            .filter(|n| {
-                selected_by
-                    .get(n.name.as_str())
-                    .is_some_and(|ps| ps.contains(&p.name.as_str()))
-            })
-            .collect();
-        let governed: Vec<&NodeView> = selected
+    let mut policies_out = BTreeMap::new();
+    for (j, p) in view.policies.iter().enumerate() {
+        let selected: Vec<&NodeView> = policy_nodes[j].iter().map(|&i| &nodes[i]).collect();
+        let governed: Vec<usize> = policy_nodes[j]
             .iter()
             .copied()
-            .filter(|n| selected_by[n.name.as_str()].len() == 1)
+            .filter(|&i| selections[i] == 1)
             .collect();
-        let conflicts: Vec<String> = selected
+        let conflicts: Vec<String> = policy_nodes[j]
             .iter()
-            .filter(|n| selected_by[n.name.as_str()].len() > 1)
-            .map(|n| n.name.clone())
+            .filter(|&&i| selections[i] > 1)
+            .map(|&i| nodes[i].name.clone())
             .collect();
-        let valid = match invalid.get(p.name.as_str()) {
+        let valid = match &invalid[j] {
             Some(e) => Err(e.clone()),
             None => Ok(()),
         };
 
         let target = p.spec.version.clone().or_else(|| {
-            newest(
-                selected
-                    .iter()
-                    .flat_map(|n| {
-                        [
-                            n.status.staged_version.as_deref(),
-                            n.status.current_version.as_deref(),
-                        ]
-                    })
-                    .flatten(),
-            )
+            let distinct: std::collections::HashSet<&str> = selected
+                .iter()
+                .flat_map(|n| {
+                    [
+                        n.status.staged_version.as_deref(),
+                        n.status.current_version.as_deref(),
+                    ]
+                })
+                .flatten()
+                .collect();
+            newest(distinct.into_iter())
         });
 
         // Failures, acknowledgements and the halt.
         let failed: Vec<String> = governed
             .iter()
+            .map(|&i| &nodes[i])
             .filter(|n| n.status.phase.is_failure())
             .map(|n| n.name.clone())
             .collect();
@@ -543,7 +621,7 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
             newly_halted = true;
         }
 
-        let window = windows.get(p.name.as_str()).map(|w| w.state_at(now));
+        let window = windows[j].as_ref().map(|w| w.state_at(now));
         let cycle_estimate = median(
             p.status
                 .recent_cycles
@@ -577,9 +655,9 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
         };
 
         let mut new_cycles = Vec::new();
-        let mut decisions: BTreeMap<&str, (Option<String>, Decision)> = BTreeMap::new();
-        let mut candidates: Vec<&NodeView> = Vec::new();
-        for n in &governed {
+        let mut candidates: Vec<usize> = Vec::new();
+        for &i in &governed {
+            let n = &nodes[i];
             let node_target = p
                 .spec
                 .version
@@ -630,7 +708,7 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
                 } else if let Some(r) = gate.clone() {
                     Decision::Wait(r)
                 } else {
-                    candidates.push(n);
+                    candidates.push(i);
                     continue;
                 }
             } else if phase == NodePhase::Downloading
@@ -645,7 +723,13 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
             } else {
                 Decision::Wait(Reason::UpToDate)
             };
-            decisions.insert(&n.name, (node_target, decision));
+            out_nodes[i] = Some(node_plan(
+                n,
+                Some(p.name.clone()),
+                node_target,
+                decision,
+                now,
+            ));
         }
 
         // Budget: everything unavailable after the held-grant decisions, then new grants.
@@ -654,23 +738,35 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
             .unwrap_or(u32::MAX)
             .saturating_add(holders);
         let max = resolve_budget(&p.spec.max_unavailable, total).unwrap_or(0);
-        let holds_grant = |n: &NodeView| match decisions.get(n.name.as_str()) {
-            Some((_, Decision::Continue | Decision::Grant)) => true,
-            Some(_) => false,
-            // Conflicted nodes: their held grant (decided above) still counts here.
-            None => out.nodes.get(&n.name).is_some_and(|np| np.granted),
-        };
+        // Conflicted nodes' held grants (decided above) count here too.
         let mut used = holders
             + u32::try_from(
-                selected
+                policy_nodes[j]
                     .iter()
-                    .filter(|n| !n.ready || n.status.phase.is_disruptive() || holds_grant(n))
+                    .filter(|&&i| {
+                        let n = &nodes[i];
+                        !n.ready
+                            || n.status.phase.is_disruptive()
+                            || out_nodes[i].as_ref().is_some_and(|np| np.granted)
+                    })
                     .count(),
             )
             .unwrap_or(u32::MAX);
 
-        candidates.sort_by_key(|n| (!n.unschedulable, name_hash(&n.name), n.name.clone()));
-        for n in candidates {
+        let mut keyed: Vec<(bool, u64, &str, usize)> = candidates
+            .iter()
+            .map(|&i| {
+                (
+                    !nodes[i].unschedulable,
+                    name_hash(&nodes[i].name),
+                    nodes[i].name.as_str(),
+                    i,
+                )
+            })
+            .collect();
+        keyed.sort_unstable();
+        for (_, _, _, i) in keyed {
+            let n = &nodes[i];
             let node_target = p
                 .spec
                 .version
@@ -682,15 +778,23 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
             } else {
                 Decision::Wait(Reason::BudgetFull { used, max })
             };
-            decisions.insert(&n.name, (node_target, decision));
+            out_nodes[i] = Some(node_plan(
+                n,
+                Some(p.name.clone()),
+                node_target,
+                decision,
+                now,
+            ));
         }
 
-        let mut phases: BTreeMap<String, u32> = BTreeMap::new();
+        let mut by_phase: BTreeMap<&'static str, u32> = BTreeMap::new();
         for n in &selected {
-            *phases
-                .entry(n.status.phase.as_str().to_string())
-                .or_default() += 1;
+            *by_phase.entry(n.status.phase.as_str()).or_default() += 1;
         }
+        let phases = by_phase
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect();
         let updated = u32::try_from(
             selected
                 .iter()
@@ -699,14 +803,7 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
         )
         .unwrap_or(u32::MAX);
 
-        for (name, (node_target, decision)) in decisions {
-            let n = nodes_by_name[name];
-            out.nodes.insert(
-                name.to_string(),
-                node_plan(n, Some(p.name.clone()), node_target, decision, now),
-            );
-        }
-        out.policies.insert(
+        policies_out.insert(
             p.name.clone(),
             PolicyPlan {
                 valid,
@@ -729,7 +826,14 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
             },
         );
     }
-    out
+    Plan {
+        nodes: nodes
+            .iter()
+            .zip(out_nodes)
+            .filter_map(|(n, np)| Some((n.name.clone(), np?)))
+            .collect(),
+        policies: policies_out,
+    }
 }
 
 /// For a node no single policy governs: keep a grant whose update is under way, release it
@@ -1262,6 +1366,71 @@ mod tests {
         assert_eq!(
             p.policies["p"].halt,
             Some((now(), vec!["worse".to_string()]))
+        );
+    }
+
+    #[test]
+    fn policies_mixing_labels_and_expressions_select_the_same_nodes_as_a_full_scan() {
+        let mut mixed = policy("mixed").select("pool", "a");
+        mixed.spec.node_selector.match_expressions = Some(vec![LabelSelectorRequirement {
+            key: "zone".into(),
+            operator: "NotIn".into(),
+            values: Some(vec!["z2".into()]),
+        }]);
+        let mut exprs = policy("exprs");
+        exprs.spec.node_selector.match_expressions = Some(vec![LabelSelectorRequirement {
+            key: "gpu".into(),
+            operator: "Exists".into(),
+            values: None,
+        }]);
+        let mut two_labels = policy("two").select("pool", "b");
+        two_labels
+            .spec
+            .node_selector
+            .match_labels
+            .as_mut()
+            .unwrap()
+            .insert("zone".into(), "z1".into());
+        let nodes: Vec<NodeView> = [
+            ("a", "z1", false),
+            ("a", "z2", false),
+            ("b", "z1", true),
+            ("b", "z2", false),
+            ("c", "z1", false),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (pool, zone, gpu))| {
+            let mut n = node(&format!("n{i}"))
+                .label("pool", pool)
+                .label("zone", zone);
+            if *gpu {
+                n = n.label("gpu", "yes");
+            }
+            n
+        })
+        .collect();
+        let policies = vec![mixed, exprs, two_labels];
+        let p = run(nodes.clone(), policies.clone());
+        for pv in &policies {
+            let want: Vec<String> = nodes
+                .iter()
+                .filter(|n| selector_matches(&pv.spec.node_selector, &n.labels) == Ok(true))
+                .map(|n| n.name.clone())
+                .collect();
+            let mut got = p.policies[&pv.name].nodes.clone();
+            got.extend(p.policies[&pv.name].conflicts.iter().cloned());
+            got.sort();
+            got.dedup();
+            assert_eq!(got, want, "{}", pv.name);
+        }
+        assert_eq!(p.policies["mixed"].nodes, vec!["n0".to_string()]);
+        assert_eq!(p.policies["two"].nodes, vec!["n2".to_string()]);
+        assert_eq!(
+            reason_of(&p, "n2"),
+            Some(Reason::PolicyConflict {
+                policies: vec!["exprs".into(), "two".into()]
+            })
         );
     }
 
