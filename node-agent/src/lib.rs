@@ -1,9 +1,10 @@
 //! `slipway-agent`: the update engine (`engine`, a systemd service owning the D-Bus name
 //! `dev.slipway.Engine1`: checks, downloads, verifies and writes the inactive slot, drives the
-//! boot loader) and, later, the node side (`node`, the DaemonSet bridging the engine and
-//! Kubernetes).
+//! boot loader) and the node side (`node`, the DaemonSet bridging the engine and Kubernetes;
+//! in progress: drain).
 
 pub mod engine;
 pub mod error;
+pub mod node;
 
 pub use error::{Error, Result};

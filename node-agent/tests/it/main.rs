@@ -7,3 +7,4 @@ mod server;
 mod apply;
 mod attacks;
 mod dbus;
+mod drain;
