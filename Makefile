@@ -16,7 +16,7 @@ test: setup ## Run every test (unit, integration, CLI end to end, D-Bus, QEMU sc
 demo: setup ## Run the demo (today: the signing tour; the QEMU fleet rollout comes with issue 9)
 	@scripts/demo.sh
 
-vm-test: setup ## Boot QEMU nodes (TCG) through update, reboot into the other slot, fallback
+vm-test: setup ## Boot QEMU nodes (TCG): update, fallback, power loss mid-write, tampered payload, runtime image
 	$(CARGO) build --locked -p slipway-agent -p slipway-server --bins
 	$(CARGO) test --locked -p slipway-vm-tests -- --nocapture --test-threads=1
 
