@@ -8,3 +8,5 @@ mod apply;
 mod attacks;
 mod dbus;
 mod drain;
+mod health;
+mod reboot;
