@@ -1,8 +1,16 @@
 //! The node side of the agent (`slipway-agent node`, a DaemonSet): the bridge between the engine
-//! on D-Bus and the cluster. Built so far: `drain` (cordon with ownership, eviction through
-//! PodDisruptionBudgets with backoff and timeout, force or give back), `reboot` (logind,
-//! honouring inhibitors), `health` (unit active, command, Node Ready) and `status` (what to report in `NodeUpdate.status`, and when).
+//! on D-Bus and the cluster. Built so far, each tested on its own:
+//! - `decide`: the pure next-step table (drain, reboot, check health, bless or roll back,
+//!   uncordon), self-healing included;
+//! - `drain`: cordon with ownership, eviction through PodDisruptionBudgets with backoff and a
+//!   timeout, then force or give back;
+//! - `reboot`: systemd-logind, honouring inhibitors;
+//! - `health`: unit active, command exit code, Node Ready;
+//! - `status`: what to report in `NodeUpdate.status`, and when.
+//!
+//! Still to come: the runner (`slipway-agent node`) that wires them to the engine and the API.
 
+pub mod decide;
 pub mod drain;
 pub mod health;
 pub mod reboot;
