@@ -19,7 +19,7 @@ use slipway_agent::engine::{Engine, Facts, Settings, dbus};
 #[command(
     name = "slipway-agent",
     version,
-    about = "Slipway's node agent: the update engine and its status"
+    about = "Slipway's node agent: the update engine, its status, and the node side"
 )]
 struct Cli {
     /// Log as JSON lines (for journald / log shippers).
@@ -38,6 +38,21 @@ enum Command {
         #[command(flatten)]
         bus: BusArgs,
     },
+    /// Run the node side (DaemonSet): report to Kubernetes, drain when granted, reboot through
+    /// logind, verify the trial boot and mark it good or roll back, uncordon.
+    Node(NodeArgs),
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// This node's name (set it from the downward API: spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Seconds between steps.
+    #[arg(long, default_value_t = 5)]
+    interval_secs: u64,
+    #[command(flatten)]
+    bus: BusArgs,
 }
 
 #[derive(Args)]
@@ -82,6 +97,7 @@ fn main() -> ExitCode {
             Command::Engine(args) if args.once => once(args).await,
             Command::Engine(args) => daemon(args).await,
             Command::Status { bus } => status(bus).await,
+            Command::Node(args) => node(args).await,
         }
     });
     match result {
@@ -322,6 +338,38 @@ async fn show_progress(engine: &Engine, progress: slipway_agent::engine::downloa
             }
         }
     }
+}
+
+async fn node(args: NodeArgs) -> Result<ExitCode> {
+    use slipway_agent::node::{health::SystemdUnits, reboot::Logind, runner};
+    let mut config = kube::Config::infer()
+        .await
+        .context("finding the Kubernetes API (in-cluster service account or KUBECONFIG)")?;
+    // kube retries 429 by itself for minutes; the drain handles PodDisruptionBudget refusals.
+    config.default_retry = false;
+    let client = kube::Client::try_from(config).context("building the Kubernetes client")?;
+    let conn = connect(&args.bus).await?;
+    let mut r = runner::Runner::new(
+        client,
+        &args.node_name,
+        &conn,
+        Arc::new(Logind::new(conn.clone())),
+        Arc::new(SystemdUnits::new(conn.clone())),
+        runner::RunnerSettings::default(),
+    )
+    .await?;
+    tracing::info!(node = %args.node_name, "node side running");
+    // A DaemonSet pod is stopped with SIGTERM.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing a SIGTERM handler")?;
+    r.run(Duration::from_secs(args.interval_secs.max(1)), async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })
+    .await;
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn status(bus: BusArgs) -> Result<ExitCode> {

@@ -6,12 +6,12 @@
 //!   timeout, then force or give back;
 //! - `reboot`: systemd-logind, honouring inhibitors;
 //! - `health`: unit active, command exit code, Node Ready;
-//! - `status`: what to report in `NodeUpdate.status`, and when.
-//!
-//! Still to come: the runner (`slipway-agent node`) that wires them to the engine and the API.
+//! - `status`: what to report in `NodeUpdate.status`, and when;
+//! - `runner`: reads the engine and the cluster, decides, acts and reports (one `step` at a time).
 
 pub mod decide;
 pub mod drain;
 pub mod health;
 pub mod reboot;
+pub mod runner;
 pub mod status;

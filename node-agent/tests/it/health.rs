@@ -79,7 +79,8 @@ fn check(unit: Option<&str>, command: &[&str], timeout_ms: u64) -> HealthCheck {
     }
 }
 
-async fn systemd(bus: &Bus, units: Arc<Mutex<BTreeMap<String, String>>>) -> zbus::Connection {
+/// A systemd stand-in serving `units` (name → ActiveState) on `bus`.
+pub async fn systemd(bus: &Bus, units: Arc<Mutex<BTreeMap<String, String>>>) -> zbus::Connection {
     let conn = bus.connect().await;
     conn.object_server()
         .at(

@@ -9,4 +9,5 @@ mod attacks;
 mod dbus;
 mod drain;
 mod health;
+mod node_side;
 mod reboot;

@@ -11,12 +11,13 @@ use slipway_agent::node::reboot::{
 
 use crate::dbus::Bus;
 
-type Lock = (String, String, String, String, u32, u32);
+pub type Lock = (String, String, String, String, u32, u32);
 
+/// Stand-in for `org.freedesktop.login1.Manager`: inhibitor locks to list, reboots recorded.
 #[derive(Clone, Default)]
-struct FakeLogin1 {
-    inhibitors: Arc<Mutex<Vec<Lock>>>,
-    reboots: Arc<Mutex<Vec<u64>>>,
+pub struct FakeLogin1 {
+    pub inhibitors: Arc<Mutex<Vec<Lock>>>,
+    pub reboots: Arc<Mutex<Vec<u64>>>,
 }
 
 #[zbus::interface(name = "org.freedesktop.login1.Manager")]
@@ -30,11 +31,11 @@ impl FakeLogin1 {
     }
 }
 
-fn lock(what: &str, who: &str, why: &str, mode: &str) -> Lock {
+pub fn lock(what: &str, who: &str, why: &str, mode: &str) -> Lock {
     (what.into(), who.into(), why.into(), mode.into(), 0, 4242)
 }
 
-async fn logind(bus: &Bus, fake: FakeLogin1) -> zbus::Connection {
+pub async fn logind(bus: &Bus, fake: FakeLogin1) -> zbus::Connection {
     let conn = bus.connect().await;
     conn.object_server()
         .at("/org/freedesktop/login1", fake)
