@@ -35,6 +35,8 @@ pub const DEFAULT_CYCLE: SignedDuration = SignedDuration::from_mins(10);
 pub const RECENT_CYCLES: usize = 10;
 /// The agent's `waitingReason` when a drain could not finish in time (it gives the grant back).
 pub const DRAIN_BLOCKED: &str = "DrainBlocked";
+/// The agent's `waitingReason` when it restarted mid-drain, uncordoned and returns the grant.
+pub const GRANT_RETURNED: &str = "GrantReturned";
 
 /// Everything `plan` looks at.
 #[derive(Debug, Clone, Default)]
@@ -683,7 +685,10 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
                     Decision::Release { cycle }
                 } else if phase.is_failure() {
                     Decision::Release { cycle: None }
-                } else if n.status.waiting_reason.as_deref() == Some(DRAIN_BLOCKED) {
+                } else if matches!(
+                    n.status.waiting_reason.as_deref(),
+                    Some(DRAIN_BLOCKED | GRANT_RETURNED)
+                ) {
                     Decision::Revoke(Reason::DrainBlocked)
                 } else if !staged_ok {
                     Decision::Revoke(Reason::WaitingForDownload {
@@ -1261,6 +1266,13 @@ mod tests {
         assert_eq!(p.nodes["draining"].decision, Decision::Continue);
         let mut blocked = nodes();
         blocked[0].status.waiting_reason = Some(DRAIN_BLOCKED.into());
+        let p = run(blocked.clone(), vec![policy("p").max(IntOrString::Int(2))]);
+        assert_eq!(
+            p.nodes["waiting"].decision,
+            Decision::Revoke(Reason::DrainBlocked)
+        );
+        // An agent that restarted mid-drain returns its grant the same way.
+        blocked[0].status.waiting_reason = Some(GRANT_RETURNED.into());
         let p = run(blocked, vec![policy("p").max(IntOrString::Int(2))]);
         assert_eq!(
             p.nodes["waiting"].decision,

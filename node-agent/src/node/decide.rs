@@ -25,6 +25,8 @@ pub struct Inputs {
     pub drain_blocked: bool,
     /// Result of the post-boot health check, once it ran.
     pub health: Option<Result<(), String>>,
+    /// This is the first step of this process (nothing done yet since it started).
+    pub fresh_start: bool,
 }
 
 /// The next step.
@@ -44,6 +46,9 @@ pub enum Action {
     Rollback(String),
     /// Lift our cordon (update finished, failed, given back, or nothing in progress).
     Uncordon,
+    /// The agent restarted in the middle of a drain: lift our cordon and return the grant
+    /// (report `GrantReturned`); the operator grants again when it sees fit.
+    GiveBack,
 }
 
 /// Decides the next step.
@@ -82,6 +87,11 @@ pub fn decide(i: &Inputs) -> Action {
                 } else {
                     Action::Wait
                 };
+            }
+            if i.fresh_start && i.cordoned_by_us && !i.reboot_requested {
+                // Cordoned by an earlier run that never asked for the reboot: it crashed or
+                // was restarted mid-drain. Heal instead of resuming blind.
+                return Action::GiveBack;
             }
             if !i.drained {
                 Action::Drain
@@ -148,6 +158,17 @@ mod tests {
         // ...but not once the reboot is on its way.
         revoked.reboot_requested = true;
         assert_eq!(decide(&revoked), Action::Wait);
+    }
+
+    #[test]
+    fn a_restart_mid_drain_gives_the_grant_back() {
+        let mut i = staged(true);
+        i.cordoned_by_us = true;
+        i.fresh_start = true;
+        assert_eq!(decide(&i), Action::GiveBack);
+        // The same run that cordoned carries on.
+        i.fresh_start = false;
+        assert_eq!(decide(&i), Action::Drain);
     }
 
     #[test]

@@ -126,6 +126,7 @@ pub struct Runner {
     settings: RunnerSettings,
     local: Local,
     last_report: Option<(NodeUpdateStatus, Instant)>,
+    steps: u64,
 }
 
 impl Runner {
@@ -153,6 +154,7 @@ impl Runner {
             settings,
             local: Local::default(),
             last_report: None,
+            steps: 0,
         })
     }
 
@@ -211,7 +213,9 @@ impl Runner {
             reboot_requested: self.local.reboot_requested,
             drain_blocked: self.local.drain_blocked,
             health: self.local.health.clone(),
+            fresh_start: self.steps == 0,
         };
+        self.steps += 1;
         let action = decide(&inputs);
         match &action {
             Action::Wait => {}
@@ -310,6 +314,15 @@ impl Runner {
             Action::Uncordon => {
                 drain::uncordon_if_ours(&self.client, &self.node).await?;
                 self.local.drained = false;
+            }
+            Action::GiveBack => {
+                warn!(node = %self.node, "restarted mid-drain: uncordoning and returning the grant");
+                drain::uncordon_if_ours(&self.client, &self.node).await?;
+                self.local.drained = false;
+                self.local.drain_blocked = true;
+                self.local.waiting_reason = Some("GrantReturned".into());
+                self.local.error =
+                    Some("the agent restarted during the drain; grant returned".into());
             }
         }
         let engine = self.engine_view().await?;

@@ -194,6 +194,36 @@ impl World {
     fn node(&self) -> Node {
         self.cluster.state().get(None, "n1").unwrap()
     }
+
+    /// The machine comes back on the new slot, on trial: a fresh runner verifies, marks good
+    /// and uncordons.
+    async fn boot_into_trial_and_finish(&self) {
+        {
+            let mut p = self.engine.props.lock().unwrap();
+            p.phase = "Trial".into();
+            p.slot = "B".into();
+        }
+        let mut r = self.runner().await;
+        assert_eq!(r.step().await.unwrap(), Action::CheckHealth);
+        assert_eq!(r.step().await.unwrap(), Action::MarkGood);
+        assert_eq!(r.step().await.unwrap(), Action::Uncordon);
+        assert_eq!(self.status().phase, NodePhase::Healthy);
+    }
+}
+
+/// Shared teardown: no test may leave the node cordoned.
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        let node: Node = self.cluster.state().get(None, "n1").unwrap();
+        assert_ne!(
+            node.spec.as_ref().and_then(|s| s.unschedulable),
+            Some(true),
+            "the test left the node cordoned"
+        );
+    }
 }
 
 #[tokio::test]
@@ -339,6 +369,66 @@ async fn an_inhibited_reboot_is_reported_and_retried() {
     w.login1.inhibitors.lock().unwrap().clear();
     assert_eq!(r.step().await.unwrap(), Action::Reboot);
     assert_eq!(w.login1.reboots.lock().unwrap().len(), 1);
+    w.boot_into_trial_and_finish().await;
+}
+
+#[tokio::test]
+async fn with_drain_force_the_blocked_pod_is_deleted_and_the_update_goes_on() {
+    let w = World::start().await;
+    let pdb: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "web-pdb", "namespace": "default"},
+        "spec": {"minAvailable": 1, "selector": {"matchLabels": {"app": "web"}}}
+    }))
+    .unwrap();
+    w.cluster.state().create(&pdb).unwrap();
+    let mut policy: RolloutPolicy = w.cluster.state().get(None, "workers").unwrap();
+    policy.spec.drain.force = true;
+    w.cluster.state().put(&policy).unwrap();
+    let mut r = w.runner().await;
+    let started = std::time::Instant::now();
+    assert_eq!(r.step().await.unwrap(), Action::Drain);
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "deleted before drain.timeout"
+    );
+    assert!(
+        w.cluster
+            .state()
+            .get::<Pod>(Some("default"), "web-1")
+            .is_none(),
+        "web-1 deleted"
+    );
+    assert_eq!(r.step().await.unwrap(), Action::Reboot);
+    w.boot_into_trial_and_finish().await;
+}
+
+#[tokio::test]
+async fn an_agent_restarted_between_cordon_and_reboot_uncordons_and_returns_the_grant() {
+    let w = World::start().await;
+    // An earlier run cordoned the node and died before the reboot.
+    slipway_agent::node::drain::cordon(&w.cluster.client_without_retry().unwrap(), "n1")
+        .await
+        .unwrap();
+    let mut r = w.runner().await;
+    assert_eq!(r.step().await.unwrap(), Action::GiveBack);
+    assert_ne!(w.node().spec.and_then(|s| s.unschedulable), Some(true));
+    let st = w.status();
+    assert_eq!(st.waiting_reason.as_deref(), Some("GrantReturned"));
+    assert_eq!(
+        r.step().await.unwrap(),
+        Action::Wait,
+        "waits for the operator to take the grant"
+    );
+    // The operator takes it back, and later grants again: a normal drain follows.
+    let mut nu: NodeUpdate = w.cluster.state().get(None, "n1").unwrap();
+    nu.spec.reboot_granted = false;
+    w.cluster.state().put(&nu).unwrap();
+    assert_eq!(r.step().await.unwrap(), Action::Wait);
+    nu.spec.reboot_granted = true;
+    w.cluster.state().put(&nu).unwrap();
+    assert_eq!(r.step().await.unwrap(), Action::Drain);
+    assert_eq!(r.step().await.unwrap(), Action::Reboot);
+    w.boot_into_trial_and_finish().await;
 }
 
 #[tokio::test]
