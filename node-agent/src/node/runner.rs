@@ -12,7 +12,9 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use slipway_api::crd::{CORDONED_BY_ANNOTATION, NodeUpdate, NodeUpdateStatus, RolloutPolicy};
+use slipway_api::crd::{
+    CORDONED_BY_ANNOTATION, NodeUpdate, NodeUpdateStatus, OS_VERSION_LABEL, RolloutPolicy,
+};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
@@ -332,7 +334,29 @@ impl Runner {
             nu.is_some(),
         )
         .await?;
+        self.label_version(&engine.current_version).await?;
         Ok(action)
+    }
+
+    /// Keeps the Node's `slipway.dev/os-version` label on the version it runs.
+    async fn label_version(&self, version: &str) -> Result<(), RunnerError> {
+        if version.is_empty() {
+            return Ok(());
+        }
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let node = nodes
+            .get(&self.node)
+            .await
+            .map_err(kube_err(format!("reading Node {}", self.node)))?;
+        if node.labels().get(OS_VERSION_LABEL).map(String::as_str) == Some(version) {
+            return Ok(());
+        }
+        let patch = json!({"metadata": {"labels": {OS_VERSION_LABEL: version}}});
+        nodes
+            .patch(&self.node, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map_err(kube_err(format!("labelling Node {}", self.node)))?;
+        Ok(())
     }
 
     async fn report(

@@ -247,6 +247,13 @@ async fn a_granted_node_drains_reboots_verifies_marks_good_and_uncordons() {
         Some("slipway-agent")
     );
     assert_eq!(w.status().phase, NodePhase::Draining);
+    assert_eq!(
+        w.node()
+            .labels()
+            .get("slipway.dev/os-version")
+            .map(String::as_str),
+        Some("1.0.0")
+    );
 
     assert_eq!(r.step().await.unwrap(), Action::Reboot);
     assert_eq!(*w.login1.reboots.lock().unwrap(), vec![0]);
@@ -277,6 +284,13 @@ async fn a_granted_node_drains_reboots_verifies_marks_good_and_uncordons() {
     assert_eq!(st.phase, NodePhase::Healthy);
     assert_eq!(st.current_version.as_deref(), Some("2.0.0"));
     assert_eq!(st.booted_slot.as_deref(), Some("B"));
+    assert_eq!(
+        w.node()
+            .labels()
+            .get("slipway.dev/os-version")
+            .map(String::as_str),
+        Some("2.0.0")
+    );
     assert_eq!(r.step().await.unwrap(), Action::Wait);
 }
 
