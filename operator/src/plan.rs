@@ -1219,6 +1219,12 @@ mod tests {
             plan.nodes["bad"].decision,
             Decision::Release { cycle: None }
         );
+        // A grant held while the engine has nothing staged (reset, reinstalled) is released.
+        let reset = run(vec![node("reset").granted(NOW)], vec![policy("p")]);
+        assert_eq!(
+            reset.nodes["reset"].decision,
+            Decision::Release { cycle: None }
+        );
         assert_eq!(plan.nodes["busy"].decision, Decision::Continue);
         assert_eq!(
             plan.nodes["busy"].granted_at,

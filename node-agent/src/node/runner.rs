@@ -116,6 +116,7 @@ struct Local {
     healthy_version: Option<String>,
     waiting_reason: Option<String>,
     error: Option<String>,
+    failed: bool,
 }
 
 /// The node side for one node.
@@ -312,6 +313,7 @@ impl Runner {
                     .await
                     .map_err(bus_err("Rollback"))?;
                 self.local.error = Some(reason.clone());
+                self.local.failed = true;
             }
             Action::Uncordon => {
                 drain::uncordon_if_ours(&self.client, &self.node).await?;
@@ -374,6 +376,7 @@ impl Runner {
             healthy_version: self.local.healthy_version.clone(),
             waiting_reason: self.local.waiting_reason.clone(),
             error: self.local.error.clone(),
+            failed: self.local.failed,
         };
         let next = status::status(engine, &activity);
         let since = self

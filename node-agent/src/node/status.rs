@@ -40,6 +40,9 @@ pub struct NodeActivity {
     pub waiting_reason: Option<String>,
     /// The node side's own last error (drain or health), which wins over the engine's.
     pub error: Option<String>,
+    /// The trial boot failed its health check (reported `Failed` until the engine is back on
+    /// the old slot and says `RolledBack`).
+    pub failed: bool,
 }
 
 fn non_empty(s: &str) -> Option<String> {
@@ -49,6 +52,7 @@ fn non_empty(s: &str) -> Option<String> {
 /// The status to report.
 pub fn status(engine: &EngineView, node: &NodeActivity) -> NodeUpdateStatus {
     let phase = match engine.phase.as_str() {
+        "Trial" | "RollingBack" if node.failed => NodePhase::Failed,
         "Downloading" | "Verifying" | "Activating" => NodePhase::Downloading,
         "Staged" if node.rebooting => NodePhase::Rebooting,
         "Staged" if node.draining => NodePhase::Draining,
@@ -147,6 +151,18 @@ mod tests {
                 "{engine_phase}"
             );
         }
+        let failed = NodeActivity {
+            failed: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            status(&engine("RollingBack"), &failed).phase,
+            NodePhase::Failed
+        );
+        assert_eq!(
+            status(&engine("RolledBack"), &failed).phase,
+            NodePhase::RolledBack
+        );
         let healthy = NodeActivity {
             healthy_version: Some("1.0.0".into()),
             ..Default::default()

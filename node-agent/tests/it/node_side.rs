@@ -315,13 +315,15 @@ async fn an_unhealthy_trial_boot_is_rolled_back_and_rebooted_with_the_reason_rep
         calls.len() == 1 && calls[0].starts_with("Rollback: not healthy"),
         "{calls:?}"
     );
-    assert!(
-        w.status()
-            .last_error
-            .unwrap()
-            .contains("kubelet.service is failed")
-    );
+    let st = w.status();
+    assert_eq!(st.phase, NodePhase::Failed);
+    assert!(st.last_error.unwrap().contains("kubelet.service is failed"));
     assert_eq!(r.step().await.unwrap(), Action::Reboot);
+    assert_eq!(
+        w.status().phase,
+        NodePhase::Failed,
+        "still Failed while going back"
+    );
     assert_eq!(w.login1.reboots.lock().unwrap().len(), 1);
 }
 
