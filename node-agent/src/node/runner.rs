@@ -18,12 +18,13 @@ use slipway_api::crd::{
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::engine::Snapshot;
 use crate::engine::dbus::EngineClientProxy;
 use crate::node::decide::{Action, Inputs, decide};
 use crate::node::drain::{self, CORDONED_BY_AGENT, DrainOutcome, DrainSettings};
 use crate::node::health::{self, HealthCheck, NodeReadiness, Units};
 use crate::node::reboot::{RebootOutcome, Rebooter, reboot_when_allowed};
-use crate::node::status::{self, EngineView, NodeActivity};
+use crate::node::status::{self, NodeActivity};
 
 /// Tuning.
 #[derive(Debug, Clone)]
@@ -161,10 +162,10 @@ impl Runner {
         })
     }
 
-    async fn engine_view(&self) -> Result<EngineView, RunnerError> {
+    async fn engine_view(&self) -> Result<Snapshot, RunnerError> {
         let e = &self.engine;
         let err = || bus_err("reading the engine's properties");
-        Ok(EngineView {
+        Ok(Snapshot {
             phase: e.phase().await.map_err(err())?,
             current_version: e.current_version().await.map_err(err())?,
             staged_version: e.staged_version().await.map_err(err())?,
@@ -363,7 +364,7 @@ impl Runner {
 
     async fn report(
         &mut self,
-        engine: &EngineView,
+        engine: &Snapshot,
         draining: bool,
         exists: bool,
     ) -> Result<(), RunnerError> {

@@ -7,25 +7,8 @@ use std::time::Duration;
 
 use slipway_api::crd::{NodePhase, NodeUpdateStatus};
 
-/// The engine's properties as read over D-Bus (`dev.slipway.Engine1`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EngineView {
-    /// `Idle`, `Checking`, `Available`, `Downloading`, `Verifying`, `Activating`, `Staged`,
-    /// `Trial`, `RollingBack`, `Failed`, `RolledBack`.
-    pub phase: String,
-    /// Running version.
-    pub current_version: String,
-    /// Version written to the other slot.
-    pub staged_version: String,
-    /// `A` or `B`.
-    pub booted_slot: String,
-    /// Bytes downloaded of the current payload.
-    pub downloaded_bytes: u64,
-    /// Size of the current payload.
-    pub total_bytes: u64,
-    /// Last error, empty when none.
-    pub last_error: String,
-}
+// The engine's D-Bus properties are its `Snapshot`, read back over the bus.
+use crate::engine::Snapshot;
 
 /// What the node side is doing on top of the engine.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,7 +33,7 @@ fn non_empty(s: &str) -> Option<String> {
 }
 
 /// The status to report.
-pub fn status(engine: &EngineView, node: &NodeActivity) -> NodeUpdateStatus {
+pub fn status(engine: &Snapshot, node: &NodeActivity) -> NodeUpdateStatus {
     let phase = match engine.phase.as_str() {
         "Trial" | "RollingBack" if node.failed => NodePhase::Failed,
         "Downloading" | "Verifying" | "Activating" => NodePhase::Downloading,
@@ -107,8 +90,8 @@ pub fn should_write(
 mod tests {
     use super::*;
 
-    fn engine(phase: &str) -> EngineView {
-        EngineView {
+    fn engine(phase: &str) -> Snapshot {
+        Snapshot {
             phase: phase.into(),
             current_version: "1.0.0".into(),
             staged_version: "2.0.0".into(),
@@ -199,7 +182,7 @@ mod tests {
         let s = status(&engine("Staged"), &node);
         assert_eq!(s.last_error, node.error);
         assert_eq!(s.waiting_reason.as_deref(), Some("DrainBlocked"));
-        let empty = EngineView {
+        let empty = Snapshot {
             phase: "Idle".into(),
             ..Default::default()
         };
