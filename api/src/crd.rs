@@ -441,6 +441,40 @@ pub struct NodeUpdateStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// Whether `labels` match `selector` (`matchLabels` and `matchExpressions`, as the API server
+/// evaluates them); `Err` names an operator other than `In`, `NotIn`, `Exists`, `DoesNotExist`.
+pub fn label_selector_matches(
+    selector: &LabelSelector,
+    labels: &BTreeMap<String, String>,
+) -> Result<bool, String> {
+    if let Some(ml) = &selector.match_labels {
+        for (k, v) in ml {
+            if labels.get(k) != Some(v) {
+                return Ok(false);
+            }
+        }
+    }
+    for e in selector.match_expressions.iter().flatten() {
+        let values = e.values.as_deref().unwrap_or_default();
+        let have = labels.get(&e.key);
+        let ok = match e.operator.as_str() {
+            "In" => have.is_some_and(|v| values.contains(v)),
+            "NotIn" => have.is_none_or(|v| !values.contains(v)),
+            "Exists" => have.is_some(),
+            "DoesNotExist" => have.is_none(),
+            other => {
+                return Err(format!(
+                    "selector operator {other:?} is not In, NotIn, Exists or DoesNotExist"
+                ));
+            }
+        };
+        if !ok {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// A duration written the way Kubernetes users write them: `"90s"`, `"10m"`, `"1h30m"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GoDuration(std::time::Duration);

@@ -21,13 +21,13 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use slipway_api::crd::{
     NodePhase, NodeUpdateSpec, NodeUpdateStatus, RolloutPolicySpec, RolloutPolicyStatus,
 };
 
 use crate::windows::{WindowState, Windows};
+pub use slipway_api::crd::label_selector_matches as selector_matches;
 
 /// Node-cycle time assumed until a policy has measured some.
 pub const DEFAULT_CYCLE: SignedDuration = SignedDuration::from_mins(10);
@@ -315,39 +315,6 @@ impl Plan {
     }
 }
 
-/// Whether `labels` match `selector` (`matchLabels` and `matchExpressions`).
-pub fn selector_matches(
-    selector: &LabelSelector,
-    labels: &BTreeMap<String, String>,
-) -> Result<bool, String> {
-    if let Some(ml) = &selector.match_labels {
-        for (k, v) in ml {
-            if labels.get(k) != Some(v) {
-                return Ok(false);
-            }
-        }
-    }
-    for e in selector.match_expressions.iter().flatten() {
-        let values = e.values.as_deref().unwrap_or_default();
-        let have = labels.get(&e.key);
-        let ok = match e.operator.as_str() {
-            "In" => have.is_some_and(|v| values.contains(v)),
-            "NotIn" => have.is_none_or(|v| !values.contains(v)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            other => {
-                return Err(format!(
-                    "nodeSelector operator {other:?} is not In, NotIn, Exists or DoesNotExist"
-                ));
-            }
-        };
-        if !ok {
-            return Ok(false);
-        }
-    }
-    Ok(true)
-}
-
 /// Which policies select a node, without testing every policy against every node: the
 /// `matchLabels` pairs of all policies are indexed by label key and value, so a node costs one
 /// lookup per label it carries (most miss on the key), and only policies with
@@ -504,6 +471,7 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
             invalid[j].get_or_insert(format!("version {v:?} is not a semantic version"));
         }
         if let Err(e) = selector_matches(&p.spec.node_selector, &BTreeMap::new()) {
+            let e = format!("nodeSelector: {e}");
             // An unusable selector selects nothing.
             invalid[j].get_or_insert(e);
         }
@@ -880,7 +848,9 @@ fn node_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, Time};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+        LabelSelector, LabelSelectorRequirement, Time,
+    };
     use proptest::prelude::*;
     use slipway_api::crd::{FleetLockHolder, HaltStatus, NodeCycle, RebootWindow};
 

@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{DeleteParams, EvictParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-use slipway_api::crd::CORDONED_BY_ANNOTATION;
+use slipway_api::crd::{CORDONED_BY_ANNOTATION, label_selector_matches};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -168,26 +168,6 @@ pub async fn uncordon_if_ours(client: &Client, node: &str) -> Result<bool, Drain
     Ok(true)
 }
 
-fn selector_matches(sel: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    let labels_ok = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .all(|(k, v)| labels.get(k) == Some(v));
-    let exprs_ok = sel.match_expressions.iter().flatten().all(|e| {
-        let vals = e.values.as_deref().unwrap_or_default();
-        let have = labels.get(&e.key);
-        match e.operator.as_str() {
-            "In" => have.is_some_and(|v| vals.contains(v)),
-            "NotIn" => have.is_none_or(|v| !vals.contains(v)),
-            "Exists" => have.is_some(),
-            "DoesNotExist" => have.is_none(),
-            _ => false,
-        }
-    });
-    labels_ok && exprs_ok
-}
-
 /// Why a pod is left on the node, if it is.
 fn skip_reason(pod: &Pod, settings: &DrainSettings) -> Option<&'static str> {
     if pod
@@ -204,7 +184,7 @@ fn skip_reason(pod: &Pod, settings: &DrainSettings) -> Option<&'static str> {
         return Some("DaemonSet pod");
     }
     if let Some(sel) = &settings.skip
-        && selector_matches(sel, pod.labels())
+        && label_selector_matches(sel, pod.labels()) == Ok(true)
     {
         return Some("matches drain.podSelector");
     }
@@ -236,7 +216,7 @@ async fn pdb_for(client: &Client, pod: &Pod) -> Option<String> {
             p.spec
                 .as_ref()
                 .and_then(|s| s.selector.as_ref())
-                .is_some_and(|sel| selector_matches(sel, pod.labels()))
+                .is_some_and(|sel| label_selector_matches(sel, pod.labels()) == Ok(true))
         })
         .map(|p| p.name_any())
 }
