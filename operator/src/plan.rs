@@ -809,6 +809,37 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
     }
 }
 
+/// Why a FleetLock client may not take a slot of the policy `pp` describes now, if it may not:
+/// the same gate and budget as the policy's nodes (the plan's own new grants already counted).
+pub fn fleetlock_refusal(pp: &PolicyPlan, paused: bool, now: Timestamp) -> Option<String> {
+    if let Err(e) = &pp.valid {
+        return Some(format!("policy is invalid: {e}"));
+    }
+    if let Some((_, failed)) = &pp.halt {
+        return Some(format!(
+            "policy halted after failures on {}",
+            failed.join(", ")
+        ));
+    }
+    if paused {
+        return Some("policy is paused".to_string());
+    }
+    match pp.window {
+        Some(WindowState::Closed { next }) => Some(match next {
+            Some(n) => format!("reboot window closed; next opens at {n}"),
+            None => "reboot window closed".to_string(),
+        }),
+        Some(WindowState::Open { until }) if until.duration_since(now) < pp.cycle_estimate => Some(
+            format!("reboot window closes at {until}, too soon for a reboot"),
+        ),
+        _ if pp.unavailable >= pp.max_unavailable => Some(format!(
+            "semaphore full: {} of {} slots in use",
+            pp.unavailable, pp.max_unavailable
+        )),
+        _ => None,
+    }
+}
+
 /// For a node no single policy governs: keep a grant whose update is under way, release it
 /// when the node finished or failed, take it back otherwise.
 fn held_without_policy(n: &NodeView, reason: Reason) -> Decision {

@@ -220,6 +220,15 @@ fn merge_patch(desired: &Value, previous: &Value) -> Value {
     }
 }
 
+/// `{field: ...}`: the merge patch that turns `previous` into `desired` under `field`.
+fn field_patch<T: serde::Serialize>(field: &str, desired: &T, previous: &T) -> Value {
+    let patch = merge_patch(
+        &serde_json::to_value(desired).unwrap_or_default(),
+        &serde_json::to_value(previous).unwrap_or_default(),
+    );
+    json!({ field: patch })
+}
+
 fn desired_spec(np: &NodePlan) -> NodeUpdateSpec {
     NodeUpdateSpec {
         policy: np.policy.clone(),
@@ -808,6 +817,7 @@ impl Operator {
                 rest.push(Write::Delete { node: name.clone() });
             }
         }
+        let cached_policies = self.policies.state();
         for pv in &view.policies {
             let Some(pp) = plan.policies.get(&pv.name) else {
                 continue;
@@ -817,23 +827,13 @@ impl Operator {
                 .iter()
                 .any(|n| plan.nodes.get(n).is_some_and(|np| np.granted));
             let desired = desired_status(&pv.status, pv, pp, any_granted, now);
-            let cached = self
-                .policies
-                .state()
-                .into_iter()
-                .find(|p| p.name_any() == pv.name)
-                .and_then(|p| p.status.clone());
+            let cached_policy = cached_policies.iter().find(|p| p.name_any() == pv.name);
+            let cached = cached_policy.and_then(|p| p.status.clone());
             let known = memory.policies.get(&pv.name).map(|(_, s)| s);
             if known.or(cached.as_ref()) == Some(&desired) {
                 continue;
             }
-            let uid = self
-                .policies
-                .state()
-                .iter()
-                .find(|p| p.name_any() == pv.name)
-                .and_then(|p| p.uid())
-                .unwrap_or_default();
+            let uid = cached_policy.and_then(|p| p.uid()).unwrap_or_default();
             rest.push(Write::Status {
                 policy: pv.name.clone(),
                 uid,
@@ -847,9 +847,8 @@ impl Operator {
     async fn execute(&self, memory: &mut Memory, writes: Vec<Write>) -> (usize, usize) {
         let updates: Api<NodeUpdate> = Api::all(self.client.clone());
         let policies: Api<RolloutPolicy> = Api::all(self.client.clone());
-        let params = PatchParams::apply(MANAGER);
         let params = PatchParams {
-            field_manager: params.field_manager,
+            field_manager: Some(MANAGER.into()),
             ..Default::default()
         };
         let leader = self.leader.clone();
@@ -893,12 +892,7 @@ impl Operator {
                             spec,
                             previous,
                         } => {
-                            let patch = json!({
-                                "spec": merge_patch(
-                                    &serde_json::to_value(spec).unwrap_or_default(),
-                                    &serde_json::to_value(previous).unwrap_or_default()
-                                )
-                            });
+                            let patch = field_patch("spec", spec, previous);
                             updates
                                 .patch(node, params, &Patch::Merge(patch))
                                 .await
@@ -918,12 +912,7 @@ impl Operator {
                             previous,
                             ..
                         } => {
-                            let patch = json!({
-                                "status": merge_patch(
-                                    &serde_json::to_value(status).unwrap_or_default(),
-                                    &serde_json::to_value(previous).unwrap_or_default()
-                                )
-                            });
+                            let patch = field_patch("status", status, previous);
                             policies
                                 .patch_status(policy, params, &Patch::Merge(patch))
                                 .await
@@ -1143,55 +1132,14 @@ impl Operator {
     /// FleetLock `RecursiveLock`: `id` takes (or already holds) a slot of policy `group`, under
     /// the same budget, window, pause and halt as the policy's Kubernetes nodes.
     pub async fn fleetlock_lock(&self, group: &str, id: &str) -> Result<(), LockRefused> {
-        if !self.is_leader() {
-            return Err(LockRefused::NotLeader);
-        }
-        let mut memory = self.memory.lock().await;
-        if !memory.seeded {
-            self.seed(&mut memory)
-                .await
-                .map_err(|e| LockRefused::Storage(e.to_string()))?;
-        }
-        let now = self.clock.now();
-        let view = self.view(&memory);
-        let Some(pv) = view.policies.iter().find(|p| p.name == group) else {
-            return Err(LockRefused::UnknownGroup(group.to_string()));
-        };
+        let (mut memory, view, at) = self.fleetlock_view(group).await?;
+        let pv = &view.policies[at];
         if pv.status.fleet_lock_holders.iter().any(|h| h.id == id) {
             return Ok(());
         }
+        let now = self.clock.now();
         let plan = plan::plan(&view, now);
-        let pp = &plan.policies[group];
-        let refusal = if let Err(e) = &pp.valid {
-            Some(format!("policy is invalid: {e}"))
-        } else if let Some((_, failed)) = &pp.halt {
-            Some(format!(
-                "policy halted after failures on {}",
-                failed.join(", ")
-            ))
-        } else if pv.spec.paused {
-            Some("policy is paused".to_string())
-        } else {
-            match pp.window {
-                Some(WindowState::Closed { next }) => Some(match next {
-                    Some(n) => format!("reboot window closed; next opens at {n}"),
-                    None => "reboot window closed".to_string(),
-                }),
-                Some(WindowState::Open { until })
-                    if until.duration_since(now) < pp.cycle_estimate =>
-                {
-                    Some(format!(
-                        "reboot window closes at {until}, too soon for a reboot"
-                    ))
-                }
-                _ if pp.unavailable >= pp.max_unavailable => Some(format!(
-                    "semaphore full: {} of {} slots in use",
-                    pp.unavailable, pp.max_unavailable
-                )),
-                _ => None,
-            }
-        };
-        if let Some(r) = refusal {
+        if let Some(r) = plan::fleetlock_refusal(&plan.policies[group], pv.spec.paused, now) {
             return Err(LockRefused::Waiting(r));
         }
         let mut status = pv.status.clone();
@@ -1207,6 +1155,25 @@ impl Operator {
 
     /// FleetLock `UnlockIfHeld`: `id` gives its slot of `group` back (success if it held none).
     pub async fn fleetlock_unlock(&self, group: &str, id: &str) -> Result<(), LockRefused> {
+        let (mut memory, view, at) = self.fleetlock_view(group).await?;
+        let pv = &view.policies[at];
+        if !pv.status.fleet_lock_holders.iter().any(|h| h.id == id) {
+            return Ok(());
+        }
+        let mut status = pv.status.clone();
+        status.fleet_lock_holders.retain(|h| h.id != id);
+        self.write_holders(&mut memory, group, status).await?;
+        drop(memory);
+        self.trigger();
+        Ok(())
+    }
+
+    /// What both FleetLock operations start with: leadership, the leader's memory (held, so
+    /// evaluations wait), a view, and the position of the policy named `group` in it.
+    async fn fleetlock_view(
+        &self,
+        group: &str,
+    ) -> Result<(tokio::sync::MutexGuard<'_, Memory>, ClusterView, usize), LockRefused> {
         if !self.is_leader() {
             return Err(LockRefused::NotLeader);
         }
@@ -1217,18 +1184,10 @@ impl Operator {
                 .map_err(|e| LockRefused::Storage(e.to_string()))?;
         }
         let view = self.view(&memory);
-        let Some(pv) = view.policies.iter().find(|p| p.name == group) else {
+        let Some(at) = view.policies.iter().position(|p| p.name == group) else {
             return Err(LockRefused::UnknownGroup(group.to_string()));
         };
-        if !pv.status.fleet_lock_holders.iter().any(|h| h.id == id) {
-            return Ok(());
-        }
-        let mut status = pv.status.clone();
-        status.fleet_lock_holders.retain(|h| h.id != id);
-        self.write_holders(&mut memory, group, status).await?;
-        drop(memory);
-        self.trigger();
-        Ok(())
+        Ok((memory, view, at))
     }
 
     async fn write_holders(
