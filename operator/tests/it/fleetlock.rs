@@ -52,17 +52,6 @@ async fn serve(op: Arc<Operator>) -> Http {
     }
 }
 
-async fn stage(client: &Client, name: &str) {
-    Api::<NodeUpdate>::all(client.clone())
-        .patch_status(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "Staged", "currentVersion": "1.0.0", "stagedVersion": "2.0.0"}})),
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn fleetlock_locks_share_the_policy_budget_with_kubernetes_nodes() {
     let cluster = cluster().await;

@@ -312,6 +312,18 @@ fn healthy_and_released(cluster: &TestCluster, n: usize) -> bool {
         })
 }
 
+/// Reports `Staged 2.0.0` for `name`, as its agent would.
+async fn stage(client: &Client, name: &str) {
+    Api::<NodeUpdate>::all(client.clone())
+        .patch_status(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Staged", "currentVersion": "1.0.0", "stagedVersion": "2.0.0"}})),
+        )
+        .await
+        .unwrap();
+}
+
 fn names(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
 }
@@ -593,14 +605,7 @@ async fn a_node_deleted_while_granted_frees_its_slot_and_loses_its_node_update()
     .await;
     let updates: Api<NodeUpdate> = Api::all(client.clone());
     for name in names("node", 3) {
-        updates
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": {"phase": "Staged", "currentVersion": "1.0.0", "stagedVersion": "2.0.0"}})),
-            )
-            .await
-            .unwrap();
+        stage(&client, &name).await;
     }
     wait_until("one grant", Duration::from_secs(10), || {
         all_updates(&cluster)
