@@ -95,6 +95,22 @@ impl Scenario {
         }
     }
 
+    /// The server's event log for the node once it holds `event` for `version` (reports are
+    /// sent after the console line that announces them, so a test that reads the log right
+    /// after that line would race the report); the log as it is after 60 s otherwise.
+    fn events_once(&self, event: &str, version: &str) -> Vec<(String, String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let events = self.server.events(&self.node.machine_id).unwrap();
+            if events.iter().any(|(e, v, _)| e == event && v == version)
+                || Instant::now() > deadline
+            {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     fn events(&self) -> Vec<String> {
         self.server
             .events(&self.node.machine_id)
@@ -293,8 +309,8 @@ fn power_loss_mid_download_resumes_from_the_checkpoint_and_completes() {
     s.wait("slipway: booting slot B trial=1");
     s.wait("SLIPWAY-VM: up slot=B version=2.0.0");
     s.wait("SLIPWAY-VM: marked good slot=B version=2.0.0");
+    let events = s.events_once("healthy", "2.0.0");
     s.node.power_off().unwrap();
-    let events = s.server.events(&s.node.machine_id).unwrap();
     // The engine reports where it resumed: from its last durable checkpoint, not from 0.
     let resumed: Vec<u64> = events
         .iter()
@@ -358,18 +374,7 @@ fn a_runtime_image_is_applied_and_its_unit_restarted_without_a_reboot() {
     assert_eq!(s.node.boots, 1, "QEMU was restarted");
     assert!(s.node.running(), "the node went down");
     // The engine reports the release healthy once its units restarted.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let events = loop {
-        let events = s.server.events(&s.node.machine_id).unwrap();
-        if events
-            .iter()
-            .any(|(e, v, _)| e == "healthy" && v == "1.1.0")
-            || Instant::now() > deadline
-        {
-            break events;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    };
+    let events = s.events_once("healthy", "1.1.0");
     let healthy = events
         .iter()
         .find(|(e, v, _)| e == "healthy" && v == "1.1.0")
