@@ -13,6 +13,7 @@ PACKAGES=(
   xz-utils zstd      # payload compression in tests and image builds
   # vm-tests: the node image builder and QEMU nodes (software emulation)
   mmdebstrap grub-pc-bin busybox-static fakeroot cpio socat curl
+  chromium chromium-driver  # the dashboard's browser test (headless, driven over WebDriver)
   kmod               # depmod for the node image after its unused kernel modules are dropped
   python3-venv       # the venv of the manifest tests' tools (below)
 )

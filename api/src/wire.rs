@@ -108,6 +108,95 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// `POST /v1/admin/cluster`: what an operator sees of its cluster, for the server's dashboard.
+/// The operator sends the whole picture each time (it is small: one entry per node), so the
+/// server keeps the newest report per cluster and nothing else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterReport {
+    /// The cluster's name (the operator's `--cluster-name`).
+    pub cluster: String,
+    /// When the operator took the picture.
+    pub at: jiff::Timestamp,
+    /// Every RolloutPolicy.
+    #[serde(default)]
+    pub policies: Vec<PolicyReport>,
+    /// Every node with a NodeUpdate.
+    #[serde(default)]
+    pub nodes: Vec<NodeReport>,
+}
+
+/// One RolloutPolicy in a [`ClusterReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyReport {
+    /// Its name.
+    pub name: String,
+    /// The update channel its nodes follow.
+    pub channel: String,
+    /// The version it rolls out.
+    #[serde(default)]
+    pub target_version: Option<String>,
+    /// Paused by an admin.
+    #[serde(default)]
+    pub paused: bool,
+    /// Halted after failures: since when, and which nodes failed.
+    #[serde(default)]
+    pub halted_since: Option<jiff::Timestamp>,
+    /// Nodes whose failures count towards (or caused) a halt.
+    #[serde(default)]
+    pub failed_nodes: Vec<String>,
+    /// Nodes it selects.
+    #[serde(default)]
+    pub nodes: u32,
+    /// Of which on the target version.
+    #[serde(default)]
+    pub updated: u32,
+    /// Nodes unavailable now (granted, draining, rebooting, ...).
+    #[serde(default)]
+    pub unavailable: u32,
+    /// The budget.
+    #[serde(default)]
+    pub max_unavailable: u32,
+    /// The reboot window open now, if any (its schedule, for humans).
+    #[serde(default)]
+    pub window: Option<String>,
+    /// When the next window opens, if none is open.
+    #[serde(default)]
+    pub next_window: Option<jiff::Timestamp>,
+}
+
+/// One node in a [`ClusterReport`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeReport {
+    /// The Node's name.
+    pub name: String,
+    /// The policy that selects it, if any.
+    #[serde(default)]
+    pub policy: Option<String>,
+    /// Its update phase, as the node agent reports it (`Idle`, `Downloading`, `Draining`, ...).
+    pub phase: String,
+    /// The version it runs.
+    #[serde(default)]
+    pub current_version: Option<String>,
+    /// The version the operator wants it on.
+    #[serde(default)]
+    pub target_version: Option<String>,
+    /// Whether it holds a reboot grant.
+    #[serde(default)]
+    pub granted: bool,
+    /// Why the operator keeps it waiting (`OutsideWindow`, `MaxUnavailable`, `Halted`, ...).
+    #[serde(default)]
+    pub waiting_reason: Option<String>,
+    /// The same, for humans.
+    #[serde(default)]
+    pub waiting_message: Option<String>,
+    /// The node's last error.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
 /// A machine id: 1-128 characters of `[A-Za-z0-9._-]` (a systemd machine id is 32 hex digits).
 pub fn is_valid_machine_id(s: &str) -> bool {
     !s.is_empty()

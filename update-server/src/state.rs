@@ -40,7 +40,7 @@ impl Default for Limits {
 }
 
 /// One channel as checks see it.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct ChannelView {
     /// The rollout state, if the channel was ever promoted, paused or resumed.
     pub state: Option<ChannelRecord>,
@@ -52,7 +52,7 @@ pub struct ChannelView {
 
 /// Releases and channel state, rebuilt from the store after every admin change and
 /// periodically (other replicas may change the database).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Snapshot {
     /// Channels by name: every channel with a release or a state.
     pub channels: HashMap<String, ChannelView>,
@@ -125,6 +125,13 @@ pub(crate) struct Inner {
     snapshot: RwLock<Arc<Snapshot>>,
     /// Serializes admin changes with the snapshot rebuild that follows each.
     pub admin: tokio::sync::Mutex<()>,
+    /// Bumped on every change the dashboard shows (an event, a check, an admin change, a
+    /// cluster report); live views poll it. A counter, not a channel: a check costs one atomic
+    /// add, whoever is watching.
+    pub generation: std::sync::atomic::AtomicU64,
+    /// The newest report of each cluster's operator, by cluster name (kept in memory; operators
+    /// send theirs again every few seconds).
+    pub clusters: RwLock<std::collections::BTreeMap<String, slipway_api::wire::ClusterReport>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -151,6 +158,8 @@ impl AppState {
             metrics: Metrics::default(),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             admin: tokio::sync::Mutex::new(()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+            clusters: RwLock::default(),
         }));
         state.reload().await?;
         Ok(state)
@@ -164,6 +173,18 @@ impl AppState {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// Notes that something the dashboard shows changed.
+    pub fn changed(&self) {
+        self.0
+            .generation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many changes there have been (see [`Self::changed`]).
+    pub fn generation(&self) -> u64 {
+        self.0.generation.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The current snapshot.
@@ -180,7 +201,12 @@ impl AppState {
         let releases = self.0.store.releases().await?;
         let channels = self.0.store.channels().await?;
         let snap = Arc::new(Snapshot::build(releases, channels)?);
-        *self.0.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snap;
+        let mut current = self.0.snapshot.write().unwrap_or_else(|p| p.into_inner());
+        if *current != snap {
+            *current = snap;
+            drop(current);
+            self.changed();
+        }
         Ok(())
     }
 }

@@ -101,6 +101,7 @@ pub async fn check(
             at: now,
         })
         .await?;
+    state.changed();
     let metrics = state.metrics();
     metrics.checks.inc();
     let body = match decision {
@@ -151,6 +152,7 @@ pub async fn event(
             at: state.0.clock.now(),
         })
         .await?;
+    state.changed();
     state
         .metrics()
         .events

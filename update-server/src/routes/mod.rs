@@ -193,6 +193,18 @@ fn intern(route: &str) -> &'static str {
         .copied()
         .unwrap_or(if route.starts_with("/v1/admin") {
             "/v1/admin"
+        } else if route == "/api/stream" {
+            "/api/stream"
+        } else if route.starts_with("/api/") {
+            "/api"
+        } else if route.starts_with("/assets/") {
+            "/assets"
+        } else if route == "/"
+            || route.starts_with("/machines")
+            || route == "/releases"
+            || route == "/cluster"
+        {
+            "/dashboard"
         } else {
             "unmatched"
         })
@@ -252,6 +264,18 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     )
 }
 
+/// `POST /v1/admin/cluster`: an operator's picture of its cluster, for the dashboard.
+async fn cluster_report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let report: slipway_api::wire::ClusterReport =
+        json_body(&headers, body, state.0.limits.envelope_body).await?;
+    crate::dashboard::accept_cluster_report(&state, report)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let admin = Router::new()
@@ -273,6 +297,7 @@ pub fn router(state: AppState) -> Router {
         .route("/machines", get(admin::list_machines))
         .route("/machines/{id}", get(admin::get_machine))
         .route("/events", get(admin::list_events))
+        .route("/cluster", post(cluster_report))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,
@@ -285,6 +310,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .nest("/v1/admin", admin)
+        .merge(crate::dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track_latency))

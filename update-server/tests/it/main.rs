@@ -3,9 +3,11 @@
 
 mod cli;
 mod cli_admin;
+mod dashboard;
 mod harness;
 mod http;
 mod pg;
 mod process;
 mod rollout;
 mod store;
+mod webdriver;

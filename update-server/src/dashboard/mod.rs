@@ -1,0 +1,346 @@
+//! The ops dashboard at `/`: fleet overview, machines table, per-machine timeline, releases
+//! with advisories, and the cluster view the operators report. Pages are server-rendered
+//! ([`html`]) from plain view data ([`view`]); every page has a JSON twin under `/api/`.
+//! Live updates: `/api/stream` (Server-Sent Events) says when something changed and the
+//! page's script fetches its body again.
+//!
+//! The dashboard is read-only and needs no token; put it behind your ingress's
+//! authentication if machine ids are not for everyone's eyes. Cluster reports are written
+//! through the admin API (`POST /v1/admin/cluster`, bearer token).
+
+pub mod html;
+pub mod view;
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use futures::Stream;
+use slipway_api::wire::ClusterReport;
+
+use crate::routes::{ApiError, json_response};
+use crate::state::AppState;
+use crate::store::MachineRecord;
+use html::Page;
+use view::{MachineFilter, MachineRow};
+
+/// Most machines a dashboard view loads (the dashboard reads the machines table in pages of
+/// 1,000; beyond this, use the admin API's paging).
+pub const MAX_MACHINES: usize = 200_000;
+
+/// Rows of the machines table shown on one page.
+pub const SHOWN_ROWS: usize = 500;
+
+/// How often a live stream looks for changes.
+const POLL: Duration = Duration::from_millis(250);
+
+/// The dashboard's routes (merged into the server's router).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(overview_page))
+        .route("/machines", get(machines_page))
+        .route("/machines/{id}", get(machine_page))
+        .route("/releases", get(releases_page))
+        .route("/cluster", get(cluster_page))
+        .route("/assets/dashboard.css", get(css))
+        .route("/assets/dashboard.js", get(js))
+        .route("/api/overview", get(overview_api))
+        .route("/api/machines", get(machines_api))
+        .route("/api/machines/{id}", get(machine_api))
+        .route("/api/releases", get(releases_api))
+        .route("/api/cluster", get(cluster_api))
+        .route("/api/stream", get(stream))
+}
+
+async fn css() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        html::stylesheet(),
+    )
+        .into_response()
+}
+
+async fn js() -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        html::script(),
+    )
+        .into_response()
+}
+
+/// Every machine (up to [`MAX_MACHINES`]), read in pages.
+async fn all_machines(state: &AppState) -> Result<Vec<MachineRecord>, ApiError> {
+    let mut out: Vec<MachineRecord> = Vec::new();
+    loop {
+        let after = out.last().map(|m| m.id.clone());
+        let page = state.store().machines(None, after.as_deref(), 1000).await?;
+        let full = page.len() == 1000;
+        out.extend(page);
+        if !full || out.len() >= MAX_MACHINES {
+            return Ok(out);
+        }
+    }
+}
+
+async fn rows(
+    state: &AppState,
+) -> Result<(Vec<MachineRow>, Vec<crate::store::ChannelRecord>), ApiError> {
+    let channels = state.store().channels().await?;
+    let machines = all_machines(state).await?;
+    let now = state.0.clock.now();
+    Ok((view::rows(machines, &channels, now), channels))
+}
+
+/// An HTML answer: the whole page, or just its body when the live script asks for it.
+fn page(headers: &HeaderMap, title: &str, current: Page, body: String) -> Response {
+    let fragment = headers.contains_key("x-slipway-fragment");
+    let html = if fragment {
+        body
+    } else {
+        html::page(title, current, &body)
+    };
+    ([(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
+}
+
+fn error_page(headers: &HeaderMap, status: StatusCode, current: Page, message: &str) -> Response {
+    let mut resp = page(headers, "Not found", current, html::error(message));
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn overview_data(state: &AppState) -> Result<view::Overview, ApiError> {
+    let (rows, channels) = rows(state).await?;
+    Ok(view::overview(&rows, &channels, state.0.clock.now()))
+}
+
+async fn overview_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let o = overview_data(&state).await?;
+    Ok(page(
+        &headers,
+        "Overview",
+        Page::Overview,
+        html::overview(&o),
+    ))
+}
+
+async fn overview_api(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(json_response(StatusCode::OK, &overview_data(&state).await?))
+}
+
+fn filter_of(
+    query: Result<Query<MachineFilter>, QueryRejection>,
+) -> Result<MachineFilter, ApiError> {
+    let Query(f) = query.map_err(|e| ApiError::bad_request("bad-query", e.body_text()))?;
+    f.validate()
+        .map_err(|m| ApiError::bad_request("bad-query", m))?;
+    Ok(f)
+}
+
+async fn machines_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<MachineFilter>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let filter = match filter_of(query) {
+        Ok(f) => f,
+        Err(e) => {
+            return Ok(error_page(
+                &headers,
+                StatusCode::BAD_REQUEST,
+                Page::Machines,
+                &e.message,
+            ));
+        }
+    };
+    let (rows, channels) = rows(&state).await?;
+    let mut names: Vec<String> = channels.iter().map(|c| c.name.clone()).collect();
+    for r in &rows {
+        if !r.machine.channel.is_empty() && !names.contains(&r.machine.channel) {
+            names.push(r.machine.channel.clone());
+        }
+    }
+    names.sort();
+    let matching: Vec<&MachineRow> = rows.iter().filter(|r| filter.matches(r)).collect();
+    let body = html::machines(
+        &matching,
+        rows.len(),
+        SHOWN_ROWS,
+        &filter,
+        &names,
+        state.0.clock.now(),
+    );
+    Ok(page(&headers, "Machines", Page::Machines, body))
+}
+
+/// `GET /api/machines?q=&state=&channel=&version=`: the matching rows (at most 1,000).
+async fn machines_api(
+    State(state): State<AppState>,
+    query: Result<Query<MachineFilter>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let filter = filter_of(query)?;
+    let (rows, _) = rows(&state).await?;
+    let matching: Vec<&MachineRow> = rows
+        .iter()
+        .filter(|r| filter.matches(r))
+        .take(1000)
+        .collect();
+    Ok(json_response(StatusCode::OK, &matching))
+}
+
+/// A machine and its newest events.
+#[derive(Debug, serde::Serialize)]
+struct MachineView {
+    #[serde(flatten)]
+    row: MachineRow,
+    events: Vec<crate::store::EventRecord>,
+}
+
+async fn machine_data(state: &AppState, id: &str) -> Result<Option<MachineView>, ApiError> {
+    let Some(m) = state.store().machine(id).await? else {
+        return Ok(None);
+    };
+    let channels = state.store().channels().await?;
+    let events = state.store().events(Some(id), 200).await?;
+    let row = view::rows(vec![m], &channels, state.0.clock.now())
+        .pop()
+        .ok_or_else(|| ApiError::not_found("unknown-machine", id))?;
+    Ok(Some(MachineView { row, events }))
+}
+
+async fn machine_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Ok(Path(id)) = path else {
+        return Ok(error_page(
+            &headers,
+            StatusCode::BAD_REQUEST,
+            Page::Machines,
+            "bad machine id",
+        ));
+    };
+    match machine_data(&state, &id).await? {
+        Some(v) => Ok(page(
+            &headers,
+            &id,
+            Page::Machines,
+            html::machine(&v.row, &v.events, state.0.clock.now()),
+        )),
+        None => Ok(error_page(
+            &headers,
+            StatusCode::NOT_FOUND,
+            Page::Machines,
+            &format!("No machine {id:?} has reported to this server."),
+        )),
+    }
+}
+
+async fn machine_api(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(id) = path.map_err(|e| ApiError::bad_request("bad-path", e.body_text()))?;
+    match machine_data(&state, &id).await? {
+        Some(v) => Ok(json_response(StatusCode::OK, &v)),
+        None => Err(ApiError::not_found(
+            "unknown-machine",
+            format!("no machine {id:?}"),
+        )),
+    }
+}
+
+async fn releases_data(state: &AppState) -> Result<Vec<view::ReleaseRow>, ApiError> {
+    let records = state.store().releases().await?;
+    let (rows, channels) = rows(state).await?;
+    Ok(view::releases(&records, &channels, &rows))
+}
+
+async fn releases_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let rows = releases_data(&state).await?;
+    Ok(page(
+        &headers,
+        "Releases",
+        Page::Releases,
+        html::releases(&rows, state.0.clock.now()),
+    ))
+}
+
+async fn releases_api(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(json_response(StatusCode::OK, &releases_data(&state).await?))
+}
+
+fn cluster_reports(state: &AppState) -> Vec<ClusterReport> {
+    state
+        .0
+        .clusters
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect()
+}
+
+async fn cluster_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let reports = cluster_reports(&state);
+    page(
+        &headers,
+        "Cluster",
+        Page::Cluster,
+        html::clusters(&reports, state.0.clock.now()),
+    )
+}
+
+async fn cluster_api(State(state): State<AppState>) -> Response {
+    json_response(StatusCode::OK, &cluster_reports(&state))
+}
+
+/// Stores an operator's report (the admin route `POST /v1/admin/cluster` calls this).
+pub fn accept_cluster_report(state: &AppState, report: ClusterReport) -> Result<(), ApiError> {
+    if report.cluster.is_empty() || report.cluster.len() > 253 {
+        return Err(ApiError::bad_request(
+            "bad-cluster",
+            "cluster must be 1-253 characters",
+        ));
+    }
+    let mut map = state.0.clusters.write().unwrap_or_else(|p| p.into_inner());
+    if map.get(&report.cluster) != Some(&report) {
+        map.insert(report.cluster.clone(), report);
+        drop(map);
+        state.changed();
+    }
+    Ok(())
+}
+
+/// `GET /api/stream`: Server-Sent Events. `change` (data: a change counter) whenever anything
+/// the dashboard shows changed, at most four times a second; a comment every 15 s keeps
+/// proxies from closing the connection.
+async fn stream(
+    State(state): State<AppState>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let first = state.generation();
+    let events = futures::stream::unfold((state, first), |(state, mut seen)| async move {
+        loop {
+            tokio::time::sleep(POLL).await;
+            let now = state.generation();
+            if now != seen {
+                seen = now;
+                let event = Event::default().event("change").data(now.to_string());
+                return Some((Ok(event), (state, seen)));
+            }
+        }
+    });
+    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}

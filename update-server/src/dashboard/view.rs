@@ -1,0 +1,656 @@
+//! What the dashboard shows, as plain data computed from stored records: a machine's state, the
+//! fleet overview (machines per channel and version, how far each rollout wave has gone), the
+//! machines table's filter, and releases with the machines still running advised ones. No I/O,
+//! no HTML: the JSON API serializes these types and the pages render them.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use semver::Version;
+use serde::{Deserialize, Serialize};
+use slipway_api::wire::EventKind;
+
+use crate::rollout::{self, Wave};
+use crate::store::{AdvisoryMark, ChannelRecord, MachineRecord, ReleaseRecord};
+
+/// How long a machine may stay silent before the dashboard calls it stale. Engines check every
+/// few minutes to hours; an hour without a word is worth a look.
+pub const STALE_AFTER: Duration = Duration::from_secs(3600);
+
+/// Where a machine stands, for the table's filter and the overview's counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MachineState {
+    /// Its last report was a failure or a rollback (until it reports healthy again).
+    Failed,
+    /// Downloading, staged, rebooting or booted on trial.
+    Updating,
+    /// Not heard from for [`STALE_AFTER`].
+    Stale,
+    /// Runs its channel's target.
+    UpToDate,
+    /// Runs an older version than its channel's target.
+    Behind,
+    /// Runs a newer version than its channel's target (the target was moved back).
+    Ahead,
+    /// Its channel has no target.
+    NoTarget,
+}
+
+impl MachineState {
+    /// Every state, in the order the dashboard lists them.
+    pub const ALL: [MachineState; 7] = [
+        MachineState::Failed,
+        MachineState::Updating,
+        MachineState::Stale,
+        MachineState::Behind,
+        MachineState::UpToDate,
+        MachineState::Ahead,
+        MachineState::NoTarget,
+    ];
+
+    /// The name used in URLs and JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::Failed => "failed",
+            MachineState::Updating => "updating",
+            MachineState::Stale => "stale",
+            MachineState::UpToDate => "up-to-date",
+            MachineState::Behind => "behind",
+            MachineState::Ahead => "ahead",
+            MachineState::NoTarget => "no-target",
+        }
+    }
+
+    /// Parses [`Self::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// A machine's state: failures first (an operator must see them even on a silent machine),
+/// then an update in flight, then silence, then its version against the target.
+pub fn machine_state(m: &MachineRecord, target: Option<&Version>, now: Timestamp) -> MachineState {
+    match m.last_event {
+        Some(EventKind::Failed | EventKind::RolledBack) if m.last_error.is_some() => {
+            return MachineState::Failed;
+        }
+        _ => {}
+    }
+    let silent = now.duration_since(m.last_seen);
+    let updating = matches!(
+        m.last_event,
+        Some(EventKind::Downloading | EventKind::Staged | EventKind::Rebooting | EventKind::Booted)
+    );
+    if updating && target.is_some_and(|t| m.version < *t) {
+        return MachineState::Updating;
+    }
+    if silent > SignedDuration::try_from(STALE_AFTER).unwrap_or(SignedDuration::MAX) {
+        return MachineState::Stale;
+    }
+    match target {
+        None => MachineState::NoTarget,
+        Some(t) if m.version == *t => MachineState::UpToDate,
+        Some(t) if m.version < *t => MachineState::Behind,
+        Some(_) => MachineState::Ahead,
+    }
+}
+
+/// The channels' targets, by name.
+pub fn targets(channels: &[ChannelRecord]) -> BTreeMap<&str, &Version> {
+    channels
+        .iter()
+        .filter_map(|c| Some((c.name.as_str(), c.target.as_ref()?)))
+        .collect()
+}
+
+/// One machine as the table shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineRow {
+    /// The stored record.
+    #[serde(flatten)]
+    pub machine: MachineRecord,
+    /// Its state.
+    pub state: MachineState,
+    /// Its channel's target, if any.
+    pub target: Option<Version>,
+}
+
+/// Rows for every machine, with their states.
+pub fn rows(
+    machines: Vec<MachineRecord>,
+    channels: &[ChannelRecord],
+    now: Timestamp,
+) -> Vec<MachineRow> {
+    let targets = targets(channels);
+    machines
+        .into_iter()
+        .map(|m| {
+            let target = targets.get(m.channel.as_str()).map(|v| (*v).clone());
+            MachineRow {
+                state: machine_state(&m, target.as_ref(), now),
+                target,
+                machine: m,
+            }
+        })
+        .collect()
+}
+
+/// The machines table's filter (the query string of `/machines` and `/api/machines`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineFilter {
+    /// Part of the id or group, any case.
+    #[serde(default)]
+    pub q: Option<String>,
+    /// One state ([`MachineState::as_str`]).
+    #[serde(default)]
+    pub state: Option<String>,
+    /// One channel.
+    #[serde(default)]
+    pub channel: Option<String>,
+    /// One version.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+impl MachineFilter {
+    fn given(v: &Option<String>) -> Option<&str> {
+        v.as_deref().map(str::trim).filter(|s| !s.is_empty())
+    }
+
+    /// Checks the filter: an unknown state is an error (not an empty table).
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(s) = Self::given(&self.state)
+            && MachineState::parse(s).is_none()
+        {
+            let known: Vec<&str> = MachineState::ALL.iter().map(|s| s.as_str()).collect();
+            return Err(format!("unknown state {s:?}; one of {}", known.join(", ")));
+        }
+        Ok(())
+    }
+
+    /// Whether a row passes.
+    pub fn matches(&self, row: &MachineRow) -> bool {
+        if let Some(q) = Self::given(&self.q) {
+            let q = q.to_lowercase();
+            if !row.machine.id.to_lowercase().contains(&q)
+                && !row.machine.group.to_lowercase().contains(&q)
+            {
+                return false;
+            }
+        }
+        if let Some(s) = Self::given(&self.state)
+            && row.state.as_str() != s
+        {
+            return false;
+        }
+        if let Some(c) = Self::given(&self.channel)
+            && row.machine.channel != c
+        {
+            return false;
+        }
+        if let Some(v) = Self::given(&self.version)
+            && row.machine.version.to_string() != v
+        {
+            return false;
+        }
+        true
+    }
+
+    /// Whether any criterion is set.
+    pub fn is_empty(&self) -> bool {
+        [&self.q, &self.state, &self.channel, &self.version]
+            .iter()
+            .all(|v| Self::given(v).is_none())
+    }
+}
+
+/// How far one step of a channel's wave schedule has gone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WaveProgress {
+    /// Time after the promotion at which it opens (`"0s"`, `"2h"`).
+    pub after: String,
+    /// When that is.
+    pub opens_at: Option<Timestamp>,
+    /// Fraction of the channel's machines it covers (cumulative).
+    pub fraction: f64,
+    /// Whether it is open now.
+    pub open: bool,
+    /// Machines of the channel it covers.
+    pub machines: u64,
+    /// Of which already on the target (or newer).
+    pub updated: u64,
+}
+
+/// One channel in the overview.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelOverview {
+    /// Its name.
+    pub name: String,
+    /// The promoted version.
+    pub target: Option<Version>,
+    /// Paused channels offer nothing.
+    pub paused: bool,
+    /// When the target was promoted.
+    pub promoted_at: Option<Timestamp>,
+    /// Machines following it.
+    pub machines: u64,
+    /// Of which on the target (or newer).
+    pub updated: u64,
+    /// Machines per version, newest version first.
+    pub versions: Vec<VersionCount>,
+    /// The wave schedule and how far each step has gone.
+    pub waves: Vec<WaveProgress>,
+}
+
+/// Machines on one version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionCount {
+    /// The version.
+    pub version: Version,
+    /// How many machines run it.
+    pub machines: u64,
+}
+
+/// The fleet at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    /// When it was computed.
+    pub at: Timestamp,
+    /// Every machine the server knows.
+    pub machines: u64,
+    /// Machines per state (every state listed, zeros included).
+    pub states: BTreeMap<MachineState, u64>,
+    /// Every channel with machines, releases or a rollout.
+    pub channels: Vec<ChannelOverview>,
+}
+
+/// Computes the overview.
+pub fn overview(rows: &[MachineRow], channels: &[ChannelRecord], now: Timestamp) -> Overview {
+    let mut states: BTreeMap<MachineState, u64> =
+        MachineState::ALL.iter().map(|s| (*s, 0)).collect();
+    let mut by_channel: BTreeMap<&str, Vec<&MachineRow>> = BTreeMap::new();
+    for r in rows {
+        *states.entry(r.state).or_default() += 1;
+        by_channel.entry(&r.machine.channel).or_default().push(r);
+    }
+    for c in channels {
+        by_channel.entry(&c.name).or_default();
+    }
+    let mut out = Vec::new();
+    for (name, members) in by_channel {
+        if name.is_empty() {
+            continue;
+        }
+        let record = channels.iter().find(|c| c.name == name);
+        let target = record.and_then(|c| c.target.clone());
+        let mut versions: BTreeMap<&Version, u64> = BTreeMap::new();
+        for r in &members {
+            *versions.entry(&r.machine.version).or_default() += 1;
+        }
+        let done = |r: &MachineRow| target.as_ref().is_some_and(|t| r.machine.version >= *t);
+        let waves = match (record, &target) {
+            (Some(c), Some(t)) => wave_progress(&c.waves, c.promoted_at, t, &members, now),
+            _ => Vec::new(),
+        };
+        out.push(ChannelOverview {
+            name: name.to_owned(),
+            paused: record.is_some_and(|c| c.paused),
+            promoted_at: record.and_then(|c| c.promoted_at),
+            machines: members.len() as u64,
+            updated: members.iter().filter(|r| done(r)).count() as u64,
+            versions: versions
+                .into_iter()
+                .rev()
+                .map(|(v, n)| VersionCount {
+                    version: v.clone(),
+                    machines: n,
+                })
+                .collect(),
+            waves,
+            target,
+        });
+    }
+    Overview {
+        at: now,
+        machines: rows.len() as u64,
+        states,
+        channels: out,
+    }
+}
+
+fn wave_progress(
+    waves: &[Wave],
+    promoted_at: Option<Timestamp>,
+    target: &Version,
+    members: &[&MachineRow],
+    now: Timestamp,
+) -> Vec<WaveProgress> {
+    let places: Vec<(f64, bool)> = members
+        .iter()
+        .map(|r| {
+            (
+                rollout::place(&r.machine.id, target),
+                r.machine.version >= *target,
+            )
+        })
+        .collect();
+    let open_fraction = promoted_at.map_or(0.0, |p| rollout::fraction_at(waves, p, now));
+    waves
+        .iter()
+        .map(|w| {
+            let covered = places
+                .iter()
+                .filter(|(p, _)| rollout::in_wave(*p, w.fraction));
+            let (mut machines, mut updated) = (0, 0);
+            for (_, done) in covered {
+                machines += 1;
+                updated += u64::from(*done);
+            }
+            let opens_at = promoted_at.and_then(|p| {
+                let after = SignedDuration::try_from(w.after).ok()?;
+                p.checked_add(after).ok()
+            });
+            WaveProgress {
+                after: rollout::duration_text::format(w.after),
+                opens_at,
+                fraction: w.fraction,
+                open: opens_at.is_some_and(|t| t <= now) && w.fraction <= open_fraction,
+                machines,
+                updated,
+            }
+        })
+        .collect()
+}
+
+/// One release in the releases view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReleaseRow {
+    /// Its channel.
+    pub channel: String,
+    /// Its version.
+    pub version: Version,
+    /// When it was published.
+    pub published_at: Timestamp,
+    /// The advisory on it, if any.
+    pub advisory: Option<AdvisoryMark>,
+    /// Whether it is a floor.
+    pub floor: bool,
+    /// Whether it is its channel's target.
+    pub target: bool,
+    /// Machines of the channel running it.
+    pub running: u64,
+    /// Ids of the machines still running it when it carries an advisory (at most 50).
+    pub advised_machines: Vec<String>,
+}
+
+/// Most machine ids listed under an advised release.
+pub const ADVISED_LIST: usize = 50;
+
+/// Releases, newest first within each channel, with who runs them.
+pub fn releases(
+    records: &[ReleaseRecord],
+    channels: &[ChannelRecord],
+    rows: &[MachineRow],
+) -> Vec<ReleaseRow> {
+    let targets = targets(channels);
+    let mut running: BTreeMap<(&str, &Version), Vec<&str>> = BTreeMap::new();
+    for r in rows {
+        running
+            .entry((&r.machine.channel, &r.machine.version))
+            .or_default()
+            .push(&r.machine.id);
+    }
+    let mut out: Vec<ReleaseRow> = records
+        .iter()
+        .map(|r| {
+            let ids = running
+                .get(&(r.channel.as_str(), &r.version))
+                .map_or(&[][..], Vec::as_slice);
+            ReleaseRow {
+                channel: r.channel.clone(),
+                version: r.version.clone(),
+                published_at: r.published_at,
+                advisory: r.advisory.clone(),
+                floor: r.floor,
+                target: targets.get(r.channel.as_str()) == Some(&&r.version),
+                running: ids.len() as u64,
+                advised_machines: if r.advisory.is_some() {
+                    ids.iter()
+                        .take(ADVISED_LIST)
+                        .map(|s| (*s).to_owned())
+                        .collect()
+                } else {
+                    Vec::new()
+                },
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| {
+        a.channel
+            .cmp(&b.channel)
+            .then_with(|| b.version.cmp(&a.version))
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+
+    fn machine(id: &str, channel: &str, version: &str, now: Timestamp) -> MachineRecord {
+        MachineRecord {
+            id: id.into(),
+            channel: channel.into(),
+            group: String::new(),
+            version: v(version),
+            arch: "x86_64".into(),
+            boot_id: String::new(),
+            first_seen: now,
+            last_seen: now,
+            last_event: None,
+            last_event_at: None,
+            last_error: None,
+        }
+    }
+
+    fn channel(name: &str, target: &str, waves: Vec<Wave>, promoted: Timestamp) -> ChannelRecord {
+        ChannelRecord {
+            name: name.into(),
+            target: Some(v(target)),
+            waves,
+            promoted_at: Some(promoted),
+            paused: false,
+            updated_at: promoted,
+        }
+    }
+
+    #[test]
+    fn a_failure_shows_even_when_the_machine_is_silent_and_healthy_clears_it() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut m = machine("a", "stable", "1.0.0", now);
+        m.last_seen = now - SignedDuration::from_hours(5);
+        m.last_event = Some(EventKind::RolledBack);
+        m.last_error = Some("tries ran out".into());
+        assert_eq!(
+            machine_state(&m, Some(&v("2.0.0")), now),
+            MachineState::Failed
+        );
+        m.last_error = None;
+        assert_eq!(
+            machine_state(&m, Some(&v("2.0.0")), now),
+            MachineState::Stale
+        );
+        m.last_seen = now;
+        assert_eq!(
+            machine_state(&m, Some(&v("2.0.0")), now),
+            MachineState::Behind
+        );
+        m.last_event = Some(EventKind::Staged);
+        assert_eq!(
+            machine_state(&m, Some(&v("2.0.0")), now),
+            MachineState::Updating
+        );
+        m.version = v("2.0.0");
+        assert_eq!(
+            machine_state(&m, Some(&v("2.0.0")), now),
+            MachineState::UpToDate
+        );
+        assert_eq!(
+            machine_state(&m, Some(&v("1.5.0")), now),
+            MachineState::Ahead
+        );
+        assert_eq!(machine_state(&m, None, now), MachineState::NoTarget);
+    }
+
+    #[test]
+    fn the_filter_combines_its_criteria_and_refuses_unknown_states() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let mut a = machine("node-Alpha", "stable", "1.0.0", now);
+        a.group = "edge".into();
+        let b = machine("node-beta", "beta", "2.0.0", now);
+        let channels = [channel("stable", "2.0.0", rollout::immediate(), now)];
+        let rows = rows(vec![a, b], &channels, now);
+        let pick = |f: MachineFilter| -> Vec<String> {
+            rows.iter()
+                .filter(|r| f.matches(r))
+                .map(|r| r.machine.id.clone())
+                .collect()
+        };
+        assert_eq!(pick(MachineFilter::default()).len(), 2);
+        let q = |s: &str| MachineFilter {
+            q: Some(s.into()),
+            ..Default::default()
+        };
+        assert_eq!(pick(q("ALPHA")), ["node-Alpha"]);
+        assert_eq!(pick(q("edge")), ["node-Alpha"]);
+        assert_eq!(
+            pick(MachineFilter {
+                state: Some("behind".into()),
+                ..Default::default()
+            }),
+            ["node-Alpha"]
+        );
+        assert_eq!(
+            pick(MachineFilter {
+                channel: Some("beta".into()),
+                version: Some("2.0.0".into()),
+                ..Default::default()
+            }),
+            ["node-beta"]
+        );
+        assert!(
+            pick(MachineFilter {
+                channel: Some("beta".into()),
+                version: Some("1.0.0".into()),
+                ..Default::default()
+            })
+            .is_empty()
+        );
+        let bad = MachineFilter {
+            state: Some("broken".into()),
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("up-to-date"));
+        assert!(
+            MachineFilter {
+                state: Some(" ".into()),
+                ..Default::default()
+            }
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_overview_counts_versions_and_how_far_each_wave_has_gone() {
+        let promoted = Timestamp::from_second(1_800_000_000).unwrap();
+        let now = promoted + SignedDuration::from_hours(1);
+        let waves = vec![
+            Wave {
+                after: Duration::ZERO,
+                fraction: 0.25,
+            },
+            Wave {
+                after: Duration::from_secs(7200),
+                fraction: 1.0,
+            },
+        ];
+        let target = v("2.0.0");
+        let mut machines = Vec::new();
+        for i in 0..200 {
+            let id = format!("m{i:03}");
+            // Every machine inside the first wave has updated; none outside it.
+            let first = rollout::place(&id, &target) < 0.25;
+            let version = if first { "2.0.0" } else { "1.0.0" };
+            machines.push(machine(&id, "stable", version, now));
+        }
+        let channels = [channel("stable", "2.0.0", waves, promoted)];
+        let rows = rows(machines, &channels, now);
+        let o = overview(&rows, &channels, now);
+        assert_eq!(o.machines, 200);
+        let c = &o.channels[0];
+        let first = c.waves[0].machines;
+        assert!((30..=70).contains(&first), "first wave {first} of 200");
+        assert_eq!(c.waves[0].updated, first);
+        assert!(c.waves[0].open);
+        assert_eq!(c.waves[1].machines, 200);
+        assert_eq!(c.waves[1].updated, first);
+        assert!(!c.waves[1].open);
+        assert_eq!(
+            c.waves[1].opens_at,
+            Some(promoted + SignedDuration::from_hours(2))
+        );
+        assert_eq!(c.updated, first);
+        assert_eq!(c.versions[0].version, target);
+        assert_eq!(c.versions[0].machines, first);
+        assert_eq!(c.versions[1].machines, 200 - first);
+        assert_eq!(o.states[&MachineState::UpToDate], first);
+        assert_eq!(o.states[&MachineState::Behind], 200 - first);
+        assert_eq!(o.states[&MachineState::Failed], 0);
+    }
+
+    #[test]
+    fn an_advised_release_lists_the_machines_still_running_it() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let release = |ver: &str, advised: bool| ReleaseRecord {
+            channel: "stable".into(),
+            version: v(ver),
+            envelope: String::new(),
+            manifest: String::new(),
+            published_at: now,
+            advisory: advised.then(|| AdvisoryMark {
+                id: "CVE-2026-1".into(),
+                summary: "bad".into(),
+                marked_at: now,
+            }),
+            floor: false,
+        };
+        let records = [release("1.0.0", true), release("2.0.0", false)];
+        let channels = [channel("stable", "2.0.0", rollout::immediate(), now)];
+        let rows = rows(
+            vec![
+                machine("a", "stable", "1.0.0", now),
+                machine("b", "stable", "2.0.0", now),
+                machine("c", "other", "1.0.0", now),
+            ],
+            &channels,
+            now,
+        );
+        let out = releases(&records, &channels, &rows);
+        assert_eq!(out[0].version, v("2.0.0"));
+        assert!(out[0].target);
+        assert!(out[0].advised_machines.is_empty());
+        assert_eq!(out[1].running, 1);
+        assert_eq!(out[1].advised_machines, ["a"]);
+    }
+}

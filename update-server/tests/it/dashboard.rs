@@ -1,0 +1,299 @@
+//! The dashboard against a real server with seeded machines: the JSON API behind every view,
+//! the HTML pages without JavaScript, Server-Sent Events, and a real headless Chromium that
+//! filters the table, opens a timeline and sees a new event arrive without a reload.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{Backend, TestServer};
+use crate::webdriver::Browser;
+
+/// 12 machines: 6 on stable 2.0.0 (the target), 3 on stable 1.0.0 (advised), 2 on beta
+/// 1.0.0, and `m-broken` on stable 1.0.0 whose update was rolled back.
+async fn seeded() -> TestServer {
+    let s = TestServer::start(Backend::Sqlite).await;
+    s.publish("stable", "1.0.0").await;
+    s.publish("stable", "2.0.0").await;
+    s.publish("beta", "1.0.0").await;
+    s.promote("stable", "2.0.0", json!([{"after": "0s", "fraction": 1.0}]))
+        .await;
+    let (st, b) = s
+        .admin(
+            Method::PUT,
+            "/channels/stable/releases/1.0.0/advisory",
+            Some(
+                json!({"id": "CVE-2026-0001", "summary": "remote root in the <b>frobnicator</b>"}),
+            ),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "{b}");
+    for i in 0..6 {
+        s.check(&format!("m-new-{i}"), "stable", "2.0.0").await;
+    }
+    for i in 0..3 {
+        s.check(&format!("m-old-{i}"), "stable", "1.0.0").await;
+    }
+    for i in 0..2 {
+        s.check(&format!("m-beta-{i}"), "beta", "1.0.0").await;
+    }
+    s.check("m-broken", "stable", "1.0.0").await;
+    for (event, detail) in [
+        ("downloading", ""),
+        ("staged", "slot B"),
+        ("booted", "slot B on trial"),
+        (
+            "rolled-back",
+            "health check failed: <script>alert(1)</script>",
+        ),
+    ] {
+        event_of(&s, "m-broken", "2.0.0", event, detail).await;
+    }
+    s
+}
+
+async fn event_of(s: &TestServer, machine: &str, version: &str, event: &str, detail: &str) {
+    let (st, b) = s
+        .post_raw(
+            "/v1/events",
+            json!({"machineId": machine, "version": version, "event": event, "detail": detail})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK, "event: {b}");
+}
+
+async fn get(s: &TestServer, path: &str) -> (StatusCode, String) {
+    let r = s
+        .client
+        .get(format!("{}{path}", s.url))
+        .send()
+        .await
+        .unwrap();
+    (r.status(), r.text().await.unwrap())
+}
+
+async fn get_json(s: &TestServer, path: &str) -> Value {
+    let (st, body) = get(s, path).await;
+    assert_eq!(st, StatusCode::OK, "{path}: {body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test]
+async fn the_json_api_counts_filters_and_shows_timelines() {
+    let s = seeded().await;
+    let o = get_json(&s, "/api/overview").await;
+    assert_eq!(o["machines"], 12);
+    assert_eq!(o["states"]["up-to-date"], 6, "{o}");
+    assert_eq!(o["states"]["behind"], 3, "{o}");
+    assert_eq!(o["states"]["failed"], 1, "{o}");
+    assert_eq!(o["states"]["no-target"], 2, "{o}");
+    let stable = o["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "stable")
+        .unwrap();
+    assert_eq!(stable["target"], "2.0.0");
+    assert_eq!(stable["machines"], 10);
+    assert_eq!(stable["updated"], 6);
+    assert_eq!(
+        stable["versions"],
+        json!([{"version": "2.0.0", "machines": 6}, {"version": "1.0.0", "machines": 4}])
+    );
+    assert_eq!(stable["waves"][0]["open"], true);
+    assert_eq!(stable["waves"][0]["machines"], 10);
+    assert_eq!(stable["waves"][0]["updated"], 6);
+
+    let failed = get_json(&s, "/api/machines?state=failed").await;
+    assert_eq!(failed.as_array().unwrap().len(), 1, "{failed}");
+    assert_eq!(failed[0]["id"], "m-broken");
+    assert!(
+        failed[0]["lastError"]
+            .as_str()
+            .unwrap()
+            .contains("health check failed")
+    );
+    let beta_old = get_json(&s, "/api/machines?channel=beta&version=1.0.0&q=BETA-1").await;
+    assert_eq!(beta_old.as_array().unwrap().len(), 1, "{beta_old}");
+    let (st, body) = get(&s, "/api/machines?state=on-fire").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(body.contains("unknown state"), "{body}");
+
+    let m = get_json(&s, "/api/machines/m-broken").await;
+    let kinds: Vec<&str> = m["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["rolled-back", "booted", "staged", "downloading"]);
+    let (st, _) = get(&s, "/api/machines/nobody").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    let releases = get_json(&s, "/api/releases").await;
+    let advised = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["channel"] == "stable" && r["version"] == "1.0.0")
+        .unwrap();
+    assert_eq!(advised["advisory"]["id"], "CVE-2026-0001");
+    assert_eq!(advised["running"], 4);
+    assert_eq!(advised["advisedMachines"].as_array().unwrap().len(), 4);
+}
+
+#[tokio::test]
+async fn the_pages_render_without_javascript_and_escape_what_machines_send() {
+    let s = seeded().await;
+    let (st, home) = get(&s, "/").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(home.contains("id=\"count-machines\">12<"), "{home}");
+    assert!(home.contains("id=\"count-failed\">1<"));
+    let (_, table) = get(&s, "/machines?state=behind").await;
+    assert!(table.contains("data-matching=\"3\""), "{table}");
+    assert!(table.contains("m-old-2") && !table.contains("m-new-0"));
+    let (_, machine) = get(&s, "/machines/m-broken").await;
+    assert!(machine.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+    assert!(!machine.contains("<script>alert(1)"));
+    let (_, releases) = get(&s, "/releases").await;
+    assert!(releases.contains("class=\"advised-running\""));
+    assert!(releases.contains("&lt;b&gt;frobnicator&lt;/b&gt;"));
+    let (st, missing) = get(&s, "/machines/nobody").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert!(missing.contains("No machine"));
+    let (st, bad) = get(&s, "/machines?state=on-fire").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(bad.contains("unknown state"));
+    // The live script asks for the body only.
+    let fragment = s
+        .client
+        .get(format!("{}/machines", s.url))
+        .header("x-slipway-fragment", "1")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(fragment.starts_with("<h1>Machines</h1>"), "{fragment}");
+    for asset in ["/assets/dashboard.css", "/assets/dashboard.js"] {
+        let (st, body) = get(&s, asset).await;
+        assert_eq!(st, StatusCode::OK);
+        assert!(body.len() > 500, "{asset}");
+    }
+}
+
+#[tokio::test]
+async fn operators_report_their_cluster_with_an_admin_token() {
+    let s = seeded().await;
+    let report = json!({
+        "cluster": "prod-eu",
+        "at": "2026-06-01T00:00:00Z",
+        "policies": [{"name": "workers", "channel": "stable", "targetVersion": "2.0.0",
+            "haltedSince": "2026-06-01T00:00:00Z", "failedNodes": ["node-3"], "nodes": 3,
+            "updated": 1, "unavailable": 0, "maxUnavailable": 1,
+            "nextWindow": "2026-06-01T02:00:00Z"}],
+        "nodes": [{"name": "node-3", "policy": "workers", "phase": "Failed",
+            "currentVersion": "1.0.0", "targetVersion": "2.0.0",
+            "waitingReason": "Halted", "waitingMessage": "the rollout halted after 1 failure",
+            "lastError": "health check failed"}]
+    });
+    let (st, _) = s.post_raw("/v1/admin/cluster", report.to_string()).await;
+    assert_eq!(st, StatusCode::UNAUTHORIZED);
+    let (st, b) = s.admin(Method::POST, "/cluster", Some(report)).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{b}");
+    let clusters = get_json(&s, "/api/cluster").await;
+    assert_eq!(clusters[0]["cluster"], "prod-eu");
+    assert_eq!(clusters[0]["nodes"][0]["waitingReason"], "Halted");
+    let (_, page) = get(&s, "/cluster").await;
+    assert!(page.contains("data-node=\"node-3\""), "{page}");
+    assert!(page.contains("halted"));
+    assert!(page.contains("1.0.0 → 2.0.0"));
+}
+
+#[tokio::test]
+async fn the_stream_announces_a_new_event() {
+    let s = seeded().await;
+    let resp = s
+        .client
+        .get(format!("{}/api/stream", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut body = resp.bytes_stream();
+    // Nothing changes: nothing is announced.
+    let quiet = tokio::time::timeout(Duration::from_millis(800), body.next()).await;
+    assert!(quiet.is_err(), "announced without a change: {quiet:?}");
+    event_of(&s, "m-old-0", "2.0.0", "downloading", "").await;
+    let got = tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .expect("no change announced within 10 s")
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("event: change"), "{text}");
+}
+
+#[tokio::test]
+async fn a_browser_filters_the_table_opens_a_timeline_and_sees_a_new_event_live() {
+    let s = seeded().await;
+    let b = Browser::start().await;
+    b.goto(&format!("{}/", s.url)).await;
+    assert_eq!(b.text(&b.find("#count-machines").await).await, "12");
+    assert_eq!(b.text(&b.find("#count-failed").await).await, "1");
+    assert_eq!(b.text(&b.find("#count-behind").await).await, "3");
+    b.wait_text("#live-status", "live", Duration::from_secs(10))
+        .await;
+
+    // The machines table: search, then narrow by state.
+    b.click(&b.find("nav a[href='/machines']").await).await;
+    assert_eq!(b.find_all("#machines tbody tr").await.len(), 12);
+    b.send_keys(&b.find("input[name=q]").await, "m-old").await;
+    b.click(&b.find("#machine-filter button").await).await;
+    b.wait_text("#machine-count", "3 of 12", Duration::from_secs(10))
+        .await;
+    assert_eq!(b.find_all("#machines tbody tr").await.len(), 3);
+    assert!(b.url().await.contains("q=m-old"));
+    b.goto(&format!("{}/machines?state=failed", s.url)).await;
+    let rows = b.find_all("#machines tbody tr").await;
+    assert_eq!(rows.len(), 1);
+    assert!(b.text(&rows[0]).await.contains("m-broken"));
+
+    // A machine's timeline.
+    b.click(&b.find("#machines a[href='/machines/m-broken']").await)
+        .await;
+    b.wait_text("h1", "m-broken", Duration::from_secs(10)).await;
+    let before = b.find_all("#timeline li").await.len();
+    assert_eq!(before, 4);
+    let detail = b.text(&b.find("#timeline li").await).await;
+    assert!(detail.contains("<script>alert(1)</script>"), "{detail}");
+
+    // A new event arrives without a reload: a marker set on the page survives.
+    b.execute("window.__slipwayMarker = 'still here'; return null;")
+        .await;
+    b.wait_text("#live-status", "live", Duration::from_secs(10))
+        .await;
+    event_of(&s, "m-broken", "2.0.0", "healthy", "retried by hand").await;
+    b.wait_text("#timeline li", "retried by hand", Duration::from_secs(15))
+        .await;
+    assert_eq!(b.find_all("#timeline li").await.len(), before + 1);
+    assert_eq!(
+        b.execute("return window.__slipwayMarker || null;").await,
+        json!("still here"),
+        "the page was reloaded"
+    );
+    let png = b.screenshot().await;
+    assert_eq!(&png[1..4], b"PNG");
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("machine-timeline.png"), &png).unwrap();
+    b.goto(&format!("{}/", s.url)).await;
+    std::fs::write(out.join("overview.png"), b.screenshot().await).unwrap();
+}
