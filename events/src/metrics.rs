@@ -41,8 +41,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every family in `registry` as `cloudevents_*`.
-    pub fn register(&self, registry: &mut Registry) {
+    /// New families, registered in `registry` as `cloudevents_*`.
+    pub fn registered_in(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        m.register(registry);
+        m
+    }
+
+    fn register(&self, registry: &mut Registry) {
         registry.register(
             "cloudevents_delivered",
             "CloudEvents the sink accepted, by sink",

@@ -2,9 +2,11 @@
 //! cluster-wide, which nodes may drain and reboot now. The decisions live in `plan` and
 //! `windows` (pure); `reconcile` builds the view from reflectors and carries decisions out;
 //! `fleetlock` serves the FleetLock protocol and metrics; `leader` holds the lease; `clock` is
-//! the only module that reads the wall clock.
+//! the only module that reads the wall clock; `cloudevents` decides (purely) which CloudEvents an
+//! evaluation gives rise to.
 
 pub mod clock;
+pub mod cloudevents;
 pub mod fleetlock;
 pub mod leader;
 pub mod metrics;

@@ -13,6 +13,9 @@ use slipway_operator::metrics::Metrics;
 use slipway_operator::reconcile::{Operator, Settings};
 use tracing_subscriber::EnvFilter;
 
+/// How long shutdown keeps delivering queued CloudEvents.
+const CLOUDEVENTS_GRACE: Duration = Duration::from_secs(5);
+
 /// Slipway's cluster operator.
 ///
 /// Uses the in-cluster service account, or KUBECONFIG / ~/.kube/config outside a cluster.
@@ -43,6 +46,18 @@ struct Args {
     /// Log as JSON lines.
     #[arg(long, env = "SLIPWAY_LOG_JSON")]
     log_json: bool,
+    /// Send CloudEvents (HTTP binary mode) to this URL; repeat for several sinks (the variable
+    /// takes a comma-separated list). Only the leader emits.
+    #[arg(
+        long = "cloudevents-sink",
+        value_name = "URL",
+        env = "SLIPWAY_CLOUDEVENTS_SINKS",
+        value_delimiter = ','
+    )]
+    cloudevents_sinks: Vec<url::Url>,
+    /// CloudEvents waiting per sink before new ones are dropped.
+    #[arg(long, env = "SLIPWAY_CLOUDEVENTS_QUEUE", default_value_t = slipway_events::DEFAULT_QUEUE_BOUND)]
+    cloudevents_queue: usize,
 }
 
 #[tokio::main]
@@ -88,6 +103,17 @@ async fn main() -> Result<()> {
         leading
     };
     let metrics = Arc::new(Metrics::new());
+    let cloudevents = slipway_events::Emitter::start(
+        slipway_events::Settings {
+            queue_bound: args.cloudevents_queue,
+            ..slipway_events::Settings::new(
+                format!("/slipway/operator/{}", args.lease_namespace),
+                args.cloudevents_sinks.clone(),
+            )
+        },
+        metrics.cloudevents.clone(),
+    )
+    .context("starting the CloudEvents emitter")?;
     let op = Operator::start(
         client,
         Arc::new(SystemClock),
@@ -95,6 +121,7 @@ async fn main() -> Result<()> {
         Settings {
             resync: Duration::from_secs(args.resync_secs),
             instance: identity.clone(),
+            cloudevents: cloudevents.clone(),
             ..Settings::default()
         },
         leading,
@@ -111,6 +138,7 @@ async fn main() -> Result<()> {
         shutdown_signal(),
     ));
     op.run(shutdown_signal()).await;
+    cloudevents.shutdown(CLOUDEVENTS_GRACE).await;
     server
         .await
         .context("HTTP server task")?

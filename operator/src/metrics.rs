@@ -1,5 +1,6 @@
 //! The operator's metrics (OpenMetrics text on `/metrics`): nodes by phase, waiting nodes by
-//! reason, grants, revocations, halts, reconcile duration and whether this replica leads.
+//! reason, grants, revocations, halts, reconcile duration, whether this replica leads, and the
+//! CloudEvents emitter's delivery counts.
 //! Names: `slipway_operator_<thing>_<unit|total>`.
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -55,6 +56,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// FleetLock requests by operation and result.
     pub fleetlock: Family<FleetLockLabels, Counter>,
+    /// The CloudEvents emitter's (`slipway_operator_cloudevents_*`), by sink.
+    pub cloudevents: slipway_events::Metrics,
 }
 
 impl Default for Metrics {
@@ -112,6 +115,7 @@ impl Metrics {
             "FleetLock requests by operation and result",
             fleetlock.clone(),
         );
+        let cloudevents = slipway_events::Metrics::registered_in(&mut registry);
         Self {
             registry,
             nodes,
@@ -124,6 +128,7 @@ impl Metrics {
             write_errors,
             leader,
             fleetlock,
+            cloudevents,
         }
     }
 

@@ -32,6 +32,7 @@ use tokio::sync::{Mutex, Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::clock::Clock;
+use crate::cloudevents::{self, Written};
 use crate::metrics::{Metrics, PhaseLabels, ReasonLabels};
 use crate::plan::{
     self, ClusterView, Decision, NodePlan, NodeView, Plan, PolicyPlan, PolicyView, RECENT_CYCLES,
@@ -52,6 +53,8 @@ pub struct Settings {
     pub write_concurrency: usize,
     /// This replica's name in Events (e.g. the pod name).
     pub instance: String,
+    /// Where CloudEvents go (the leader emits; the default has no sinks).
+    pub cloudevents: slipway_events::Emitter,
 }
 
 impl Default for Settings {
@@ -61,6 +64,7 @@ impl Default for Settings {
             resync: Duration::from_secs(60),
             write_concurrency: 16,
             instance: MANAGER.to_string(),
+            cloudevents: slipway_events::Emitter::default(),
         }
     }
 }
@@ -97,6 +101,8 @@ struct Memory {
     specs: HashMap<String, NodeUpdateSpec>,
     /// Policy status as the leader last wrote (or found) it, by name, with the policy's uid.
     policies: HashMap<String, (String, RolloutPolicyStatus)>,
+    /// What the leader observed last, so that CloudEvents go out once per transition.
+    seen: cloudevents::Seen,
 }
 
 /// What one evaluation did.
@@ -237,6 +243,34 @@ fn desired_spec(np: &NodePlan) -> NodeUpdateSpec {
         granted_at: np.granted_at.map(Time),
         waiting_reason: np.reason().map(|r| r.code().to_string()),
         waiting_message: np.reason().map(ToString::to_string),
+    }
+}
+
+/// The new grants and halts of `plan` that the leader's memory shows written (a failed write
+/// leaves memory without them).
+fn written(memory: &Memory, plan: &Plan) -> Written {
+    Written {
+        grants: plan
+            .nodes
+            .iter()
+            .filter(|(name, np)| {
+                np.decision == Decision::Grant
+                    && memory.specs.get(*name).is_some_and(|s| s.reboot_granted)
+            })
+            .map(|(name, _)| name.clone())
+            .collect(),
+        halts: plan
+            .policies
+            .iter()
+            .filter(|(name, pp)| {
+                pp.newly_halted
+                    && memory
+                        .policies
+                        .get(*name)
+                        .is_some_and(|(_, s)| s.halt.is_some())
+            })
+            .map(|(name, _)| name.clone())
+            .collect(),
     }
 }
 
@@ -738,7 +772,18 @@ impl Operator {
         }
         let (o, f) = self.execute(&mut memory, rest).await;
         (ok, failed) = (ok + o, failed + f);
+        // After the writes, so that only grants and halts the API server accepted are reported.
+        let cloud_events = if self.settings.cloudevents.is_enabled() {
+            let written = written(&memory, &plan);
+            cloudevents::observe(&mut memory.seen, &view, &plan, &written, now)
+        } else {
+            Vec::new()
+        };
         drop(memory);
+        // Never waits: a slow or dead sink cannot hold the rollout up.
+        for event in cloud_events {
+            self.settings.cloudevents.emit(event);
+        }
         self.publish_events(&view, &plan).await;
         self.record_metrics(&view, &plan);
         self.metrics

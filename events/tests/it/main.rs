@@ -161,7 +161,8 @@ fn seqs(received: &[Received]) -> Vec<u64> {
 async fn a_sink_receives_every_required_attribute_with_unique_ids_and_intact_data() {
     let sink = Sink::default();
     let url = sink.start().await;
-    let metrics = Metrics::default();
+    let mut registry = prometheus_client::registry::Registry::with_prefix("slipway_test");
+    let metrics = Metrics::registered_in(&mut registry);
     let emitter = Emitter::start(settings(vec![url.clone()], 1000), metrics.clone()).unwrap();
     let events: Vec<Event> = (0..50).map(event).collect();
     for e in &events {
@@ -196,8 +197,6 @@ async fn a_sink_receives_every_required_attribute_with_unique_ids_and_intact_dat
     assert_eq!(metrics.queue_depth_of(&name), 0);
     assert_eq!(metrics.retries_at(&name), 0);
     // The metrics render under the embedding registry's prefix.
-    let mut registry = prometheus_client::registry::Registry::with_prefix("slipway_test");
-    metrics.register(&mut registry);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
     assert!(

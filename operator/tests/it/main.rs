@@ -20,6 +20,7 @@ use slipway_operator::reconcile::{Operator, Settings};
 use slipway_testkit::{ChangeOp, TestCluster};
 use tokio::sync::watch;
 
+mod cloudevents;
 mod fleetlock;
 mod manifests;
 
