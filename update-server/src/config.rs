@@ -54,6 +54,22 @@ pub struct Settings {
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SLIPWAY_LOG_JSON")]
     pub log_json: bool,
+    /// Send CloudEvents (HTTP binary mode) to this URL; repeat for several sinks (the variable
+    /// takes a comma-separated list).
+    #[arg(
+        long = "cloudevents-sink",
+        value_name = "URL",
+        env = "SLIPWAY_CLOUDEVENTS_SINKS",
+        value_delimiter = ','
+    )]
+    pub cloudevents_sinks: Vec<url::Url>,
+    /// CloudEvents waiting per sink before new ones are dropped.
+    #[arg(long, env = "SLIPWAY_CLOUDEVENTS_QUEUE", default_value_t = slipway_events::DEFAULT_QUEUE_BOUND)]
+    pub cloudevents_queue: usize,
+    /// The URL machines and admins reach this server at; the CloudEvents `source`
+    /// [default: /slipway/server].
+    #[arg(long, env = "SLIPWAY_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
 }
 
 impl Settings {

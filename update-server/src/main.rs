@@ -70,12 +70,30 @@ async fn main() -> Result<()> {
         refresh: settings.refresh,
     })
     .await?;
+    let cloudevents = slipway_events::Emitter::start(
+        slipway_events::Settings {
+            queue_bound: settings.cloudevents_queue,
+            ..slipway_events::Settings::new(
+                settings
+                    .public_url
+                    .as_ref()
+                    .map_or_else(|| "/slipway/server".to_string(), ToString::to_string),
+                settings.cloudevents_sinks.clone(),
+            )
+        },
+        state.metrics().cloudevents.clone(),
+    )
+    .context("starting the CloudEvents emitter")?;
+    state.set_cloudevents(cloudevents.clone());
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, backend = store.backend(), data_dir = %settings.data_dir.display(), "listening on http://{addr}");
     slipway_server::serve(listener, state, shutdown_signal()).await?;
+    cloudevents
+        .shutdown(std::time::Duration::from_secs(5))
+        .await;
     Ok(())
 }
 

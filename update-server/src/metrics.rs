@@ -63,6 +63,8 @@ pub struct Metrics {
     pub payload_bytes: Counter,
     /// Request latency by route, method and code.
     pub requests: Family<RequestLabels, Histogram, HistogramCtor>,
+    /// The CloudEvents emitter's (`slipway_server_cloudevents_*`), by sink.
+    pub cloudevents: slipway_events::Metrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -105,6 +107,7 @@ impl Default for Metrics {
             Unit::Seconds,
             requests.clone(),
         );
+        let cloudevents = slipway_events::Metrics::registered_in(&mut registry);
         Self {
             registry,
             checks,
@@ -112,6 +115,7 @@ impl Default for Metrics {
             events,
             payload_bytes,
             requests,
+            cloudevents,
         }
     }
 }

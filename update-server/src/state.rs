@@ -132,6 +132,8 @@ pub(crate) struct Inner {
     /// The newest report of each cluster's operator, by cluster name (kept in memory; operators
     /// send theirs again every few seconds).
     pub clusters: RwLock<std::collections::BTreeMap<String, slipway_api::wire::ClusterReport>>,
+    /// Where admin changes are announced as CloudEvents (set once at start-up; unset: nowhere).
+    pub cloudevents: std::sync::OnceLock<slipway_events::Emitter>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -160,6 +162,7 @@ impl AppState {
             admin: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(0),
             clusters: RwLock::default(),
+            cloudevents: std::sync::OnceLock::new(),
         }));
         state.reload().await?;
         Ok(state)
@@ -173,6 +176,19 @@ impl AppState {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// Sends admin changes (releases published, advisories set) to `emitter` from now on.
+    /// Only the first call takes effect; returns whether this one did.
+    pub fn set_cloudevents(&self, emitter: slipway_events::Emitter) -> bool {
+        self.0.cloudevents.set(emitter).is_ok()
+    }
+
+    /// Emits `event` if CloudEvents are configured (never waits).
+    pub fn emit(&self, event: slipway_events::Event) {
+        if let Some(e) = self.0.cloudevents.get() {
+            e.emit(event);
+        }
     }
 
     /// Notes that something the dashboard shows changed.

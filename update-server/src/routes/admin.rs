@@ -272,6 +272,19 @@ pub async fn publish(
     };
     state.reload().await?;
     tracing::info!(channel = %record.channel, version = %record.version, created, "release published");
+    if created {
+        state.emit(slipway_events::Event::new(
+            slipway_events::EventType::ReleasePublished,
+            record.version.to_string(),
+            now,
+            serde_json::json!({
+                "channel": record.channel,
+                "version": record.version.to_string(),
+                "publishedAt": now.to_string(),
+                "expires": manifest.expires.to_string(),
+            }),
+        ));
+    }
     Ok(json_response(
         if created {
             StatusCode::CREATED
@@ -611,7 +624,20 @@ pub async fn set_advisory(
         marked_at: state.0.clock.now(),
     };
     release_change(&state, path, async |s, c, v| {
-        Ok(s.store().set_advisory(c, v, Some(&mark)).await?)
+        let found = s.store().set_advisory(c, v, Some(&mark)).await?;
+        if found {
+            s.emit(slipway_events::Event::new(
+                slipway_events::EventType::ReleaseAdvised,
+                v.to_string(),
+                mark.marked_at,
+                serde_json::json!({
+                    "channel": c,
+                    "version": v.to_string(),
+                    "advisory": {"id": mark.id, "summary": mark.summary},
+                }),
+            ));
+        }
+        Ok(found)
     })
     .await
 }

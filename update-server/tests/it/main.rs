@@ -3,6 +3,7 @@
 
 mod cli;
 mod cli_admin;
+mod cloudevents;
 mod dashboard;
 mod harness;
 mod http;
