@@ -12,4 +12,5 @@ pub mod leader;
 pub mod metrics;
 pub mod plan;
 pub mod reconcile;
+pub mod report;
 pub mod windows;

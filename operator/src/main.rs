@@ -58,6 +58,21 @@ struct Args {
     /// CloudEvents waiting per sink before new ones are dropped.
     #[arg(long, env = "SLIPWAY_CLOUDEVENTS_QUEUE", default_value_t = slipway_events::DEFAULT_QUEUE_BOUND)]
     cloudevents_queue: usize,
+    /// The update server whose dashboard shows this cluster (policies, nodes, phases, waiting
+    /// reasons); the leader reports to it. Needs --server-token-file.
+    #[arg(
+        long,
+        env = "SLIPWAY_SERVER_URL",
+        value_name = "URL",
+        requires = "server_token_file"
+    )]
+    server_url: Option<url::Url>,
+    /// File holding an admin token of that server.
+    #[arg(long, env = "SLIPWAY_SERVER_TOKEN_FILE", value_name = "PATH")]
+    server_token_file: Option<std::path::PathBuf>,
+    /// This cluster's name on the dashboard.
+    #[arg(long, env = "SLIPWAY_CLUSTER_NAME", default_value = "default")]
+    cluster_name: String,
 }
 
 #[tokio::main]
@@ -132,6 +147,27 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("binding {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, %identity, "serving FleetLock and metrics");
+    if let Some(url) = &args.server_url {
+        let path = args
+            .server_token_file
+            .as_ref()
+            .context("--server-url needs --server-token-file")?;
+        let token = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the server token from {}", path.display()))?
+            .trim()
+            .to_owned();
+        anyhow::ensure!(!token.is_empty(), "{} is empty", path.display());
+        let reporter =
+            slipway_operator::report::Reporter::new(slipway_operator::report::ReportSettings {
+                server: url.clone(),
+                token,
+                cluster: args.cluster_name.clone(),
+                interval: Duration::from_secs(2),
+                refresh: Duration::from_secs(60),
+            });
+        tracing::info!(server = %url, cluster = %args.cluster_name, "reporting the cluster to the update server");
+        tokio::spawn(reporter.run(op.clone(), shutdown_signal()));
+    }
     let server = tokio::spawn(slipway_operator::fleetlock::serve(
         listener,
         op.clone(),

@@ -607,6 +607,12 @@ impl Operator {
         *self.leader.borrow()
     }
 
+    /// The cluster as the planner sees it now (caches and the leader's memory).
+    pub async fn cluster_view(&self) -> ClusterView {
+        let memory = self.memory.lock().await;
+        self.view(&memory)
+    }
+
     /// Asks for an evaluation soon.
     pub fn trigger(&self) {
         self.trigger.notify_one();

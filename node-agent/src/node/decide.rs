@@ -40,7 +40,7 @@ pub enum Action {
     Reboot,
     /// Run the health check for the trial boot.
     CheckHealth,
-    /// Health passed: `MarkGood` on the engine, then uncordon.
+    /// Health passed: `MarkGood` on the engine, then uncordon, before reporting Healthy.
     MarkGood,
     /// Health failed: `Rollback(reason)` on the engine, then reboot into the old slot.
     Rollback(String),

@@ -302,10 +302,15 @@ impl Runner {
             }
             Action::MarkGood => {
                 self.engine.mark_good().await.map_err(bus_err("MarkGood"))?;
+                // Uncordon before the report that says Healthy: the operator frees the grant
+                // when it reads Healthy, and a node still cordoned then would be unavailable
+                // beside the next node's drain (two at once under maxUnavailable 1).
+                drain::uncordon_if_ours(&self.client, &self.node).await?;
+                self.local.drained = false;
                 self.local.healthy_version =
                     Some(engine.staged_version.clone()).filter(|v| !v.is_empty());
                 self.local.error = None;
-                info!(node = %self.node, "trial boot healthy; marked good");
+                info!(node = %self.node, "trial boot healthy; marked good and uncordoned");
             }
             Action::Rollback(reason) => {
                 warn!(node = %self.node, %reason, "trial boot unhealthy; rolling back");
