@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help setup test demo vm-test generate lint bench
+.PHONY: help setup test demo tour vm-test generate lint bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -13,11 +13,15 @@ setup: ## Install what the build and tests need (Debian packages; idempotent)
 test: setup ## Run every test (unit, integration, CLI end to end, D-Bus, QEMU scenarios)
 	@scripts/test.sh
 
-demo: setup ## Run the demo (today: the signing tour; the QEMU fleet rollout comes with issue 9)
+demo: setup ## The demo: a rolling OS update across QEMU nodes, live, with the dashboard (DEMO_ARGS="--nodes 5 --keep")
+	$(CARGO) build --locked -p slipway-agent -p slipway-server -p slipway-operator -p slipway-vm-tests --bins
+	$(CARGO) run -q --locked -p slipway-vm-tests --bin slipway-demo -- $(DEMO_ARGS)
+
+tour: setup ## A tour of the trust core and the slipway CLI: keys, a 2-of-3 root, signing, a tampered payload refused
 	@scripts/demo.sh
 
 vm-test: setup ## Boot QEMU nodes (TCG): update, fallback, power loss mid-write, tampered payload, runtime image
-	$(CARGO) build --locked -p slipway-agent -p slipway-server --bins
+	$(CARGO) build --locked -p slipway-agent -p slipway-server -p slipway-operator --bins
 	$(CARGO) test --locked -p slipway-vm-tests -- --nocapture --test-threads=1
 
 generate: ## Regenerate checked-in files: manifests/crds from the Rust CRD types, and the Helm chart's copy

@@ -119,7 +119,7 @@ fakeroot -i "$FR" -s "$FR" -- bash -euo pipefail -c '
   # (tcflush TCIOFLUSH), which dropped a marker line the harness waits for. systemd-getty-generator
   # would add one for console=ttyS0 by itself, hence the mask rather than just not enabling it.
   ln -sf /dev/null "$TREE/etc/systemd/system/serial-getty@ttyS0.service"
-  for u in slipway-engine slipway-vm-node slipway-vm-setup slipway-vm-runtime; do
+  for u in slipway-engine slipway-vm-node slipway-vm-setup slipway-vm-runtime slipway-node; do
     mkdir -p "$TREE/etc/systemd/system/multi-user.target.wants"
     ln -sf "/etc/systemd/system/$u.service" "$TREE/etc/systemd/system/multi-user.target.wants/$u.service"
   done

@@ -5,6 +5,7 @@
 //! and the real update server and CLI (`server`).
 //! The scenarios live in `tests/it`.
 
+pub mod fleet;
 pub mod image;
 pub mod qemu;
 pub mod server;

@@ -23,6 +23,10 @@ pub struct Node {
     child: Option<Child>,
     /// Boots so far (QEMU processes started).
     pub boots: u32,
+    /// Set for fleet nodes: the Kubernetes API (stand-in) port on the host and the Node name.
+    cluster: Option<(u16, String)>,
+    /// Virtual CPUs (TCG runs one host thread per vCPU).
+    cpus: u32,
     seen: u64,
     started: Instant,
 }
@@ -51,9 +55,26 @@ impl Node {
             server_port,
             child: None,
             boots: 0,
+            cluster: None,
+            cpus: 2,
             seen: 0,
             started: Instant::now(),
         })
+    }
+
+    /// Makes this a cluster node: the guest's `10.0.2.101:80` reaches the Kubernetes API on
+    /// the host's `api_port`, and the guest learns its Node name through fw_cfg, which starts
+    /// the real node agent (`slipway-agent node`) in place of the test stand-in. One vCPU: a
+    /// fleet of TCG guests shares the host's cores.
+    pub fn in_cluster(mut self, api_port: u16, node_name: &str) -> Self {
+        self.cluster = Some((api_port, node_name.to_owned()));
+        self.cpus = 1;
+        self
+    }
+
+    /// The Node name of a cluster node.
+    pub fn node_name(&self) -> Option<&str> {
+        self.cluster.as_ref().map(|(_, n)| n.as_str())
     }
 
     fn serial(&self) -> PathBuf {
@@ -70,7 +91,8 @@ impl Node {
         let _ = std::fs::remove_file(self.qmp());
         let serial = self.serial();
         let child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-cpu", "max", "-smp", "2", "-m", "768"])
+            .args(["-accel", "tcg", "-cpu", "max", "-m", "768"])
+            .args(["-smp", &self.cpus.to_string()])
             .args(["-nographic", "-no-reboot", "-monitor", "none"])
             .arg("-drive")
             .arg(format!(
@@ -86,10 +108,21 @@ impl Node {
             .arg("name=opt/slipway/server,string=http://10.0.2.100/")
             .arg("-fw_cfg")
             .arg(format!("name=opt/slipway/machine-id,string={}", self.machine_id))
+            .args(self.cluster.iter().flat_map(|(_, name)| {
+                [
+                    "-fw_cfg".to_owned(),
+                    "name=opt/slipway/kube-server,string=http://10.0.2.101/".to_owned(),
+                    "-fw_cfg".to_owned(),
+                    format!("name=opt/slipway/node-name,string={name}"),
+                ]
+            }))
             .arg("-netdev")
             .arg(format!(
-                "user,id=n0,ipv6=off,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:{}",
-                self.server_port
+                "user,id=n0,ipv6=off,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:{}{}",
+                self.server_port,
+                self.cluster.as_ref().map_or(String::new(), |(api, _)| format!(
+                    ",guestfwd=tcp:10.0.2.101:80-cmd:socat - TCP:127.0.0.1:{api}"
+                ))
             ))
             .args(["-device", "virtio-net-pci,netdev=n0"])
             .stdin(Stdio::null())
@@ -141,6 +174,28 @@ impl Node {
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Every complete serial line since the last call (or match), restarting QEMU first if the
+    /// guest rebooted. For harnesses that watch several nodes at once.
+    pub fn poll(&mut self) -> Result<Vec<String>> {
+        if !self.running() {
+            self.power_on()?;
+        }
+        let mut f = std::fs::File::open(self.serial())?;
+        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(self.seen))?;
+        let mut reader = BufReader::new(f);
+        let mut out = Vec::new();
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader.read_until(b'\n', &mut line)?;
+            if n == 0 || line.last() != Some(&b'\n') {
+                return Ok(out);
+            }
+            self.seen += n as u64;
+            out.push(String::from_utf8_lossy(&line).trim_end().to_owned());
         }
     }
 

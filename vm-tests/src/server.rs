@@ -73,7 +73,8 @@ pub struct Server {
     pub port: u16,
     /// Its data directory.
     pub data: PathBuf,
-    token_file: PathBuf,
+    /// The file holding its admin token.
+    pub token_file: PathBuf,
     log: PathBuf,
 }
 

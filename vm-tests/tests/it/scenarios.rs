@@ -11,11 +11,11 @@ use slipway_vm_tests::server::Server;
 use slipway_vm_tests::throttle::Throttle;
 
 /// Scenarios run one at a time: two TCG guests at once would starve each other.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+pub(crate) static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const BOOT: Duration = Duration::from_secs(180);
 
-fn images() -> Images {
+pub(crate) fn images() -> Images {
     let t = Instant::now();
     let images = image::build().expect("building node images");
     eprintln!(

@@ -1,0 +1,260 @@
+//! `slipway-demo`: a rolling OS update across QEMU nodes, the way a cluster admin meets
+//! Slipway. Starts the update server, a Kubernetes API (the test kit's STAND-IN for
+//! kube-apiserver), the operator and N QEMU nodes running the engine and the node agent;
+//! publishes 2.0.0, applies a RolloutPolicy and shows the rollout live, with the dashboard URL.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use slipway_api::crd::{GoDuration, HealthCheckSpec, RolloutPolicySpec};
+use slipway_vm_tests::fleet::{
+    CHANNEL, Efficiency, Fleet, FleetOptions, NodeView, POOL, POOL_LABEL, window_at,
+};
+
+/// A rolling OS update across QEMU nodes (software emulation; a few minutes).
+#[derive(Debug, Parser)]
+#[command(name = "slipway-demo", version, about)]
+struct Args {
+    /// Number of QEMU nodes (each needs about 800 MiB of memory and a share of the CPU).
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Keep everything running after the rollout, to explore the dashboard; Ctrl-C ends it.
+    #[arg(long)]
+    keep: bool,
+    /// A RolloutPolicy (YAML: a whole object or just its spec) instead of the default one
+    /// (maxUnavailable 1, a reboot window opening at the next whole minute, health check).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Give up after this many minutes.
+    #[arg(long, default_value_t = 30)]
+    timeout_mins: u64,
+}
+
+fn default_policy(window_start: Timestamp) -> RolloutPolicySpec {
+    RolloutPolicySpec {
+        node_selector: LabelSelector {
+            match_labels: Some(BTreeMap::from([(POOL_LABEL.into(), POOL.into())])),
+            ..Default::default()
+        },
+        channel: CHANNEL.into(),
+        version: Some("2.0.0".into()),
+        max_unavailable: IntOrString::Int(1),
+        windows: vec![window_at(window_start, 120)],
+        drain: Default::default(),
+        halt_after_failures: 1,
+        health_check: HealthCheckSpec {
+            command: vec!["/usr/lib/slipway/health-check".into()],
+            node_ready: true,
+            timeout: GoDuration::from_secs(120),
+            ..Default::default()
+        },
+        paused: false,
+    }
+}
+
+fn read_policy(path: &PathBuf) -> Result<RolloutPolicySpec> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let value: serde_json::Value =
+        serde_saphyr::from_str(&text).with_context(|| format!("{} is not YAML", path.display()))?;
+    let spec = match value.get("spec") {
+        Some(s) if value.get("kind").is_some() => s.clone(),
+        _ => value,
+    };
+    serde_json::from_value(spec)
+        .with_context(|| format!("{} is not a RolloutPolicy spec", path.display()))
+}
+
+fn line(t: f64, v: &NodeView) -> String {
+    let phase = v
+        .phase
+        .map_or("(no NodeUpdate yet)".to_owned(), |p| p.as_str().to_owned());
+    let version = match (&v.current, &v.target) {
+        (Some(c), Some(t)) if c != t => format!("{c} → {t}"),
+        (Some(c), _) => c.clone(),
+        (None, Some(t)) => format!("? → {t}"),
+        (None, None) => "?".into(),
+    };
+    let mut notes = Vec::new();
+    if v.granted {
+        notes.push("granted".to_owned());
+    }
+    if v.cordoned {
+        notes.push("cordoned".to_owned());
+    }
+    if !v.ready {
+        notes.push("NotReady".to_owned());
+    }
+    if let Some(w) = &v.waiting {
+        notes.push(format!("waiting: {w}"));
+    }
+    if let Some(e) = &v.last_error {
+        notes.push(format!("error: {e}"));
+    }
+    if let Some(b) = &v.booted {
+        notes.push(format!("booted slot {b}"));
+    }
+    format!(
+        "[{:>4}:{:02}] {:<8} {:<12} {:<16} {}",
+        (t as u64) / 60,
+        (t as u64) % 60,
+        v.name,
+        phase,
+        version,
+        notes.join(", ")
+    )
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
+    let custom = args.policy.as_ref().map(read_policy).transpose()?;
+    let started = Instant::now();
+    println!(
+        "Slipway demo: a rolling OS update across {} QEMU nodes (TCG software emulation)",
+        args.nodes
+    );
+    println!("  building (or reusing) the node images…");
+    let images = slipway_vm_tests::image::build().context("building the node images")?;
+    println!(
+        "  images ready in {:.0} s ({})",
+        started.elapsed().as_secs_f64(),
+        if images.build_secs > 0.0 {
+            "built"
+        } else {
+            "cached"
+        }
+    );
+    let mut fleet = Fleet::start(
+        &FleetOptions {
+            nodes: args.nodes,
+            dir: None,
+        },
+        images,
+    )?;
+    println!();
+    println!("  update server + dashboard  {}", fleet.server.url);
+    println!(
+        "  Kubernetes API             {}  (STAND-IN: the test kit's in-process API server, because no kube-apiserver can be installed here; the same operator and agents run against a real cluster with a kubeconfig)",
+        fleet.cluster.url()
+    );
+    println!(
+        "  slipway-operator           {}/metrics",
+        fleet.operator_url
+    );
+    println!("  files and logs             {}", fleet.dir.display());
+    println!();
+    let window_start = Timestamp::from_second(
+        (Timestamp::now() + SignedDuration::from_secs(45)).as_second() / 60 * 60 + 60,
+    )?;
+    let spec = match custom {
+        Some(s) => s,
+        None => default_policy(window_start),
+    };
+    let target = spec.version.clone().unwrap_or_else(|| "2.0.0".into());
+    fleet.release("2.0.0").context("publishing 2.0.0")?;
+    println!("  published 2.0.0 on channel {CHANNEL} (signed with the slipway CLI)");
+    fleet.apply_policy("demo", spec.clone())?;
+    println!(
+        "  applied RolloutPolicy demo: maxUnavailable {}, windows {}",
+        match &spec.max_unavailable {
+            IntOrString::Int(i) => i.to_string(),
+            IntOrString::String(s) => s.clone(),
+        },
+        if spec.windows.is_empty() {
+            "none (always open)".to_owned()
+        } else {
+            spec.windows
+                .iter()
+                .map(|w| format!("\"{}\" for {} ({})", w.schedule, w.duration, w.time_zone))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    println!("  nodes boot, download and stage 2.0.0, then wait for the window and their turn:");
+    println!();
+    let mut finished: BTreeMap<String, Timestamp> = BTreeMap::new();
+    let mut last_summary = Instant::now();
+    let result = fleet.wait_until(
+        &format!("every node on {target}"),
+        Duration::from_secs(args.timeout_mins * 60),
+        |vs| vs.iter().all(|v| v.done_on(&target)),
+        |t, before, after| {
+            for v in after {
+                if !before.contains(v) {
+                    println!("{}", line(t, v));
+                }
+                if v.done_on(&target) {
+                    finished
+                        .entry(v.name.clone())
+                        .or_insert_with(Timestamp::now);
+                }
+            }
+            if last_summary.elapsed() > Duration::from_secs(30) {
+                last_summary = Instant::now();
+                let done = after.iter().filter(|v| v.done_on(&target)).count();
+                println!("          ── {done}/{} nodes on {target}", after.len());
+            }
+        },
+    );
+    println!();
+    match &result {
+        Ok(_) => println!(
+            "Rollout complete in {:.0} s.",
+            started.elapsed().as_secs_f64()
+        ),
+        Err(e) => println!("The rollout did not complete: {e:#}"),
+    }
+    let (worst, _) = fleet.max_unavailable_seen();
+    println!("  most nodes unavailable at once: {worst}");
+    let mut grants = BTreeMap::new();
+    for (_, nu) in fleet
+        .cluster
+        .state()
+        .history_of::<slipway_api::crd::NodeUpdate>()
+    {
+        if let (Some(n), Some(at)) = (nu.metadata.name.clone(), nu.spec.granted_at) {
+            grants.entry(n).or_insert(at.0);
+        }
+    }
+    let k = match &spec.max_unavailable {
+        IntOrString::Int(i) => (*i).max(1) as usize,
+        IntOrString::String(_) => 1,
+    };
+    if let Some(eff) = Efficiency::compute(&grants, &finished, k) {
+        for (node, secs) in &eff.cycles {
+            println!("  {node}: grant → Ready on {target} in {secs:.0} s");
+        }
+        println!(
+            "  rollout {:.0} s; ideal ceil({}/{k}) × median cycle = {:.0} s; overhead {:+.0}%",
+            eff.rollout,
+            eff.cycles.len(),
+            eff.ideal,
+            eff.overhead() * 100.0
+        );
+    }
+    println!(
+        "  dashboard: {}  (cluster view: {}cluster)",
+        fleet.server.url, fleet.server.url
+    );
+    if args.keep {
+        println!();
+        println!("Everything keeps running (--keep). Press Ctrl-C to stop.");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(tokio::signal::ctrl_c())?;
+    }
+    println!("Stopping the nodes, the operator and the server…");
+    fleet.shutdown()?;
+    println!("Done; nothing is left running.");
+    result.map(|_| ())
+}

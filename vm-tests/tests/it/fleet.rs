@@ -1,0 +1,235 @@
+//! End to end: three QEMU nodes, the real operator, node agents, engines and update server; a
+//! rolling update inside a reboot window with maxUnavailable 1, then a bad release that halts.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use slipway_api::crd::{GoDuration, HealthCheckSpec, RolloutPolicySpec};
+use slipway_vm_tests::fleet::{
+    CHANNEL, Efficiency, Fleet, FleetOptions, NodeView, POOL, POOL_LABEL, window_at,
+};
+
+use crate::scenarios::{ONE_AT_A_TIME, images};
+
+fn policy(version: &str, window_start: Timestamp) -> RolloutPolicySpec {
+    RolloutPolicySpec {
+        node_selector: LabelSelector {
+            match_labels: Some(BTreeMap::from([(POOL_LABEL.into(), POOL.into())])),
+            ..Default::default()
+        },
+        channel: CHANNEL.into(),
+        version: Some(version.into()),
+        max_unavailable: IntOrString::Int(1),
+        windows: vec![window_at(window_start, 60)],
+        drain: Default::default(),
+        halt_after_failures: 1,
+        health_check: HealthCheckSpec {
+            // v3's health check fails on purpose (vm-tests/image/build.sh).
+            command: vec!["/usr/lib/slipway/health-check".into()],
+            node_ready: true,
+            // Healthy releases pass at once; the bad one fails after this.
+            timeout: GoDuration::from_secs(45),
+            ..Default::default()
+        },
+        paused: false,
+    }
+}
+
+fn log_changes(t: f64, before: &[NodeView], after: &[NodeView]) {
+    for v in after {
+        if before.iter().any(|b| b == v) {
+            continue;
+        }
+        eprintln!(
+            "fleet: [{t:6.1} s] {} phase={:?} current={:?} target={:?} granted={} cordoned={} booted={:?} waiting={:?} error={:?}",
+            v.name,
+            v.phase,
+            v.current,
+            v.target,
+            v.granted,
+            v.cordoned,
+            v.booted,
+            v.waiting,
+            v.last_error
+        );
+    }
+}
+
+#[test]
+fn a_rolling_update_respects_window_and_budget_and_a_bad_release_halts_the_rollout() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let images = images();
+    let mut fleet = Fleet::start(
+        &FleetOptions {
+            nodes: 3,
+            dir: None,
+        },
+        images,
+    )
+    .unwrap();
+
+    // --- v2: the window opens at the first whole minute at least 75 s from now ---------------
+    let now = Timestamp::now();
+    let window_start =
+        Timestamp::from_second(((now + SignedDuration::from_secs(75)).as_second() + 59) / 60 * 60)
+            .unwrap();
+    eprintln!("fleet: window opens at {window_start} (now {now})");
+    fleet.release("2.0.0").unwrap();
+    fleet
+        .apply_policy("fleet", policy("2.0.0", window_start))
+        .unwrap();
+    let mut finished: BTreeMap<String, Timestamp> = BTreeMap::new();
+    let views = fleet
+        .wait_until(
+            "every node on 2.0.0",
+            Duration::from_secs(900),
+            |vs| vs.iter().all(|v| v.done_on("2.0.0")),
+            |t, before, after| {
+                log_changes(t, before, after);
+                for v in after {
+                    if v.done_on("2.0.0") {
+                        finished
+                            .entry(v.name.clone())
+                            .or_insert_with(Timestamp::now);
+                    }
+                }
+            },
+        )
+        .unwrap();
+    let first_grant = fleet.first_grant().expect("a grant");
+    assert!(
+        first_grant >= window_start,
+        "granted at {first_grant}, before the window opened at {window_start}"
+    );
+    let (worst, at) = fleet.max_unavailable_seen();
+    assert_eq!(
+        worst, 1,
+        "{worst} nodes unavailable at once (resourceVersion {at})"
+    );
+    for v in &views {
+        assert!(v.ready && !v.cordoned, "{v:?}");
+        assert_eq!(v.booted.as_deref(), Some("B 2.0.0"), "{v:?}");
+    }
+    // The update server's dashboard API shows the rollout complete.
+    let overview: serde_json::Value = serde_json::from_str(
+        &std::process::Command::new("curl")
+            .args(["-sf", &format!("{}api/overview", fleet.server.url)])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap(),
+    )
+    .unwrap();
+    let stable = overview["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == CHANNEL)
+        .unwrap_or_else(|| panic!("no channel {CHANNEL} in {overview}"))
+        .clone();
+    assert_eq!(stable["machines"], 3, "{stable}");
+    assert_eq!(stable["updated"], 3, "{stable}");
+    assert_eq!(overview["states"]["up-to-date"], 3, "{overview}");
+    // The operator reports the cluster to the server; the dashboard's cluster view shows it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let cluster = loop {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", &format!("{}api/cluster", fleet.server.url)])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let all_on_2 = v[0]["nodes"]
+            .as_array()
+            .is_some_and(|ns| ns.len() == 3 && ns.iter().all(|n| n["currentVersion"] == "2.0.0"));
+        if all_on_2 || std::time::Instant::now() > deadline {
+            break v;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    assert_eq!(cluster[0]["cluster"], "fleet", "{cluster}");
+    let nodes = cluster[0]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{cluster}");
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n["currentVersion"] == "2.0.0" && n["phase"] == "Healthy"),
+        "{cluster}"
+    );
+    assert_eq!(cluster[0]["policies"][0]["updated"], 3, "{cluster}");
+
+    let grants = grant_times(&fleet);
+    let eff = Efficiency::compute(&grants, &finished, 1).expect("cycles");
+    for (node, secs) in &eff.cycles {
+        eprintln!("fleet: cycle {node}: {secs:.1} s (grant → Ready on 2.0.0)");
+    }
+    eprintln!(
+        "fleet: rollout {:.1} s, ideal ceil(3/1) × median cycle = {:.1} s, overhead {:+.1}%",
+        eff.rollout,
+        eff.ideal,
+        eff.overhead() * 100.0
+    );
+
+    // --- v3 is bad: the first node falls back, the policy halts, nobody else gets it --------
+    fleet.release("3.0.0").unwrap();
+    fleet
+        .apply_policy("fleet", policy("3.0.0", window_start))
+        .unwrap();
+    fleet
+        .wait_until(
+            "a halt after the first failure, the failed node back on 2.0.0",
+            Duration::from_secs(900),
+            |vs| {
+                let halted = fleet
+                    .policy("fleet")
+                    .and_then(|p| p.status)
+                    .is_some_and(|s| s.halt.is_some());
+                halted
+                    && vs
+                        .iter()
+                        .all(|v| v.current.as_deref() == Some("2.0.0") && !v.granted && !v.cordoned)
+                    && fleet.granted_towards("3.0.0").len() == 1
+                    && vs
+                        .iter()
+                        .any(|v| v.booted.as_deref() == Some("B 2.0.0") && v.last_error.is_some())
+            },
+            log_changes,
+        )
+        .unwrap();
+    // Halted: the other nodes, staged with 3.0.0 and waiting, are never granted it.
+    std::thread::sleep(Duration::from_secs(20));
+    let granted = fleet.granted_towards("3.0.0");
+    assert_eq!(granted.len(), 1, "granted 3.0.0: {granted:?}");
+    let failed = &granted[0];
+    let status = fleet.policy("fleet").unwrap().status.unwrap();
+    let halt = status.halt.expect("halted");
+    assert_eq!(halt.failed_nodes, std::slice::from_ref(failed), "{halt:?}");
+    for v in fleet.views() {
+        assert_eq!(v.current.as_deref(), Some("2.0.0"), "{v:?}");
+        assert!(!v.granted && !v.cordoned, "{v:?}");
+        if &v.name == failed {
+            assert_eq!(v.booted.as_deref(), Some("B 2.0.0"), "fell back: {v:?}");
+        }
+    }
+    let (worst, at) = fleet.max_unavailable_seen();
+    assert_eq!(
+        worst, 1,
+        "{worst} nodes unavailable at once (resourceVersion {at})"
+    );
+    fleet.shutdown().unwrap();
+}
+
+fn grant_times(fleet: &Fleet) -> BTreeMap<String, Timestamp> {
+    let mut out = BTreeMap::new();
+    for (_, nu) in fleet
+        .cluster
+        .state()
+        .history_of::<slipway_api::crd::NodeUpdate>()
+    {
+        if let (Some(name), Some(at)) = (nu.metadata.name.clone(), nu.spec.granted_at) {
+            out.entry(name).or_insert(at.0);
+        }
+    }
+    out
+}
