@@ -1,8 +1,13 @@
 //! The operator's HTTP surface: the FleetLock protocol (`POST /v1/pre-reboot`,
 //! `POST /v1/steady-state`) for hosts outside Kubernetes such as Zincati, plus `/metrics`,
-//! `/healthz` and `/readyz`. A FleetLock group is the name of a `RolloutPolicy`; a client id
-//! holding a slot counts against that policy's budget exactly like a rebooting node, and the
-//! holders are recorded in the policy's status so a restart or a new leader keeps them.
+//! `/healthz`, `/readyz` and `/leaderz`. A FleetLock group is the name of a `RolloutPolicy`; a
+//! client id holding a slot counts against that policy's budget exactly like a rebooting node,
+//! and the holders are recorded in the policy's status so a restart or a new leader keeps them.
+//!
+//! Every replica is Ready once it can serve (leader or standby), so Deployments roll; FleetLock
+//! reaches the leader because its Service also selects the label the leader keeps on its own
+//! Pod (`leader::label_pod`). A standby that gets a FleetLock request anyway (the label moving
+//! between replicas) answers 503 with `Retry-After`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +27,10 @@ use crate::reconcile::{LockRefused, Operator};
 
 /// Largest FleetLock body accepted.
 const MAX_BODY: usize = 16 * 1024;
+
+/// `Retry-After` (seconds) of a standby's FleetLock refusal: long enough for the leader label
+/// to move and the Service's endpoints to follow, short against a lease's 15 s.
+pub const NOT_LEADER_RETRY_AFTER_SECS: u64 = 5;
 
 #[derive(Debug, Deserialize)]
 struct Request {
@@ -89,7 +98,10 @@ fn refused(e: LockRefused, failed_kind: &str) -> Response {
         }
         LockRefused::Waiting(_) => error(StatusCode::CONFLICT, failed_kind, e.to_string()),
         LockRefused::NotLeader => {
-            error(StatusCode::SERVICE_UNAVAILABLE, "not_leader", e.to_string())
+            let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, "not_leader", e.to_string());
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, NOT_LEADER_RETRY_AFTER_SECS.into());
+            resp
         }
         LockRefused::Storage(_) => error(StatusCode::SERVICE_UNAVAILABLE, "storage", e.to_string()),
     }
@@ -156,8 +168,22 @@ async fn metrics(State(op): State<Arc<Operator>>) -> Response {
         .into_response()
 }
 
+/// Ready = able to serve, leader or not (see [`Operator::is_ready`]): a standby must be Ready
+/// too, or a Deployment's rolling update never completes.
 async fn readyz(State(op): State<Arc<Operator>>) -> Response {
-    // Ready = leading: a Service in front of the replicas then routes FleetLock to the leader.
+    if op.is_ready() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the caches' watches or the leader election stopped\n",
+        )
+            .into_response()
+    }
+}
+
+/// 200 on the leader, 503 on a standby: for whoever wants to find (or probe for) the leader.
+async fn leaderz(State(op): State<Arc<Operator>>) -> Response {
     if op.is_leader() {
         (StatusCode::OK, "leader\n").into_response()
     } else {
@@ -173,6 +199,7 @@ pub fn router(op: Arc<Operator>) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .route("/leaderz", get(leaderz))
         .with_state(op)
 }
 

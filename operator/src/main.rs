@@ -22,7 +22,8 @@ const CLOUDEVENTS_GRACE: Duration = Duration::from_secs(5);
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Address for FleetLock (/v1/pre-reboot, /v1/steady-state), /metrics, /healthz, /readyz.
+    /// Address for FleetLock (/v1/pre-reboot, /v1/steady-state), /metrics, /healthz, /readyz
+    /// (every replica that can serve) and /leaderz (the leader only).
     #[arg(long, env = "SLIPWAY_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
     /// Namespace of the leader-election Lease.
@@ -31,7 +32,8 @@ struct Args {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "slipway-operator")]
     lease_name: String,
-    /// This replica's identity (defaults to the pod name, else the host name).
+    /// This replica's identity (defaults to the pod name, else the host name). When set, the
+    /// leader labels the pod of this name in the Lease's namespace slipway.dev/leader=true.
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
     /// Seconds a lease lasts without renewal.
@@ -129,6 +131,8 @@ async fn main() -> Result<()> {
         metrics.cloudevents.clone(),
     )
     .context("starting the CloudEvents emitter")?;
+    let leading_for_label = leading.clone();
+    let label_client = client.clone();
     let op = Operator::start(
         client,
         Arc::new(SystemClock),
@@ -168,6 +172,26 @@ async fn main() -> Result<()> {
         tracing::info!(server = %url, cluster = %args.cluster_name, "reporting the cluster to the update server");
         tokio::spawn(reporter.run(op.clone(), shutdown_signal()));
     }
+    // The leader label on our own Pod is what routes FleetLock to the leader.
+    let labeler = match (&args.identity, args.no_leader_election) {
+        (Some(pod), false) => Some(tokio::spawn(leader::label_pod(
+            label_client,
+            leader::PodRef {
+                namespace: args.lease_namespace.clone(),
+                name: pod.clone(),
+            },
+            leading_for_label,
+            shutdown_signal(),
+        ))),
+        _ => {
+            tracing::info!(
+                "not labelling a pod {}=true: no POD_NAME (not in a pod) or no leader \
+                 election; a FleetLock Service selecting that label finds no endpoint",
+                leader::LEADER_LABEL
+            );
+            None
+        }
+    };
     let server = tokio::spawn(slipway_operator::fleetlock::serve(
         listener,
         op.clone(),
@@ -175,6 +199,9 @@ async fn main() -> Result<()> {
     ));
     op.run(shutdown_signal()).await;
     cloudevents.shutdown(CLOUDEVENTS_GRACE).await;
+    if let Some(labeler) = labeler {
+        labeler.await.context("leader label task")?;
+    }
     server
         .await
         .context("HTTP server task")?

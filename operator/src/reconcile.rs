@@ -526,8 +526,9 @@ pub enum LockRefused {
     /// Budget, window, pause, halt or an invalid spec.
     #[error("{0}")]
     Waiting(String),
-    /// This replica does not lead.
-    #[error("this operator replica is not the leader; retry")]
+    /// This replica does not lead (the FleetLock Service selects the leader's Pod, so this
+    /// happens only while the leader label moves).
+    #[error("not the leader; the Service routes to the leader")]
     NotLeader,
     /// The status write failed.
     #[error("recording the lock failed: {0}")]
@@ -602,9 +603,17 @@ impl Operator {
         &self.metrics
     }
 
-    /// Whether this replica leads now.
+    /// Whether this replica leads now. An election that stopped (its sender gone) leads no
+    /// more, whatever it said last.
     pub fn is_leader(&self) -> bool {
-        *self.leader.borrow()
+        self.leader.has_changed().is_ok() && *self.leader.borrow()
+    }
+
+    /// Whether this replica can serve, leader or standby: its caches synced (`start` waited for
+    /// that), their watches still running, and its place in the leader election held (the
+    /// election still sending).
+    pub fn is_ready(&self) -> bool {
+        self.leader.has_changed().is_ok() && self.reflectors.iter().all(|r| !r.is_finished())
     }
 
     /// The cluster as the planner sees it now (caches and the leader's memory).
@@ -623,8 +632,10 @@ impl Operator {
     pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()>) {
         futures::pin_mut!(shutdown);
         let mut leader = self.leader.clone();
+        // An election that stopped (its sender dropped) leads no more; wait on it no more.
+        let mut election_open = true;
         loop {
-            let leading = *leader.borrow_and_update();
+            let leading = *leader.borrow_and_update() && election_open;
             self.metrics.leader.set(i64::from(leading));
             let mut next = None;
             let mut retry = false;
@@ -655,7 +666,7 @@ impl Operator {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = self.trigger.notified() => tokio::time::sleep(self.settings.debounce).await,
-                _ = leader.changed() => {}
+                changed = leader.changed(), if election_open => election_open = changed.is_ok(),
                 _ = wake => debug!("window edge"),
                 _ = tokio::time::sleep(resync) => {}
             }

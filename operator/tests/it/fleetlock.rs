@@ -1,6 +1,7 @@
 //! FleetLock against the operator's real HTTP server: lock, recursive re-lock, unlock, a full
 //! semaphore, a wrong group, a missing header and a malformed body; FleetLock holders and
-//! Kubernetes nodes share one budget, and holders survive an operator restart.
+//! Kubernetes nodes share one budget, and holders survive an operator restart. A standby is
+//! Ready but refuses FleetLock (503, Retry-After); only the leader answers /leaderz with 200.
 
 use super::*;
 
@@ -25,6 +26,16 @@ impl Http {
             code,
             serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
         )
+    }
+
+    async fn get(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.text().await.unwrap())
     }
 
     async fn lock(&self, group: &str, id: &str) -> (u16, serde_json::Value) {
@@ -175,20 +186,93 @@ async fn fleetlock_locks_share_the_policy_budget_with_kubernetes_nodes() {
 }
 
 #[tokio::test]
-async fn a_standby_replica_refuses_fleetlock_and_reports_not_ready() {
+async fn a_standby_is_ready_but_refuses_fleetlock_and_only_the_leader_answers_leaderz() {
     let cluster = cluster().await;
     let client = cluster.client();
     apply_policy(&client, "workers", json!({"channel": "stable"})).await;
-    let (_tx, rx) = watch::channel(false);
-    let running = start_operator(client.clone(), &ManualClock::new(t0()), rx).await;
-    let http = serve(running.op.clone()).await;
-    let (code, body) = http.lock("workers", "host-a").await;
-    assert_eq!((code, body["kind"].as_str()), (503, Some("not_leader")));
-    let ready = http
-        .client
-        .get(format!("{}/readyz", http.base))
-        .send()
+    let clock = ManualClock::new(t0());
+    // Two replicas in a real election: "a" joins first and leads, "b" stands by.
+    let lease = |id: &str| slipway_operator::leader::LeaseSettings {
+        namespace: "default".into(),
+        name: "slipway-operator".into(),
+        identity: id.into(),
+        duration_secs: 3,
+        grace_secs: 1,
+    };
+    let election_a = slipway_operator::leader::elect(client.clone(), &lease("a"))
         .await
         .unwrap();
-    assert_eq!(ready.status().as_u16(), 503);
+    let mut a_leads = election_a.leading.clone();
+    tokio::time::timeout(Duration::from_secs(60), a_leads.wait_for(|l| *l))
+        .await
+        .expect("a never led")
+        .unwrap();
+    let election_b = slipway_operator::leader::elect(client.clone(), &lease("b"))
+        .await
+        .unwrap();
+    let a = start_operator(client.clone(), &clock, election_a.leading.clone()).await;
+    let b = start_operator(client.clone(), &clock, election_b.leading.clone()).await;
+    let (leader, standby) = (serve(a.op.clone()).await, serve(b.op.clone()).await);
+    assert!(a.op.is_leader() && !b.op.is_leader());
+
+    // Both are Ready (a rolling update can proceed); /leaderz tells them apart.
+    for (who, http) in [("leader", &leader), ("standby", &standby)] {
+        assert_eq!(http.get("/readyz").await.0, 200, "{who} /readyz");
+    }
+    assert_eq!(leader.get("/leaderz").await.0, 200);
+    assert_eq!(standby.get("/leaderz").await.0, 503);
+
+    // The standby refuses FleetLock in the protocol's error format, saying when to retry.
+    for (path, body) in [
+        (
+            "/v1/pre-reboot",
+            r#"{"client_params":{"id":"host-a","group":"workers"}}"#,
+        ),
+        (
+            "/v1/steady-state",
+            r#"{"client_params":{"id":"host-a","group":"workers"}}"#,
+        ),
+    ] {
+        let resp = standby
+            .client
+            .post(format!("{}{path}", standby.base))
+            .header("fleet-lock-protocol", "true")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 503, "{path}");
+        assert_eq!(
+            resp.headers()["retry-after"],
+            slipway_operator::fleetlock::NOT_LEADER_RETRY_AFTER_SECS.to_string(),
+            "{path}"
+        );
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["kind"], "not_leader", "{path}: {body}");
+        assert!(
+            body["value"]
+                .as_str()
+                .unwrap()
+                .contains("not the leader; the Service routes to the leader"),
+            "{body}"
+        );
+    }
+    // The leader serves the same request.
+    assert_eq!(leader.lock("workers", "host-a").await.0, 200);
+    assert_eq!(leader.unlock("workers", "host-a").await.0, 200);
+
+    // A replica whose election stopped is no longer Ready, nor the leader. (Dropping the
+    // election aborts its task, which lets go of the channel soon after, not at once.)
+    drop(election_b);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while standby.get("/readyz").await.0 != 503 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still Ready without an election"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(standby.get("/leaderz").await.0, 503);
+    assert_eq!(leader.get("/readyz").await.0, 200);
 }

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 mod cloudevents;
 mod fleetlock;
+mod leader;
 mod manifests;
 
 const CRDS: [&str; 2] = [

@@ -2,8 +2,10 @@
 //! chart rendered and linted by Helm's own Go engine (scripts/helm.py over helm-python-sdk),
 //! every object validated against Kubernetes 1.33's schemas (kubernetes-validate, strict), the
 //! chart and the kustomization rendering the same objects, the CRD copies identical, RBAC least
-//! privilege with the agent held to its own node by the admission policy, and the Grafana
-//! dashboard querying only metrics the components register.
+//! privilege with the agent held to its own node by the admission policy and the operator's pod
+//! access (its leader label) confined to its namespace, the FleetLock Service selecting the
+//! leader's label while the Deployment rolls, and the Grafana dashboard querying only metrics
+//! the components register.
 //!
 //! The tools live in a venv that scripts/setup.sh creates (default /opt/slipway-tools,
 //! `SLIPWAY_TOOLS_DIR` overrides); without them these tests fail and say so.
@@ -635,6 +637,183 @@ fn check_rbac(objs: &[Value], namespace: &str) {
                 }
             }
         }
+    }
+}
+
+/// Everything the operator's service account may do, as (scope, group, resource) → verbs, where
+/// scope is "cluster" for a ClusterRole bound by a ClusterRoleBinding and the namespace for a
+/// Role (or ClusterRole) bound by a RoleBinding.
+fn operator_permissions(objs: &[Value]) -> BTreeMap<(String, String, String), BTreeSet<String>> {
+    let operator = kinds(objs, "Deployment")
+        .into_iter()
+        .find(|d| d["metadata"]["name"] == "slipway-operator")
+        .expect("no operator Deployment");
+    let sa = operator["spec"]["template"]["spec"]["serviceAccountName"].clone();
+    let namespace = operator["metadata"]["namespace"].clone();
+    let mut perms: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
+    for binding in kinds(objs, "ClusterRoleBinding")
+        .into_iter()
+        .chain(kinds(objs, "RoleBinding"))
+    {
+        let binds_operator = binding["subjects"].as_array().unwrap().iter().any(|s| {
+            s["kind"] == "ServiceAccount" && s["name"] == sa && s["namespace"] == namespace
+        });
+        if !binds_operator {
+            continue;
+        }
+        let scope = match binding["kind"].as_str().unwrap() {
+            "ClusterRoleBinding" => "cluster".to_string(),
+            _ => binding["metadata"]["namespace"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        };
+        let role_ref = &binding["roleRef"];
+        let role = objs
+            .iter()
+            .find(|r| {
+                r["kind"] == role_ref["kind"]
+                    && r["metadata"]["name"] == role_ref["name"]
+                    && (r["kind"] == "ClusterRole"
+                        || r["metadata"]["namespace"] == binding["metadata"]["namespace"])
+            })
+            .unwrap_or_else(|| panic!("{binding} binds a missing role"));
+        for rule in role["rules"].as_array().unwrap() {
+            for group in rule["apiGroups"].as_array().unwrap() {
+                for resource in rule["resources"].as_array().unwrap() {
+                    perms
+                        .entry((
+                            scope.clone(),
+                            group.as_str().unwrap().to_string(),
+                            resource.as_str().unwrap().to_string(),
+                        ))
+                        .or_default()
+                        .extend(
+                            rule["verbs"]
+                                .as_array()
+                                .unwrap()
+                                .iter()
+                                .map(|v| v.as_str().unwrap().to_string()),
+                        );
+                }
+            }
+        }
+    }
+    perms
+}
+
+/// The operator may do exactly what its code calls, and its pod access (the leader label on its
+/// own Pod) is namespaced: a Role in its namespace, nothing on pods cluster-wide.
+fn check_operator_rbac(objs: &[Value], namespace: &str) {
+    let perms = operator_permissions(objs);
+    let set = |verbs: &[&str]| verbs.iter().map(|v| v.to_string()).collect::<BTreeSet<_>>();
+    let key = |scope: &str, group: &str, resource: &str| {
+        (scope.to_string(), group.to_string(), resource.to_string())
+    };
+    let expected = BTreeMap::from([
+        (key("cluster", "", "nodes"), set(&["get", "list", "watch"])),
+        (
+            key("cluster", "slipway.dev", "rolloutpolicies"),
+            set(&["get", "list", "watch"]),
+        ),
+        (
+            key("cluster", "slipway.dev", "rolloutpolicies/status"),
+            set(&["patch"]),
+        ),
+        (
+            key("cluster", "slipway.dev", "nodeupdates"),
+            set(&["get", "list", "watch", "create", "patch", "delete"]),
+        ),
+        (
+            key("cluster", "events.k8s.io", "events"),
+            set(&["create", "patch"]),
+        ),
+        (
+            key(namespace, "coordination.k8s.io", "leases"),
+            set(&["create", "get", "patch"]),
+        ),
+        (key(namespace, "", "pods"), set(&["get", "patch"])),
+    ]);
+    assert_eq!(perms, expected, "the operator's permissions");
+    let pods_anywhere_else: Vec<_> = perms
+        .keys()
+        .filter(|(scope, group, resource)| {
+            group.is_empty() && resource.starts_with("pods") && scope != namespace
+        })
+        .collect();
+    assert!(
+        pods_anywhere_else.is_empty(),
+        "the operator's pod access must stay in {namespace}: {pods_anywhere_else:?}"
+    );
+}
+
+#[test]
+fn the_operator_may_do_what_its_code_calls_and_touch_pods_only_in_its_namespace() {
+    check_operator_rbac(&docs(&kustomize()), NAMESPACE);
+    check_operator_rbac(&docs(&helm_template("updates", "{}")), "updates");
+    // The check bites: pods granted through the ClusterRole (cluster-wide) are refused.
+    let mut objs = docs(&kustomize());
+    for o in &mut objs {
+        if o["kind"] == "ClusterRole" && o["metadata"]["name"] == "slipway-operator" {
+            o["rules"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "patch"]}));
+        }
+    }
+    assert!(std::panic::catch_unwind(|| check_operator_rbac(&objs, NAMESPACE)).is_err());
+}
+
+#[test]
+fn the_fleetlock_service_selects_the_leader_and_the_operator_rolls() {
+    for (what, objs, namespace) in [
+        ("kustomization", docs(&kustomize()), NAMESPACE),
+        ("chart", docs(&helm_template("updates", "{}")), "updates"),
+    ] {
+        let service = |name: &str| {
+            kinds(&objs, "Service")
+                .into_iter()
+                .find(|s| s["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("{what}: no Service {name}"))
+        };
+        // FleetLock: the operator's pods, and of those only the one the leader labelled (the
+        // label name is the code's).
+        let fleetlock = service("slipway-operator");
+        assert_eq!(
+            fleetlock["spec"]["selector"],
+            json!({
+                "app.kubernetes.io/name": "slipway-operator",
+                slipway_operator::leader::LEADER_LABEL: "true",
+            }),
+            "{what}"
+        );
+        // Metrics: every replica.
+        let metrics = service("slipway-operator-metrics");
+        assert_eq!(
+            metrics["spec"]["selector"],
+            json!({"app.kubernetes.io/name": "slipway-operator"}),
+            "{what}"
+        );
+        assert_eq!(metrics["spec"]["publishNotReadyAddresses"], true, "{what}");
+        let operator = kinds(&objs, "Deployment")
+            .into_iter()
+            .find(|d| d["metadata"]["name"] == "slipway-operator")
+            .unwrap();
+        assert_eq!(operator["metadata"]["namespace"], namespace);
+        // Every replica is Ready (standbys too), so a rolling update completes; never fewer
+        // than the replicas asked for.
+        assert_eq!(
+            operator["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}),
+            "{what}"
+        );
+        // The Deployment selects by the app label alone: the leader label, which comes and
+        // goes, never changes which pods it owns.
+        assert_eq!(
+            operator["spec"]["selector"]["matchLabels"],
+            json!({"app.kubernetes.io/name": "slipway-operator"}),
+            "{what}"
+        );
     }
 }
 
