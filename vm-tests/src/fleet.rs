@@ -54,6 +54,8 @@ pub struct NodeView {
     pub name: String,
     /// The agent's phase.
     pub phase: Option<NodePhase>,
+    /// Download progress in percent, while downloading.
+    pub progress: Option<u8>,
     /// The version it runs.
     pub current: Option<String>,
     /// The version the operator wants it on.
@@ -371,6 +373,7 @@ impl Fleet {
                 NodeView {
                     name: n.name.clone(),
                     phase: status.map(|s| s.phase),
+                    progress: status.and_then(|s| s.progress),
                     current: status.and_then(|s| s.current_version.clone()),
                     target: spec.and_then(|s| s.target_version.clone()),
                     granted: spec.is_some_and(|s| s.reboot_granted),

@@ -72,9 +72,10 @@ fn read_policy(path: &PathBuf) -> Result<RolloutPolicySpec> {
 }
 
 fn line(t: f64, v: &NodeView) -> String {
+    // No status yet: the node's agent has not reported (the guest is still booting).
     let phase = v
         .phase
-        .map_or("(no NodeUpdate yet)".to_owned(), |p| p.as_str().to_owned());
+        .map_or("Booting".to_owned(), |p| p.as_str().to_owned());
     let version = match (&v.current, &v.target) {
         (Some(c), Some(t)) if c != t => format!("{c} → {t}"),
         (Some(c), _) => c.clone(),
@@ -91,7 +92,7 @@ fn line(t: f64, v: &NodeView) -> String {
     if !v.ready {
         notes.push("NotReady".to_owned());
     }
-    if let Some(w) = &v.waiting {
+    if let (Some(w), Some(_)) = (&v.waiting, v.phase) {
         notes.push(format!("waiting: {w}"));
     }
     if let Some(e) = &v.last_error {
@@ -183,14 +184,22 @@ fn main() -> Result<()> {
     println!();
     let mut finished: BTreeMap<String, Timestamp> = BTreeMap::new();
     let mut last_summary = Instant::now();
+    let mut printed: BTreeMap<String, String> = BTreeMap::new();
     let result = fleet.wait_until(
         &format!("every node on {target}"),
         Duration::from_secs(args.timeout_mins * 60),
         |vs| vs.iter().all(|v| v.done_on(&target)),
-        |t, before, after| {
+        |t, _, after| {
             for v in after {
-                if !before.contains(v) {
-                    println!("{}", line(t, v));
+                // One line per change of state; download progress goes in the summaries.
+                let text = line(t, v);
+                let key = text
+                    .split_once(']')
+                    .map_or(text.as_str(), |(_, k)| k)
+                    .to_owned();
+                if printed.get(&v.name) != Some(&key) {
+                    println!("{text}");
+                    printed.insert(v.name.clone(), key);
                 }
                 if v.done_on(&target) {
                     finished
@@ -198,10 +207,22 @@ fn main() -> Result<()> {
                         .or_insert_with(Timestamp::now);
                 }
             }
-            if last_summary.elapsed() > Duration::from_secs(30) {
+            if last_summary.elapsed() > Duration::from_secs(20) {
                 last_summary = Instant::now();
                 let done = after.iter().filter(|v| v.done_on(&target)).count();
-                println!("          ── {done}/{} nodes on {target}", after.len());
+                let downloads: Vec<String> = after
+                    .iter()
+                    .filter_map(|v| Some(format!("{} {}%", v.name, v.progress?)))
+                    .collect();
+                println!(
+                    "          ── {done}/{} nodes on {target}{}",
+                    after.len(),
+                    if downloads.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; downloading: {}", downloads.join(", "))
+                    }
+                );
             }
         },
     );
