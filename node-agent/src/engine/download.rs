@@ -1,7 +1,15 @@
 //! Streaming a payload into a slot in one pass: HTTP body → SHA-256 of the served bytes →
-//! decompression (zstd / xz / none) → a writer thread that writes and fsyncs the slot. Memory
-//! is bounded by a few fixed buffers whatever the payload size; the network/hash side and the
-//! write side run on different threads so that hashing and writing overlap.
+//! decompression (zstd / xz / none) → a writer thread that writes and fsyncs the slot, and a
+//! verifier thread that re-reads what is durable and hashes it. Memory is bounded by a few
+//! fixed buffers whatever the payload size; the network side, the writer and the verifier run
+//! on different threads so that hashing and writing overlap.
+//!
+//! A raw payload is hashed once, on the way back: its bytes are the slot's bytes, so the
+//! SHA-256 of the slot as re-read from disk must equal the signed digest. That one check covers
+//! what the server sent, what was written and what the disk returns, and leaves the network
+//! side only copying (hashing the served bytes too would be a second full SHA-256 pass over the
+//! same bytes). A compressed payload is hashed as served (the signed digest is of the
+//! compressed bytes) and as written (the decompressed bytes, compared with the re-read).
 //!
 //! Durable checkpoints (`Checkpoint`) are taken every `checkpoint_bytes` at positions where the
 //! decoder can restart (anywhere for raw payloads, at frame/stream ends for zstd/xz): the slot is
@@ -219,7 +227,9 @@ impl Pipeline {
         while !chunk.is_empty() {
             let mut scratch = std::mem::take(&mut self.scratch);
             let step = self.decoder.step(chunk, &mut scratch, &self.url)?;
-            self.served_hash.update(&chunk[..step.consumed]);
+            if self.compressed {
+                self.served_hash.update(&chunk[..step.consumed]);
+            }
             self.served += step.consumed as u64;
             chunk = &chunk[step.consumed..];
             self.emit(&scratch[..step.produced])?;
@@ -281,7 +291,12 @@ impl Pipeline {
         let cp = Checkpoint {
             served: self.served,
             written: self.written,
-            served_hash: hash_state(&self.served_hash),
+            // A raw payload's digest is checked on the re-read, which starts from byte 0.
+            served_hash: if self.compressed {
+                hash_state(&self.served_hash)
+            } else {
+                String::new()
+            },
             written_hash: if self.compressed {
                 hash_state(&self.written_hash)
             } else {
@@ -438,12 +453,14 @@ pub async fn run(
                 "compressed payload ends inside a frame (truncated or corrupt)".into(),
             ));
         }
-        let served = Sha256Digest::from_hasher(pipe.served_hash.clone());
-        if served != job.sha256 {
-            return Err(payload_err(format!(
-                "sha256 digest mismatch: signed {}, served bytes hash to {served}",
-                job.sha256
-            )));
+        if pipe.compressed {
+            let served = Sha256Digest::from_hasher(pipe.served_hash.clone());
+            if served != job.sha256 {
+                return Err(payload_err(format!(
+                    "sha256 digest mismatch: signed {}, served bytes hash to {served}",
+                    job.sha256
+                )));
+            }
         }
         pipe.flush()?;
         pipe.send(Msg::Finish)
@@ -455,6 +472,7 @@ pub async fn run(
         job.sha256
     };
     let written = pipe.written;
+    let compressed = pipe.compressed;
     drop(pipe); // hang up, so a writer waiting for more stops
     let (wrote, reread) = tokio::task::spawn_blocking(move || (writer.join(), verifier.join()))
         .await
@@ -472,6 +490,14 @@ pub async fn run(
                     slot: job.slot_path.display().to_string(),
                     reason: format!("wrote {total} and re-read {reread_len} of {written} bytes"),
                 });
+            }
+            if !compressed && reread_digest != job.sha256 {
+                // The raw payload's only hash: what was served, written and read back.
+                return Err(payload_err(format!(
+                    "sha256 digest mismatch: signed {}, served bytes (as written to the slot and \
+                     read back) hash to {reread_digest}",
+                    job.sha256
+                )));
             }
             Ok(Outcome {
                 written,
