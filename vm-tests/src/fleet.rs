@@ -664,6 +664,37 @@ fn watch(
     node.power_off()
 }
 
+/// The RolloutPolicy the demo and the end-to-end test apply: the fleet's nodes, `version` on
+/// the channel, one node at a time, reboots in a window from `window_start` for
+/// `window_minutes`, a halt after one failure, and as health check the node image's own
+/// command (it fails on 3.x releases, on purpose) plus Node Ready, within `health_timeout`.
+pub fn fleet_policy(
+    version: &str,
+    window_start: Timestamp,
+    window_minutes: u32,
+    health_timeout: Duration,
+) -> RolloutPolicySpec {
+    RolloutPolicySpec {
+        node_selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+            match_labels: Some(BTreeMap::from([(POOL_LABEL.into(), POOL.into())])),
+            ..Default::default()
+        },
+        channel: CHANNEL.into(),
+        version: Some(version.into()),
+        max_unavailable: k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1),
+        windows: vec![window_at(window_start, window_minutes)],
+        drain: Default::default(),
+        halt_after_failures: 1,
+        health_check: slipway_api::crd::HealthCheckSpec {
+            command: vec!["/usr/lib/slipway/health-check".into()],
+            node_ready: true,
+            timeout: slipway_api::crd::GoDuration::from(health_timeout),
+            ..Default::default()
+        },
+        paused: false,
+    }
+}
+
 /// A window that opens at `at` (to the minute, UTC) and lasts `minutes`: a cron schedule for
 /// that minute of that day.
 pub fn window_at(at: Timestamp, minutes: u32) -> slipway_api::crd::RebootWindow {

@@ -104,15 +104,7 @@ async fn a_publish_and_an_advisory_reach_the_sink_as_cloudevents() {
     );
 
     // The server's /metrics carries the emitter's counts.
-    let text = server
-        .client
-        .get(format!("{}/metrics", server.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, text) = server.get("/metrics").await;
     let want = format!("slipway_server_cloudevents_delivered_total{{sink=\"{url}\"}} 2");
     assert!(text.contains(&want), "{want} not in:\n{text}");
 }

@@ -65,18 +65,8 @@ async fn event_of(s: &TestServer, machine: &str, version: &str, event: &str, det
     assert_eq!(st, StatusCode::OK, "event: {b}");
 }
 
-async fn get(s: &TestServer, path: &str) -> (StatusCode, String) {
-    let r = s
-        .client
-        .get(format!("{}{path}", s.url))
-        .send()
-        .await
-        .unwrap();
-    (r.status(), r.text().await.unwrap())
-}
-
 async fn get_json(s: &TestServer, path: &str) -> Value {
-    let (st, body) = get(s, path).await;
+    let (st, body) = s.get(path).await;
     assert_eq!(st, StatusCode::OK, "{path}: {body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -118,7 +108,7 @@ async fn the_json_api_counts_filters_and_shows_timelines() {
     );
     let beta_old = get_json(&s, "/api/machines?channel=beta&version=1.0.0&q=BETA-1").await;
     assert_eq!(beta_old.as_array().unwrap().len(), 1, "{beta_old}");
-    let (st, body) = get(&s, "/api/machines?state=on-fire").await;
+    let (st, body) = s.get("/api/machines?state=on-fire").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(body.contains("unknown state"), "{body}");
 
@@ -130,7 +120,7 @@ async fn the_json_api_counts_filters_and_shows_timelines() {
         .map(|e| e["event"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["rolled-back", "booted", "staged", "downloading"]);
-    let (st, _) = get(&s, "/api/machines/nobody").await;
+    let (st, _) = s.get("/api/machines/nobody").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
 
     let releases = get_json(&s, "/api/releases").await;
@@ -148,23 +138,23 @@ async fn the_json_api_counts_filters_and_shows_timelines() {
 #[tokio::test]
 async fn the_pages_render_without_javascript_and_escape_what_machines_send() {
     let s = seeded().await;
-    let (st, home) = get(&s, "/").await;
+    let (st, home) = s.get("/").await;
     assert_eq!(st, StatusCode::OK);
     assert!(home.contains("id=\"count-machines\">12<"), "{home}");
     assert!(home.contains("id=\"count-failed\">1<"));
-    let (_, table) = get(&s, "/machines?state=behind").await;
+    let (_, table) = s.get("/machines?state=behind").await;
     assert!(table.contains("data-matching=\"3\""), "{table}");
     assert!(table.contains("m-old-2") && !table.contains("m-new-0"));
-    let (_, machine) = get(&s, "/machines/m-broken").await;
+    let (_, machine) = s.get("/machines/m-broken").await;
     assert!(machine.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
     assert!(!machine.contains("<script>alert(1)"));
-    let (_, releases) = get(&s, "/releases").await;
+    let (_, releases) = s.get("/releases").await;
     assert!(releases.contains("class=\"advised-running\""));
     assert!(releases.contains("&lt;b&gt;frobnicator&lt;/b&gt;"));
-    let (st, missing) = get(&s, "/machines/nobody").await;
+    let (st, missing) = s.get("/machines/nobody").await;
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert!(missing.contains("No machine"));
-    let (st, bad) = get(&s, "/machines?state=on-fire").await;
+    let (st, bad) = s.get("/machines?state=on-fire").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
     assert!(bad.contains("unknown state"));
     // The live script asks for the body only.
@@ -180,7 +170,7 @@ async fn the_pages_render_without_javascript_and_escape_what_machines_send() {
         .unwrap();
     assert!(fragment.starts_with("<h1>Machines</h1>"), "{fragment}");
     for asset in ["/assets/dashboard.css", "/assets/dashboard.js"] {
-        let (st, body) = get(&s, asset).await;
+        let (st, body) = s.get(asset).await;
         assert_eq!(st, StatusCode::OK);
         assert!(body.len() > 500, "{asset}");
     }
@@ -208,7 +198,7 @@ async fn operators_report_their_cluster_with_an_admin_token() {
     let clusters = get_json(&s, "/api/cluster").await;
     assert_eq!(clusters[0]["cluster"], "prod-eu");
     assert_eq!(clusters[0]["nodes"][0]["waitingReason"], "Halted");
-    let (_, page) = get(&s, "/cluster").await;
+    let (_, page) = s.get("/cluster").await;
     assert!(page.contains("data-node=\"node-3\""), "{page}");
     assert!(page.contains("halted"));
     assert!(page.contains("1.0.0 → 2.0.0"));

@@ -162,6 +162,18 @@ impl TestServer {
         )
     }
 
+    /// GET `path` (no token): the status and the body as text.
+    pub async fn get(&self, path: &str) -> (StatusCode, String) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status();
+        (status, resp.text().await.unwrap())
+    }
+
     pub async fn post_raw(
         &self,
         path: &str,

@@ -131,15 +131,7 @@ async fn payload_ranges_from_every_offset_class() {
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
 
     // Bytes sent are counted.
-    let metrics = s
-        .client
-        .get(format!("{}/metrics", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, metrics) = s.get("/metrics").await;
     assert!(
         metrics.contains("slipway_server_payload_sent_bytes_total"),
         "{metrics}"

@@ -10,12 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use slipway_api::crd::{GoDuration, HealthCheckSpec, RolloutPolicySpec};
-use slipway_vm_tests::fleet::{
-    CHANNEL, Efficiency, Fleet, FleetOptions, NodeView, POOL, POOL_LABEL, window_at,
-};
+use slipway_api::crd::RolloutPolicySpec;
+use slipway_vm_tests::fleet::{CHANNEL, Efficiency, Fleet, FleetOptions, NodeView, fleet_policy};
 
 /// A rolling OS update across QEMU nodes (software emulation; a few minutes).
 #[derive(Debug, Parser)]
@@ -34,28 +31,6 @@ struct Args {
     /// Give up after this many minutes.
     #[arg(long, default_value_t = 30)]
     timeout_mins: u64,
-}
-
-fn default_policy(window_start: Timestamp) -> RolloutPolicySpec {
-    RolloutPolicySpec {
-        node_selector: LabelSelector {
-            match_labels: Some(BTreeMap::from([(POOL_LABEL.into(), POOL.into())])),
-            ..Default::default()
-        },
-        channel: CHANNEL.into(),
-        version: Some("2.0.0".into()),
-        max_unavailable: IntOrString::Int(1),
-        windows: vec![window_at(window_start, 120)],
-        drain: Default::default(),
-        halt_after_failures: 1,
-        health_check: HealthCheckSpec {
-            command: vec!["/usr/lib/slipway/health-check".into()],
-            node_ready: true,
-            timeout: GoDuration::from_secs(120),
-            ..Default::default()
-        },
-        paused: false,
-    }
 }
 
 fn read_policy(path: &PathBuf) -> Result<RolloutPolicySpec> {
@@ -158,7 +133,7 @@ fn main() -> Result<()> {
     )?;
     let spec = match custom {
         Some(s) => s,
-        None => default_policy(window_start),
+        None => fleet_policy("2.0.0", window_start, 120, Duration::from_secs(120)),
     };
     let target = spec.version.clone().unwrap_or_else(|| "2.0.0".into());
     fleet.release("2.0.0").context("publishing 2.0.0")?;

@@ -5,37 +5,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use slipway_api::crd::{GoDuration, HealthCheckSpec, RolloutPolicySpec};
-use slipway_vm_tests::fleet::{
-    CHANNEL, Efficiency, Fleet, FleetOptions, NodeView, POOL, POOL_LABEL, window_at,
-};
+use slipway_api::crd::RolloutPolicySpec;
+use slipway_vm_tests::fleet::{CHANNEL, Efficiency, Fleet, FleetOptions, NodeView, fleet_policy};
 
 use crate::scenarios::{ONE_AT_A_TIME, images};
 
+/// The fleet's policy; healthy releases pass at once, the bad one fails after 45 s.
 fn policy(version: &str, window_start: Timestamp) -> RolloutPolicySpec {
-    RolloutPolicySpec {
-        node_selector: LabelSelector {
-            match_labels: Some(BTreeMap::from([(POOL_LABEL.into(), POOL.into())])),
-            ..Default::default()
-        },
-        channel: CHANNEL.into(),
-        version: Some(version.into()),
-        max_unavailable: IntOrString::Int(1),
-        windows: vec![window_at(window_start, 60)],
-        drain: Default::default(),
-        halt_after_failures: 1,
-        health_check: HealthCheckSpec {
-            // v3's health check fails on purpose (vm-tests/image/build.sh).
-            command: vec!["/usr/lib/slipway/health-check".into()],
-            node_ready: true,
-            // Healthy releases pass at once; the bad one fails after this.
-            timeout: GoDuration::from_secs(45),
-            ..Default::default()
-        },
-        paused: false,
-    }
+    fleet_policy(version, window_start, 60, Duration::from_secs(45))
 }
 
 fn log_changes(t: f64, before: &[NodeView], after: &[NodeView]) {
