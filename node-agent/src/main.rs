@@ -51,6 +51,9 @@ struct NodeArgs {
     /// Seconds between steps.
     #[arg(long, default_value_t = 5)]
     interval_secs: u64,
+    /// Where to serve /metrics and /healthz ("off" for nowhere).
+    #[arg(long, env = "SLIPWAY_METRICS_LISTEN", default_value = "0.0.0.0:9102")]
+    metrics_listen: String,
     #[command(flatten)]
     bus: BusArgs,
 }
@@ -362,6 +365,27 @@ async fn node(args: NodeArgs) -> Result<ExitCode> {
     // A DaemonSet pod is stopped with SIGTERM.
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing a SIGTERM handler")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = if args.metrics_listen == "off" {
+        None
+    } else {
+        let addr: std::net::SocketAddr = args
+            .metrics_listen
+            .parse()
+            .with_context(|| format!("--metrics-listen {:?}", args.metrics_listen))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr} for /metrics"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving /metrics and /healthz");
+        let mut rx = stop_rx.clone();
+        Some(tokio::spawn(slipway_agent::node::metrics::serve(
+            listener,
+            r.metrics().clone(),
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            },
+        )))
+    };
     r.run(Duration::from_secs(args.interval_secs.max(1)), async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -369,6 +393,10 @@ async fn node(args: NodeArgs) -> Result<ExitCode> {
         }
     })
     .await;
+    let _ = stop_tx.send(true);
+    if let Some(server) = server {
+        let _ = server.await;
+    }
     Ok(ExitCode::SUCCESS)
 }
 

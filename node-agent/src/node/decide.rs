@@ -51,6 +51,22 @@ pub enum Action {
     GiveBack,
 }
 
+impl Action {
+    /// The action's name in metrics and logs (`None` for [`Action::Wait`]).
+    pub fn name(&self) -> Option<&'static str> {
+        Some(match self {
+            Action::Wait => return None,
+            Action::Drain => "drain",
+            Action::Reboot => "reboot",
+            Action::CheckHealth => "check-health",
+            Action::MarkGood => "mark-good",
+            Action::Rollback(_) => "rollback",
+            Action::Uncordon => "uncordon",
+            Action::GiveBack => "give-back",
+        })
+    }
+}
+
 /// Decides the next step.
 pub fn decide(i: &Inputs) -> Action {
     match i.engine_phase.as_str() {

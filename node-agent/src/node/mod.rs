@@ -12,6 +12,7 @@
 pub mod decide;
 pub mod drain;
 pub mod health;
+pub mod metrics;
 pub mod reboot;
 pub mod runner;
 pub mod status;

@@ -128,12 +128,24 @@ pub struct Runner {
     rebooter: Arc<dyn Rebooter>,
     units: Arc<dyn Units>,
     settings: RunnerSettings,
+    metrics: Arc<super::metrics::NodeMetrics>,
     local: Local,
     last_report: Option<(NodeUpdateStatus, Instant)>,
     steps: u64,
 }
 
 impl Runner {
+    /// Records into `metrics` (shared with the `/metrics` server) instead of a private set.
+    pub fn with_metrics(mut self, metrics: Arc<super::metrics::NodeMetrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// The metrics this runner records.
+    pub fn metrics(&self) -> &Arc<super::metrics::NodeMetrics> {
+        &self.metrics
+    }
+
     /// A runner for `node`. `client` must have kube's default retry off (evictions).
     pub async fn new(
         client: Client,
@@ -156,6 +168,7 @@ impl Runner {
             rebooter,
             units,
             settings,
+            metrics: Arc::new(super::metrics::NodeMetrics::new()),
             local: Local::default(),
             last_report: None,
             steps: 0,
@@ -221,6 +234,12 @@ impl Runner {
         };
         self.steps += 1;
         let action = decide(&inputs);
+        if let Some(name) = action.name() {
+            self.metrics
+                .actions
+                .get_or_create(&super::metrics::ActionLabels { action: name })
+                .inc();
+        }
         match &action {
             Action::Wait => {}
             Action::Drain => {
@@ -237,7 +256,17 @@ impl Runner {
                     settings.skip = p.spec.drain.pod_selector.clone();
                     settings.delete_empty_dir_data = p.spec.drain.delete_empty_dir_data;
                 }
-                match drain::drain(&self.client, &self.node, &settings).await? {
+                let outcome = drain::drain(&self.client, &self.node, &settings).await?;
+                let label = match &outcome {
+                    DrainOutcome::Drained { .. } => "drained",
+                    DrainOutcome::Forced { .. } => "forced",
+                    DrainOutcome::Blocked { .. } => "blocked",
+                };
+                self.metrics
+                    .drains
+                    .get_or_create(&super::metrics::OutcomeLabels { outcome: label })
+                    .inc();
+                match outcome {
                     DrainOutcome::Drained { .. } | DrainOutcome::Forced { .. } => {
                         self.local.drained = true
                     }
@@ -298,6 +327,16 @@ impl Runner {
                 };
                 let result = health::wait_healthy(&check, self.units.as_ref(), &readiness).await;
                 info!(node = %self.node, ?result, "health check");
+                self.metrics
+                    .health_checks
+                    .get_or_create(&super::metrics::OutcomeLabels {
+                        outcome: if result.is_ok() {
+                            "healthy"
+                        } else {
+                            "unhealthy"
+                        },
+                    })
+                    .inc();
                 self.local.health = Some(result);
             }
             Action::MarkGood => {
@@ -385,6 +424,7 @@ impl Runner {
             failed: self.local.failed,
         };
         let next = status::status(engine, &activity);
+        self.metrics.set_phase(next.phase, next.progress);
         let since = self
             .last_report
             .as_ref()
@@ -426,8 +466,18 @@ impl Runner {
     ) {
         futures::pin_mut!(shutdown);
         loop {
-            if let Err(e) = self.step().await {
-                warn!(node = %self.node, error = %e, "node step failed; retrying");
+            match self.step().await {
+                Ok(_) => {
+                    self.metrics.last_step.set(
+                        std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0.0, |d| d.as_secs_f64()),
+                    );
+                }
+                Err(e) => {
+                    self.metrics.step_errors.inc();
+                    warn!(node = %self.node, error = %e, "node step failed; retrying");
+                }
             }
             tokio::select! {
                 _ = &mut shutdown => return,

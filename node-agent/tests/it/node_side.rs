@@ -267,6 +267,17 @@ async fn a_granted_node_drains_reboots_verifies_marks_good_and_uncordons() {
         "one reboot request only"
     );
     assert_eq!(w.login1.reboots.lock().unwrap().len(), 1);
+    // What the agent did, as Prometheus sees it.
+    let text = r.metrics().encode();
+    for line in [
+        "slipway_agent_actions_total{action=\"drain\"} 1",
+        "slipway_agent_actions_total{action=\"reboot\"} 1",
+        "slipway_agent_drains_total{outcome=\"drained\"} 1",
+        "slipway_agent_phase{phase=\"Rebooting\"} 1",
+        "slipway_agent_phase{phase=\"Draining\"} 0",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
 
     // The machine comes back on slot B, on trial.
     w.engine.props.lock().unwrap().phase = "Trial".into();
@@ -288,6 +299,15 @@ async fn a_granted_node_drains_reboots_verifies_marks_good_and_uncordons() {
     assert_eq!(st.phase, NodePhase::Healthy);
     assert_eq!(st.current_version.as_deref(), Some("2.0.0"));
     assert_eq!(st.booted_slot.as_deref(), Some("B"));
+    let text = r.metrics().encode();
+    for line in [
+        "slipway_agent_actions_total{action=\"check-health\"} 1",
+        "slipway_agent_actions_total{action=\"mark-good\"} 1",
+        "slipway_agent_health_checks_total{outcome=\"healthy\"} 1",
+        "slipway_agent_phase{phase=\"Healthy\"} 1",
+    ] {
+        assert!(text.contains(line), "{line} not in:\n{text}");
+    }
     assert_eq!(
         w.node()
             .labels()

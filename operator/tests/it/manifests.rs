@@ -407,7 +407,11 @@ async fn the_chart_s_optional_objects_are_what_the_components_expect() {
         .collect();
     assert_eq!(
         selected,
-        BTreeSet::from(["slipway-operator-metrics", "slipway-server"])
+        BTreeSet::from([
+            "slipway-agent-metrics",
+            "slipway-operator-metrics",
+            "slipway-server"
+        ])
     );
     assert_eq!(sm["spec"]["endpoints"][0]["port"], "http");
 
@@ -1187,10 +1191,14 @@ fn the_dashboard_queries_only_metrics_the_components_register() {
         unknown.is_empty(),
         "the dashboard uses metrics no component registers: {unknown:?}\nregistered: {registered:?}"
     );
-    // Both components that export metrics are on it (the agent exports none).
+    // All three components are on it.
     assert_eq!(
         components,
-        BTreeSet::from(["operator".to_string(), "server".to_string()])
+        BTreeSet::from([
+            "agent".to_string(),
+            "operator".to_string(),
+            "server".to_string()
+        ])
     );
     assert!(queried.len() >= 12, "{queried:?}");
 }
