@@ -365,9 +365,22 @@ async fn rolling_update_of_ten_nodes_never_exceeds_max_unavailable_two() {
             ("Node", nu.name_any().as_str())
         );
     }
-    // The policy's status tells the story.
-    let rp: RolloutPolicy = cluster.state().get(None, "workers").unwrap();
-    let st = rp.status.unwrap();
+    // The policy's status tells the story (written by the evaluation after the last node's
+    // report, so it may trail the NodeUpdates by a moment).
+    let status = || {
+        cluster
+            .state()
+            .get::<RolloutPolicy>(None, "workers")
+            .and_then(|rp| rp.status)
+            .unwrap_or_default()
+    };
+    wait_until(
+        "the policy status to count ten updated nodes",
+        Duration::from_secs(30),
+        || status().updated == 10,
+    )
+    .await;
+    let st = status();
     assert_eq!(
         (st.updated, st.nodes, st.progress.as_deref()),
         (10, 10, Some("10/10"))
