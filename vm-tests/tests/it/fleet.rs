@@ -90,41 +90,34 @@ fn a_rolling_update_respects_window_and_budget_and_a_bad_release_halts_the_rollo
         assert!(v.ready && !v.cordoned, "{v:?}");
         assert_eq!(v.booted.as_deref(), Some("B 2.0.0"), "{v:?}");
     }
-    // The update server's dashboard API shows the rollout complete.
-    let overview: serde_json::Value = serde_json::from_str(
-        &std::process::Command::new("curl")
-            .args(["-sf", &format!("{}api/overview", fleet.server.url)])
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap(),
-    )
-    .unwrap();
-    let stable = overview["channels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == CHANNEL)
-        .unwrap_or_else(|| panic!("no channel {CHANNEL} in {overview}"))
-        .clone();
+    // The update server's dashboard API shows the rollout complete (once the last engine's
+    // `healthy` report is in: it follows the node's own status by a moment).
+    let stable_of = |o: &serde_json::Value| {
+        o["channels"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["name"] == CHANNEL))
+            .cloned()
+            .unwrap_or_default()
+    };
+    let overview = poll_json(
+        &format!("{}api/overview", fleet.server.url),
+        Duration::from_secs(60),
+        |o| stable_of(o)["updated"] == 3,
+    );
+    let stable = stable_of(&overview);
     assert_eq!(stable["machines"], 3, "{stable}");
     assert_eq!(stable["updated"], 3, "{stable}");
     assert_eq!(overview["states"]["up-to-date"], 3, "{overview}");
     // The operator reports the cluster to the server; the dashboard's cluster view shows it.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let cluster = loop {
-        let out = std::process::Command::new("curl")
-            .args(["-sf", &format!("{}api/cluster", fleet.server.url)])
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let all_on_2 = v[0]["nodes"]
-            .as_array()
-            .is_some_and(|ns| ns.len() == 3 && ns.iter().all(|n| n["currentVersion"] == "2.0.0"));
-        if all_on_2 || std::time::Instant::now() > deadline {
-            break v;
-        }
-        std::thread::sleep(Duration::from_secs(1));
-    };
+    let cluster = poll_json(
+        &format!("{}api/cluster", fleet.server.url),
+        Duration::from_secs(30),
+        |v| {
+            v[0]["nodes"].as_array().is_some_and(|ns| {
+                ns.len() == 3 && ns.iter().all(|n| n["currentVersion"] == "2.0.0")
+            })
+        },
+    );
     assert_eq!(cluster[0]["cluster"], "fleet", "{cluster}");
     let nodes = cluster[0]["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 3, "{cluster}");
@@ -195,6 +188,26 @@ fn a_rolling_update_respects_window_and_budget_and_a_bad_release_halts_the_rollo
         "{worst} nodes unavailable at once (resourceVersion {at})"
     );
     fleet.shutdown().unwrap();
+}
+
+/// GETs `url` as JSON until `done` holds or `timeout` passes; the last answer (null if none).
+fn poll_json(
+    url: &str,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let out = std::process::Command::new("curl")
+            .args(["-sf", url])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if done(&v) || std::time::Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
 }
 
 fn grant_times(fleet: &Fleet) -> BTreeMap<String, Timestamp> {
