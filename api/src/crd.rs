@@ -377,6 +377,19 @@ pub enum NodePhase {
 }
 
 impl NodePhase {
+    /// Every phase, in lifecycle order.
+    pub const ALL: [NodePhase; 9] = [
+        NodePhase::Idle,
+        NodePhase::Downloading,
+        NodePhase::Staged,
+        NodePhase::Draining,
+        NodePhase::Rebooting,
+        NodePhase::Verifying,
+        NodePhase::Healthy,
+        NodePhase::Failed,
+        NodePhase::RolledBack,
+    ];
+
     /// The phase's name as it appears in the API.
     pub fn as_str(self) -> &'static str {
         match self {

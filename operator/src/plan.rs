@@ -1488,17 +1488,7 @@ mod tests {
         )
             .prop_map(
                 move |(ready, granted, cordoned, phase, staged, second_pool)| {
-                    let phase = [
-                        NodePhase::Idle,
-                        NodePhase::Downloading,
-                        NodePhase::Staged,
-                        NodePhase::Draining,
-                        NodePhase::Rebooting,
-                        NodePhase::Verifying,
-                        NodePhase::Healthy,
-                        NodePhase::Failed,
-                        NodePhase::RolledBack,
-                    ][phase];
+                    let phase = NodePhase::ALL[phase];
                     let mut n = node(&format!("n{i}")).phase(phase);
                     n.ready = ready;
                     n.unschedulable = cordoned;

@@ -54,18 +54,6 @@ pub struct NodeMetrics {
     pub last_step: Gauge<f64, AtomicU64>,
 }
 
-const PHASES: [NodePhase; 9] = [
-    NodePhase::Idle,
-    NodePhase::Downloading,
-    NodePhase::Staged,
-    NodePhase::Draining,
-    NodePhase::Rebooting,
-    NodePhase::Verifying,
-    NodePhase::Healthy,
-    NodePhase::Failed,
-    NodePhase::RolledBack,
-];
-
 impl Default for NodeMetrics {
     fn default() -> Self {
         Self::new()
@@ -108,7 +96,7 @@ impl NodeMetrics {
             last_step.clone(),
         );
         // Every phase is listed from the start (0 until the first report).
-        for p in PHASES {
+        for p in NodePhase::ALL {
             let _ = phase.get_or_create(&PhaseLabels { phase: p.as_str() });
         }
         Self {
@@ -125,7 +113,7 @@ impl NodeMetrics {
 
     /// Records the phase just reported (and the download progress that goes with it).
     pub fn set_phase(&self, phase: NodePhase, progress: Option<u8>) {
-        for p in PHASES {
+        for p in NodePhase::ALL {
             self.phase
                 .get_or_create(&PhaseLabels { phase: p.as_str() })
                 .set(i64::from(p == phase));
