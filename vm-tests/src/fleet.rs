@@ -326,14 +326,8 @@ impl Fleet {
 
     /// Publishes `version` (signed by the real CLI) and promotes it on the channel.
     pub fn release(&self, version: &str) -> Result<()> {
-        let work = self.dir.join("releases");
-        std::fs::create_dir_all(&work)?;
-        self.server.release(
-            &self.images.keys,
-            &work,
-            version,
-            &self.images.payload(version),
-        )
+        self.images
+            .release(&self.server, &self.dir.join("releases"), version)
     }
 
     /// Creates or replaces a RolloutPolicy.

@@ -38,6 +38,18 @@ impl Images {
     pub fn payload(&self, version: &str) -> PathBuf {
         self.dir.join(format!("payload-{version}.zst"))
     }
+
+    /// Signs `version`'s OS payload with the real CLI (working files under `work`), publishes
+    /// it on `server` and promotes it to everyone on `stable`.
+    pub fn release(
+        &self,
+        server: &crate::server::Server,
+        work: &Path,
+        version: &str,
+    ) -> Result<()> {
+        std::fs::create_dir_all(work)?;
+        server.release(&self.keys, work, version, &self.payload(version))
+    }
 }
 
 /// SHA-256 of a file, hex.

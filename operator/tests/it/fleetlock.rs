@@ -192,13 +192,6 @@ async fn a_standby_is_ready_but_refuses_fleetlock_and_only_the_leader_answers_le
     apply_policy(&client, "workers", json!({"channel": "stable"})).await;
     let clock = ManualClock::new(t0());
     // Two replicas in a real election: "a" joins first and leads, "b" stands by.
-    let lease = |id: &str| slipway_operator::leader::LeaseSettings {
-        namespace: "default".into(),
-        name: "slipway-operator".into(),
-        identity: id.into(),
-        duration_secs: 3,
-        grace_secs: 1,
-    };
     let election_a = slipway_operator::leader::elect(client.clone(), &lease("a"))
         .await
         .unwrap();

@@ -5,7 +5,7 @@
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
-use slipway_operator::leader::{self, LEADER_LABEL, LeaseSettings, PodRef};
+use slipway_operator::leader::{self, LEADER_LABEL, PodRef};
 use slipway_testkit::{Fault, FaultAction, Verb};
 use tokio::sync::oneshot;
 
@@ -75,16 +75,6 @@ impl Labeler {
             .await
             .expect("the label task did not finish after shutdown")
             .unwrap();
-    }
-}
-
-fn lease(id: &str) -> LeaseSettings {
-    LeaseSettings {
-        namespace: "default".into(),
-        name: "slipway-operator".into(),
-        identity: id.into(),
-        duration_secs: 3,
-        grace_secs: 1,
     }
 }
 

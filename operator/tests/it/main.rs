@@ -115,6 +115,17 @@ async fn start_operator(
     Running { op, task }
 }
 
+/// Lease settings for a replica `id` in tests: a 3 s lease, so that take-overs are quick.
+fn lease(id: &str) -> slipway_operator::leader::LeaseSettings {
+    slipway_operator::leader::LeaseSettings {
+        namespace: "default".into(),
+        name: "slipway-operator".into(),
+        identity: id.into(),
+        duration_secs: 3,
+        grace_secs: 1,
+    }
+}
+
 fn leading() -> (watch::Sender<bool>, watch::Receiver<bool>) {
     watch::channel(true)
 }
@@ -548,13 +559,6 @@ async fn with_two_replicas_only_the_leader_writes_and_the_standby_takes_over() {
     )
     .await;
     let clock = ManualClock::new(t0());
-    let lease = |id: &str| slipway_operator::leader::LeaseSettings {
-        namespace: "default".into(),
-        name: "slipway-operator".into(),
-        identity: id.into(),
-        duration_secs: 3,
-        grace_secs: 1,
-    };
     let election_a = slipway_operator::leader::elect(client.clone(), &lease("a"))
         .await
         .unwrap();

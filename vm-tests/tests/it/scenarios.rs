@@ -69,14 +69,8 @@ impl Scenario {
     }
 
     fn release(&self, version: &str) -> Result<()> {
-        let work = self.node.dir.join("releases");
-        std::fs::create_dir_all(&work)?;
-        self.server.release(
-            &self.images.keys,
-            &work,
-            version,
-            &self.images.payload(version),
-        )
+        self.images
+            .release(&self.server, &self.node.dir.join("releases"), version)
     }
 
     fn wait(&mut self, needle: &str) -> String {
