@@ -462,14 +462,20 @@ impl Fleet {
         out
     }
 
+    /// Each node's first grant (time), from the API's history.
+    pub fn first_grants(&self) -> BTreeMap<String, Timestamp> {
+        let mut out = BTreeMap::new();
+        for (_, nu) in self.cluster.state().history_of::<NodeUpdate>() {
+            if let (Some(name), Some(at)) = (nu.metadata.name, nu.spec.granted_at) {
+                out.entry(name).or_insert(at.0);
+            }
+        }
+        out
+    }
+
     /// The first grant the operator ever gave (time).
     pub fn first_grant(&self) -> Option<Timestamp> {
-        self.cluster
-            .state()
-            .history_of::<NodeUpdate>()
-            .into_iter()
-            .filter_map(|(_, nu)| nu.spec.granted_at.map(|t| t.0))
-            .min()
+        self.first_grants().into_values().min()
     }
 
     /// Stops the nodes (power off), the operator and the server.

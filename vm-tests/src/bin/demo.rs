@@ -211,16 +211,7 @@ fn main() -> Result<()> {
     }
     let (worst, _) = fleet.max_unavailable_seen();
     println!("  most nodes unavailable at once: {worst}");
-    let mut grants = BTreeMap::new();
-    for (_, nu) in fleet
-        .cluster
-        .state()
-        .history_of::<slipway_api::crd::NodeUpdate>()
-    {
-        if let (Some(n), Some(at)) = (nu.metadata.name.clone(), nu.spec.granted_at) {
-            grants.entry(n).or_insert(at.0);
-        }
-    }
+    let grants = fleet.first_grants();
     let k = match &spec.max_unavailable {
         IntOrString::Int(i) => (*i).max(1) as usize,
         IntOrString::String(_) => 1,

@@ -129,7 +129,7 @@ fn a_rolling_update_respects_window_and_budget_and_a_bad_release_halts_the_rollo
     );
     assert_eq!(cluster[0]["policies"][0]["updated"], 3, "{cluster}");
 
-    let grants = grant_times(&fleet);
+    let grants = fleet.first_grants();
     let eff = Efficiency::compute(&grants, &finished, 1).expect("cycles");
     for (node, secs) in &eff.cycles {
         eprintln!("fleet: cycle {node}: {secs:.1} s (grant → Ready on 2.0.0)");
@@ -208,18 +208,4 @@ fn poll_json(
         }
         std::thread::sleep(Duration::from_secs(1));
     }
-}
-
-fn grant_times(fleet: &Fleet) -> BTreeMap<String, Timestamp> {
-    let mut out = BTreeMap::new();
-    for (_, nu) in fleet
-        .cluster
-        .state()
-        .history_of::<slipway_api::crd::NodeUpdate>()
-    {
-        if let (Some(name), Some(at)) = (nu.metadata.name.clone(), nu.spec.granted_at) {
-            out.entry(name).or_insert(at.0);
-        }
-    }
-    out
 }
