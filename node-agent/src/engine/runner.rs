@@ -464,7 +464,7 @@ impl Engine {
                     .filter(|(s, n, _)| *s == slot && *n == written)
                     .map(|(_, _, d)| d);
                 let got = match cached {
-                    // The download re-read every byte after it was fsynced.
+                    // The download re-read every byte it wrote, and fsynced the slot.
                     Some(d) => Ok(d),
                     // After a restart nothing was re-read by this process: read the slot now.
                     None => {

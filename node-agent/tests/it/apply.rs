@@ -171,6 +171,35 @@ async fn an_interrupted_download_resumes_with_range_in_a_new_engine() {
 }
 
 #[tokio::test]
+async fn a_payload_in_small_pieces_is_written_whole_across_a_resume() {
+    // Odd-sized small pieces: batches for the writer gather hundreds of chunks, checkpoints
+    // fall between them, and the resume starts mid-piece.
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let image = bytes((3 << 20) + 12_345, 9);
+    let m = manifest("2.0.0", &image, "/v1/payloads/os", PayloadFormat::Raw);
+    node.offer("os", image.clone(), sign(&m));
+    server.with(|r| {
+        r.chunk = Some(997);
+        r.mode = Mode::DropAfter((image.len() as u64) * 6 / 10);
+    });
+    let engine = node.engine().await;
+    engine.check().await.unwrap();
+    assert_eq!(engine.snapshot().phase, "Downloading");
+    drop(engine);
+    let engine = node.engine().await;
+    let snap = engine.snapshot();
+    assert_eq!(snap.phase, "Staged", "{}", snap.last_error);
+    assert_eq!(&node.slot(Slot::B)[..image.len()], &image[..]);
+    assert_eq!(node.slot(Slot::A), node.running_a);
+    let ranges = server.with(|r| r.ranges.clone());
+    assert!(
+        matches!(ranges.as_slice(), [None, Some(r)] if r != "bytes=0-"),
+        "{ranges:?}"
+    );
+}
+
+#[tokio::test]
 async fn recording_the_boot_leaves_an_interrupted_download_to_the_first_check() {
     let server = TestServer::start().await;
     let node = Node::new(&server);

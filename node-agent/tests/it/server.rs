@@ -38,6 +38,8 @@ pub struct Recorded {
     pub bytes_served: u64,
     pub events: Vec<EventReport>,
     pub events_down: bool,
+    /// Serve payloads in pieces of this many bytes (default 64 KiB).
+    pub chunk: Option<usize>,
     /// Answer checks with this status and error kind instead.
     pub check_error: Option<(StatusCode, &'static str)>,
 }
@@ -128,17 +130,17 @@ async fn payload(
         let Some(bytes) = r.payloads.get(&name).cloned() else {
             return StatusCode::NOT_FOUND.into_response();
         };
-        let mode = r.mode.clone();
-        if matches!(mode, Mode::DropAfter(_)) {
+        let mode = (r.mode.clone(), r.chunk.unwrap_or(64 << 10));
+        if matches!(mode.0, Mode::DropAfter(_)) {
             r.mode = Mode::Honest;
         }
         (bytes, mode)
     };
+    let (mode, chunk) = mode;
     let total = bytes.len() as u64;
     let start = parse_range(&headers).unwrap_or(0).min(total);
     let body = bytes.slice(start as usize..);
     let rec2 = rec.clone();
-    let chunk = 64 << 10;
     let limit = match mode {
         Mode::DropAfter(n) => Some(n),
         _ => None,
