@@ -170,6 +170,25 @@ async fn an_interrupted_download_resumes_with_range_in_a_new_engine() {
     );
 }
 
+/// One check that the server interrupts, then a new engine (as after a restart) that resumes:
+/// slot B ends up holding `image`, slot A untouched. Returns the payload requests' `Range`s.
+async fn interrupted_then_resumed(
+    server: &TestServer,
+    node: &Node,
+    image: &[u8],
+) -> Vec<Option<String>> {
+    let engine = node.engine().await;
+    engine.check().await.unwrap();
+    assert_eq!(engine.snapshot().phase, "Downloading");
+    drop(engine);
+    let engine = node.engine().await;
+    let snap = engine.snapshot();
+    assert_eq!(snap.phase, "Staged", "{}", snap.last_error);
+    assert_eq!(&node.slot(Slot::B)[..image.len()], image);
+    assert_eq!(node.slot(Slot::A), node.running_a);
+    server.with(|r| r.ranges.clone())
+}
+
 #[tokio::test]
 async fn a_payload_in_small_pieces_is_written_whole_across_a_resume() {
     // Odd-sized small pieces: batches for the writer gather hundreds of chunks, checkpoints
@@ -183,16 +202,7 @@ async fn a_payload_in_small_pieces_is_written_whole_across_a_resume() {
         r.chunk = Some(997);
         r.mode = Mode::DropAfter((image.len() as u64) * 6 / 10);
     });
-    let engine = node.engine().await;
-    engine.check().await.unwrap();
-    assert_eq!(engine.snapshot().phase, "Downloading");
-    drop(engine);
-    let engine = node.engine().await;
-    let snap = engine.snapshot();
-    assert_eq!(snap.phase, "Staged", "{}", snap.last_error);
-    assert_eq!(&node.slot(Slot::B)[..image.len()], &image[..]);
-    assert_eq!(node.slot(Slot::A), node.running_a);
-    let ranges = server.with(|r| r.ranges.clone());
+    let ranges = interrupted_then_resumed(&server, &node, &image).await;
     assert!(
         matches!(ranges.as_slice(), [None, Some(r)] if r != "bytes=0-"),
         "{ranges:?}"
@@ -257,15 +267,7 @@ async fn a_zstd_download_resumes_at_a_frame_boundary() {
     let m = manifest("2.0.0", &served, "/v1/payloads/os", PayloadFormat::Zstd);
     node.offer("os", served.clone(), sign(&m));
     server.with(|r| r.mode = Mode::DropAfter((served.len() as u64) * 6 / 10));
-    let engine = node.engine().await;
-    engine.check().await.unwrap();
-    assert_eq!(engine.snapshot().phase, "Downloading");
-    drop(engine);
-    let engine = node.engine().await;
-    let snap = engine.snapshot();
-    assert_eq!(snap.phase, "Staged", "{}", snap.last_error);
-    assert_eq!(&node.slot(Slot::B)[..image.len()], &image[..]);
-    let ranges = server.with(|r| r.ranges.clone());
+    let ranges = interrupted_then_resumed(&server, &node, &image).await;
     assert!(
         ranges[1].is_some(),
         "resumed with a Range request: {ranges:?}"
