@@ -494,9 +494,7 @@ impl Engine {
                 })
             }
             Effect::SetTrial { slot, tries } => {
-                fail::fail_point!("before-set-trial", |_| Err(Error::Refused(
-                    "failpoint before-set-trial".into()
-                )));
+                crash_point_before_set_trial(&self.settings.state_dir)?;
                 Some(match self.boot.set_trial(slot, tries) {
                     Ok(()) => Input::TrialSet {
                         boot_id: self.facts.boot_id.clone(),
@@ -689,4 +687,17 @@ impl Engine {
     pub fn queued_events(&self) -> Vec<EventKind> {
         self.shared.lock().outbox.iter().map(|r| r.event).collect()
     }
+}
+
+/// The crash point between writing a slot and flipping the boot selection (tests; a no-op
+/// unless built with the `failpoints` feature). Configured as `return(STATE_DIR)` it stops only
+/// the engine with that state directory, so that tests running other engines in the same
+/// process at the same time are not hit; plain `return` stops every engine.
+fn crash_point_before_set_trial(state_dir: &std::path::Path) -> Result<()> {
+    let _ = state_dir;
+    fail::fail_point!("before-set-trial", |only: Option<String>| match only {
+        Some(dir) if std::path::Path::new(&dir) != state_dir => Ok(()),
+        _ => Err(Error::Refused("failpoint before-set-trial".into())),
+    });
+    Ok(())
 }

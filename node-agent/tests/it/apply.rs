@@ -366,6 +366,17 @@ async fn runtime_images_are_installed_and_units_restarted_or_rolled_back() {
     }
 }
 
+/// Arms the crash point before the boot selection flips, for `node`'s engine only (other tests'
+/// engines run in this process at the same time).
+fn crash_before_set_trial(node: &Node) {
+    let state_dir = node.settings().state_dir;
+    fail::cfg(
+        "before-set-trial",
+        &format!("return({})", state_dir.display()),
+    )
+    .unwrap();
+}
+
 #[tokio::test]
 async fn a_crash_between_writing_and_flipping_re_verifies_on_restart() {
     let scenario = fail::FailScenario::setup();
@@ -374,7 +385,7 @@ async fn a_crash_between_writing_and_flipping_re_verifies_on_restart() {
     let image = bytes(2 << 20, 11);
     let m = manifest("2.0.0", &image, "/v1/payloads/os", PayloadFormat::Raw);
     node.offer("os", image.clone(), sign(&m));
-    fail::cfg("before-set-trial", "return").unwrap();
+    crash_before_set_trial(&node);
     let engine = node.engine().await;
     assert!(
         engine.check().await.is_err(),
@@ -402,7 +413,7 @@ async fn a_crash_between_writing_and_flipping_re_verifies_on_restart() {
 
     // Same crash with an intact slot: the restart re-verifies and stages.
     let node = Node::new(&server);
-    fail::cfg("before-set-trial", "return").unwrap();
+    crash_before_set_trial(&node);
     let engine = node.engine().await;
     assert!(engine.check().await.is_err());
     fail::remove("before-set-trial");
