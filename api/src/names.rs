@@ -12,3 +12,6 @@ pub const DBUS_NAME: &str = "dev.slipway.Engine1";
 pub const DBUS_PATH: &str = "/dev/slipway/Engine1";
 /// The engine's D-Bus interface.
 pub const DBUS_INTERFACE: &str = "dev.slipway.Engine1";
+/// `Content-Type` of every component's `/metrics` (OpenMetrics text).
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";

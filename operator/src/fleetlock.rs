@@ -161,7 +161,7 @@ async fn metrics(State(op): State<Arc<Operator>>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            slipway_api::names::OPENMETRICS_CONTENT_TYPE,
         )],
         op.metrics().encode(),
     )

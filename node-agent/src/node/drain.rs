@@ -83,6 +83,17 @@ pub enum DrainOutcome {
     },
 }
 
+impl DrainOutcome {
+    /// The outcome's name in metrics (`drained`, `forced`, `blocked`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            DrainOutcome::Drained { .. } => "drained",
+            DrainOutcome::Forced { .. } => "forced",
+            DrainOutcome::Blocked { .. } => "blocked",
+        }
+    }
+}
+
 /// Drain failures that are not a blocked pod (API errors).
 #[derive(Debug, thiserror::Error)]
 pub enum DrainError {

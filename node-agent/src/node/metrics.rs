@@ -148,7 +148,7 @@ pub async fn serve(
                     (
                         [(
                             header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            slipway_api::names::OPENMETRICS_CONTENT_TYPE,
                         )],
                         metrics.encode(),
                     )

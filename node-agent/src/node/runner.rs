@@ -257,14 +257,11 @@ impl Runner {
                     settings.delete_empty_dir_data = p.spec.drain.delete_empty_dir_data;
                 }
                 let outcome = drain::drain(&self.client, &self.node, &settings).await?;
-                let label = match &outcome {
-                    DrainOutcome::Drained { .. } => "drained",
-                    DrainOutcome::Forced { .. } => "forced",
-                    DrainOutcome::Blocked { .. } => "blocked",
-                };
                 self.metrics
                     .drains
-                    .get_or_create(&super::metrics::OutcomeLabels { outcome: label })
+                    .get_or_create(&super::metrics::OutcomeLabels {
+                        outcome: outcome.name(),
+                    })
                     .inc();
                 match outcome {
                     DrainOutcome::Drained { .. } | DrainOutcome::Forced { .. } => {

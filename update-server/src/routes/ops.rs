@@ -30,7 +30,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut resp = state.metrics().encode().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        HeaderValue::from_static(slipway_api::names::OPENMETRICS_CONTENT_TYPE),
     );
     resp
 }
