@@ -11,7 +11,7 @@
 //! Used by the end-to-end test (`tests/it/fleet.rs`) and by the demo (`src/bin/demo.rs`).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -26,7 +26,7 @@ use slipway_api::crd::{NodePhase, NodeUpdate, RolloutPolicy, RolloutPolicySpec};
 use slipway_testkit::{ChangeOp, TestCluster};
 
 use crate::image::Images;
-use crate::qemu::Node;
+use crate::qemu::{Node, tail_file};
 use crate::server::Server;
 
 /// The label every fleet node carries (the default policy selects it).
@@ -492,7 +492,7 @@ impl Fleet {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         if let Some(mut op) = op {
-            // SIGTERM first: the operator returns its Lease.
+            // SIGTERM first: the operator stops as in a Pod (clears its leader label).
             let _ = Command::new("kill")
                 .args(["-TERM", &op.id().to_string()])
                 .status();
@@ -511,12 +511,12 @@ impl Fleet {
 
     /// The last `n` lines of the operator's log.
     pub fn operator_tail(&self, n: usize) -> String {
-        tail(&self.operator_log, n)
+        tail_file(&self.operator_log, n)
     }
 
     /// The last `n` lines of a node's serial console.
     pub fn console_tail(&self, node: &str, n: usize) -> String {
-        tail(&self.dir.join(node).join("serial.log"), n)
+        tail_file(&self.dir.join(node).join("serial.log"), n)
     }
 
     /// Waits until `done` holds for the views, calling `tick` with every change of the views
@@ -584,13 +584,6 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
-}
-
-fn tail(path: &Path, n: usize) -> String {
-    let text = std::fs::read(path).unwrap_or_default();
-    let text = String::from_utf8_lossy(&text);
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
 /// What a kubelet would say about a node: Ready while its OS is up, NotReady from the moment

@@ -183,23 +183,30 @@ impl Node {
         if !self.running() {
             self.power_on()?;
         }
-        let mut f = std::fs::File::open(self.serial())?;
-        std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(self.seen))?;
-        let mut reader = BufReader::new(f);
         let mut out = Vec::new();
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let n = reader.read_until(b'\n', &mut line)?;
-            if n == 0 || line.last() != Some(&b'\n') {
-                return Ok(out);
-            }
-            self.seen += n as u64;
-            out.push(String::from_utf8_lossy(&line).trim_end().to_owned());
-        }
+        self.read_lines(|line| {
+            out.push(line.trim_end().to_owned());
+            false
+        })?;
+        Ok(out)
     }
 
     fn scan(&mut self, needles: &[&str]) -> Result<Option<(usize, String)>> {
+        let mut found = None;
+        self.read_lines(|line| {
+            found = needles
+                .iter()
+                .position(|n| line.contains(n))
+                .map(|i| (i, line.trim_end().to_owned()));
+            found.is_some()
+        })?;
+        Ok(found)
+    }
+
+    /// Hands each complete serial line after the last one read to `stop`, moving past it,
+    /// until `stop` returns true or no complete line is left (a partial line is read again
+    /// next time).
+    fn read_lines(&mut self, mut stop: impl FnMut(&str) -> bool) -> Result<()> {
         let mut f = std::fs::File::open(self.serial())?;
         std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(self.seen))?;
         let mut reader = BufReader::new(f);
@@ -208,22 +215,18 @@ impl Node {
             line.clear();
             let n = reader.read_until(b'\n', &mut line)?;
             if n == 0 || line.last() != Some(&b'\n') {
-                return Ok(None); // a partial line is read again next time
+                return Ok(());
             }
             self.seen += n as u64;
-            let text = String::from_utf8_lossy(&line);
-            if let Some(i) = needles.iter().position(|n| text.contains(n)) {
-                return Ok(Some((i, text.trim_end().to_owned())));
+            if stop(&String::from_utf8_lossy(&line)) {
+                return Ok(());
             }
         }
     }
 
     /// The last `n` lines of the serial console (all boots).
     pub fn tail(&self, n: usize) -> String {
-        let text = std::fs::read(self.serial()).unwrap_or_default();
-        let text = String::from_utf8_lossy(&text);
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        tail_file(&self.serial(), n)
     }
 
     /// Hard power-off through QMP (`quit`), like pulling the plug.
@@ -271,4 +274,12 @@ impl Drop for Node {
             let _ = c.wait();
         }
     }
+}
+
+/// The last `n` lines of a text file (empty if it cannot be read).
+pub fn tail_file(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
 }
