@@ -149,7 +149,7 @@ impl Reporter {
                 continue;
             }
             let view = operator.cluster_view().await;
-            let mut report = cluster_report(&self.settings.cluster, Timestamp::now(), &view);
+            let report = cluster_report(&self.settings.cluster, Timestamp::now(), &view);
             let same = last
                 .as_ref()
                 .is_some_and(|l| l.policies == report.policies && l.nodes == report.nodes);
@@ -157,7 +157,6 @@ impl Reporter {
             if same && !due {
                 continue;
             }
-            report.at = Timestamp::now();
             match self.send(&report).await {
                 Ok(()) => {
                     if failing {

@@ -316,7 +316,6 @@ impl Pipeline {
         self.written += out.len() as u64;
         let mut rest = out;
         while !rest.is_empty() {
-            self.buf.reserve_exact(WRITE_BUF - self.buf.len());
             let room = WRITE_BUF - self.buf.len();
             let n = room.min(rest.len());
             self.buf.extend_from_slice(&rest[..n]);
@@ -449,23 +448,29 @@ pub async fn run(
         .spawn(move || reread_slot(vpath, vrx))
         .map_err(|e| Error::io(&job.slot_path, e))?;
 
+    let compressed = job.format != PayloadFormat::Raw;
     let mut pipe = Pipeline {
         url: url.clone(),
         size: job.size,
-        compressed: job.format != PayloadFormat::Raw,
+        compressed,
         served: from.served,
         served_hash,
         written: from.written,
         written_hash,
         decoder: Decoder::new(job.format, &url)?,
         at_boundary: true,
-        buf: Vec::new(),
+        // The decode buffers only for compressed payloads (raw chunks go to the batch as is).
+        buf: if compressed {
+            Vec::with_capacity(WRITE_BUF)
+        } else {
+            Vec::new()
+        },
         batch: Vec::with_capacity(BATCH_PARTS),
         batch_len: 0,
-        scratch: if job.format == PayloadFormat::Raw {
-            Vec::new()
-        } else {
+        scratch: if compressed {
             vec![0u8; DECODE_BUF]
+        } else {
+            Vec::new()
         },
         last_checkpoint: from.written,
         checkpoint_bytes: job.checkpoint_bytes,
@@ -502,7 +507,7 @@ pub async fn run(
                 "compressed payload ends inside a frame (truncated or corrupt)".into(),
             ));
         }
-        if pipe.compressed {
+        if compressed {
             let served = Sha256Digest::from_hasher(pipe.served_hash.clone());
             if served != job.sha256 {
                 return Err(payload_err(format!(
@@ -515,13 +520,12 @@ pub async fn run(
         pipe.send(Msg::Finish)
     }
     .await;
-    let written_digest = if pipe.compressed {
+    let written_digest = if compressed {
         Sha256Digest::from_hasher(pipe.written_hash.clone())
     } else {
         job.sha256
     };
     let written = pipe.written;
-    let compressed = pipe.compressed;
     drop(pipe); // hang up, so a writer waiting for more stops
     let (wrote, reread) = tokio::task::spawn_blocking(move || (writer.join(), verifier.join()))
         .await
@@ -559,8 +563,9 @@ pub async fn run(
 
 /// The writer thread: positional writes into the page cache, each announced to the verifier.
 /// Checkpoints go to a syncer thread that fsyncs while writing goes on (a flush of tens of MiB
-/// would otherwise stall the whole pipeline), then hands the checkpoint on to be persisted. `fdatasync` covers every write issued before it started, so a checkpoint is
-/// reported only once everything up to its offset is on disk.
+/// would otherwise stall the whole pipeline), then hands the checkpoint on to be persisted.
+/// `fdatasync` covers every write issued before it started, so a checkpoint is reported only
+/// once everything up to its offset is on disk.
 fn write_slot(
     file: std::fs::File,
     path: PathBuf,

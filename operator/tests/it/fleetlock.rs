@@ -192,17 +192,7 @@ async fn a_standby_is_ready_but_refuses_fleetlock_and_only_the_leader_answers_le
     apply_policy(&client, "workers", json!({"channel": "stable"})).await;
     let clock = ManualClock::new(t0());
     // Two replicas in a real election: "a" joins first and leads, "b" stands by.
-    let election_a = slipway_operator::leader::elect(client.clone(), &lease("a"))
-        .await
-        .unwrap();
-    let mut a_leads = election_a.leading.clone();
-    tokio::time::timeout(Duration::from_secs(60), a_leads.wait_for(|l| *l))
-        .await
-        .expect("a never led")
-        .unwrap();
-    let election_b = slipway_operator::leader::elect(client.clone(), &lease("b"))
-        .await
-        .unwrap();
+    let (election_a, election_b) = leader_then_standby(&client, "a", "b").await;
     let a = start_operator(client.clone(), &clock, election_a.leading.clone()).await;
     let b = start_operator(client.clone(), &clock, election_b.leading.clone()).await;
     let (leader, standby) = (serve(a.op.clone()).await, serve(b.op.clone()).await);

@@ -84,17 +84,7 @@ async fn the_leader_labels_its_pod_and_the_label_moves_with_the_lease() {
     let client = cluster.client();
     create_pod(&cluster, "operator-a", false);
     create_pod(&cluster, "operator-b", false);
-    let election_a = leader::elect(client.clone(), &lease("operator-a"))
-        .await
-        .unwrap();
-    let mut a_leads = election_a.leading.clone();
-    tokio::time::timeout(DEADLINE, a_leads.wait_for(|l| *l))
-        .await
-        .expect("operator-a never led")
-        .unwrap();
-    let election_b = leader::elect(client.clone(), &lease("operator-b"))
-        .await
-        .unwrap();
+    let (election_a, election_b) = leader_then_standby(&client, "operator-a", "operator-b").await;
     let labeler_a = Labeler::start(&client, "operator-a", election_a.leading.clone());
     let labeler_b = Labeler::start(&client, "operator-b", election_b.leading.clone());
     wait_until("operator-a labelled", DEADLINE, || {

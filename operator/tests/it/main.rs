@@ -126,6 +126,29 @@ fn lease(id: &str) -> slipway_operator::leader::LeaseSettings {
     }
 }
 
+/// Two replicas in one election: `a` joins first and leads before `b` joins as the standby.
+async fn leader_then_standby(
+    client: &Client,
+    a: &str,
+    b: &str,
+) -> (
+    slipway_operator::leader::Election,
+    slipway_operator::leader::Election,
+) {
+    let election_a = slipway_operator::leader::elect(client.clone(), &lease(a))
+        .await
+        .unwrap();
+    let mut a_leads = election_a.leading.clone();
+    tokio::time::timeout(Duration::from_secs(60), a_leads.wait_for(|l| *l))
+        .await
+        .unwrap_or_else(|_| panic!("{a} never led"))
+        .unwrap();
+    let election_b = slipway_operator::leader::elect(client.clone(), &lease(b))
+        .await
+        .unwrap();
+    (election_a, election_b)
+}
+
 fn leading() -> (watch::Sender<bool>, watch::Receiver<bool>) {
     watch::channel(true)
 }
@@ -559,17 +582,7 @@ async fn with_two_replicas_only_the_leader_writes_and_the_standby_takes_over() {
     )
     .await;
     let clock = ManualClock::new(t0());
-    let election_a = slipway_operator::leader::elect(client.clone(), &lease("a"))
-        .await
-        .unwrap();
-    let mut rx_a_wait = election_a.leading.clone();
-    tokio::time::timeout(Duration::from_secs(10), rx_a_wait.wait_for(|l| *l))
-        .await
-        .unwrap()
-        .unwrap();
-    let election_b = slipway_operator::leader::elect(client.clone(), &lease("b"))
-        .await
-        .unwrap();
+    let (election_a, election_b) = leader_then_standby(&client, "a", "b").await;
     let a = start_operator(client.clone(), &clock, election_a.leading.clone()).await;
     let b = start_operator(client.clone(), &clock, election_b.leading.clone()).await;
     let agents = spawn_agents(client.clone(), BTreeMap::new());
