@@ -699,6 +699,14 @@ pub fn window_at(at: Timestamp, minutes: u32) -> slipway_api::crd::RebootWindow 
     }
 }
 
+/// Notes in `done` when each node was first seen done on `version` (the end of its cycle for
+/// [`Efficiency`]); call it with every change of the views.
+pub fn note_done(done: &mut BTreeMap<String, Timestamp>, views: &[NodeView], version: &str) {
+    for v in views.iter().filter(|v| v.done_on(version)) {
+        done.entry(v.name.clone()).or_insert_with(Timestamp::now);
+    }
+}
+
 /// The rollout's figures: each node's cycle (grant → done on the new version) and the whole.
 #[derive(Debug, Clone)]
 pub struct Efficiency {

@@ -12,7 +12,9 @@ use clap::Parser;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use slipway_api::crd::RolloutPolicySpec;
-use slipway_vm_tests::fleet::{CHANNEL, Efficiency, Fleet, FleetOptions, NodeView, fleet_policy};
+use slipway_vm_tests::fleet::{
+    CHANNEL, Efficiency, Fleet, FleetOptions, NodeView, fleet_policy, note_done,
+};
 
 /// A rolling OS update across QEMU nodes (software emulation; a few minutes).
 #[derive(Debug, Parser)]
@@ -176,12 +178,8 @@ fn main() -> Result<()> {
                     println!("{text}");
                     printed.insert(v.name.clone(), key);
                 }
-                if v.done_on(&target) {
-                    finished
-                        .entry(v.name.clone())
-                        .or_insert_with(Timestamp::now);
-                }
             }
+            note_done(&mut finished, after, &target);
             if last_summary.elapsed() > Duration::from_secs(20) {
                 last_summary = Instant::now();
                 let done = after.iter().filter(|v| v.done_on(&target)).count();

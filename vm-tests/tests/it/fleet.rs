@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use slipway_api::crd::RolloutPolicySpec;
-use slipway_vm_tests::fleet::{CHANNEL, Efficiency, Fleet, FleetOptions, NodeView, fleet_policy};
+use slipway_vm_tests::fleet::{
+    CHANNEL, Efficiency, Fleet, FleetOptions, NodeView, fleet_policy, note_done,
+};
 
 use crate::scenarios::{ONE_AT_A_TIME, images};
 
@@ -66,13 +68,7 @@ fn a_rolling_update_respects_window_and_budget_and_a_bad_release_halts_the_rollo
             |vs| vs.iter().all(|v| v.done_on("2.0.0")),
             |t, before, after| {
                 log_changes(t, before, after);
-                for v in after {
-                    if v.done_on("2.0.0") {
-                        finished
-                            .entry(v.name.clone())
-                            .or_insert_with(Timestamp::now);
-                    }
-                }
+                note_done(&mut finished, after, "2.0.0");
             },
         )
         .unwrap();
