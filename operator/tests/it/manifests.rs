@@ -152,6 +152,13 @@ fn kinds(objs: &[Value], kind: &str) -> Vec<Value> {
     objs.iter().filter(|o| o["kind"] == kind).cloned().collect()
 }
 
+/// The object of `kind` named `name`.
+fn object(objs: &[Value], kind: &str, name: &str) -> Option<Value> {
+    objs.iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .cloned()
+}
+
 /// Every optional part of the chart switched on.
 const ALL_ON: &str = r#"
 image: {tag: "0.2.0", pullPolicy: Always}
@@ -438,10 +445,7 @@ async fn the_chart_s_optional_objects_are_what_the_components_expect() {
         assert_eq!(pod["containers"][0]["imagePullPolicy"], "Always");
         assert_eq!(pod["imagePullSecrets"], json!([{"name": "registry"}]));
     }
-    let operator = kinds(&objs, "Deployment")
-        .into_iter()
-        .find(|d| d["metadata"]["name"] == "slipway-operator")
-        .unwrap();
+    let operator = object(&objs, "Deployment", "slipway-operator").unwrap();
     assert_eq!(operator["spec"]["replicas"], 3);
     // Without the server, none of its objects.
     let off = docs(&helm_template(NAMESPACE, "server: {enabled: false}"));
@@ -648,10 +652,7 @@ fn check_rbac(objs: &[Value], namespace: &str) {
 /// scope is "cluster" for a ClusterRole bound by a ClusterRoleBinding and the namespace for a
 /// Role (or ClusterRole) bound by a RoleBinding.
 fn operator_permissions(objs: &[Value]) -> BTreeMap<(String, String, String), BTreeSet<String>> {
-    let operator = kinds(objs, "Deployment")
-        .into_iter()
-        .find(|d| d["metadata"]["name"] == "slipway-operator")
-        .expect("no operator Deployment");
+    let operator = object(objs, "Deployment", "slipway-operator").expect("no operator Deployment");
     let sa = operator["spec"]["template"]["spec"]["serviceAccountName"].clone();
     let namespace = operator["metadata"]["namespace"].clone();
     let mut perms: BTreeMap<(String, String, String), BTreeSet<String>> = BTreeMap::new();
@@ -775,10 +776,7 @@ fn the_fleetlock_service_selects_the_leader_and_the_operator_rolls() {
         ("chart", docs(&helm_template("updates", "{}")), "updates"),
     ] {
         let service = |name: &str| {
-            kinds(&objs, "Service")
-                .into_iter()
-                .find(|s| s["metadata"]["name"] == name)
-                .unwrap_or_else(|| panic!("{what}: no Service {name}"))
+            object(&objs, "Service", name).unwrap_or_else(|| panic!("{what}: no Service {name}"))
         };
         // FleetLock: the operator's pods, and of those only the one the leader labelled (the
         // label name is the code's).
@@ -799,10 +797,7 @@ fn the_fleetlock_service_selects_the_leader_and_the_operator_rolls() {
             "{what}"
         );
         assert_eq!(metrics["spec"]["publishNotReadyAddresses"], true, "{what}");
-        let operator = kinds(&objs, "Deployment")
-            .into_iter()
-            .find(|d| d["metadata"]["name"] == "slipway-operator")
-            .unwrap();
+        let operator = object(&objs, "Deployment", "slipway-operator").unwrap();
         assert_eq!(operator["metadata"]["namespace"], namespace);
         // Every replica is Ready (standbys too), so a rolling update completes; never fewer
         // than the replicas asked for.
