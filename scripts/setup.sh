@@ -61,6 +61,11 @@ if ! cmp -s "$req" "$TOOLS_DIR/requirements.txt" 2>/dev/null; then
   $SUDO cp "$req" "$TOOLS_DIR/requirements.txt"
 fi
 
+# The real Kubernetes control plane the tests run against (kube-apiserver, etcd,
+# kube-controller-manager, kube-scheduler, kubelet), built from upstream through the Go module
+# proxy at the versions in scripts/kube-versions.env, cached in a version-keyed directory.
+"$(dirname "$0")/build-kube.sh"
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install the Rust toolchain named in rust-toolchain.toml" >&2
   exit 1

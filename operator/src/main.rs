@@ -75,6 +75,11 @@ struct Args {
     /// This cluster's name on the dashboard.
     #[arg(long, env = "SLIPWAY_CLUSTER_NAME", default_value = "default")]
     cluster_name: String,
+    /// Manage only the Nodes, RolloutPolicies and NodeUpdates labelled LABEL=VALUE (the
+    /// NodeUpdates it creates get the label): lets several operators share a cluster, e.g. a
+    /// canary operator for one pool. Give each its own --lease-name. Default: everything.
+    #[arg(long, env = "SLIPWAY_SCOPE", value_name = "LABEL=VALUE")]
+    scope: Option<slipway_operator::reconcile::Scope>,
 }
 
 #[tokio::main]
@@ -140,6 +145,7 @@ async fn main() -> Result<()> {
         Settings {
             resync: Duration::from_secs(args.resync_secs),
             instance: identity.clone(),
+            scope: args.scope.clone(),
             cloudevents: cloudevents.clone(),
             ..Settings::default()
         },

@@ -55,6 +55,44 @@ pub struct Settings {
     pub instance: String,
     /// Where CloudEvents go (the leader emits; the default has no sinks).
     pub cloudevents: slipway_events::Emitter,
+    /// Manage only the Nodes, RolloutPolicies and NodeUpdates that carry this label (the
+    /// NodeUpdates this operator creates get it): several operators can share one cluster,
+    /// e.g. a canary operator for a labelled pool. `None`: everything.
+    pub scope: Option<Scope>,
+}
+
+/// A `key=value` label that scopes an operator (see [`Settings::scope`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// Label key.
+    pub key: String,
+    /// Label value.
+    pub value: String,
+}
+
+impl Scope {
+    /// The label selector that matches it.
+    pub fn selector(&self) -> String {
+        format!("{}={}", self.key, self.value)
+    }
+}
+
+impl std::str::FromStr for Scope {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (key, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("scope {s:?}: expected LABEL=VALUE"))?;
+        let (key, value) = (key.trim(), value.trim());
+        if key.is_empty() || key.contains(['=', ',', '!', ' ']) || value.contains([',', ' ']) {
+            return Err(format!("scope {s:?}: expected one LABEL=VALUE"));
+        }
+        Ok(Self {
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+    }
 }
 
 impl Default for Settings {
@@ -65,6 +103,7 @@ impl Default for Settings {
             write_concurrency: 16,
             instance: MANAGER.to_string(),
             cloudevents: slipway_events::Emitter::default(),
+            scope: None,
         }
     }
 }
@@ -170,6 +209,7 @@ fn spawn_reflector<K>(
     writer: reflector::store::Writer<K>,
     trigger: Arc<Notify>,
     modify: fn(&mut K),
+    config: watcher::Config,
 ) -> tokio::task::JoinHandle<()>
 where
     K: Resource<DynamicType = ()>
@@ -181,7 +221,7 @@ where
         + 'static,
 {
     tokio::spawn(async move {
-        let stream = watcher(api, watcher::Config::default())
+        let stream = watcher(api, config)
             .default_backoff()
             .modify(modify)
             .reflect(writer);
@@ -548,24 +588,31 @@ impl Operator {
         let (nodes, nw) = reflector::store::<Node>();
         let (policies, pw) = reflector::store::<RolloutPolicy>();
         let (updates, uw) = reflector::store::<NodeUpdate>();
+        let config = match &settings.scope {
+            Some(scope) => watcher::Config::default().labels(&scope.selector()),
+            None => watcher::Config::default(),
+        };
         let reflectors = vec![
             spawn_reflector(
                 Api::<Node>::all(client.clone()),
                 nw,
                 trigger.clone(),
                 slim_node,
+                config.clone(),
             ),
             spawn_reflector(
                 Api::<RolloutPolicy>::all(client.clone()),
                 pw,
                 trigger.clone(),
                 slim::<RolloutPolicy>,
+                config.clone(),
             ),
             spawn_reflector(
                 Api::<NodeUpdate>::all(client.clone()),
                 uw,
                 trigger.clone(),
                 slim::<NodeUpdate>,
+                config.clone(),
             ),
         ];
         // The writers live in the reflector tasks for the operator's lifetime, so these only
@@ -924,6 +971,10 @@ impl Operator {
                     let r = match &w {
                         Write::Create { node, uid, spec } => {
                             let mut nu = NodeUpdate::new(node, spec.clone());
+                            if let Some(scope) = &self.settings.scope {
+                                nu.metadata.labels =
+                                    Some([(scope.key.clone(), scope.value.clone())].into());
+                            }
                             nu.metadata.owner_references = Some(vec![OwnerReference {
                                 api_version: "v1".into(),
                                 kind: "Node".into(),

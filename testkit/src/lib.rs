@@ -10,6 +10,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod control_plane;
 pub mod error;
 pub mod patch;
 pub mod pdb;
@@ -19,6 +20,7 @@ pub mod selector;
 mod server;
 pub mod store;
 
+pub use control_plane::ControlPlane;
 pub use error::{Cause, Error, Result, Target};
 pub use store::{Change, ChangeOp, ClusterState, Fault, FaultAction, Verb};
 

@@ -217,6 +217,25 @@ fn key(pod: &Pod) -> String {
     format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any())
 }
 
+/// What a refused eviction says, for the node's status and Events: kube-apiserver's message
+/// names no budget ("Cannot evict pod as it would violate the pod's disruption budget."); the
+/// causes say which and why ("The disruption budget web-pdb needs 2 healthy pods and has 2
+/// currently"), so they are appended.
+fn refusal_message(s: &kube::core::Status) -> String {
+    let causes: Vec<&str> = s
+        .details
+        .iter()
+        .flat_map(|d| d.causes.iter())
+        .map(|c| c.message.as_str())
+        .filter(|m| !m.is_empty() && !s.message.contains(*m))
+        .collect();
+    if causes.is_empty() {
+        s.message.clone()
+    } else {
+        format!("{} {}", s.message.trim_end(), causes.join("; "))
+    }
+}
+
 async fn pdb_for(client: &Client, pod: &Pod) -> Option<String> {
     let ns = pod.namespace()?;
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
@@ -295,8 +314,9 @@ pub async fn drain(
                 }
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(kube::Error::Api(s)) if s.code == 429 => {
-                    debug!(pod = %k, message = %s.message, "eviction refused");
-                    last_refusal.insert(k, s.message.clone());
+                    let message = refusal_message(&s);
+                    debug!(pod = %k, %message, "eviction refused");
+                    last_refusal.insert(k, message);
                     refused_any = true;
                 }
                 Err(e) => {

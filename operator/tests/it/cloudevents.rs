@@ -1,4 +1,4 @@
-//! CloudEvents from a real operator (on the test kit's API server) to a real HTTP sink on
+//! CloudEvents from a real operator (on the real control plane) to a real HTTP sink on
 //! 127.0.0.1: grants and node milestones during a rollout, and a halt.
 
 use std::collections::{BTreeMap, HashSet};
@@ -16,9 +16,7 @@ use slipway_operator::metrics::Metrics;
 use slipway_operator::reconcile::{Operator, Settings};
 use tokio::sync::watch;
 
-use super::{
-    Fate, Running, add_nodes, apply_policy, cluster, leading, names, spawn_agents, t0, wait_until,
-};
+use super::{Fate, Kube, Running, cluster, leading, spawn_agents, t0, test_settings, wait_until};
 
 const SOURCE: &str = "/slipway/operator/slipway-system";
 
@@ -82,7 +80,7 @@ async fn receive(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> S
 }
 
 async fn start_with_sink(
-    client: kube::Client,
+    kube: &Kube,
     clock: &ManualClock,
     leader: watch::Receiver<bool>,
     sink: url::Url,
@@ -94,14 +92,12 @@ async fn start_with_sink(
     )
     .unwrap();
     let op = Operator::start(
-        client,
+        kube.client(),
         Arc::new(clock.clone()),
         metrics,
         Settings {
-            debounce: Duration::from_millis(10),
-            resync: Duration::from_secs(2),
             cloudevents: emitter,
-            ..Settings::default()
+            ..test_settings(kube)
         },
         leader,
     )
@@ -113,25 +109,21 @@ async fn start_with_sink(
 
 #[tokio::test]
 async fn a_rollout_emits_each_grant_and_node_milestone_once_and_then_completed() {
-    let cluster = cluster().await;
-    let client = cluster.client();
-    let nodes = names("node", 3);
-    add_nodes(&client, &nodes).await;
-    apply_policy(
-        &client,
-        "workers",
-        json!({"channel": "stable", "maxUnavailable": 1}),
-    )
-    .await;
+    let kube = cluster().await;
+    let nodes = kube.names("node", 3);
+    kube.add_nodes(&nodes).await;
+    kube.apply_policy("workers", json!({"channel": "stable", "maxUnavailable": 1}))
+        .await;
+    let policy = kube.name("workers");
     let sink = Sink::default();
     let url = sink.start().await;
     let clock = ManualClock::new(t0());
     let (_tx, rx) = leading();
-    let op = start_with_sink(client.clone(), &clock, rx, url.clone()).await;
-    let agents = spawn_agents(client.clone(), BTreeMap::new());
+    let op = start_with_sink(&kube, &clock, rx, url.clone()).await;
+    let agents = spawn_agents(&kube, BTreeMap::new());
     wait_until(
         "rollout.completed at the sink",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || !sink.of_type("dev.slipway.rollout.completed").is_empty(),
     )
     .await;
@@ -161,16 +153,16 @@ async fn a_rollout_emits_each_grant_and_node_milestone_once_and_then_completed()
             .find(|e| &e.subject == node && e.type_ == "dev.slipway.node.granted")
             .unwrap();
         assert_eq!(granted.data["node"], json!(node));
-        assert_eq!(granted.data["policy"], "workers");
+        assert_eq!(granted.data["policy"], json!(policy));
         assert_eq!(granted.data["targetVersion"], "2.0.0");
         assert_eq!(granted.data["currentVersion"], "1.0.0");
     }
     let completed = sink.of_type("dev.slipway.rollout.completed");
     assert_eq!(completed.len(), 1);
-    assert_eq!(completed[0].subject, "workers");
+    assert_eq!(completed[0].subject, policy);
     assert_eq!(
         completed[0].data,
-        json!({"policy": "workers", "targetVersion": "2.0.0", "nodes": 3})
+        json!({"policy": policy, "targetVersion": "2.0.0", "nodes": 3})
     );
     // Completed comes after every node's healthy.
     let last_healthy = events
@@ -193,29 +185,28 @@ async fn a_rollout_emits_each_grant_and_node_milestone_once_and_then_completed()
 
 #[tokio::test]
 async fn a_halt_emits_rollout_halted_once_after_the_failed_nodes_rollback() {
-    let cluster = cluster().await;
-    let client = cluster.client();
-    let nodes = names("node", 3);
-    add_nodes(&client, &nodes).await;
-    apply_policy(
-        &client,
+    let kube = cluster().await;
+    let nodes = kube.names("node", 3);
+    kube.add_nodes(&nodes).await;
+    kube.apply_policy(
         "workers",
         json!({"channel": "stable", "maxUnavailable": 1, "haltAfterFailures": 1}),
     )
     .await;
+    let policy = kube.name("workers");
     let sink = Sink::default();
     let url = sink.start().await;
     let clock = ManualClock::new(t0());
     let (_tx, rx) = leading();
-    let op = start_with_sink(client.clone(), &clock, rx, url).await;
+    let op = start_with_sink(&kube, &clock, rx, url).await;
     let fates = nodes
         .iter()
         .map(|n| (n.clone(), Fate::FailsHealthCheck))
         .collect();
-    let agents = spawn_agents(client.clone(), fates);
+    let agents = spawn_agents(&kube, fates);
     wait_until(
         "rollout.halted at the sink",
-        Duration::from_secs(60),
+        Duration::from_secs(120),
         || !sink.of_type("dev.slipway.rollout.halted").is_empty(),
     )
     .await;
@@ -226,11 +217,11 @@ async fn a_halt_emits_rollout_halted_once_after_the_failed_nodes_rollback() {
     agents.abort();
     let halted = sink.of_type("dev.slipway.rollout.halted");
     assert_eq!(halted.len(), 1, "{halted:?}");
-    assert_eq!(halted[0].subject, "workers");
+    assert_eq!(halted[0].subject, policy);
     let failed = halted[0].data["failedNodes"].as_array().unwrap().clone();
     assert_eq!(failed.len(), 1);
     let failed = failed[0].as_str().unwrap().to_string();
-    assert_eq!(halted[0].data["policy"], "workers");
+    assert_eq!(halted[0].data["policy"], json!(policy));
     assert_eq!(halted[0].data["haltAfterFailures"], 1);
     let events = sink.events();
     let mine: Vec<&str> = events

@@ -1,4 +1,4 @@
-//! FleetLock against the operator's real HTTP server: lock, recursive re-lock, unlock, a full
+//! FleetLock against the operator's real HTTP server, on the real control plane: lock, recursive re-lock, unlock, a full
 //! semaphore, a wrong group, a missing header and a malformed body; FleetLock holders and
 //! Kubernetes nodes share one budget, and holders survive an operator restart. A standby is
 //! Ready but refuses FleetLock (503, Retry-After); only the leader answers /leaderz with 200.
@@ -65,39 +65,36 @@ async fn serve(op: Arc<Operator>) -> Http {
 
 #[tokio::test]
 async fn fleetlock_locks_share_the_policy_budget_with_kubernetes_nodes() {
-    let cluster = cluster().await;
-    let client = cluster.client();
-    add_nodes(&client, &names("node", 2)).await;
-    apply_policy(
-        &client,
-        "workers",
-        json!({"channel": "stable", "maxUnavailable": 2}),
-    )
-    .await;
+    let kube = cluster().await;
+    let client = kube.client();
+    let nodes = kube.names("node", 2);
+    kube.add_nodes(&nodes).await;
+    kube.apply_policy("workers", json!({"channel": "stable", "maxUnavailable": 2}))
+        .await;
+    let group = kube.name("workers");
     let clock = ManualClock::new(t0());
     let (_tx, rx) = leading();
-    let running = start_operator(client.clone(), &clock, rx).await;
+    let running = start_operator(&kube, &clock, rx).await;
     let http = serve(running.op.clone()).await;
-    wait_until("NodeUpdates", Duration::from_secs(10), || {
-        all_updates(&cluster).len() == 2
+    wait_until_async("NodeUpdates", Duration::from_secs(20), async || {
+        kube.updates().await.len() == 2
     })
     .await;
-    stage(&client, "node-00").await;
-    wait_until("node-00 granted", Duration::from_secs(10), || {
-        cluster
-            .state()
-            .get::<NodeUpdate>(None, "node-00")
+    stage(&client, &nodes[0]).await;
+    wait_until_async("node-00 granted", Duration::from_secs(20), async || {
+        kube.update(&nodes[0])
+            .await
             .is_some_and(|u| u.spec.reboot_granted)
     })
     .await;
 
-    assert_eq!(http.lock("workers", "host-a").await.0, 200, "a free slot");
+    assert_eq!(http.lock(&group, "host-a").await.0, 200, "a free slot");
     assert_eq!(
-        http.lock("workers", "host-a").await.0,
+        http.lock(&group, "host-a").await.0,
         200,
         "recursive re-lock by the holder"
     );
-    let (code, body) = http.lock("workers", "host-b").await;
+    let (code, body) = http.lock(&group, "host-b").await;
     assert_eq!(code, 409, "{body}");
     assert_eq!(body["kind"], "failed_lock");
     assert!(
@@ -109,14 +106,13 @@ async fn fleetlock_locks_share_the_policy_budget_with_kubernetes_nodes() {
     );
 
     // A Kubernetes node staged now waits for the same budget.
-    stage(&client, "node-01").await;
-    wait_until(
+    stage(&client, &nodes[1]).await;
+    wait_until_async(
         "node-01 waits on the budget",
-        Duration::from_secs(10),
-        || {
-            cluster
-                .state()
-                .get::<NodeUpdate>(None, "node-01")
+        Duration::from_secs(20),
+        async || {
+            kube.update(&nodes[1])
+                .await
                 .is_some_and(|u| u.spec.waiting_reason.as_deref() == Some("BudgetFull"))
         },
     )
@@ -127,7 +123,7 @@ async fn fleetlock_locks_share_the_policy_budget_with_kubernetes_nodes() {
         .post(
             "/v1/pre-reboot",
             false,
-            r#"{"client_params":{"id":"x","group":"workers"}}"#,
+            &json!({"client_params": {"id": "x", "group": group}}).to_string(),
         )
         .await;
     assert_eq!((code, body["kind"].as_str()), (400, Some("missing_header")));
@@ -145,10 +141,9 @@ async fn fleetlock_locks_share_the_policy_budget_with_kubernetes_nodes() {
     assert_eq!((code, body["kind"].as_str()), (404, Some("unknown_group")));
 
     // Holders are recorded in the cluster and survive an operator restart.
-    let rp: RolloutPolicy = cluster.state().get(None, "workers").unwrap();
-    let holders: Vec<_> = rp
-        .status
-        .unwrap()
+    let holders: Vec<_> = kube
+        .policy_status("workers")
+        .await
         .fleet_lock_holders
         .into_iter()
         .map(|h| h.id)
@@ -156,24 +151,19 @@ async fn fleetlock_locks_share_the_policy_budget_with_kubernetes_nodes() {
     assert_eq!(holders, vec!["host-a".to_string()]);
     drop(running);
     let (_tx2, rx2) = leading();
-    let running = start_operator(client.clone(), &clock, rx2).await;
+    let running = start_operator(&kube, &clock, rx2).await;
     let http = serve(running.op.clone()).await;
-    let (code, body) = http.lock("workers", "host-b").await;
+    let (code, body) = http.lock(&group, "host-b").await;
     assert_eq!(code, 409, "the restarted operator forgot host-a: {body}");
 
     // steady-state releases; unlocking what one does not hold is fine.
-    assert_eq!(http.unlock("workers", "host-a").await.0, 200);
-    assert_eq!(http.unlock("workers", "host-zzz").await.0, 200);
+    assert_eq!(http.unlock(&group, "host-a").await.0, 200);
+    assert_eq!(http.unlock(&group, "host-zzz").await.0, 200);
     // The freed slot goes to whoever asks first: the waiting node (on the next evaluation) or
     // host-b. Either way the budget holds.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (code, _) = http.lock("workers", "host-b").await;
-    let node01 = cluster
-        .state()
-        .get::<NodeUpdate>(None, "node-01")
-        .unwrap()
-        .spec
-        .reboot_granted;
+    let (code, _) = http.lock(&group, "host-b").await;
+    let node01 = kube.update(&nodes[1]).await.unwrap().spec.reboot_granted;
     assert!(code == 200 || node01, "the freed slot went to nobody");
     assert!(!(code == 200 && node01), "both took the one freed slot");
     let metrics = running.op.metrics().encode();
@@ -187,14 +177,16 @@ async fn fleetlock_locks_share_the_policy_budget_with_kubernetes_nodes() {
 
 #[tokio::test]
 async fn a_standby_is_ready_but_refuses_fleetlock_and_only_the_leader_answers_leaderz() {
-    let cluster = cluster().await;
-    let client = cluster.client();
-    apply_policy(&client, "workers", json!({"channel": "stable"})).await;
+    let kube = cluster().await;
+    kube.apply_policy("workers", json!({"channel": "stable"}))
+        .await;
+    let group = kube.name("workers");
+    let lock_body = json!({"client_params": {"id": "host-a", "group": group}}).to_string();
     let clock = ManualClock::new(t0());
     // Two replicas in a real election: "a" joins first and leads, "b" stands by.
-    let (election_a, election_b) = leader_then_standby(&client, "a", "b").await;
-    let a = start_operator(client.clone(), &clock, election_a.leading.clone()).await;
-    let b = start_operator(client.clone(), &clock, election_b.leading.clone()).await;
+    let (election_a, election_b) = leader_then_standby(&kube, "a", "b").await;
+    let a = start_operator(&kube, &clock, election_a.leading.clone()).await;
+    let b = start_operator(&kube, &clock, election_b.leading.clone()).await;
     let (leader, standby) = (serve(a.op.clone()).await, serve(b.op.clone()).await);
     assert!(a.op.is_leader() && !b.op.is_leader());
 
@@ -207,14 +199,8 @@ async fn a_standby_is_ready_but_refuses_fleetlock_and_only_the_leader_answers_le
 
     // The standby refuses FleetLock in the protocol's error format, saying when to retry.
     for (path, body) in [
-        (
-            "/v1/pre-reboot",
-            r#"{"client_params":{"id":"host-a","group":"workers"}}"#,
-        ),
-        (
-            "/v1/steady-state",
-            r#"{"client_params":{"id":"host-a","group":"workers"}}"#,
-        ),
+        ("/v1/pre-reboot", lock_body.clone()),
+        ("/v1/steady-state", lock_body.clone()),
     ] {
         let resp = standby
             .client
@@ -242,8 +228,8 @@ async fn a_standby_is_ready_but_refuses_fleetlock_and_only_the_leader_answers_le
         );
     }
     // The leader serves the same request.
-    assert_eq!(leader.lock("workers", "host-a").await.0, 200);
-    assert_eq!(leader.unlock("workers", "host-a").await.0, 200);
+    assert_eq!(leader.lock(&group, "host-a").await.0, 200);
+    assert_eq!(leader.unlock(&group, "host-a").await.0, 200);
 
     // A replica whose election stopped is no longer Ready, nor the leader. (Dropping the
     // election aborts its task, which lets go of the channel soon after, not at once.)

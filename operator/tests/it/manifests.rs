@@ -276,6 +276,13 @@ fn the_chart_renders_the_same_objects_as_the_kustomization() {
         ("PersistentVolumeClaim", "slipway-server-data"),
         ("ValidatingAdmissionPolicy", "slipway-agent-own-node"),
         ("ValidatingAdmissionPolicyBinding", "slipway-agent-own-node"),
+        ("ValidatingAdmissionPolicy", "slipway-agent-own-nodeupdate"),
+        (
+            "ValidatingAdmissionPolicyBinding",
+            "slipway-agent-own-nodeupdate",
+        ),
+        ("ValidatingAdmissionPolicy", "slipway-agent-own-pods"),
+        ("ValidatingAdmissionPolicyBinding", "slipway-agent-own-pods"),
         ("CustomResourceDefinition", "rolloutpolicies.slipway.dev"),
         ("CustomResourceDefinition", "nodeupdates.slipway.dev"),
     ] {
@@ -522,11 +529,11 @@ fn check_rbac(objs: &[Value], namespace: &str) {
         .unwrap();
     let rules = agent["rules"].as_array().unwrap();
 
-    // The admission policy and its binding.
-    let vap =
+    // The admission policies (one per kind) and their bindings.
+    let vaps: Vec<Value> =
         kinds(objs, "ValidatingAdmissionPolicy")
             .into_iter()
-            .find(|p| {
+            .filter(|p| {
                 p["spec"]["matchConditions"]
                     .as_array()
                     .into_iter()
@@ -537,27 +544,39 @@ fn check_rbac(objs: &[Value], namespace: &str) {
                     ))
                     })
             })
-            .expect("no ValidatingAdmissionPolicy matches the agent's service account");
-    assert_eq!(vap["spec"]["failurePolicy"], "Fail");
-    let policy_name = vap["metadata"]["name"].as_str().unwrap();
-    let binding = kinds(objs, "ValidatingAdmissionPolicyBinding")
-        .into_iter()
-        .find(|b| b["spec"]["policyName"] == policy_name)
-        .expect("the own-node policy is not bound");
+            .collect();
     assert!(
-        binding["spec"]["validationActions"]
+        !vaps.is_empty(),
+        "no ValidatingAdmissionPolicy matches the agent's service account"
+    );
+    let mut validations: Vec<String> = Vec::new();
+    for vap in &vaps {
+        assert_eq!(vap["spec"]["failurePolicy"], "Fail");
+        let policy_name = vap["metadata"]["name"].as_str().unwrap();
+        let binding = kinds(objs, "ValidatingAdmissionPolicyBinding")
+            .into_iter()
+            .find(|b| b["spec"]["policyName"] == policy_name)
+            .unwrap_or_else(|| panic!("the own-node policy {policy_name} is not bound"));
+        assert!(
+            binding["spec"]["validationActions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == "Deny"),
+            "{binding}"
+        );
+        let mine: Vec<String> = vap["spec"]["validations"]
             .as_array()
             .unwrap()
             .iter()
-            .any(|a| a == "Deny"),
-        "{binding}"
-    );
-    let validations: Vec<&str> = vap["spec"]["validations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["expression"].as_str().unwrap())
-        .collect();
+            .map(|v| v["expression"].as_str().unwrap().to_string())
+            .collect();
+        assert!(
+            mine.iter().any(|e| e.contains("variables.nodeName != ''")),
+            "{policy_name} lets a token without a node through: {mine:?}"
+        );
+        validations.extend(mine);
+    }
     assert!(
         validations
             .iter()
@@ -571,27 +590,29 @@ fn check_rbac(objs: &[Value], namespace: &str) {
         "no validation ties deleted pods to the agent's node: {validations:?}"
     );
     let covered = |group: &str, resource: &str, operation: &str| {
-        vap["spec"]["matchConstraints"]["resourceRules"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|r| {
-                r["apiGroups"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|g| g == group)
-                    && r["resources"]
+        vaps.iter().any(|vap| {
+            vap["spec"]["matchConstraints"]["resourceRules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| {
+                    r["apiGroups"]
                         .as_array()
                         .unwrap()
                         .iter()
-                        .any(|x| x == resource)
-                    && r["operations"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .any(|o| o == operation)
-            })
+                        .any(|g| g == group)
+                        && r["resources"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|x| x == resource)
+                        && r["operations"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|o| o == operation)
+                })
+        })
     };
 
     // Every write the agent may make to a node-scoped thing goes through the policy.
@@ -825,8 +846,10 @@ fn rbac_has_no_wildcards_and_holds_the_agent_to_its_own_node() {
     // The check itself bites: the agent allowed to update any NodeUpdate outside the policy.
     let mut objs = docs(&kustomize());
     for o in &mut objs {
-        if o["kind"] == "ValidatingAdmissionPolicy" {
-            o["spec"]["matchConstraints"]["resourceRules"][1]["resources"] = json!(["nodeupdates"]);
+        if o["kind"] == "ValidatingAdmissionPolicy"
+            && o["metadata"]["name"] == "slipway-agent-own-nodeupdate"
+        {
+            o["spec"]["matchConstraints"]["resourceRules"][0]["resources"] = json!(["nodeupdates"]);
         }
     }
     let caught = std::panic::catch_unwind(|| check_rbac(&objs, NAMESPACE));
