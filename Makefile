@@ -2,7 +2,7 @@
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help setup test demo tour vm-test generate lint bench
+.PHONY: help setup test demo tour vm-test cluster generate lint bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -23,6 +23,10 @@ tour: setup ## A tour of the trust core and the slipway CLI: keys, a 2-of-3 root
 vm-test: setup ## Boot QEMU nodes (TCG): update, fallback, power loss mid-write, tampered payload, runtime image
 	$(CARGO) build --locked -p slipway-agent -p slipway-server -p slipway-operator --bins
 	$(CARGO) test --locked -p slipway-vm-tests -- --nocapture --test-threads=1
+
+cluster: setup ## A real Kubernetes control plane with Slipway applied and the operator running, for kubectl (CLUSTER_ARGS="--nodes 5"; Ctrl-C stops it)
+	$(CARGO) build --locked -p slipway-operator -p slipway-testkit --bins
+	$(CARGO) run -q --locked -p slipway-testkit --bin slipway-cluster -- $(CLUSTER_ARGS)
 
 generate: ## Regenerate checked-in files: manifests/crds from the Rust CRD types, and the Helm chart's copy
 	$(CARGO) run -q -p slipway-operator --bin crdgen -- --out-dir manifests/crds

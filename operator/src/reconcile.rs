@@ -721,12 +721,18 @@ impl Operator {
     }
 
     async fn seed(&self, memory: &mut Memory) -> Result<()> {
+        // Only what this operator manages: seeding another scope's NodeUpdates would make it
+        // delete them as orphans (their Nodes are not in its cache).
+        let lp = match &self.settings.scope {
+            Some(scope) => ListParams::default().labels(&scope.selector()),
+            None => ListParams::default(),
+        };
         let updates = Api::<NodeUpdate>::all(self.client.clone())
-            .list(&ListParams::default())
+            .list(&lp)
             .await
             .map_err(kube_err("listing NodeUpdates"))?;
         let policies = Api::<RolloutPolicy>::all(self.client.clone())
-            .list(&ListParams::default())
+            .list(&lp)
             .await
             .map_err(kube_err("listing RolloutPolicies"))?;
         memory.specs = updates

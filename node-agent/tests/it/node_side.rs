@@ -112,43 +112,15 @@ static INSTALLED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new()
 
 /// The CRDs, the namespace and the RBAC and own-node admission policies from `manifests/`,
 /// applied once to this binary's control plane with the real kubectl.
-async fn install(cp: &ControlPlane) {
+async fn install(cp: &'static ControlPlane) {
     INSTALLED
         .get_or_init(|| async {
             let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-            let tools = std::env::var_os("SLIPWAY_TOOLS_DIR")
-                .map(std::path::PathBuf::from)
-                .unwrap_or_else(|| "/opt/slipway-tools".into());
-            let mut cmd = std::process::Command::new(tools.join("bin/kubectl"));
-            cmd.arg("--kubeconfig")
-                .arg(cp.admin_kubeconfig())
-                .args(["apply", "--server-side", "-f"])
-                .arg(root.join("namespace.yaml"))
-                .arg("-f")
-                .arg(root.join("crds"))
-                .arg("-f")
-                .arg(root.join("rbac"));
-            let out = cmd.output().expect("running kubectl");
-            assert!(
-                out.status.success(),
-                "kubectl apply: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-                Api::all(cp.admin().await.unwrap());
-            let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            loop {
-                let served = Api::<RolloutPolicy>::all(cp.admin().await.unwrap())
-                    .list(&Default::default())
-                    .await
-                    .is_ok()
-                    && crds.get("nodeupdates.slipway.dev").await.is_ok();
-                if served {
-                    break;
-                }
-                assert!(std::time::Instant::now() < deadline, "CRDs not served");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            // kubectl blocks: off the runtime's thread.
+            tokio::task::spawn_blocking(move || cp.install_slipway_api(&root))
+                .await
+                .unwrap()
+                .unwrap();
         })
         .await;
 }

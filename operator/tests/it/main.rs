@@ -614,28 +614,9 @@ async fn stage(client: &Client, name: &str) {
         .unwrap();
 }
 
-/// The real kubectl (from setup's tools venv) as the admin of `cp`.
-fn kubectl_cmd(cp: &ControlPlane) -> std::process::Command {
-    let dir = std::env::var_os("SLIPWAY_TOOLS_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from("/opt/slipway-tools"));
-    let mut cmd = std::process::Command::new(dir.join("bin/kubectl"));
-    cmd.arg("--kubeconfig").arg(cp.admin_kubeconfig());
-    cmd
-}
-
-/// Runs kubectl as the admin of `cp`; panics with its stderr unless it succeeds.
+/// Runs the real kubectl as the admin of `cp`; panics with its stderr unless it succeeds.
 fn kubectl_in(cp: &ControlPlane, args: &[&str]) -> String {
-    let out = kubectl_cmd(cp)
-        .args(args)
-        .output()
-        .expect("running kubectl");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    cp.kubectl_ok(args).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn kubectl_ok(kube: &Kube, args: &[&str]) -> String {

@@ -84,6 +84,9 @@ pub struct Options {
     pub keep: bool,
     /// Where to put it; a fresh directory under the system temp dir by default.
     pub dir: Option<PathBuf>,
+    /// More subjectAltNames for the API server's certificate (`IP:10.0.2.101`, `DNS:name`),
+    /// for clients that reach it under another address, such as QEMU guests.
+    pub extra_sans: Vec<String>,
 }
 
 impl Default for Options {
@@ -93,6 +96,7 @@ impl Default for Options {
             node_monitor_grace: Duration::from_secs(20),
             keep: std::env::var_os("SLIPWAY_KEEP_CONTROL_PLANE").is_some_and(|v| v == "1"),
             dir: None,
+            extra_sans: Vec::new(),
         }
     }
 }
@@ -167,6 +171,7 @@ impl ControlPlane {
                 format!("{}s", options.node_monitor_grace.as_secs().max(1)),
             )
             .env("KEEP", if options.keep { "1" } else { "0" })
+            .env("EXTRA_SANS", options.extra_sans.join(","))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -271,6 +276,11 @@ impl ControlPlane {
         &self.dir
     }
 
+    /// The API server's port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.api_port
+    }
+
     /// `https://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("https://127.0.0.1:{}", self.api_port)
@@ -321,7 +331,7 @@ impl ControlPlane {
     }
 
     /// Mints a token for ServiceAccount `namespace/name` through the TokenRequest API, valid for
-    /// an hour; bound to Node `node` when given (the API server then adds the node's name to the
+    /// a day (demos run for a while); bound to Node `node` when given (the API server then adds the node's name to the
     /// token's user info as `authentication.kubernetes.io/node-name`, as for a pod on that node).
     pub async fn service_account_token(
         &self,
@@ -341,7 +351,7 @@ impl ControlPlane {
         let req = TokenRequest {
             spec: TokenRequestSpec {
                 audiences: vec![],
-                expiration_seconds: Some(3600),
+                expiration_seconds: Some(24 * 3600),
                 bound_object_ref: node.map(|n| BoundObjectReference {
                     api_version: Some("v1".into()),
                     kind: Some("Node".into()),
@@ -358,6 +368,95 @@ impl ControlPlane {
         resp.status
             .map(|s| s.token)
             .ok_or_else(|| anyhow!("TokenRequest for {namespace}/{name}: no status"))
+    }
+
+    /// A self-contained kubeconfig (CA inline) for `server` (this API server under an address
+    /// from [`Options::extra_sans`], say) that authenticates with `token`.
+    pub fn kubeconfig_for(&self, server: &str, token: &str) -> Result<String> {
+        use base64::Engine as _;
+        let ca = std::fs::read(self.ca_file())?;
+        Ok(format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: slipway
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: token
+  user:
+    token: {token}
+contexts:
+- name: slipway
+  context: {{cluster: slipway, user: token}}
+current-context: slipway
+",
+            ca = base64::engine::general_purpose::STANDARD.encode(ca)
+        ))
+    }
+
+    /// The real kubectl (setup's tools venv; `SLIPWAY_TOOLS_DIR` overrides) as this control
+    /// plane's admin.
+    pub fn kubectl(&self) -> Command {
+        let tools = std::env::var_os("SLIPWAY_TOOLS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/opt/slipway-tools"));
+        let mut cmd = Command::new(tools.join("bin/kubectl"));
+        cmd.arg("--kubeconfig").arg(self.admin_kubeconfig());
+        cmd
+    }
+
+    /// Runs kubectl as the admin; its standard output, or an error with its standard error.
+    pub fn kubectl_ok(&self, args: &[&str]) -> Result<String> {
+        let out = self
+            .kubectl()
+            .args(args)
+            .output()
+            .context("running kubectl (make setup installs it)")?;
+        if !out.status.success() {
+            bail!(
+                "kubectl {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Applies, server-side as an admin would, the Namespace, the CRDs and the RBAC and
+    /// own-node admission policies from the repository's `manifests/` (not the workloads), and
+    /// waits until the CRDs are served.
+    pub fn install_slipway_api(&self, manifests: &Path) -> Result<()> {
+        let path = |p: &str| manifests.join(p).display().to_string();
+        self.kubectl_ok(&[
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "slipway-install",
+            "-f",
+            &path("namespace.yaml"),
+            "-f",
+            &path("crds"),
+            "-f",
+            &path("rbac"),
+        ])?;
+        self.kubectl_ok(&[
+            "wait",
+            "--for=condition=Established",
+            "crd/rolloutpolicies.slipway.dev",
+            "crd/nodeupdates.slipway.dev",
+            "--timeout=60s",
+        ])?;
+        // Established can precede the API's discovery by a moment.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while let Err(e) = self.kubectl_ok(&["get", "rolloutpolicies,nodeupdates"]) {
+            if Instant::now() > deadline {
+                return Err(e.context("the CRDs are not served"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        Ok(())
     }
 
     /// Writes a kubeconfig that authenticates with `token` (for kubectl or another process) and

@@ -7,7 +7,8 @@
 #
 # In: BIN (kube-apiserver, kube-controller-manager, kube-scheduler, etcd), DIR (empty, ours to
 # delete unless KEEP=1), ETCD_PORT, ETCD_PEER_PORT, API_PORT, KCM_PORT, SCHED_PORT, SCHEDULER
-# (1 to run kube-scheduler), GRACE (node-monitor grace period, e.g. 20s).
+# (1 to run kube-scheduler), GRACE (node-monitor grace period, e.g. 20s), EXTRA_SANS (more
+# subjectAltNames for the serving certificate, e.g. "IP:10.0.2.101" for QEMU guests).
 set -euo pipefail
 cd "$DIR"
 pids=()
@@ -39,7 +40,7 @@ cert() { # name subject extensions
     -extfile "$1.ext" -out "$1.crt"
   rm -f "$1.csr" "$1.ext"
 }
-cert apiserver "/CN=kube-apiserver" "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local
+cert apiserver "/CN=kube-apiserver" "subjectAltName=IP:127.0.0.1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local${EXTRA_SANS:+,$EXTRA_SANS}
 extendedKeyUsage=serverAuth
 keyUsage=critical,digitalSignature"
 client="extendedKeyUsage=clientAuth
