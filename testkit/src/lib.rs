@@ -1,7 +1,12 @@
-//! Dev-only test kit: an in-process Kubernetes API server that unmodified kube-rs clients,
-//! watchers, reflectors and controllers talk to over real HTTP (no kube-apiserver can be
-//! installed on these machines), with hooks for tests: recorded history, fault injection and
-//! direct object access.
+//! Dev-only test kit. Two ways to give tests a Kubernetes API:
+//!
+//! - [`control_plane`]: a real control plane (etcd, kube-apiserver, kube-controller-manager,
+//!   kube-scheduler built from upstream by `scripts/build-kube.sh`) on loopback, shared by the
+//!   tests of one binary. What the tests run against.
+//! - The in-process stand-in ([`TestCluster`]): speaks the wire protocol kube-rs clients,
+//!   watchers, reflectors and controllers use, with recorded history, fault injection and direct
+//!   object access. Kept only for faults a real server cannot be made to produce on demand (an
+//!   error injected into exactly the next two requests, say) and for the operator's benchmark.
 //!
 //! ```no_run
 //! # async fn demo() -> slipway_testkit::Result<()> {

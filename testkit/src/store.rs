@@ -1739,9 +1739,10 @@ impl Inner {
                         budget.desired_healthy, budget.current_healthy
                     );
                     return Err(Error::TooManyRequests {
-                        message: format!(
-                            "Cannot evict pod as it would violate the pod's disruption budget {pdb_name:?}: {detail}"
-                        ),
+                        // kube-apiserver's words: the budget is named only in the cause.
+                        message:
+                            "Cannot evict pod as it would violate the pod's disruption budget."
+                                .to_string(),
                         causes: vec![Cause::new("DisruptionBudget", "", detail)],
                     });
                 }

@@ -1,12 +1,15 @@
 //! A fleet: several QEMU nodes in a cluster, the way a user meets Slipway. The real update
 //! server and the real `slipway-operator` run on the host; each node runs the real engine and
 //! the real node agent (`slipway-agent node`), which reaches the Kubernetes API through the
-//! restricted slirp forward (`10.0.2.101:80` in the guest).
+//! restricted slirp forward (`https://10.0.2.101` in the guest).
 //!
-//! The Kubernetes API is the test kit's in-process server, a STAND-IN for kube-apiserver
-//! (none can be installed on these machines): it speaks the real wire protocol, so the same
-//! operator and agent binaries run against a real cluster with a kubeconfig. There is no
-//! kubelet: the harness registers the Nodes (Ready, one workload pod each) as kubelets would.
+//! The Kubernetes API is a real control plane (testkit's `control_plane`: etcd,
+//! kube-apiserver, kube-controller-manager built from upstream) with Slipway's CRDs, RBAC and
+//! own-node admission policies applied; the operator and each node's agent authenticate with
+//! their ServiceAccounts' tokens (each agent's bound to its Node). There is no kubelet yet: the
+//! harness registers the Nodes (one workload pod each), keeps their heartbeat Leases, reports
+//! the pods Running, and flips each Node's Ready condition as a kubelet would when its guest
+//! goes down and comes back.
 //!
 //! Used by the end-to-end test (`tests/it/fleet.rs`) and by the demo (`src/bin/demo.rs`).
 
@@ -23,7 +26,8 @@ use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node as KubeNode, NodeCondition, NodeStatus, Pod, PodSpec};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use slipway_api::crd::{NodePhase, NodeUpdate, RolloutPolicy, RolloutPolicySpec};
-use slipway_testkit::{ChangeOp, TestCluster};
+use slipway_testkit::ControlPlane;
+use slipway_testkit::control_plane::{Options, replay_in_commit_order};
 
 use crate::image::Images;
 use crate::qemu::{Node, tail_file};
@@ -146,10 +150,13 @@ fn interesting(line: &str) -> bool {
 
 /// The whole fleet; everything stops on drop.
 pub struct Fleet {
-    /// The runtime the stand-in API server runs on.
+    /// The runtime the harness's Kubernetes clients run on.
     pub rt: tokio::runtime::Runtime,
-    /// The Kubernetes API stand-in.
-    pub cluster: TestCluster,
+    /// The Kubernetes control plane.
+    pub cp: ControlPlane,
+    /// A client as the cluster admin (on `rt`).
+    pub admin: kube::Client,
+    standin: tokio::task::JoinHandle<()>,
     /// The node images and release keys.
     pub images: Images,
     /// The update server.
@@ -187,6 +194,12 @@ fn node_object(name: &str) -> KubeNode {
             type_: "Ready".into(),
             status: "False".into(),
             reason: Some("NodeStarting".into()),
+            last_heartbeat_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::now(),
+            )),
+            last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::now(),
+            )),
             ..Default::default()
         }]),
         ..Default::default()
@@ -234,26 +247,35 @@ impl Fleet {
             .worker_threads(2)
             .enable_all()
             .build()?;
-        let cluster = rt.block_on(TestCluster::start())?;
-        for crd in [
-            "nodeupdates.slipway.dev.yaml",
-            "rolloutpolicies.slipway.dev.yaml",
-        ] {
-            let path = crate::workspace().join("manifests/crds").join(crd);
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            cluster.state().register_crd_yaml(&text)?;
-        }
-        let mut ns = k8s_openapi::api::core::v1::Namespace::default();
-        ns.metadata.name = Some(NAMESPACE.into());
-        cluster.state().create(&ns)?;
+        // Guests reach the API server as https://10.0.2.101 (a restricted slirp forward).
+        let cp = rt.block_on(ControlPlane::start(Options {
+            scheduler: false,
+            extra_sans: vec!["IP:10.0.2.101".into()],
+            ..Options::default()
+        }))?;
+        cp.install_slipway_api(&crate::workspace().join("manifests"))?;
+        let admin = rt.block_on(cp.admin())?;
         let names: Vec<String> = (1..=opts.nodes).map(|i| format!("node-{i}")).collect();
-        for name in &names {
-            cluster.state().create(&node_object(name))?;
-            cluster.state().create(&workload(name))?;
-        }
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, cluster.kubeconfig_yaml())?;
+        rt.block_on(async {
+            for name in &names {
+                Api::<KubeNode>::all(admin.clone())
+                    .create(&PostParams::default(), &node_object(name))
+                    .await
+                    .with_context(|| format!("registering Node {name}"))?;
+                Api::<Pod>::namespaced(admin.clone(), "default")
+                    .create(&PostParams::default(), &workload(name))
+                    .await
+                    .with_context(|| format!("creating the workload on {name}"))?;
+            }
+            anyhow::Ok(())
+        })?;
+        let standin = {
+            let _guard = rt.enter();
+            ControlPlane::kubelet_standin(admin.clone(), names.clone())
+        };
+        // The operator as its own ServiceAccount.
+        let token = rt.block_on(cp.service_account_token(NAMESPACE, "slipway-operator", None))?;
+        let kubeconfig = cp.token_kubeconfig("slipway-operator", &token)?;
         let operator_port = free_port()?;
         let operator_log = dir.join("operator.log");
         let operator = Command::new(crate::binary("slipway-operator")?)
@@ -283,14 +305,24 @@ impl Fleet {
                 0x5119_0000_0000_0000_0000_0000_0000_0000u128 + i as u128 + 1
             );
             let node_dir = dir.join(name);
+            // The agent's own identity: a slipway-agent token bound to this Node.
+            let token =
+                rt.block_on(cp.service_account_token(NAMESPACE, "slipway-agent", Some(name)))?;
+            std::fs::create_dir_all(&node_dir)?;
+            let guest_kubeconfig = node_dir.join("guest.kubeconfig");
+            std::fs::write(
+                &guest_kubeconfig,
+                cp.kubeconfig_for("https://10.0.2.101", &token)?,
+            )?;
             let node = Node::create(&node_dir, &images.disk(), server.port, &machine_id)?
-                .in_cluster(cluster.addr().port(), name);
+                .in_cluster(cp.port(), name, &guest_kubeconfig);
             let console = Arc::new(Mutex::new(Vec::new()));
             let stop = Arc::new(AtomicBool::new(false));
             let thread = {
                 let (console, stop) = (console.clone(), stop.clone());
                 let kubelet = Kubelet {
-                    state: cluster.state().clone(),
+                    rt: rt.handle().clone(),
+                    client: admin.clone(),
                     node: name.clone(),
                 };
                 std::thread::spawn(move || watch(node, kubelet, console, stop, started))
@@ -306,7 +338,9 @@ impl Fleet {
         }
         Ok(Self {
             rt,
-            cluster,
+            cp,
+            admin,
+            standin,
             images,
             server,
             nodes,
@@ -332,7 +366,7 @@ impl Fleet {
 
     /// Creates or replaces a RolloutPolicy.
     pub fn apply_policy(&self, name: &str, spec: RolloutPolicySpec) -> Result<()> {
-        let api: Api<RolloutPolicy> = Api::all(self.cluster.client());
+        let api: Api<RolloutPolicy> = Api::all(self.admin.clone());
         let policy = RolloutPolicy::new(name, spec);
         self.rt.block_on(async {
             match api.get_opt(name).await? {
@@ -351,17 +385,23 @@ impl Fleet {
 
     /// The policy, as stored (with its status).
     pub fn policy(&self, name: &str) -> Option<RolloutPolicy> {
-        self.cluster.state().get(None, name)
+        let api: Api<RolloutPolicy> = Api::all(self.admin.clone());
+        self.rt.block_on(api.get_opt(name)).ok().flatten()
     }
 
     /// Every node, as the API and the consoles show it now.
     pub fn views(&self) -> Vec<NodeView> {
-        let state = self.cluster.state();
+        let (kubes, updates): (Api<KubeNode>, Api<NodeUpdate>) =
+            (Api::all(self.admin.clone()), Api::all(self.admin.clone()));
         self.nodes
             .iter()
             .map(|n| {
-                let kube: Option<KubeNode> = state.get(None, &n.name);
-                let nu: Option<NodeUpdate> = state.get(None, &n.name);
+                let (kube, nu) = self.rt.block_on(async {
+                    (
+                        kubes.get_opt(&n.name).await.ok().flatten(),
+                        updates.get_opt(&n.name).await.ok().flatten(),
+                    )
+                });
                 let spec = nu.as_ref().map(|u| &u.spec);
                 let status = nu.as_ref().and_then(|u| u.status.as_ref());
                 NodeView {
@@ -393,9 +433,9 @@ impl Fleet {
     }
 
     /// The most nodes that were unavailable (granted, cordoned, or draining / rebooting /
-    /// verifying) at the same moment, over every write the API server recorded so far, and
-    /// the resourceVersion where that happened. Exact: it replays the API's history in order,
-    /// so no overlap can fall between two looks.
+    /// verifying) at the same moment, over every write the API server committed so far, and
+    /// the resourceVersion where that happened. Exact: it replays the API server's audit log in
+    /// commit order, so no overlap can fall between two looks.
     pub fn max_unavailable_seen(&self) -> (usize, u64) {
         #[derive(Default, Clone, Copy)]
         struct S {
@@ -405,12 +445,12 @@ impl Fleet {
         }
         let mut now: BTreeMap<String, S> = BTreeMap::new();
         let (mut worst, mut at) = (0, 0);
-        for c in self.cluster.state().history() {
-            if c.op == ChangeOp::Deleted {
+        for c in self.history() {
+            if c.deleted {
                 continue;
             }
-            if c.is::<NodeUpdate>() {
-                let Ok(nu) = c.decode::<NodeUpdate>() else {
+            if c.kind == "NodeUpdate" {
+                let Ok(nu) = serde_json::from_value::<NodeUpdate>(c.object) else {
                     continue;
                 };
                 let s = now.entry(c.name.clone()).or_default();
@@ -421,8 +461,8 @@ impl Fleet {
                         NodePhase::Draining | NodePhase::Rebooting | NodePhase::Verifying
                     )
                 });
-            } else if c.is::<KubeNode>() {
-                let Ok(n) = c.decode::<KubeNode>() else {
+            } else if c.kind == "Node" {
+                let Ok(n) = serde_json::from_value::<KubeNode>(c.object) else {
                     continue;
                 };
                 now.entry(c.name.clone()).or_default().cordoned = n
@@ -448,14 +488,12 @@ impl Fleet {
     /// Names of the nodes that were ever granted a reboot towards `version`.
     pub fn granted_towards(&self, version: &str) -> Vec<String> {
         let mut out: Vec<String> = self
-            .cluster
-            .state()
-            .history_of::<NodeUpdate>()
+            .node_updates_over_time()
             .into_iter()
-            .filter(|(_, nu)| {
+            .filter(|nu| {
                 nu.spec.reboot_granted && nu.spec.target_version.as_deref() == Some(version)
             })
-            .filter_map(|(_, nu)| nu.metadata.name)
+            .filter_map(|nu| nu.metadata.name)
             .collect();
         out.sort();
         out.dedup();
@@ -465,12 +503,51 @@ impl Fleet {
     /// Each node's first grant (time), from the API's history.
     pub fn first_grants(&self) -> BTreeMap<String, Timestamp> {
         let mut out = BTreeMap::new();
-        for (_, nu) in self.cluster.state().history_of::<NodeUpdate>() {
+        for nu in self.node_updates_over_time() {
             if let (Some(name), Some(at)) = (nu.metadata.name, nu.spec.granted_at) {
                 out.entry(name).or_insert(at.0);
             }
         }
         out
+    }
+
+    /// Every committed change to the fleet's Nodes and NodeUpdates, in commit order, from the
+    /// API server's audit log.
+    fn history(&self) -> Vec<Change> {
+        let events = match self.cp.audit_events() {
+            Ok(e) => e,
+            Err(_) => return Vec::new(),
+        };
+        let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
+        replay_in_commit_order(&events)
+            .into_iter()
+            .filter_map(|(rv, e)| {
+                let kind = match e.object_ref.as_ref()?.resource.as_str() {
+                    "nodes" => "Node",
+                    "nodeupdates" => "NodeUpdate",
+                    _ => return None,
+                };
+                if !names.contains(&e.name()) {
+                    return None;
+                }
+                Some(Change {
+                    kind,
+                    name: e.name().to_owned(),
+                    deleted: e.verb == "delete",
+                    object: e.response_object.clone()?,
+                    resource_version: rv,
+                })
+            })
+            .collect()
+    }
+
+    /// Every state each NodeUpdate was in, in commit order.
+    fn node_updates_over_time(&self) -> Vec<NodeUpdate> {
+        self.history()
+            .into_iter()
+            .filter(|c| c.kind == "NodeUpdate" && !c.deleted)
+            .filter_map(|c| serde_json::from_value(c.object).ok())
+            .collect()
     }
 
     /// The first grant the operator ever gave (time).
@@ -480,6 +557,7 @@ impl Fleet {
 
     /// Stops the nodes (power off), the operator and the server.
     pub fn shutdown(&mut self) -> Result<()> {
+        self.standin.abort();
         let mut first_err = None;
         for n in &mut self.nodes {
             if let Err(e) = n.halt() {
@@ -586,38 +664,40 @@ impl Drop for Fleet {
     }
 }
 
+/// One committed change, from the audit log.
+struct Change {
+    kind: &'static str,
+    name: String,
+    deleted: bool,
+    object: serde_json::Value,
+    resource_version: u64,
+}
+
 /// What a kubelet would say about a node: Ready while its OS is up, NotReady from the moment
-/// its QEMU process ends (a reboot) until the guest announces itself again.
+/// its QEMU process ends (a reboot) until the guest announces itself again. Written to the
+/// Node's status as a kubelet does (a strategic merge of the Ready condition).
 struct Kubelet {
-    state: slipway_testkit::ClusterState,
+    rt: tokio::runtime::Handle,
+    client: kube::Client,
     node: String,
 }
 
 impl Kubelet {
     fn set_ready(&self, ready: bool) {
-        let Some(mut n) = self.state.get::<KubeNode>(None, &self.node) else {
-            return;
-        };
-        let status = n.status.get_or_insert_with(Default::default);
-        let conditions = status.conditions.get_or_insert_with(Vec::new);
-        conditions.retain(|c| c.type_ != "Ready");
-        conditions.push(NodeCondition {
-            type_: "Ready".into(),
-            status: if ready { "True" } else { "False" }.into(),
-            reason: Some(
-                if ready {
-                    "KubeletReady"
-                } else {
-                    "NodeRebooting"
-                }
-                .into(),
-            ),
-            last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                Timestamp::now(),
-            )),
-            ..Default::default()
-        });
-        let _ = self.state.put(&n);
+        let now = Timestamp::now().to_string();
+        let patch = serde_json::json!({"status": {"conditions": [{
+            "type": "Ready",
+            "status": if ready { "True" } else { "False" },
+            "reason": if ready { "KubeletReady" } else { "NodeRebooting" },
+            "lastHeartbeatTime": now,
+            "lastTransitionTime": now,
+        }]}});
+        let api: Api<KubeNode> = Api::all(self.client.clone());
+        let _ = self.rt.block_on(api.patch_status(
+            &self.node,
+            &PatchParams::default(),
+            &Patch::Strategic(patch),
+        ));
     }
 }
 

@@ -24,7 +24,7 @@ pub struct Node {
     /// Boots so far (QEMU processes started).
     pub boots: u32,
     /// Set for fleet nodes: the Kubernetes API (stand-in) port on the host and the Node name.
-    cluster: Option<(u16, String)>,
+    cluster: Option<(u16, String, PathBuf)>,
     /// Virtual CPUs (TCG runs one host thread per vCPU).
     cpus: u32,
     seen: u64,
@@ -62,19 +62,20 @@ impl Node {
         })
     }
 
-    /// Makes this a cluster node: the guest's `10.0.2.101:80` reaches the Kubernetes API on
-    /// the host's `api_port`, and the guest learns its Node name through fw_cfg, which starts
-    /// the real node agent (`slipway-agent node`) in place of the test stand-in. One vCPU: a
-    /// fleet of TCG guests shares the host's cores.
-    pub fn in_cluster(mut self, api_port: u16, node_name: &str) -> Self {
-        self.cluster = Some((api_port, node_name.to_owned()));
+    /// Makes this a cluster node: the guest's `10.0.2.101:443` reaches the Kubernetes API
+    /// server on the host's `api_port`, and the guest gets its Node name and `kubeconfig` (the
+    /// agent's credentials) through fw_cfg, which starts the real node agent (`slipway-agent
+    /// node`) in place of the test stand-in. One vCPU: a fleet of TCG guests shares the host's
+    /// cores.
+    pub fn in_cluster(mut self, api_port: u16, node_name: &str, kubeconfig: &Path) -> Self {
+        self.cluster = Some((api_port, node_name.to_owned(), kubeconfig.to_owned()));
         self.cpus = 1;
         self
     }
 
     /// The Node name of a cluster node.
     pub fn node_name(&self) -> Option<&str> {
-        self.cluster.as_ref().map(|(_, n)| n.as_str())
+        self.cluster.as_ref().map(|(_, n, _)| n.as_str())
     }
 
     fn serial(&self) -> PathBuf {
@@ -108,10 +109,10 @@ impl Node {
             .arg("name=opt/slipway/server,string=http://10.0.2.100/")
             .arg("-fw_cfg")
             .arg(format!("name=opt/slipway/machine-id,string={}", self.machine_id))
-            .args(self.cluster.iter().flat_map(|(_, name)| {
+            .args(self.cluster.iter().flat_map(|(_, name, kubeconfig)| {
                 [
                     "-fw_cfg".to_owned(),
-                    "name=opt/slipway/kube-server,string=http://10.0.2.101/".to_owned(),
+                    format!("name=opt/slipway/kubeconfig,file={}", kubeconfig.display()),
                     "-fw_cfg".to_owned(),
                     format!("name=opt/slipway/node-name,string={name}"),
                 ]
@@ -120,8 +121,8 @@ impl Node {
             .arg(format!(
                 "user,id=n0,ipv6=off,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:{}{}",
                 self.server_port,
-                self.cluster.as_ref().map_or(String::new(), |(api, _)| format!(
-                    ",guestfwd=tcp:10.0.2.101:80-cmd:socat - TCP:127.0.0.1:{api}"
+                self.cluster.as_ref().map_or(String::new(), |(api, _, _)| format!(
+                    ",guestfwd=tcp:10.0.2.101:443-cmd:socat - TCP:127.0.0.1:{api}"
                 ))
             ))
             .args(["-device", "virtio-net-pci,netdev=n0"])

@@ -67,7 +67,8 @@ fn kubectl(args: &Args, cp: &ControlPlane, extra: &[&str]) -> Result<String> {
 async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
         )
         .init();
     let args = Args::parse();

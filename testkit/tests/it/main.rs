@@ -744,7 +744,22 @@ async fn eviction_respects_pod_disruption_budgets() {
         (refused.code, refused.reason.as_str()),
         (429, "TooManyRequests")
     );
-    assert!(refused.message.contains("web-pdb"), "{}", refused.message);
+    // As kube-apiserver says it: the message names no budget, the cause does.
+    assert_eq!(
+        refused.message,
+        "Cannot evict pod as it would violate the pod's disruption budget."
+    );
+    let causes = refused
+        .details
+        .as_ref()
+        .map(|d| d.causes.clone())
+        .unwrap_or_default();
+    assert!(
+        causes
+            .iter()
+            .any(|c| c.reason == "DisruptionBudget" && c.message.contains("web-pdb")),
+        "{causes:?}"
+    );
     assert!(pods.get_opt("web-1").await.unwrap().is_some());
 
     pods.evict("loner", &EvictParams::default()).await.unwrap();

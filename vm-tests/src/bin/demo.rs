@@ -121,8 +121,10 @@ fn main() -> Result<()> {
     println!();
     println!("  update server + dashboard  {}", fleet.server.url);
     println!(
-        "  Kubernetes API             {}  (STAND-IN: the test kit's in-process API server, because no kube-apiserver can be installed here; the same operator and agents run against a real cluster with a kubeconfig)",
-        fleet.cluster.url()
+        "  Kubernetes API             {}  (kube-apiserver {}, built from upstream; admin kubeconfig {})",
+        fleet.cp.url(),
+        slipway_testkit::control_plane::Versions::pinned().kubernetes,
+        fleet.cp.admin_kubeconfig().display()
     );
     println!(
         "  slipway-operator           {}/metrics",
