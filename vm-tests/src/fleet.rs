@@ -27,7 +27,7 @@ use k8s_openapi::api::core::v1::{Node as KubeNode, NodeCondition, NodeStatus, Po
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use slipway_api::crd::{NodePhase, NodeUpdate, RolloutPolicy, RolloutPolicySpec};
 use slipway_testkit::ControlPlane;
-use slipway_testkit::control_plane::{Options, replay_in_commit_order};
+use slipway_testkit::control_plane::{Change, Options, changes};
 
 use crate::image::Images;
 use crate::qemu::{Node, tail_file};
@@ -514,31 +514,12 @@ impl Fleet {
     /// Every committed change to the fleet's Nodes and NodeUpdates, in commit order, from the
     /// API server's audit log.
     fn history(&self) -> Vec<Change> {
-        let events = match self.cp.audit_events() {
-            Ok(e) => e,
-            Err(_) => return Vec::new(),
-        };
-        let names: Vec<&str> = self.nodes.iter().map(|n| n.name.as_str()).collect();
-        replay_in_commit_order(&events)
-            .into_iter()
-            .filter_map(|(rv, e)| {
-                let kind = match e.object_ref.as_ref()?.resource.as_str() {
-                    "nodes" => "Node",
-                    "nodeupdates" => "NodeUpdate",
-                    _ => return None,
-                };
-                if !names.contains(&e.name()) {
-                    return None;
-                }
-                Some(Change {
-                    kind,
-                    name: e.name().to_owned(),
-                    deleted: e.verb == "delete",
-                    object: e.response_object.clone()?,
-                    resource_version: rv,
-                })
-            })
-            .collect()
+        let events = self.cp.audit_events().unwrap_or_default();
+        changes(
+            &events,
+            &[("nodes", "Node"), ("nodeupdates", "NodeUpdate")],
+            |name| self.nodes.iter().any(|n| n.name == name),
+        )
     }
 
     /// Every state each NodeUpdate was in, in commit order.
@@ -662,15 +643,6 @@ impl Drop for Fleet {
     fn drop(&mut self) {
         let _ = self.shutdown();
     }
-}
-
-/// One committed change, from the audit log.
-struct Change {
-    kind: &'static str,
-    name: String,
-    deleted: bool,
-    object: serde_json::Value,
-    resource_version: u64,
 }
 
 /// What a kubelet would say about a node: Ready while its OS is up, NotReady from the moment

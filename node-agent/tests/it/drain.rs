@@ -142,6 +142,13 @@ impl Env {
             .unwrap()
     }
 
+    /// Pod `scratch` on n1, with emptyDir data.
+    async fn scratch_pod(&self) {
+        let volumes = json!({"volumes": [{"name": "tmp", "emptyDir": {}}]});
+        self.pod("scratch", &self.n1, json!({}), json!({}), volumes)
+            .await;
+    }
+
     /// Pods `web-1` on n1 and `web-2` on n2 under a budget that allows no disruption, once
     /// the real disruption controller has computed it.
     async fn web_pods_with_budget(&self) {
@@ -425,14 +432,7 @@ async fn a_budget_that_frees_up_within_the_timeout_lets_the_drain_finish() {
 async fn with_force_the_pods_left_at_the_timeout_are_deleted() {
     let env = env().await;
     env.web_pods_with_budget().await;
-    env.pod(
-        "scratch",
-        &env.n1,
-        json!({}),
-        json!({}),
-        json!({"volumes": [{"name": "tmp", "emptyDir": {}}]}),
-    )
-    .await;
+    env.scratch_pod().await;
     let client = env.agent().await;
     let mut settings = quick(1_000);
     settings.force = true;
@@ -461,14 +461,7 @@ async fn with_force_the_pods_left_at_the_timeout_are_deleted() {
 #[tokio::test]
 async fn pods_with_empty_dir_data_block_unless_allowed() {
     let env = env().await;
-    env.pod(
-        "scratch",
-        &env.n1,
-        json!({}),
-        json!({}),
-        json!({"volumes": [{"name": "tmp", "emptyDir": {}}]}),
-    )
-    .await;
+    env.scratch_pod().await;
     let client = env.agent().await;
     let outcome = drain::drain(&client, &env.n1, &quick(200)).await.unwrap();
     let key = env.key("scratch");

@@ -313,17 +313,19 @@ impl World {
             .unwrap();
     }
 
+    async fn assert_uncordoned(&self, what: &str) {
+        let node = self.node().await;
+        assert_ne!(
+            node.spec.as_ref().and_then(|s| s.unschedulable),
+            Some(true),
+            "{what}"
+        );
+    }
+
     /// Shared teardown: no test may leave the node cordoned.
     async fn done(self) {
-        assert_ne!(
-            self.node()
-                .await
-                .spec
-                .as_ref()
-                .and_then(|s| s.unschedulable),
-            Some(true),
-            "the test left the node cordoned"
-        );
+        self.assert_uncordoned("the test left the node cordoned")
+            .await;
     }
 
     /// The machine comes back on the new slot, on trial: a fresh runner verifies, marks good
@@ -338,14 +340,8 @@ impl World {
         assert_eq!(r.step().await.unwrap(), Action::CheckHealth);
         assert_eq!(r.step().await.unwrap(), Action::MarkGood);
         assert_eq!(self.status().await.phase, NodePhase::Healthy);
-        assert_ne!(
-            self.node()
-                .await
-                .spec
-                .as_ref()
-                .and_then(|s| s.unschedulable),
-            Some(true)
-        );
+        self.assert_uncordoned("still cordoned after MarkGood")
+            .await;
     }
 }
 

@@ -26,7 +26,7 @@ use slipway_operator::clock::ManualClock;
 use slipway_operator::metrics::Metrics;
 use slipway_operator::reconcile::{Operator, Scope, Settings};
 use slipway_testkit::ControlPlane;
-use slipway_testkit::control_plane::replay_in_commit_order;
+use slipway_testkit::control_plane::{Change, changes};
 use tokio::sync::watch;
 
 mod cloudevents;
@@ -257,38 +257,13 @@ impl Kube {
     /// Every change to this test's Nodes and NodeUpdates that the API server committed, in
     /// commit order, from its audit log.
     fn history(&self) -> Vec<Change> {
-        let events = self.cp.audit_events().unwrap();
         let prefix = format!("{}-", self.id);
-        replay_in_commit_order(&events)
-            .into_iter()
-            .filter_map(|(rv, e)| {
-                let kind = match e.object_ref.as_ref()?.resource.as_str() {
-                    "nodes" => "Node",
-                    "nodeupdates" => "NodeUpdate",
-                    _ => return None,
-                };
-                if !e.name().starts_with(&prefix) {
-                    return None;
-                }
-                Some(Change {
-                    kind,
-                    name: e.name().to_string(),
-                    deleted: e.verb == "delete",
-                    object: e.response_object.clone()?,
-                    resource_version: rv,
-                })
-            })
-            .collect()
+        changes(
+            &self.cp.audit_events().unwrap(),
+            &[("nodes", "Node"), ("nodeupdates", "NodeUpdate")],
+            |name| name.starts_with(&prefix),
+        )
     }
-}
-
-/// One committed change, from the audit log.
-struct Change {
-    kind: &'static str,
-    name: String,
-    deleted: bool,
-    object: Value,
-    resource_version: u64,
 }
 
 fn node_object(name: &str, ready: bool) -> Node {

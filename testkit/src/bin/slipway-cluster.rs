@@ -30,13 +30,6 @@ struct Args {
     /// The slipway-operator binary to run on the host.
     #[arg(long, default_value = "target/debug/slipway-operator")]
     operator: PathBuf,
-    /// kubectl (setup's tools venv has the real one).
-    #[arg(
-        long,
-        env = "KUBECTL",
-        default_value = "/opt/slipway-tools/bin/kubectl"
-    )]
-    kubectl: PathBuf,
     /// Stand-in Nodes to register (kept Ready by a heartbeat; no kubelet runs yet).
     #[arg(long, default_value_t = 3)]
     nodes: usize,
@@ -44,23 +37,6 @@ struct Args {
     /// exit when given. Default: a fresh directory under the system temp dir, removed on exit.
     #[arg(long)]
     dir: Option<PathBuf>,
-}
-
-fn kubectl(args: &Args, cp: &ControlPlane, extra: &[&str]) -> Result<String> {
-    let out = std::process::Command::new(&args.kubectl)
-        .arg("--kubeconfig")
-        .arg(cp.admin_kubeconfig())
-        .args(extra)
-        .output()
-        .with_context(|| format!("running {}", args.kubectl.display()))?;
-    if !out.status.success() {
-        bail!(
-            "kubectl {}: {}",
-            extra.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[tokio::main]
@@ -102,34 +78,26 @@ async fn main() -> Result<()> {
         .manifests
         .canonicalize()
         .with_context(|| format!("{}", args.manifests.display()))?;
-    let applied = kubectl(
-        &args,
-        &cp,
-        &[
-            "apply",
-            "--server-side",
-            "--field-manager",
-            "slipway-install",
-            "-k",
-            manifests.to_str().unwrap_or_default(),
-        ],
-    )?;
+    let applied = cp.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager",
+        "slipway-install",
+        "-k",
+        manifests.to_str().unwrap_or_default(),
+    ])?;
     eprintln!(
         "applied {} objects from {} (server-side)",
         applied.lines().count(),
         manifests.display()
     );
-    kubectl(
-        &args,
-        &cp,
-        &[
-            "wait",
-            "--for=condition=Established",
-            "crd/rolloutpolicies.slipway.dev",
-            "crd/nodeupdates.slipway.dev",
-            "--timeout=60s",
-        ],
-    )?;
+    cp.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/rolloutpolicies.slipway.dev",
+        "crd/nodeupdates.slipway.dev",
+        "--timeout=60s",
+    ])?;
 
     let admin = cp.admin().await?;
     let names: Vec<String> = (0..args.nodes).map(|i| format!("node-{i}")).collect();
@@ -185,7 +153,8 @@ async fn main() -> Result<()> {
         "  kubeconfig (admin):   {}",
         cp.admin_kubeconfig().display()
     );
-    println!("  kubectl:              {}", args.kubectl.display());
+    let kubectl = PathBuf::from(cp.kubectl().get_program());
+    println!("  kubectl:              {}", kubectl.display());
     println!(
         "  operator:             running on the host as system:serviceaccount:slipway-system:slipway-operator"
     );
@@ -205,7 +174,7 @@ async fn main() -> Result<()> {
     println!();
     println!("Try:");
     println!("  export KUBECONFIG={}", cp.admin_kubeconfig().display());
-    println!("  alias kubectl={}", args.kubectl.display());
+    println!("  alias kubectl={}", kubectl.display());
     println!("  kubectl get nodes,rp,nu");
     println!(
         "  kubectl apply -f - <<'EOF'\n  apiVersion: slipway.dev/v1alpha1\n  kind: RolloutPolicy\n  metadata: {{name: workers}}\n  spec: {{channel: stable, maxUnavailable: 1, nodeSelector: {{matchLabels: {{pool: workers}}}}}}\n  EOF"

@@ -153,3 +153,44 @@ pub fn replay_in_commit_order(events: &[AuditEvent]) -> Vec<(u64, &AuditEvent)> 
     out.sort_by_key(|(rv, _)| *rv);
     out
 }
+
+/// One committed change to an object, from the audit log.
+#[derive(Debug, Clone)]
+pub struct Change {
+    /// The kind it was listed under (e.g. `Node`).
+    pub kind: &'static str,
+    /// The object's name.
+    pub name: String,
+    /// A delete (the object is the one deleted).
+    pub deleted: bool,
+    /// The object as the server returned it.
+    pub object: Value,
+    /// The etcd revision that committed it.
+    pub resource_version: u64,
+}
+
+/// The committed changes, in commit order, to objects of the `resources` given as `(plural
+/// resource, kind)` (`("nodes", "Node")`) whose names `keep` accepts.
+pub fn changes(
+    events: &[AuditEvent],
+    resources: &[(&str, &'static str)],
+    keep: impl Fn(&str) -> bool,
+) -> Vec<Change> {
+    replay_in_commit_order(events)
+        .into_iter()
+        .filter_map(|(rv, e)| {
+            let resource = e.object_ref.as_ref()?.resource.as_str();
+            let kind = resources.iter().find(|(r, _)| *r == resource)?.1;
+            if !keep(e.name()) {
+                return None;
+            }
+            Some(Change {
+                kind,
+                name: e.name().to_owned(),
+                deleted: e.verb == "delete",
+                object: e.response_object.clone()?,
+                resource_version: rv,
+            })
+        })
+        .collect()
+}

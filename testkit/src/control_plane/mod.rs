@@ -12,7 +12,7 @@
 
 mod audit;
 
-pub use audit::{AuditEvent, AuditObjectRef, AuditUser, replay_in_commit_order};
+pub use audit::{AuditEvent, AuditObjectRef, AuditUser, Change, changes, replay_in_commit_order};
 
 use std::collections::BTreeMap;
 use std::io::Write as _;

@@ -236,9 +236,9 @@ async fn a_browser_filters_the_table_opens_a_timeline_and_sees_a_new_event_live(
     let s = seeded().await;
     let b = Browser::start().await;
     b.goto(&format!("{}/", s.url)).await;
-    assert_eq!(b.text(&b.find("#count-machines").await).await, "12");
-    assert_eq!(b.text(&b.find("#count-failed").await).await, "1");
-    assert_eq!(b.text(&b.find("#count-behind").await).await, "3");
+    assert_eq!(b.text_of("#count-machines").await, "12");
+    assert_eq!(b.text_of("#count-failed").await, "1");
+    assert_eq!(b.text_of("#count-behind").await, "3");
     b.wait_text("#live-status", "live", Duration::from_secs(10))
         .await;
 
@@ -254,7 +254,7 @@ async fn a_browser_filters_the_table_opens_a_timeline_and_sees_a_new_event_live(
     b.goto(&format!("{}/machines?state=failed", s.url)).await;
     let rows = b.find_all("#machines tbody tr").await;
     assert_eq!(rows.len(), 1);
-    assert!(b.text(&rows[0]).await.contains("m-broken"));
+    assert!(b.text_of("#machines tbody tr").await.contains("m-broken"));
 
     // A machine's timeline.
     b.click(&b.find("#machines a[href='/machines/m-broken']").await)
@@ -262,7 +262,7 @@ async fn a_browser_filters_the_table_opens_a_timeline_and_sees_a_new_event_live(
     b.wait_text("h1", "m-broken", Duration::from_secs(10)).await;
     let before = b.find_all("#timeline li").await.len();
     assert_eq!(before, 4);
-    let detail = b.text(&b.find("#timeline li").await).await;
+    let detail = b.text_of("#timeline li").await;
     assert!(detail.contains("<script>alert(1)</script>"), "{detail}");
 
     // A new event arrives without a reload: a marker set on the page survives.

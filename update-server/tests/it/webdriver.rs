@@ -93,6 +93,19 @@ impl Browser {
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        match self.try_call(method, path, body).await {
+            Ok(v) => v,
+            Err((status, v)) => panic!("{path}: {status} {v}"),
+        }
+    }
+
+    /// A WebDriver command; its value, or the status and answer of a refusal.
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, (reqwest::StatusCode, Value)> {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let mut req = self.http.request(method, &url);
         // POSTs carry a JSON body, empty ones included (the protocol requires it).
@@ -102,8 +115,11 @@ impl Browser {
         let resp = req.send().await.expect("webdriver request");
         let status = resp.status();
         let v: Value = resp.json().await.expect("webdriver answer");
-        assert!(status.is_success(), "{path}: {status} {v}");
-        v["value"].clone()
+        if status.is_success() {
+            Ok(v["value"].clone())
+        } else {
+            Err((status, v))
+        }
     }
 
     /// Opens a URL and waits for the page to load.
@@ -162,17 +178,32 @@ impl Browser {
             .collect()
     }
 
-    /// An element's visible text.
-    pub async fn text(&self, e: &Element) -> String {
-        self.call(
-            reqwest::Method::GET,
-            &format!("/element/{}/text", e.0),
-            None,
-        )
-        .await
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+    /// An element's text, or None when the element went stale (the live view re-rendered it
+    /// between finding and reading).
+    pub async fn try_text(&self, e: &Element) -> Option<String> {
+        match self
+            .try_call(
+                reqwest::Method::GET,
+                &format!("/element/{}/text", e.0),
+                None,
+            )
+            .await
+        {
+            Ok(v) => Some(v.as_str().unwrap_or_default().to_owned()),
+            Err((_, v)) if v["value"]["error"] == "stale element reference" => None,
+            Err((status, v)) => panic!("text of {}: {status} {v}", e.0),
+        }
+    }
+
+    /// The text of the first element matching `css`, found again if a re-render made it stale.
+    pub async fn text_of(&self, css: &str) -> String {
+        for _ in 0..50 {
+            if let Some(t) = self.try_text(&self.find(css).await).await {
+                return t;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{css:?} kept going stale")
     }
 
     /// Clicks an element.
@@ -210,7 +241,12 @@ impl Browser {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(e) = self.try_find(css).await {
-                let t = self.text(&e).await;
+                // A re-render between finding and reading: look again.
+                let Some(t) = self.try_text(&e).await else {
+                    assert!(Instant::now() < deadline, "{css:?} kept going stale");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                };
                 if t.contains(needle) {
                     return t;
                 }
