@@ -85,8 +85,19 @@ impl std::str::FromStr for Scope {
             .split_once('=')
             .ok_or_else(|| format!("scope {s:?}: expected LABEL=VALUE"))?;
         let (key, value) = (key.trim(), value.trim());
-        if key.is_empty() || key.contains(['=', ',', '!', ' ']) || value.contains([',', ' ']) {
-            return Err(format!("scope {s:?}: expected one LABEL=VALUE"));
+        // Label syntax: keys are [prefix/]name, values at most 63 of [A-Za-z0-9._-].
+        let key_ok = !key.is_empty()
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        let value_ok = value.len() <= 63
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !key_ok || !value_ok {
+            return Err(format!(
+                "scope {s:?}: expected one LABEL=VALUE (a label key and value)"
+            ));
         }
         Ok(Self {
             key: key.to_string(),
@@ -1375,5 +1386,20 @@ mod tests {
             merge_patch(&json!({}), &json!({"k": "v"})),
             json!({"k": null})
         );
+    }
+
+    #[test]
+    fn a_scope_is_one_label_equality() {
+        let scope: Scope = "slipway.dev/pool=canary".parse().unwrap();
+        assert_eq!(
+            (scope.key.as_str(), scope.value.as_str()),
+            ("slipway.dev/pool", "canary")
+        );
+        assert_eq!(scope.selector(), "slipway.dev/pool=canary");
+        // An empty value is a valid label value.
+        assert_eq!("team=".parse::<Scope>().unwrap().value, "");
+        for bad in ["pool", "=x", "a=b,c=d", "a!=b", "a==b", "a b=c"] {
+            assert!(bad.parse::<Scope>().is_err(), "{bad} accepted");
+        }
     }
 }

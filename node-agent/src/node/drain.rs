@@ -388,3 +388,35 @@ pub async fn drain(
         message,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(message: &str, causes: &[&str]) -> kube::core::Status {
+        serde_json::from_value(serde_json::json!({
+            "status": "Failure", "code": 429, "reason": "TooManyRequests", "message": message,
+            "details": {"causes": causes.iter().map(|c| serde_json::json!({"reason": "DisruptionBudget", "message": c})).collect::<Vec<_>>()},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_refusal_carries_the_causes_that_name_the_budget() {
+        let s = status(
+            "Cannot evict pod as it would violate the pod's disruption budget.",
+            &["The disruption budget web-pdb needs 2 healthy pods and has 2 currently"],
+        );
+        assert_eq!(
+            refusal_message(&s),
+            "Cannot evict pod as it would violate the pod's disruption budget. The disruption \
+             budget web-pdb needs 2 healthy pods and has 2 currently"
+        );
+        // Nothing to add: the message as it is, and a cause already in it is not repeated.
+        assert_eq!(refusal_message(&status("busy", &[])), "busy");
+        assert_eq!(
+            refusal_message(&status("budget web-pdb is full", &["web-pdb"])),
+            "budget web-pdb is full"
+        );
+    }
+}

@@ -1,5 +1,8 @@
 //! Integration tests: unmodified kube-rs (Api, watcher, reflector, Controller, discovery,
-//! kube-lease-manager) against the test kit's API server over real HTTP on 127.0.0.1.
+//! kube-lease-manager) against the test kit's API server over real HTTP on 127.0.0.1; and the
+//! real control plane harness leaving nothing behind however its process ends.
+
+mod control_plane;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
