@@ -26,7 +26,7 @@ fi
 # The machines ship Go in /usr/local/go; a login shell's PATH has it, a bare one may not.
 command -v go >/dev/null || [ ! -x /usr/local/go/bin/go ] || PATH="/usr/local/go/bin:$PATH"
 command -v go >/dev/null || { echo "build-kube: go not found (Go 1.26 or newer is needed; Debian's golang-go is too old for Kubernetes $KUBERNETES_VERSION)" >&2; exit 1; }
-echo "build-kube: building Kubernetes $KUBERNETES_VERSION and etcd $ETCD_VERSION into $dest (first time only; about 10 minutes on 2 cores)"
+echo "build-kube: building Kubernetes $KUBERNETES_VERSION and etcd $ETCD_VERSION into $dest (first time only; 6-9 minutes on 2 cores)"
 start=$(date +%s)
 mkdir -p "$dest/bin" "$dest/src/kubernetes" "$dest/src/etcd"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
