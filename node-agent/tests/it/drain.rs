@@ -142,6 +142,22 @@ impl Env {
             .unwrap()
     }
 
+    /// Every eviction asked in this test's namespace, as the API server's audit log has it:
+    /// (pod, HTTP status).
+    fn evictions(&self) -> Vec<(String, u16)> {
+        self.cp
+            .audit_events()
+            .unwrap()
+            .into_iter()
+            .filter(|e| {
+                e.resource() == "pods/eviction"
+                    && e.object_ref.as_ref().and_then(|r| r.namespace.as_deref())
+                        == Some(self.ns.as_str())
+            })
+            .map(|e| (e.name().to_string(), e.code()))
+            .collect()
+    }
+
     /// Pod `scratch` on n1, with emptyDir data.
     async fn scratch_pod(&self) {
         let volumes = json!({"volumes": [{"name": "tmp", "emptyDir": {}}]});
@@ -313,18 +329,7 @@ async fn drain_evicts_what_must_go_and_leaves_daemonset_mirror_selected_and_fini
     left.sort();
     assert_eq!(env.names().await, left);
     // The eviction went through the eviction API, as the audit log shows.
-    let evictions: Vec<_> = env
-        .cp
-        .audit_events()
-        .unwrap()
-        .into_iter()
-        .filter(|e| {
-            e.resource() == "pods/eviction"
-                && e.object_ref.as_ref().and_then(|r| r.namespace.as_deref())
-                    == Some(env.ns.as_str())
-        })
-        .map(|e| (e.name().to_string(), e.code()))
-        .collect();
+    let evictions = env.evictions();
     assert_eq!(evictions, [("web".to_string(), 201)]);
     let node = env.node(&n1).await;
     assert_eq!(node.spec.unwrap().unschedulable, Some(true));
@@ -381,18 +386,7 @@ async fn a_budget_that_never_allows_the_eviction_blocks_the_drain_with_pod_and_p
     );
     env.pods().get("web-1").await.expect("the pod must stay");
     // The real server answered 429 to each try.
-    let refusals = env
-        .cp
-        .audit_events()
-        .unwrap()
-        .into_iter()
-        .filter(|e| {
-            e.resource() == "pods/eviction"
-                && e.object_ref.as_ref().and_then(|r| r.namespace.as_deref())
-                    == Some(env.ns.as_str())
-        })
-        .map(|e| e.code())
-        .collect::<Vec<_>>();
+    let refusals: Vec<u16> = env.evictions().into_iter().map(|(_, code)| code).collect();
     assert!(
         !refusals.is_empty() && refusals.iter().all(|c| *c == 429),
         "{refusals:?}"

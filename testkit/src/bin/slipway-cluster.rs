@@ -91,13 +91,7 @@ async fn main() -> Result<()> {
         applied.lines().count(),
         manifests.display()
     );
-    cp.kubectl_ok(&[
-        "wait",
-        "--for=condition=Established",
-        "crd/rolloutpolicies.slipway.dev",
-        "crd/nodeupdates.slipway.dev",
-        "--timeout=60s",
-    ])?;
+    cp.wait_for_crds()?;
 
     let admin = cp.admin().await?;
     let names: Vec<String> = (0..args.nodes).map(|i| format!("node-{i}")).collect();

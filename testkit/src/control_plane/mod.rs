@@ -441,6 +441,12 @@ current-context: slipway
             "-f",
             &path("rbac"),
         ])?;
+        self.wait_for_crds()
+    }
+
+    /// Waits until Slipway's CRDs are established and served (Established can precede the
+    /// API's discovery by a moment).
+    pub fn wait_for_crds(&self) -> Result<()> {
         self.kubectl_ok(&[
             "wait",
             "--for=condition=Established",
@@ -448,7 +454,6 @@ current-context: slipway
             "crd/nodeupdates.slipway.dev",
             "--timeout=60s",
         ])?;
-        // Established can precede the API's discovery by a moment.
         let deadline = Instant::now() + Duration::from_secs(60);
         while let Err(e) = self.kubectl_ok(&["get", "rolloutpolicies,nodeupdates"]) {
             if Instant::now() > deadline {
