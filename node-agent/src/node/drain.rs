@@ -118,39 +118,60 @@ fn api_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> DrainError {
 /// admin's own cordon is never lifted by us).
 pub async fn cordon(client: &Client, node: &str) -> Result<bool, DrainError> {
     let nodes: Api<Node> = Api::all(client.clone());
-    let n = nodes
-        .get(node)
-        .await
-        .map_err(api_err(format!("reading node {node}")))?;
-    let cordoned = n
-        .spec
-        .as_ref()
-        .and_then(|s| s.unschedulable)
-        .unwrap_or(false);
-    let ours = n
-        .annotations()
-        .get(CORDONED_BY_ANNOTATION)
-        .map(String::as_str)
-        == Some(CORDONED_BY_AGENT);
-    if cordoned {
-        return Ok(ours);
+    // A real cluster's controllers write Nodes all the time (heartbeats, taints, TTL
+    // annotations), so the compare-and-swap below can lose to one of them: read again and
+    // retry, a few times.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let n = nodes
+            .get(node)
+            .await
+            .map_err(api_err(format!("reading node {node}")))?;
+        let cordoned = n
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false);
+        let ours = n
+            .annotations()
+            .get(CORDONED_BY_ANNOTATION)
+            .map(String::as_str)
+            == Some(CORDONED_BY_AGENT);
+        if cordoned {
+            return Ok(ours);
+        }
+        // resourceVersion makes this a compare-and-swap: an admin cordoning at the same moment
+        // wins, and we do not claim their cordon.
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": n.resource_version(),
+                "annotations": {CORDONED_BY_ANNOTATION: CORDONED_BY_AGENT},
+            },
+            "spec": {"unschedulable": true},
+        });
+        match nodes
+            .patch(node, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => {
+                info!(node, "cordoned");
+                return Ok(true);
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < CORDON_ATTEMPTS => {
+                debug!(
+                    node,
+                    attempt, "cordon lost a race with another writer; reading again"
+                );
+                tokio::time::sleep(Duration::from_millis(50 * attempt as u64)).await;
+            }
+            Err(e) => return Err(api_err(format!("cordoning node {node}"))(e)),
+        }
     }
-    // resourceVersion makes this a compare-and-swap: an admin cordoning at the same moment
-    // wins, and we do not claim their cordon.
-    let patch = json!({
-        "metadata": {
-            "resourceVersion": n.resource_version(),
-            "annotations": {CORDONED_BY_ANNOTATION: CORDONED_BY_AGENT},
-        },
-        "spec": {"unschedulable": true},
-    });
-    nodes
-        .patch(node, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .map_err(api_err(format!("cordoning node {node}")))?;
-    info!(node, "cordoned");
-    Ok(true)
 }
+
+/// Tries at cordoning before a run of conflicts is an error.
+const CORDON_ATTEMPTS: u32 = 8;
 
 /// Uncordons `node` if the agent cordoned it; leaves an admin's cordon alone. Returns whether it
 /// uncordoned.

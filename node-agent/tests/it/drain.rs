@@ -472,3 +472,36 @@ async fn pods_with_empty_dir_data_block_unless_allowed() {
     );
     assert!(env.names().await.is_empty());
 }
+
+/// Stand-in because the API server must answer exactly the next cordon patches with 409: a
+/// real one does so only when another writer wins the race (as the node controller did once in
+/// CI), not on demand.
+#[tokio::test]
+async fn a_cordon_that_loses_a_race_reads_again_and_retries() {
+    use slipway_testkit::{Fault, FaultAction, TestCluster, Verb};
+    let cluster = TestCluster::start().await.unwrap();
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap();
+    cluster.state().create(&node).unwrap();
+    let conflicts = |times| Fault {
+        verb: Some(Verb::Patch),
+        resource: Some("nodes".into()),
+        subresource: None,
+        name: Some("n1".into()),
+        times: Some(times),
+        action: FaultAction::Error {
+            code: 409,
+            reason: "Conflict".into(),
+            message: "the object has been modified".into(),
+        },
+    };
+    let client = cluster.client_without_retry().unwrap();
+    cluster.state().inject_fault(conflicts(3));
+    assert!(drain::cordon(&client, "n1").await.unwrap(), "we cordoned");
+    let n: Node = cluster.state().get(None, "n1").unwrap();
+    assert_eq!(n.spec.unwrap().unschedulable, Some(true));
+    // Conflicts without end are an error that names the node, not a hang.
+    assert!(drain::uncordon_if_ours(&client, "n1").await.unwrap());
+    cluster.state().inject_fault(conflicts(100));
+    let err = drain::cordon(&client, "n1").await.unwrap_err().to_string();
+    assert!(err.contains("cordoning node n1"), "{err}");
+}
