@@ -1,4 +1,4 @@
-//! Names every component agrees on (see ARCHITECTURE.md).
+//! Names every component agrees on (see docs/protocol.md).
 
 /// The API group of Slipway's custom resources.
 pub const API_GROUP: &str = "slipway.dev";

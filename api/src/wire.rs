@@ -1,4 +1,4 @@
-//! Wire types of the update-server protocol (JSON over HTTPS; see ARCHITECTURE.md), shared by
+//! Wire types of the update-server protocol (JSON over HTTPS; see docs/protocol.md), shared by
 //! the engine (client) and the server. Unknown fields are ignored here, unlike in signed
 //! documents, so that newer clients can talk to older servers.
 

@@ -257,7 +257,7 @@ struct SignArgs {
     /// Write the envelope here (default: standard output).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The release manifest (JSON; see ARCHITECTURE.md for its fields).
+    /// The release manifest (JSON; see docs/protocol.md for its fields).
     manifest: PathBuf,
 }
 
