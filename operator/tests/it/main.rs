@@ -601,7 +601,6 @@ fn kubectl_ok(kube: &Kube, args: &[&str]) -> String {
 #[tokio::test]
 async fn rolling_update_of_ten_nodes_never_exceeds_max_unavailable_two() {
     let kube = cluster().await;
-    let client = kube.client();
     let nodes = kube.names("node", 10);
     kube.add_nodes(&nodes).await;
     kube.apply_policy("workers", json!({"channel": "stable", "maxUnavailable": 2}))
@@ -684,7 +683,6 @@ async fn rolling_update_of_ten_nodes_never_exceeds_max_unavailable_two() {
     }
     let rp = kubectl_ok(&kube, &["get", "rp", &kube.name("workers")]);
     assert!(rp.contains("10/10") && rp.contains("2.0.0"), "{rp}");
-    let _ = client;
 }
 
 #[tokio::test]

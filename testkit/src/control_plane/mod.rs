@@ -339,10 +339,11 @@ impl ControlPlane {
         name: &str,
         node: Option<&str>,
     ) -> Result<String> {
-        let api: Api<ServiceAccount> = Api::namespaced(self.admin().await?, namespace);
+        let admin = self.admin().await?;
+        let api: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
         let mut node_uid = None;
         if let Some(node) = node {
-            let n = Api::<Node>::all(self.admin().await?)
+            let n = Api::<Node>::all(admin)
                 .get(node)
                 .await
                 .with_context(|| format!("binding a token to node {node}"))?;
