@@ -3,6 +3,7 @@
 //! Also the custom resources (`RolloutPolicy`, `NodeUpdate`) and the wire types shared by the
 //! operator, the agent and the server.
 
+pub mod contract;
 pub mod crd;
 pub mod digest;
 pub mod dsse;
@@ -13,6 +14,7 @@ pub mod names;
 pub mod root;
 pub mod wire;
 
+pub use contract::{EnginePhase, WaitingReason};
 pub use digest::Sha256Digest;
 pub use dsse::{Envelope, KeySet};
 pub use error::{Error, Result};

@@ -272,6 +272,7 @@ mod tests {
                 current_version: Some(current.into()),
                 ..Default::default()
             },
+            agent_reason: None,
         }
     }
 

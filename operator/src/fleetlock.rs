@@ -22,8 +22,14 @@ use serde::Deserialize;
 use serde_json::json;
 use tokio::net::TcpListener;
 
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use slipway_api::crd::{FleetLockHolder, RolloutPolicyStatus};
+
 use crate::metrics::FleetLockLabels;
-use crate::reconcile::{LockRefused, Operator};
+use crate::plan::{self, ClusterView};
+use crate::reconcile::Operator;
+use crate::writes;
 
 /// Largest FleetLock body accepted.
 const MAX_BODY: usize = 16 * 1024;
@@ -89,6 +95,116 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<ClientParams, Refusal> {
         ));
     }
     Ok(p)
+}
+
+/// Why a FleetLock lock was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LockRefused {
+    /// No `RolloutPolicy` is named like the group.
+    #[error("no RolloutPolicy named {0:?} (the FleetLock group names a policy)")]
+    UnknownGroup(String),
+    /// Budget, window, pause, halt or an invalid spec.
+    #[error("{0}")]
+    Waiting(String),
+    /// This replica does not lead (the FleetLock Service selects the leader's Pod, so this
+    /// happens only while the leader label moves).
+    #[error("not the leader; the Service routes to the leader")]
+    NotLeader,
+    /// The status write failed.
+    #[error("recording the lock failed: {0}")]
+    Storage(String),
+}
+
+/// The policy status after `id` takes a slot of `group`, or `None` when it holds one already:
+/// the same budget, window, pause and halt as the policy's Kubernetes nodes.
+pub fn locked(
+    view: &ClusterView,
+    group: &str,
+    id: &str,
+    now: Timestamp,
+) -> Result<Option<RolloutPolicyStatus>, LockRefused> {
+    let pv = policy(view, group)?;
+    if pv.status.fleet_lock_holders.iter().any(|h| h.id == id) {
+        return Ok(None);
+    }
+    let plan = plan::plan(view, now);
+    if let Some(r) = plan::fleetlock_refusal(&plan.policies[group], pv.spec.paused, now) {
+        return Err(LockRefused::Waiting(r));
+    }
+    let mut status = pv.status.clone();
+    status.fleet_lock_holders.push(FleetLockHolder {
+        id: id.to_string(),
+        since: Time(now),
+    });
+    Ok(Some(status))
+}
+
+/// The policy status after `id` gives its slot of `group` back, or `None` when it held none.
+pub fn unlocked(
+    view: &ClusterView,
+    group: &str,
+    id: &str,
+) -> Result<Option<RolloutPolicyStatus>, LockRefused> {
+    let pv = policy(view, group)?;
+    if !pv.status.fleet_lock_holders.iter().any(|h| h.id == id) {
+        return Ok(None);
+    }
+    let mut status = pv.status.clone();
+    status.fleet_lock_holders.retain(|h| h.id != id);
+    Ok(Some(status))
+}
+
+fn policy<'a>(view: &'a ClusterView, group: &str) -> Result<&'a plan::PolicyView, LockRefused> {
+    view.policies
+        .iter()
+        .find(|p| p.name == group)
+        .ok_or_else(|| LockRefused::UnknownGroup(group.to_string()))
+}
+
+impl Operator {
+    /// FleetLock `RecursiveLock`: `id` takes (or already holds) a slot of policy `group`.
+    pub async fn fleetlock_lock(&self, group: &str, id: &str) -> Result<(), LockRefused> {
+        self.change_holders(group, |view, now| locked(view, group, id, now))
+            .await
+    }
+
+    /// FleetLock `UnlockIfHeld`: `id` gives its slot of `group` back (success if it held none).
+    pub async fn fleetlock_unlock(&self, group: &str, id: &str) -> Result<(), LockRefused> {
+        self.change_holders(group, |view, _| unlocked(view, group, id))
+            .await
+    }
+
+    /// Both operations: on the leader, with its memory held (so evaluations wait), decide from
+    /// a fresh view and write the policy's `fleetLockHolders` if they change.
+    async fn change_holders(
+        &self,
+        group: &str,
+        decide: impl FnOnce(&ClusterView, Timestamp) -> Result<Option<RolloutPolicyStatus>, LockRefused>,
+    ) -> Result<(), LockRefused> {
+        if !self.is_leader() {
+            return Err(LockRefused::NotLeader);
+        }
+        let mut memory = self
+            .leader_memory()
+            .await
+            .map_err(|e| LockRefused::Storage(e.to_string()))?;
+        let snapshot = self.snapshot();
+        let view = writes::view(&snapshot, &memory);
+        let Some(status) = decide(&view, self.now())? else {
+            return Ok(());
+        };
+        let patch = json!({ "status": { "fleetLockHolders": status.fleet_lock_holders } });
+        if let Err(e) = self.patch_policy_status(group, patch).await {
+            self.metrics().write_errors.inc();
+            return Err(LockRefused::Storage(e.to_string()));
+        }
+        memory
+            .policies
+            .insert(group.to_string(), (snapshot.policy_uid(group), status));
+        drop(memory);
+        self.trigger();
+        Ok(())
+    }
 }
 
 fn refused(e: LockRefused, failed_kind: &str) -> Response {
@@ -212,4 +328,64 @@ pub async fn serve(
     axum::serve(listener, router(op))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{node, now, policy};
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+    fn view(max: i32) -> ClusterView {
+        ClusterView {
+            nodes: vec![node("a"), node("b")],
+            policies: vec![policy("p").max(IntOrString::Int(max))],
+        }
+    }
+
+    #[test]
+    fn a_lock_takes_a_slot_of_the_budget_and_is_recursive() {
+        let mut v = view(1);
+        let status = locked(&v, "p", "host-1", now())
+            .unwrap()
+            .expect("new holder");
+        assert_eq!(status.fleet_lock_holders.len(), 1);
+        assert_eq!(status.fleet_lock_holders[0].id, "host-1");
+        assert_eq!(status.fleet_lock_holders[0].since, Time(now()));
+        v.policies[0].status = status;
+        assert_eq!(locked(&v, "p", "host-1", now()), Ok(None), "held already");
+        match locked(&v, "p", "host-2", now()) {
+            Err(LockRefused::Waiting(why)) => assert!(why.contains("semaphore full"), "{why}"),
+            other => panic!("budget of one held by host-1, got {other:?}"),
+        }
+        let released = unlocked(&v, "p", "host-1").unwrap().expect("held");
+        assert!(released.fleet_lock_holders.is_empty());
+        assert_eq!(unlocked(&v, "p", "host-2"), Ok(None), "held nothing");
+    }
+
+    #[test]
+    fn a_lock_obeys_pause_and_window_and_names_unknown_groups() {
+        let mut v = view(2);
+        v.policies[0].spec.paused = true;
+        assert_eq!(
+            locked(&v, "p", "h", now()),
+            Err(LockRefused::Waiting("policy is paused".into()))
+        );
+        let v = ClusterView {
+            nodes: vec![],
+            policies: vec![policy("p").window("0 3 * * *", "1h")],
+        };
+        assert!(matches!(
+            locked(&v, "p", "h", now()),
+            Err(LockRefused::Waiting(w)) if w.starts_with("reboot window closed")
+        ));
+        assert_eq!(
+            locked(&v, "nope", "h", now()),
+            Err(LockRefused::UnknownGroup("nope".into()))
+        );
+        assert_eq!(
+            unlocked(&v, "nope", "h"),
+            Err(LockRefused::UnknownGroup("nope".into()))
+        );
+    }
 }

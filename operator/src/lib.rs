@@ -1,12 +1,14 @@
 //! Slipway's cluster operator: watches Nodes, `NodeUpdate`s and `RolloutPolicy`s and decides,
 //! cluster-wide, which nodes may drain and reboot now. The decisions live in `plan` and
-//! `windows` (pure); `reconcile` builds the view from reflectors and carries decisions out;
-//! `fleetlock` serves the FleetLock protocol and metrics; `leader` holds the lease and keeps the
-//! leader label on the leader's Pod; `clock` is the only module that reads the wall clock;
+//! `windows` (pure), what the leader writes and remembers in `writes` (pure); `reconcile` keeps
+//! the reflectors and carries the writes out; `fleetlock` serves the FleetLock protocol (its
+//! lock decisions pure, beside the HTTP handlers) and metrics; `leader` holds the lease and keeps the
+//! leader label on the leader's Pod; time comes from `slipway_runtime`'s `Clock`;
 //! `cloudevents` decides (purely) which CloudEvents an evaluation gives rise to.
 
-pub mod clock;
 pub mod cloudevents;
+#[cfg(test)]
+mod fixtures;
 pub mod fleetlock;
 pub mod leader;
 pub mod metrics;
@@ -14,3 +16,4 @@ pub mod plan;
 pub mod reconcile;
 pub mod report;
 pub mod windows;
+pub mod writes;

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use slipway_operator::clock::SystemClock;
 use slipway_operator::leader::{self, LeaseSettings};
 use slipway_operator::metrics::Metrics;
 use slipway_operator::reconcile::{Operator, Settings};
+use slipway_runtime::{SystemClock, shutdown_signal};
 use tracing_subscriber::EnvFilter;
 
 /// How long shutdown keeps delivering queued CloudEvents.
@@ -79,7 +79,7 @@ struct Args {
     /// NodeUpdates it creates get the label): lets several operators share a cluster, e.g. a
     /// canary operator for one pool. Give each its own --lease-name. Default: everything.
     #[arg(long, env = "SLIPWAY_SCOPE", value_name = "LABEL=VALUE")]
-    scope: Option<slipway_operator::reconcile::Scope>,
+    scope: Option<slipway_operator::writes::Scope>,
 }
 
 #[tokio::main]
@@ -213,19 +213,4 @@ async fn main() -> Result<()> {
         .context("HTTP server task")?
         .context("HTTP server")?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -22,6 +22,7 @@ use std::fmt;
 
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use slipway_api::WaitingReason;
 use slipway_api::crd::{
     NodePhase, NodeUpdateSpec, NodeUpdateStatus, RolloutPolicySpec, RolloutPolicyStatus,
 };
@@ -33,10 +34,6 @@ pub use slipway_api::crd::label_selector_matches as selector_matches;
 pub const DEFAULT_CYCLE: SignedDuration = SignedDuration::from_mins(10);
 /// How many recent cycles a policy keeps for its median.
 pub const RECENT_CYCLES: usize = 10;
-/// The agent's `waitingReason` when a drain could not finish in time (it gives the grant back).
-pub const DRAIN_BLOCKED: &str = "DrainBlocked";
-/// The agent's `waitingReason` when it restarted mid-drain, uncordoned and returns the grant.
-pub const GRANT_RETURNED: &str = "GrantReturned";
 
 /// Everything `plan` looks at.
 #[derive(Debug, Clone, Default)]
@@ -62,6 +59,8 @@ pub struct NodeView {
     pub spec: NodeUpdateSpec,
     /// The agent's report (default `Idle` when there is none).
     pub status: NodeUpdateStatus,
+    /// `status.waitingReason`, parsed (`None` when absent or a word this version does not know).
+    pub agent_reason: Option<WaitingReason>,
 }
 
 /// One `RolloutPolicy`.
@@ -146,22 +145,22 @@ pub enum Reason {
 
 impl Reason {
     /// The machine-readable reason (`NodeUpdate.spec.waitingReason`, Event reasons).
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> WaitingReason {
         match self {
-            Self::WindowClosed { .. } => "WindowClosed",
-            Self::WindowTooShort { .. } => "WindowTooShort",
-            Self::BudgetFull { .. } => "BudgetFull",
-            Self::Paused => "Paused",
-            Self::Halted { .. } => "Halted",
-            Self::NotSelected => "NotSelected",
-            Self::UpToDate => "UpToDate",
-            Self::WaitingForDownload { .. } => "WaitingForDownload",
-            Self::PolicyConflict { .. } => "PolicyConflict",
-            Self::InvalidPolicy { .. } => "InvalidPolicy",
-            Self::NodeNotReady => "NodeNotReady",
-            Self::Failed { .. } => "Failed",
-            Self::DrainBlocked => "DrainBlocked",
-            Self::UpdatingWithoutGrant { .. } => "UpdatingWithoutGrant",
+            Self::WindowClosed { .. } => WaitingReason::WindowClosed,
+            Self::WindowTooShort { .. } => WaitingReason::WindowTooShort,
+            Self::BudgetFull { .. } => WaitingReason::BudgetFull,
+            Self::Paused => WaitingReason::Paused,
+            Self::Halted { .. } => WaitingReason::Halted,
+            Self::NotSelected => WaitingReason::NotSelected,
+            Self::UpToDate => WaitingReason::UpToDate,
+            Self::WaitingForDownload { .. } => WaitingReason::WaitingForDownload,
+            Self::PolicyConflict { .. } => WaitingReason::PolicyConflict,
+            Self::InvalidPolicy { .. } => WaitingReason::InvalidPolicy,
+            Self::NodeNotReady => WaitingReason::NodeNotReady,
+            Self::Failed { .. } => WaitingReason::Failed,
+            Self::DrainBlocked => WaitingReason::DrainBlocked,
+            Self::UpdatingWithoutGrant { .. } => WaitingReason::UpdatingWithoutGrant,
         }
     }
 }
@@ -653,10 +652,7 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
                     Decision::Release { cycle }
                 } else if phase.is_failure() {
                     Decision::Release { cycle: None }
-                } else if matches!(
-                    n.status.waiting_reason.as_deref(),
-                    Some(DRAIN_BLOCKED | GRANT_RETURNED)
-                ) {
+                } else if n.agent_reason.is_some_and(WaitingReason::returns_grant) {
                     Decision::Revoke(Reason::DrainBlocked)
                 } else if !staged_ok {
                     Decision::Revoke(Reason::WaitingForDownload {
@@ -879,86 +875,12 @@ fn node_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fixtures::{NOW, node, now, policy};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
         LabelSelector, LabelSelectorRequirement, Time,
     };
     use proptest::prelude::*;
-    use slipway_api::crd::{FleetLockHolder, HaltStatus, NodeCycle, RebootWindow};
-
-    const NOW: &str = "2026-03-02T12:00:00Z";
-
-    fn now() -> Timestamp {
-        NOW.parse().unwrap()
-    }
-
-    fn node(name: &str) -> NodeView {
-        NodeView {
-            name: name.into(),
-            labels: BTreeMap::from([("pool".to_string(), "a".to_string())]),
-            ready: true,
-            ..Default::default()
-        }
-        .phase(NodePhase::Idle)
-        .current("1.0.0")
-    }
-
-    impl NodeView {
-        fn phase(mut self, p: NodePhase) -> Self {
-            self.status.phase = p;
-            self
-        }
-        fn current(mut self, v: &str) -> Self {
-            self.status.current_version = Some(v.into());
-            self
-        }
-        fn staged(mut self, v: &str) -> Self {
-            self.status.staged_version = Some(v.into());
-            self.phase(NodePhase::Staged)
-        }
-        fn granted(mut self, at: &str) -> Self {
-            self.spec.reboot_granted = true;
-            self.spec.granted_at = Some(Time(at.parse().unwrap()));
-            self
-        }
-        fn not_ready(mut self) -> Self {
-            self.ready = false;
-            self
-        }
-        fn label(mut self, k: &str, v: &str) -> Self {
-            self.labels.insert(k.into(), v.into());
-            self
-        }
-    }
-
-    fn policy(name: &str) -> PolicyView {
-        PolicyView {
-            name: name.into(),
-            generation: Some(1),
-            spec: serde_json::from_value(serde_json::json!({"channel": "stable"})).unwrap(),
-            status: RolloutPolicyStatus::default(),
-            clear_halt: None,
-        }
-    }
-
-    impl PolicyView {
-        fn max(mut self, m: IntOrString) -> Self {
-            self.spec.max_unavailable = m;
-            self
-        }
-        fn window(mut self, schedule: &str, duration: &str) -> Self {
-            self.spec.windows.push(RebootWindow {
-                schedule: schedule.into(),
-                duration: duration.parse().unwrap(),
-                time_zone: "UTC".into(),
-            });
-            self
-        }
-        fn select(mut self, k: &str, v: &str) -> Self {
-            self.spec.node_selector.match_labels =
-                Some(BTreeMap::from([(k.to_string(), v.to_string())]));
-            self
-        }
-    }
+    use slipway_api::crd::{FleetLockHolder, HaltStatus, NodeCycle};
 
     fn run(nodes: Vec<NodeView>, policies: Vec<PolicyView>) -> Plan {
         plan(&ClusterView { nodes, policies }, now())
@@ -1272,14 +1194,14 @@ mod tests {
         ));
         assert_eq!(p.nodes["draining"].decision, Decision::Continue);
         let mut blocked = nodes();
-        blocked[0].status.waiting_reason = Some(DRAIN_BLOCKED.into());
+        blocked[0].agent_reason = Some(WaitingReason::DrainBlocked);
         let p = run(blocked.clone(), vec![policy("p").max(IntOrString::Int(2))]);
         assert_eq!(
             p.nodes["waiting"].decision,
             Decision::Revoke(Reason::DrainBlocked)
         );
         // An agent that restarted mid-drain returns its grant the same way.
-        blocked[0].status.waiting_reason = Some(GRANT_RETURNED.into());
+        blocked[0].agent_reason = Some(WaitingReason::GrantReturned);
         let p = run(blocked, vec![policy("p").max(IntOrString::Int(2))]);
         assert_eq!(
             p.nodes["waiting"].decision,

@@ -149,7 +149,7 @@ impl Reporter {
                 continue;
             }
             let view = operator.cluster_view().await;
-            let report = cluster_report(&self.settings.cluster, Timestamp::now(), &view);
+            let report = cluster_report(&self.settings.cluster, operator.now(), &view);
             let same = last
                 .as_ref()
                 .is_some_and(|l| l.policies == report.policies && l.nodes == report.nodes);
@@ -219,7 +219,7 @@ mod tests {
                     spec: NodeUpdateSpec {
                         policy: Some("p".into()),
                         target_version: Some("2.0.0".into()),
-                        waiting_reason: Some("OutsideWindow".into()),
+                        waiting_reason: Some("WindowClosed".into()),
                         ..Default::default()
                     },
                     status: NodeUpdateStatus {
@@ -227,6 +227,7 @@ mod tests {
                         current_version: Some("1.0.0".into()),
                         ..Default::default()
                     },
+                    agent_reason: None,
                 },
                 NodeView {
                     name: "n2".into(),
@@ -251,7 +252,7 @@ mod tests {
         let names: Vec<&str> = r.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["n1", "n2"]);
         assert_eq!(r.nodes[0].phase, "Staged");
-        assert_eq!(r.nodes[0].waiting_reason.as_deref(), Some("OutsideWindow"));
+        assert_eq!(r.nodes[0].waiting_reason.as_deref(), Some("WindowClosed"));
         assert_eq!(r.nodes[1].phase, "NotReady");
     }
 }

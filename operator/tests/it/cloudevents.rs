@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde_json::{Value, json};
-use slipway_operator::clock::ManualClock;
+use slipway_runtime::ManualClock;
 use slipway_operator::metrics::Metrics;
 use slipway_operator::reconcile::{Operator, Settings};
 use tokio::sync::watch;
