@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use slipway_agent::engine::sysext::UnitManager;
 use slipway_agent::engine::{Engine, Facts, Settings};
+use slipway_api::EnginePhase;
 use slipway_api::manifest::{OsImage, PayloadFormat, RELEASE_TYPE};
 use slipway_api::{Manifest, PrivateKey, Root, Sha256Digest};
 
@@ -378,7 +379,7 @@ fn child_apply(dir: &Path) {
         engine.check().await.unwrap();
         let secs = t.elapsed().as_secs_f64();
         let snap = engine.snapshot();
-        assert_eq!(snap.phase, "Staged", "{}", snap.last_error);
+        assert_eq!(snap.phase, EnginePhase::Staged, "{}", snap.last_error);
         println!("apply_secs={secs}");
     });
     let status = std::fs::read_to_string("/proc/self/status").unwrap();

@@ -14,6 +14,8 @@ use slipway_agent::engine::dbus::EngineClientProxy;
 use slipway_agent::engine::settings::DEFAULT_CONFIG_DIRS;
 use slipway_agent::engine::sysext::Systemd;
 use slipway_agent::engine::{Engine, Facts, Settings, dbus};
+use slipway_api::EnginePhase;
+use slipway_runtime::shutdown_signal;
 
 #[derive(Parser)]
 #[command(
@@ -219,10 +221,8 @@ async fn daemon(args: EngineArgs) -> Result<ExitCode> {
             }
         })
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
+        _ = shutdown_signal() => {}
         r = served => match r {
             Ok(Ok(())) => bail!("D-Bus connection closed"),
             Ok(Err(e)) => return Err(e.into()),
@@ -259,9 +259,9 @@ async fn once(args: EngineArgs) -> Result<ExitCode> {
         tokio::spawn(async move { show_progress(&engine, progress).await })
     };
     // Opening resumed any interrupted download; a release already staged needs nothing more.
-    let result = match engine.snapshot().phase.as_str() {
-        "Staged" | "Trial" => Ok(()),
-        "Available" => engine.apply().await,
+    let result = match engine.snapshot().phase {
+        EnginePhase::Staged | EnginePhase::Trial => Ok(()),
+        EnginePhase::Available => engine.apply().await,
         _ => engine.check().await,
     };
     watcher.abort();
@@ -269,26 +269,26 @@ async fn once(args: EngineArgs) -> Result<ExitCode> {
     result?;
     engine.flush_reports().await;
     let after = engine.snapshot();
-    match after.phase.as_str() {
-        "Staged" => {
+    match after.phase {
+        EnginePhase::Staged => {
             println!(
                 "staged {} in the other slot; it boots on trial at the next reboot",
                 after.staged_version
             );
             Ok(ExitCode::SUCCESS)
         }
-        "Available" => {
+        EnginePhase::Available => {
             println!("an update is available; run again to apply it (auto-download is off)");
             Ok(ExitCode::SUCCESS)
         }
-        "Downloading" | "Verifying" => {
+        EnginePhase::Downloading | EnginePhase::Verifying => {
             eprintln!(
                 "slipway-agent: download interrupted: {}; run again to resume",
                 after.last_error
             );
             Ok(ExitCode::FAILURE)
         }
-        "Failed" | "RolledBack" => {
+        EnginePhase::Failed | EnginePhase::RolledBack => {
             eprintln!("slipway-agent: update failed: {}", after.last_error);
             Ok(ExitCode::FAILURE)
         }
@@ -311,7 +311,7 @@ async fn show_progress(engine: &Engine, progress: slipway_agent::engine::downloa
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let snap = engine.snapshot();
-        if snap.phase != "Downloading" || snap.total_bytes == 0 {
+        if snap.phase != EnginePhase::Downloading || snap.total_bytes == 0 {
             continue;
         }
         let done = progress.load(Ordering::Relaxed);
@@ -362,9 +362,6 @@ async fn node(args: NodeArgs) -> Result<ExitCode> {
     )
     .await?;
     tracing::info!(node = %args.node_name, "node side running");
-    // A DaemonSet pod is stopped with SIGTERM.
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("installing a SIGTERM handler")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = if args.metrics_listen == "off" {
         None
@@ -386,12 +383,11 @@ async fn node(args: NodeArgs) -> Result<ExitCode> {
             },
         )))
     };
-    r.run(Duration::from_secs(args.interval_secs.max(1)), async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    })
+    // A DaemonSet pod is stopped with SIGTERM.
+    r.run(
+        Duration::from_secs(args.interval_secs.max(1)),
+        shutdown_signal(),
+    )
     .await;
     let _ = stop_tx.send(true);
     if let Some(server) = server {

@@ -10,7 +10,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, ensure};
 use sha2::{Digest, Sha256};
-use slipway_agent::engine::boot::grub::{GrubCfg, GrubEnv, GrubSlotCfg, render_grub_cfg};
+use slipway_agent::engine::boot::grub::GrubEnv;
+use slipway_agent::engine::boot::grubcfg::{GrubCfg, GrubSlotCfg, render_grub_cfg};
 
 use crate::server::Keys;
 

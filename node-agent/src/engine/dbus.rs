@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use slipway_api::EnginePhase;
 use slipway_api::names::{DBUS_INTERFACE, DBUS_NAME, DBUS_PATH};
 use zbus::fdo;
 
@@ -37,7 +38,7 @@ impl Engine1 {
     /// Starts (or resumes) downloading and staging the available release; returns at once.
     async fn apply_update(&self) -> fdo::Result<()> {
         let phase = self.engine.snapshot().phase;
-        if !matches!(phase.as_str(), "Available" | "Downloading" | "Verifying") {
+        if !phase.accepts_apply() {
             return Err(fdo::Error::AccessDenied(format!(
                 "nothing to apply while the engine is {phase}; CheckForUpdate first"
             )));
@@ -60,7 +61,7 @@ impl Engine1 {
     /// `RollingBack`, `Failed`, `RolledBack`.
     #[zbus(property)]
     async fn phase(&self) -> String {
-        self.engine.snapshot().phase
+        self.engine.snapshot().phase.to_string()
     }
 
     /// The version running (last marked good).
@@ -109,8 +110,11 @@ impl Engine1 {
         // Refuse at once if busy, so the caller learns it now rather than from a log.
         let phase = self.engine.snapshot().phase;
         if matches!(
-            phase.as_str(),
-            "Checking" | "Downloading" | "Verifying" | "Activating"
+            phase,
+            EnginePhase::Checking
+                | EnginePhase::Downloading
+                | EnginePhase::Verifying
+                | EnginePhase::Activating
         ) {
             return Err(fdo::Error::AccessDenied(format!(
                 "the engine is busy ({phase}); try again when it is done"

@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 use slipway_api::wire::EventKind;
-use slipway_api::{Envelope, Manifest, Sha256Digest};
+use slipway_api::{EnginePhase, Envelope, Manifest, Sha256Digest};
 
 use super::slot::Slot;
 
@@ -121,20 +121,20 @@ pub enum State {
 }
 
 impl State {
-    /// The phase name shown on D-Bus and in `slipway-agent status`.
-    pub fn phase(&self) -> &'static str {
+    /// The phase shown on D-Bus and in `slipway-agent status`.
+    pub fn phase(&self) -> EnginePhase {
         match self {
-            State::Idle => "Idle",
-            State::Checking => "Checking",
-            State::Available { .. } => "Available",
-            State::Downloading { .. } => "Downloading",
-            State::Verifying { .. } => "Verifying",
-            State::Activating { .. } => "Activating",
-            State::Staged { .. } => "Staged",
-            State::Trial { .. } => "Trial",
-            State::RollingBack { .. } => "RollingBack",
-            State::Failed { .. } => "Failed",
-            State::RolledBack { .. } => "RolledBack",
+            State::Idle => EnginePhase::Idle,
+            State::Checking => EnginePhase::Checking,
+            State::Available { .. } => EnginePhase::Available,
+            State::Downloading { .. } => EnginePhase::Downloading,
+            State::Verifying { .. } => EnginePhase::Verifying,
+            State::Activating { .. } => EnginePhase::Activating,
+            State::Staged { .. } => EnginePhase::Staged,
+            State::Trial { .. } => EnginePhase::Trial,
+            State::RollingBack { .. } => EnginePhase::RollingBack,
+            State::Failed { .. } => EnginePhase::Failed,
+            State::RolledBack { .. } => EnginePhase::RolledBack,
         }
     }
 
@@ -349,7 +349,7 @@ pub struct Invalid {
     /// The input's name.
     pub input: &'static str,
     /// The phase it arrived in.
-    pub phase: &'static str,
+    pub phase: EnginePhase,
 }
 
 fn report(event: EventKind, version: &Version, detail: impl Into<String>) -> Effect {
@@ -821,7 +821,7 @@ mod tests {
         assert_eq!(fx, vec![Effect::Check]);
 
         let (m, fx) = run(&m, vec![Input::Found(Box::new(release("2.0.0")))]);
-        assert_eq!(m.state.phase(), "Downloading");
+        assert_eq!(m.state.phase(), EnginePhase::Downloading);
         assert_eq!(
             reports(&fx),
             vec![EventKind::Checked, EventKind::Downloading]
@@ -869,7 +869,7 @@ mod tests {
                 boot_id: "boot-1".into(),
             }],
         );
-        assert_eq!(m.state.phase(), "Staged");
+        assert_eq!(m.state.phase(), EnginePhase::Staged);
         assert_eq!(reports(&fx), vec![EventKind::Staged]);
     }
 
@@ -900,7 +900,7 @@ mod tests {
             &m,
             vec![Input::ApplyFailed("containerd restart failed".into())],
         );
-        assert_eq!(m.state.phase(), "Failed");
+        assert_eq!(m.state.phase(), EnginePhase::Failed);
         assert!(fx.iter().all(|e| !matches!(e, Effect::SetTrial { .. })));
     }
 
@@ -923,7 +923,7 @@ mod tests {
             &fresh(),
             vec![Input::Check, Input::Found(Box::new(runtime_only("1.0.1")))],
         );
-        assert_eq!(m.state.phase(), "Activating");
+        assert_eq!(m.state.phase(), EnginePhase::Activating);
         assert_eq!(
             reports(&fx),
             vec![EventKind::Checked, EventKind::Downloading]
@@ -983,7 +983,7 @@ mod tests {
                 Input::ApplyFailed("restarting kubelet.service: job failed".into()),
             ],
         );
-        assert_eq!(m.state.phase(), "Failed");
+        assert_eq!(m.state.phase(), EnginePhase::Failed);
         assert_eq!(m.current_version, v("1.0.0"));
         assert_eq!(m.attempts.get(&v("1.0.1")), Some(&1));
         assert_eq!(
@@ -1001,9 +1001,9 @@ mod tests {
         };
         let (m, _) = step(&fresh(), Input::Check, &manual).unwrap();
         let (m, _) = step(&m, Input::Found(Box::new(runtime_only("1.0.1"))), &manual).unwrap();
-        assert_eq!(m.state.phase(), "Available");
+        assert_eq!(m.state.phase(), EnginePhase::Available);
         let (m, fx) = step(&m, Input::Apply, &manual).unwrap();
-        assert_eq!(m.state.phase(), "Activating");
+        assert_eq!(m.state.phase(), EnginePhase::Activating);
         assert!(matches!(fx.last(), Some(Effect::InstallRuntime { .. })));
     }
 
@@ -1016,10 +1016,10 @@ mod tests {
         };
         let (m, _) = step(&fresh(), Input::Check, &manual).unwrap();
         let (m, fx) = step(&m, Input::Found(Box::new(release("2.0.0"))), &manual).unwrap();
-        assert_eq!(m.state.phase(), "Available");
+        assert_eq!(m.state.phase(), EnginePhase::Available);
         assert_eq!(reports(&fx), vec![EventKind::Checked]);
         let (m, fx) = step(&m, Input::Apply, &manual).unwrap();
-        assert_eq!(m.state.phase(), "Downloading");
+        assert_eq!(m.state.phase(), EnginePhase::Downloading);
         assert!(fx.iter().any(|e| matches!(e, Effect::Download { .. })));
     }
 
@@ -1065,7 +1065,7 @@ mod tests {
                 Input::Interrupted("connection reset at byte 9".into()),
             ],
         );
-        assert_eq!(m.state.phase(), "Downloading");
+        assert_eq!(m.state.phase(), EnginePhase::Downloading);
         assert_eq!(m.last_error.as_deref(), Some("connection reset at byte 9"));
         let (_, fx) = run(&m, vec![Input::Apply]);
         assert!(
@@ -1110,7 +1110,7 @@ mod tests {
             &m,
             vec![Input::Check, Input::Found(Box::new(release("2.0.1")))],
         );
-        assert_eq!(m.state.phase(), "Downloading");
+        assert_eq!(m.state.phase(), EnginePhase::Downloading);
     }
 
     #[test]
@@ -1136,7 +1136,7 @@ mod tests {
                 boot_id: "boot-2".into(),
             }],
         );
-        assert_eq!(m.state.phase(), "Trial");
+        assert_eq!(m.state.phase(), EnginePhase::Trial);
         assert_eq!(reports(&fx), vec![EventKind::Booted]);
         let (m, fx) = run(&m, vec![Input::MarkGood]);
         assert_eq!(m.state, State::Idle);
@@ -1167,7 +1167,7 @@ mod tests {
                 boot_id: "boot-2".into(),
             }],
         );
-        assert_eq!(m.state.phase(), "RolledBack");
+        assert_eq!(m.state.phase(), EnginePhase::RolledBack);
         assert_eq!(fx[0], Effect::MarkBad { slot: Slot::B });
         assert_eq!(reports(&fx), vec![EventKind::RolledBack]);
         assert!(m.refused.contains(&v("2.0.0")));
@@ -1195,7 +1195,7 @@ mod tests {
                 reason: "health check kubelet.service failed".into(),
             }],
         );
-        assert_eq!(m.state.phase(), "RollingBack");
+        assert_eq!(m.state.phase(), EnginePhase::RollingBack);
         assert_eq!(fx[0], Effect::MarkBad { slot: Slot::B });
         let (m, fx) = run(
             &m,
@@ -1204,7 +1204,7 @@ mod tests {
                 boot_id: "boot-3".into(),
             }],
         );
-        assert_eq!(m.state.phase(), "RolledBack");
+        assert_eq!(m.state.phase(), EnginePhase::RolledBack);
         assert_eq!(reports(&fx), vec![EventKind::RolledBack]);
         assert_eq!(m.current_version, v("1.0.0"));
     }
@@ -1262,7 +1262,7 @@ mod tests {
             }],
         );
         assert_eq!(fx[0], Effect::MarkBad { slot: Slot::B });
-        assert_eq!(m.state.phase(), "Failed");
+        assert_eq!(m.state.phase(), EnginePhase::Failed);
     }
 
     #[test]

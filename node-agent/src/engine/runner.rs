@@ -20,12 +20,13 @@ use super::slot::Slot;
 use super::store::{Persisted, Store};
 use super::sysext::Sysext;
 use crate::error::{Error, Result};
+use slipway_api::EnginePhase;
 
 /// What the engine shows the world (D-Bus properties, `status`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Snapshot {
-    /// Phase name.
-    pub phase: String,
+    /// Phase.
+    pub phase: EnginePhase,
     /// Version running (last marked good).
     pub current_version: String,
     /// Version staged or on trial, empty if none.
@@ -142,8 +143,8 @@ impl Shared {
         let (next, effects) = step(&p.memory, input, &self.policy)?;
         if next.state.phase() != p.memory.state.phase() {
             tracing::info!(
-                from = p.memory.state.phase(),
-                to = next.state.phase(),
+                from = %p.memory.state.phase(),
+                to = %next.state.phase(),
                 input = %input_name.chars().take(120).collect::<String>(),
                 "engine phase"
             );
@@ -199,7 +200,7 @@ pub struct Engine {
     /// The re-read digest of the last download, (slot, bytes, digest): lets the Verify effect
     /// that follows a download skip a second full read.
     reread: Mutex<Option<(Slot, u64, slipway_api::Sha256Digest)>>,
-    now: Box<dyn Fn() -> jiff::Timestamp + Send + Sync>,
+    clock: Arc<dyn slipway_runtime::Clock>,
     units: Arc<dyn super::sysext::UnitManager>,
 }
 
@@ -253,14 +254,14 @@ impl Engine {
             flushing: tokio::sync::Mutex::new(()),
             progress: Arc::new(AtomicU64::new(0)),
             reread: Mutex::new(None),
-            now: Box::new(jiff::Timestamp::now),
+            clock: Arc::new(slipway_runtime::SystemClock),
             units,
         })
     }
 
-    /// Replaces the clock (tests).
-    pub fn with_clock(mut self, now: impl Fn() -> jiff::Timestamp + Send + Sync + 'static) -> Self {
-        self.now = Box::new(now);
+    /// Replaces the clock that release expiry is judged by (tests move it).
+    pub fn with_clock(mut self, clock: Arc<dyn slipway_runtime::Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -372,7 +373,7 @@ impl Engine {
             _ => (0, 0),
         };
         Snapshot {
-            phase: mem.state.phase().to_owned(),
+            phase: mem.state.phase(),
             current_version: mem.current_version.to_string(),
             staged_version,
             booted_slot: self.facts.booted_slot.to_string(),
@@ -643,7 +644,7 @@ impl Engine {
         // Signatures first; only then is the manifest parsed.
         let manifest = self.root.verify_release_envelope(&envelope)?;
         manifest.check_channel(&self.settings.channel)?;
-        admit(&manifest, &running, (self.now)())?;
+        admit(&manifest, &running, self.clock.now())?;
         Ok(Some(Release { manifest, envelope }))
     }
 

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use super::boot::BootSettings;
+use super::slot::Slot;
 use crate::error::{Error, Result};
 
 /// Where drop-ins are read from, lowest priority first.
@@ -91,35 +93,6 @@ impl Default for SlotPaths {
         Self {
             a: "/dev/disk/by-partlabel/SLIPWAY_A".into(),
             b: "/dev/disk/by-partlabel/SLIPWAY_B".into(),
-        }
-    }
-}
-
-/// Which boot backend, and where its state lives.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, tag = "backend", rename_all = "kebab-case")]
-pub enum BootSettings {
-    /// GRUB environment block.
-    Grub {
-        /// The `grubenv` file.
-        grubenv: PathBuf,
-    },
-    /// systemd-boot boot counting.
-    SystemdBoot {
-        /// The ESP mount point.
-        esp: PathBuf,
-    },
-    /// ChromeOS/CoreOS GPT attributes.
-    Gpt {
-        /// The disk holding the slots' partitions.
-        disk: PathBuf,
-    },
-}
-
-impl Default for BootSettings {
-    fn default() -> Self {
-        BootSettings::Grub {
-            grubenv: "/boot/grub/grubenv".into(),
         }
     }
 }
@@ -299,10 +272,10 @@ impl Settings {
     }
 
     /// The path of `slot`.
-    pub fn slot_path(&self, slot: super::Slot) -> &Path {
+    pub fn slot_path(&self, slot: Slot) -> &Path {
         match slot {
-            super::Slot::A => &self.slots.a,
-            super::Slot::B => &self.slots.b,
+            Slot::A => &self.slots.a,
+            Slot::B => &self.slots.b,
         }
     }
 }

@@ -6,15 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::StreamExt;
 use sha2::{Digest as _, Sha256};
 use slipway_api::Sha256Digest;
 use slipway_api::manifest::RuntimeImage;
 use tokio::io::AsyncWriteExt;
-use zbus::OwnedObjectPath;
 
 use super::settings::RuntimeSettings;
 use crate::error::{Error, Result};
+use crate::systemd::SystemdClient;
 
 /// The unit that merges sysext images into `/usr`.
 pub const SYSEXT_UNIT: &str = "systemd-sysext.service";
@@ -26,73 +25,26 @@ pub trait UnitManager: Send + Sync {
     async fn restart_unit(&self, unit: &str) -> Result<()>;
 }
 
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Manager",
-    default_service = "org.freedesktop.systemd1",
-    default_path = "/org/freedesktop/systemd1"
-)]
-trait Systemd1Manager {
-    /// Queues a restart job.
-    fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-    /// Asks systemd to send job signals to this client.
-    fn subscribe(&self) -> zbus::Result<()>;
-    /// A job finished with `result` (`done`, `failed`, ...).
-    #[zbus(signal)]
-    fn job_removed(
-        &self,
-        id: u32,
-        job: OwnedObjectPath,
-        unit: String,
-        result: String,
-    ) -> zbus::Result<()>;
-}
-
 /// Restarts units through `org.freedesktop.systemd1.Manager.RestartUnit`.
 pub struct Systemd {
-    conn: zbus::Connection,
+    client: SystemdClient,
     timeout: Duration,
 }
 
 impl Systemd {
     /// Over `conn` (the system bus in production), waiting at most `timeout` per job.
     pub fn new(conn: zbus::Connection, timeout: Duration) -> Self {
-        Self { conn, timeout }
+        Self {
+            client: SystemdClient::new(conn),
+            timeout,
+        }
     }
 }
 
 #[async_trait::async_trait]
 impl UnitManager for Systemd {
     async fn restart_unit(&self, unit: &str) -> Result<()> {
-        let dbus = |e: zbus::Error| Error::Dbus(format!("systemd RestartUnit({unit}): {e}"));
-        let proxy = Systemd1ManagerProxy::new(&self.conn).await.map_err(dbus)?;
-        // Listen before queueing, so a fast job cannot finish unseen.
-        let mut removed = proxy.receive_job_removed().await.map_err(dbus)?;
-        let _ = proxy.subscribe().await;
-        let job = proxy.restart_unit(unit, "replace").await.map_err(dbus)?;
-        let wait = async {
-            while let Some(signal) = removed.next().await {
-                let Ok(args) = signal.args() else { continue };
-                if args.job == job {
-                    return Ok(args.result.clone());
-                }
-            }
-            Err(Error::Dbus(format!(
-                "systemd: job stream ended while restarting {unit}"
-            )))
-        };
-        let result = tokio::time::timeout(self.timeout, wait)
-            .await
-            .map_err(|_| {
-                Error::Dbus(format!(
-                    "restarting {unit}: no result within {:?}",
-                    self.timeout
-                ))
-            })??;
-        if result == "done" {
-            Ok(())
-        } else {
-            Err(Error::Dbus(format!("restarting {unit}: job {result}")))
-        }
+        self.client.restart_unit(unit, self.timeout).await
     }
 }
 

@@ -4,11 +4,13 @@
 //! the same table: a node cordoned by us with nothing in progress is uncordoned, whatever
 //! crashed or rebooted in between.
 
+use slipway_api::EnginePhase;
+
 /// Everything `decide` looks at.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Inputs {
-    /// The engine's phase (`Idle`, `Downloading`, `Staged`, `Trial`, `RolledBack`, ...).
-    pub engine_phase: String,
+    /// The engine's phase.
+    pub engine_phase: EnginePhase,
     /// The version the engine staged.
     pub staged_version: Option<String>,
     /// `NodeUpdate.spec.rebootGranted`.
@@ -69,22 +71,22 @@ impl Action {
 
 /// Decides the next step.
 pub fn decide(i: &Inputs) -> Action {
-    match i.engine_phase.as_str() {
+    match i.engine_phase {
         // Booted into the new slot on trial: verify it, then bless or roll back.
-        "Trial" => match &i.health {
+        EnginePhase::Trial => match &i.health {
             None => Action::CheckHealth,
             Some(Ok(())) => Action::MarkGood,
             Some(Err(reason)) => Action::Rollback(reason.clone()),
         },
         // The engine is taking the node back to the old slot: reboot to get there.
-        "RollingBack" => {
+        EnginePhase::RollingBack => {
             if i.reboot_requested {
                 Action::Wait
             } else {
                 Action::Reboot
             }
         }
-        "Staged" => {
+        EnginePhase::Staged => {
             let granted_for_this = i.granted
                 && i.staged_version.is_some()
                 && (i.target_version.is_none() || i.target_version == i.staged_version);
@@ -117,9 +119,16 @@ pub fn decide(i: &Inputs) -> Action {
                 Action::Wait
             }
         }
-        // Idle, Checking, Downloading, Verifying, Failed, RolledBack...: nothing in progress
-        // that needs the node cordoned.
-        _ => {
+        // Nothing in progress that needs the node cordoned. Listed, not `_`: a new phase must
+        // be placed here by whoever adds it.
+        EnginePhase::Idle
+        | EnginePhase::Checking
+        | EnginePhase::Available
+        | EnginePhase::Downloading
+        | EnginePhase::Verifying
+        | EnginePhase::Activating
+        | EnginePhase::Failed
+        | EnginePhase::RolledBack => {
             if i.cordoned_by_us {
                 Action::Uncordon
             } else {
@@ -135,7 +144,7 @@ mod tests {
 
     fn staged(granted: bool) -> Inputs {
         Inputs {
-            engine_phase: "Staged".into(),
+            engine_phase: EnginePhase::Staged,
             staged_version: Some("2.0.0".into()),
             granted,
             target_version: Some("2.0.0".into()),
@@ -190,7 +199,7 @@ mod tests {
     #[test]
     fn a_trial_boot_is_checked_then_blessed_or_rolled_back() {
         let mut i = Inputs {
-            engine_phase: "Trial".into(),
+            engine_phase: EnginePhase::Trial,
             cordoned_by_us: true,
             ..Default::default()
         };
@@ -203,7 +212,7 @@ mod tests {
             Action::Rollback("unit kubelet.service is failed".into())
         );
         let mut back = Inputs {
-            engine_phase: "RollingBack".into(),
+            engine_phase: EnginePhase::RollingBack,
             ..Default::default()
         };
         assert_eq!(decide(&back), Action::Reboot);
@@ -213,15 +222,21 @@ mod tests {
 
     #[test]
     fn self_healing_uncordons_a_node_with_nothing_in_progress() {
-        for phase in ["Idle", "Checking", "Downloading", "Failed", "RolledBack"] {
+        let at_rest = EnginePhase::ALL.iter().filter(|p| {
+            !matches!(
+                p,
+                EnginePhase::Staged | EnginePhase::Trial | EnginePhase::RollingBack
+            )
+        });
+        for &phase in at_rest {
             let i = Inputs {
-                engine_phase: phase.into(),
+                engine_phase: phase,
                 cordoned_by_us: true,
                 ..Default::default()
             };
             assert_eq!(decide(&i), Action::Uncordon, "{phase}");
             let admin = Inputs {
-                engine_phase: phase.into(),
+                engine_phase: phase,
                 ..Default::default()
             };
             assert_eq!(

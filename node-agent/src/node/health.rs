@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
-use zbus::OwnedObjectPath;
+
+use crate::systemd::SystemdClient;
 
 /// What must hold.
 #[derive(Debug, Clone)]
@@ -40,57 +41,28 @@ pub trait NodeReadiness: Send + Sync {
     async fn ready(&self) -> Result<bool, String>;
 }
 
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Manager",
-    default_service = "org.freedesktop.systemd1",
-    default_path = "/org/freedesktop/systemd1"
-)]
-trait Manager {
-    fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-}
-
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Unit",
-    default_service = "org.freedesktop.systemd1"
-)]
-trait Unit {
-    #[zbus(property)]
-    fn active_state(&self) -> zbus::Result<String>;
-}
-
 /// systemd over D-Bus.
 #[derive(Debug, Clone)]
 pub struct SystemdUnits {
-    conn: zbus::Connection,
+    client: SystemdClient,
 }
 
 impl SystemdUnits {
     /// Uses `conn` (the system bus in production).
     pub fn new(conn: zbus::Connection) -> Self {
-        Self { conn }
+        Self {
+            client: SystemdClient::new(conn),
+        }
     }
 }
 
 #[async_trait]
 impl Units for SystemdUnits {
     async fn active_state(&self, unit: &str) -> Result<String, String> {
-        let manager = ManagerProxy::new(&self.conn)
+        self.client
+            .active_state(unit)
             .await
-            .map_err(|e| e.to_string())?;
-        let path = match manager.get_unit(unit).await {
-            Ok(p) => p,
-            // Not loaded: systemd's own word for it is inactive.
-            Err(zbus::Error::MethodError(name, _, _)) if name.as_str().ends_with("NoSuchUnit") => {
-                return Ok("inactive".into());
-            }
-            Err(e) => return Err(e.to_string()),
-        };
-        let unit_proxy = UnitProxy::builder(&self.conn)
-            .path(path)
-            .build()
-            .await
-            .map_err(|e| e.to_string())?;
-        unit_proxy.active_state().await.map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())
     }
 }
 

@@ -12,6 +12,7 @@ use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
+use slipway_api::WaitingReason;
 use slipway_api::crd::{
     CORDONED_BY_ANNOTATION, NodeUpdate, NodeUpdateStatus, OS_VERSION_LABEL, RolloutPolicy,
 };
@@ -77,6 +78,10 @@ pub enum RunnerError {
     /// Rebooting.
     #[error(transparent)]
     Reboot(#[from] crate::node::reboot::RebootError),
+    /// The engine said something this node side does not understand (a newer or older engine
+    /// than this agent): nothing is done on a guess.
+    #[error("the engine's Phase property: {0}")]
+    EnginePhase(#[from] slipway_api::contract::UnknownWord),
 }
 
 fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> RunnerError {
@@ -115,7 +120,7 @@ struct Local {
     drain_blocked: bool,
     health: Option<Result<(), String>>,
     healthy_version: Option<String>,
-    waiting_reason: Option<String>,
+    waiting_reason: Option<WaitingReason>,
     error: Option<String>,
     failed: bool,
 }
@@ -132,12 +137,19 @@ pub struct Runner {
     local: Local,
     last_report: Option<(NodeUpdateStatus, Instant)>,
     steps: u64,
+    clock: Arc<dyn slipway_runtime::Clock>,
 }
 
 impl Runner {
     /// Records into `metrics` (shared with the `/metrics` server) instead of a private set.
     pub fn with_metrics(mut self, metrics: Arc<super::metrics::NodeMetrics>) -> Self {
         self.metrics = metrics;
+        self
+    }
+
+    /// Replaces the wall clock (the time of the last good step in the metrics).
+    pub fn with_clock(mut self, clock: Arc<dyn slipway_runtime::Clock>) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -172,6 +184,7 @@ impl Runner {
             local: Local::default(),
             last_report: None,
             steps: 0,
+            clock: Arc::new(slipway_runtime::SystemClock),
         })
     }
 
@@ -179,7 +192,7 @@ impl Runner {
         let e = &self.engine;
         let err = || bus_err("reading the engine's properties");
         Ok(Snapshot {
-            phase: e.phase().await.map_err(err())?,
+            phase: e.phase().await.map_err(err())?.parse()?,
             current_version: e.current_version().await.map_err(err())?,
             staged_version: e.staged_version().await.map_err(err())?,
             booted_slot: e.booted_slot().await.map_err(err())?,
@@ -220,7 +233,7 @@ impl Runner {
             self.local.waiting_reason = None;
         }
         let inputs = Inputs {
-            engine_phase: engine.phase.clone(),
+            engine_phase: engine.phase,
             staged_version: (!engine.staged_version.is_empty())
                 .then(|| engine.staged_version.clone()),
             granted: spec.reboot_granted,
@@ -269,7 +282,7 @@ impl Runner {
                     }
                     DrainOutcome::Blocked { pod, pdb, message } => {
                         self.local.drain_blocked = true;
-                        self.local.waiting_reason = Some("DrainBlocked".into());
+                        self.local.waiting_reason = Some(WaitingReason::DrainBlocked);
                         self.local.error = Some(match pdb {
                             Some(pdb) => format!(
                                 "drain blocked by {pod} (PodDisruptionBudget {pdb}): {message}"
@@ -298,7 +311,7 @@ impl Runner {
                         self.local.waiting_reason = None;
                     }
                     RebootOutcome::Inhibited(_) => {
-                        self.local.waiting_reason = Some("RebootInhibited".into());
+                        self.local.waiting_reason = Some(WaitingReason::RebootInhibited);
                         self.local.error =
                             Some(format!("reboot blocked by inhibitors: {}", held.join("; ")));
                     }
@@ -366,7 +379,7 @@ impl Runner {
                 drain::uncordon_if_ours(&self.client, &self.node).await?;
                 self.local.drained = false;
                 self.local.drain_blocked = true;
-                self.local.waiting_reason = Some("GrantReturned".into());
+                self.local.waiting_reason = Some(WaitingReason::GrantReturned);
                 self.local.error =
                     Some("the agent restarted during the drain; grant returned".into());
             }
@@ -416,7 +429,7 @@ impl Runner {
             draining,
             rebooting: self.local.reboot_requested,
             healthy_version: self.local.healthy_version.clone(),
-            waiting_reason: self.local.waiting_reason.clone(),
+            waiting_reason: self.local.waiting_reason,
             error: self.local.error.clone(),
             failed: self.local.failed,
         };
@@ -465,11 +478,10 @@ impl Runner {
         loop {
             match self.step().await {
                 Ok(_) => {
-                    self.metrics.last_step.set(
-                        std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map_or(0.0, |d| d.as_secs_f64()),
-                    );
+                    let now = self.clock.now();
+                    self.metrics
+                        .last_step
+                        .set(now.as_millisecond() as f64 / 1000.0);
                 }
                 Err(e) => {
                     self.metrics.step_errors.inc();

@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use slipway_api::crd::{NodePhase, NodeUpdateStatus};
+use slipway_api::{EnginePhase, WaitingReason};
 
 // The engine's D-Bus properties are its `Snapshot`, read back over the bus.
 use crate::engine::Snapshot;
@@ -19,8 +20,8 @@ pub struct NodeActivity {
     pub rebooting: bool,
     /// The version last marked good by this agent (reported `Healthy` while it runs).
     pub healthy_version: Option<String>,
-    /// Why the node side waits (`DrainBlocked`, `RebootInhibited`), if it does.
-    pub waiting_reason: Option<String>,
+    /// Why the node side waits (`DrainBlocked`, `RebootInhibited`, `GrantReturned`), if it does.
+    pub waiting_reason: Option<WaitingReason>,
     /// The node side's own last error (drain or health), which wins over the engine's.
     pub error: Option<String>,
     /// The trial boot failed its health check (reported `Failed` until the engine is back on
@@ -34,23 +35,28 @@ fn non_empty(s: &str) -> Option<String> {
 
 /// The status to report.
 pub fn status(engine: &Snapshot, node: &NodeActivity) -> NodeUpdateStatus {
-    let phase = match engine.phase.as_str() {
-        "Trial" | "RollingBack" if node.failed => NodePhase::Failed,
-        "Downloading" | "Verifying" | "Activating" => NodePhase::Downloading,
-        "Staged" if node.rebooting => NodePhase::Rebooting,
-        "Staged" if node.draining => NodePhase::Draining,
-        "Staged" => NodePhase::Staged,
-        "Trial" => NodePhase::Verifying,
-        "RollingBack" => NodePhase::Rebooting,
-        "Failed" => NodePhase::Failed,
-        "RolledBack" => NodePhase::RolledBack,
-        // Idle, Checking, Available: running a version; healthy if we verified this one.
-        _ if node.healthy_version.as_deref() == Some(engine.current_version.as_str())
-            && !engine.current_version.is_empty() =>
-        {
-            NodePhase::Healthy
+    let phase = match engine.phase {
+        EnginePhase::Trial | EnginePhase::RollingBack if node.failed => NodePhase::Failed,
+        EnginePhase::Downloading | EnginePhase::Verifying | EnginePhase::Activating => {
+            NodePhase::Downloading
         }
-        _ => NodePhase::Idle,
+        EnginePhase::Staged if node.rebooting => NodePhase::Rebooting,
+        EnginePhase::Staged if node.draining => NodePhase::Draining,
+        EnginePhase::Staged => NodePhase::Staged,
+        EnginePhase::Trial => NodePhase::Verifying,
+        EnginePhase::RollingBack => NodePhase::Rebooting,
+        EnginePhase::Failed => NodePhase::Failed,
+        EnginePhase::RolledBack => NodePhase::RolledBack,
+        // Running a version; healthy if we verified this one.
+        EnginePhase::Idle | EnginePhase::Checking | EnginePhase::Available => {
+            if node.healthy_version.as_deref() == Some(engine.current_version.as_str())
+                && !engine.current_version.is_empty()
+            {
+                NodePhase::Healthy
+            } else {
+                NodePhase::Idle
+            }
+        }
     };
     let progress = (phase == NodePhase::Downloading && engine.total_bytes > 0).then(|| {
         (engine.downloaded_bytes.min(engine.total_bytes) * 100 / engine.total_bytes) as u8
@@ -61,7 +67,7 @@ pub fn status(engine: &Snapshot, node: &NodeActivity) -> NodeUpdateStatus {
         staged_version: non_empty(&engine.staged_version),
         booted_slot: non_empty(&engine.booted_slot),
         progress,
-        waiting_reason: node.waiting_reason.clone(),
+        waiting_reason: node.waiting_reason.map(|r| r.to_string()),
         last_error: node.error.clone().or_else(|| non_empty(&engine.last_error)),
         conditions: Vec::new(),
     }
@@ -90,9 +96,9 @@ pub fn should_write(
 mod tests {
     use super::*;
 
-    fn engine(phase: &str) -> Snapshot {
+    fn engine(phase: EnginePhase) -> Snapshot {
         Snapshot {
-            phase: phase.into(),
+            phase,
             current_version: "1.0.0".into(),
             staged_version: "2.0.0".into(),
             booted_slot: "A".into(),
@@ -115,18 +121,18 @@ mod tests {
             ..Default::default()
         };
         for (engine_phase, activity, want) in [
-            ("Idle", &idle, NodePhase::Idle),
-            ("Checking", &idle, NodePhase::Idle),
-            ("Downloading", &idle, NodePhase::Downloading),
-            ("Verifying", &idle, NodePhase::Downloading),
-            ("Activating", &idle, NodePhase::Downloading),
-            ("Staged", &idle, NodePhase::Staged),
-            ("Staged", &draining, NodePhase::Draining),
-            ("Staged", &rebooting, NodePhase::Rebooting),
-            ("Trial", &idle, NodePhase::Verifying),
-            ("RollingBack", &idle, NodePhase::Rebooting),
-            ("Failed", &idle, NodePhase::Failed),
-            ("RolledBack", &idle, NodePhase::RolledBack),
+            (EnginePhase::Idle, &idle, NodePhase::Idle),
+            (EnginePhase::Checking, &idle, NodePhase::Idle),
+            (EnginePhase::Downloading, &idle, NodePhase::Downloading),
+            (EnginePhase::Verifying, &idle, NodePhase::Downloading),
+            (EnginePhase::Activating, &idle, NodePhase::Downloading),
+            (EnginePhase::Staged, &idle, NodePhase::Staged),
+            (EnginePhase::Staged, &draining, NodePhase::Draining),
+            (EnginePhase::Staged, &rebooting, NodePhase::Rebooting),
+            (EnginePhase::Trial, &idle, NodePhase::Verifying),
+            (EnginePhase::RollingBack, &idle, NodePhase::Rebooting),
+            (EnginePhase::Failed, &idle, NodePhase::Failed),
+            (EnginePhase::RolledBack, &idle, NodePhase::RolledBack),
         ] {
             assert_eq!(
                 status(&engine(engine_phase), activity).phase,
@@ -139,36 +145,42 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            status(&engine("RollingBack"), &failed).phase,
+            status(&engine(EnginePhase::RollingBack), &failed).phase,
             NodePhase::Failed
         );
         assert_eq!(
-            status(&engine("RolledBack"), &failed).phase,
+            status(&engine(EnginePhase::RolledBack), &failed).phase,
             NodePhase::RolledBack
         );
         let healthy = NodeActivity {
             healthy_version: Some("1.0.0".into()),
             ..Default::default()
         };
-        assert_eq!(status(&engine("Idle"), &healthy).phase, NodePhase::Healthy);
+        assert_eq!(
+            status(&engine(EnginePhase::Idle), &healthy).phase,
+            NodePhase::Healthy
+        );
         let stale = NodeActivity {
             healthy_version: Some("0.9.0".into()),
             ..Default::default()
         };
-        assert_eq!(status(&engine("Idle"), &stale).phase, NodePhase::Idle);
+        assert_eq!(
+            status(&engine(EnginePhase::Idle), &stale).phase,
+            NodePhase::Idle
+        );
     }
 
     #[test]
     fn progress_versions_and_errors_are_reported() {
-        let s = status(&engine("Downloading"), &NodeActivity::default());
+        let s = status(&engine(EnginePhase::Downloading), &NodeActivity::default());
         assert_eq!(s.progress, Some(25));
         assert_eq!(s.current_version.as_deref(), Some("1.0.0"));
         assert_eq!(s.booted_slot.as_deref(), Some("A"));
         assert_eq!(
-            status(&engine("Staged"), &NodeActivity::default()).progress,
+            status(&engine(EnginePhase::Staged), &NodeActivity::default()).progress,
             None
         );
-        let mut e = engine("Failed");
+        let mut e = engine(EnginePhase::Failed);
         e.last_error = "sha256 mismatch".into();
         assert_eq!(
             status(&e, &NodeActivity::default()).last_error.as_deref(),
@@ -176,14 +188,14 @@ mod tests {
         );
         let node = NodeActivity {
             error: Some("drain blocked by default/web-1 (PDB web-pdb)".into()),
-            waiting_reason: Some("DrainBlocked".into()),
+            waiting_reason: Some(WaitingReason::DrainBlocked),
             ..Default::default()
         };
-        let s = status(&engine("Staged"), &node);
+        let s = status(&engine(EnginePhase::Staged), &node);
         assert_eq!(s.last_error, node.error);
         assert_eq!(s.waiting_reason.as_deref(), Some("DrainBlocked"));
         let empty = Snapshot {
-            phase: "Idle".into(),
+            phase: EnginePhase::Idle,
             ..Default::default()
         };
         assert_eq!(
@@ -195,13 +207,13 @@ mod tests {
     #[test]
     fn progress_is_debounced_but_everything_else_is_written_at_once() {
         let min = Duration::from_secs(5);
-        let a = status(&engine("Downloading"), &NodeActivity::default());
+        let a = status(&engine(EnginePhase::Downloading), &NodeActivity::default());
         assert!(should_write(None, Duration::ZERO, &a, min));
         assert!(
             !should_write(Some(&a), Duration::from_secs(60), &a, min),
             "nothing changed"
         );
-        let mut more = engine("Downloading");
+        let mut more = engine(EnginePhase::Downloading);
         more.downloaded_bytes = 90;
         let b = status(&more, &NodeActivity::default());
         assert!(
@@ -212,7 +224,7 @@ mod tests {
             should_write(Some(&a), Duration::from_secs(5), &b, min),
             "progress after the interval"
         );
-        let staged = status(&engine("Staged"), &NodeActivity::default());
+        let staged = status(&engine(EnginePhase::Staged), &NodeActivity::default());
         assert!(
             should_write(Some(&b), Duration::ZERO, &staged, min),
             "phase change at once"

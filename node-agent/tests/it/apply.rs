@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use slipway_agent::engine::Slot;
 use slipway_agent::engine::machine::State;
+use slipway_api::EnginePhase;
 use slipway_api::manifest::{PayloadFormat, RuntimeImage};
 use slipway_api::wire::EventKind;
 
@@ -22,7 +23,12 @@ async fn full_apply_then_mark_good_then_rollback() {
     let engine = node.engine().await;
     engine.check().await.unwrap();
     let snap = engine.snapshot();
-    assert_eq!(snap.phase, "Staged", "last error: {}", snap.last_error);
+    assert_eq!(
+        snap.phase,
+        EnginePhase::Staged,
+        "last error: {}",
+        snap.last_error
+    );
     assert_eq!(snap.staged_version, "2.0.0");
     // Slot B holds the image; slot A is untouched; the boot loader tries B once.
     assert_eq!(&node.slot(Slot::B)[..image.len()], &image[..]);
@@ -39,7 +45,7 @@ async fn full_apply_then_mark_good_then_rollback() {
     assert_eq!(node.backend_simulate_boot(), Some(Slot::B));
     node.reboot_into(Slot::B, "boot-2");
     let engine = node.engine().await;
-    assert_eq!(engine.snapshot().phase, "Trial");
+    assert_eq!(engine.snapshot().phase, EnginePhase::Trial);
     engine.mark_good().await.unwrap();
     let snap = engine.snapshot();
     assert_eq!(
@@ -95,7 +101,12 @@ async fn zstd_and_xz_payloads_are_decompressed_into_the_slot() {
         let engine = node.engine().await;
         engine.check().await.unwrap();
         let snap = engine.snapshot();
-        assert_eq!(snap.phase, "Staged", "{format:?}: {}", snap.last_error);
+        assert_eq!(
+            snap.phase,
+            EnginePhase::Staged,
+            "{format:?}: {}",
+            snap.last_error
+        );
         assert_eq!(&node.slot(Slot::B)[..image.len()], &image[..], "{format:?}");
     }
 }
@@ -116,7 +127,7 @@ async fn a_server_sending_more_than_the_size_is_cut_off() {
             .expect("the engine stops reading at the signed size")
             .unwrap();
         let snap = engine.snapshot();
-        assert_eq!(snap.phase, "Failed", "{mode:?}");
+        assert_eq!(snap.phase, EnginePhase::Failed, "{mode:?}");
         assert!(
             snap.last_error.contains("more than the signed size"),
             "{mode:?}: {}",
@@ -139,7 +150,7 @@ async fn an_interrupted_download_resumes_with_range_in_a_new_engine() {
     let engine = node.engine().await;
     engine.check().await.unwrap();
     let snap = engine.snapshot();
-    assert_eq!(snap.phase, "Downloading", "{}", snap.last_error);
+    assert_eq!(snap.phase, EnginePhase::Downloading, "{}", snap.last_error);
     assert!(
         snap.last_error.contains("interrupted"),
         "{}",
@@ -158,7 +169,7 @@ async fn an_interrupted_download_resumes_with_range_in_a_new_engine() {
     // A new engine (as after a restart) resumes on start.
     let engine = node.engine().await;
     let snap = engine.snapshot();
-    assert_eq!(snap.phase, "Staged", "{}", snap.last_error);
+    assert_eq!(snap.phase, EnginePhase::Staged, "{}", snap.last_error);
     assert_eq!(&node.slot(Slot::B)[..image.len()], &image[..]);
     let (ranges, served) = server.with(|r| (r.ranges.clone(), r.bytes_served));
     assert_eq!(ranges[0], None);
@@ -179,11 +190,11 @@ async fn interrupted_then_resumed(
 ) -> Vec<Option<String>> {
     let engine = node.engine().await;
     engine.check().await.unwrap();
-    assert_eq!(engine.snapshot().phase, "Downloading");
+    assert_eq!(engine.snapshot().phase, EnginePhase::Downloading);
     drop(engine);
     let engine = node.engine().await;
     let snap = engine.snapshot();
-    assert_eq!(snap.phase, "Staged", "{}", snap.last_error);
+    assert_eq!(snap.phase, EnginePhase::Staged, "{}", snap.last_error);
     assert_eq!(&node.slot(Slot::B)[..image.len()], image);
     assert_eq!(node.slot(Slot::A), node.running_a);
     server.with(|r| r.ranges.clone())
@@ -219,7 +230,7 @@ async fn recording_the_boot_leaves_an_interrupted_download_to_the_first_check() 
     server.with(|r| r.mode = Mode::DropAfter((image.len() as u64) * 6 / 10));
     let engine = node.engine().await;
     engine.check().await.unwrap();
-    assert_eq!(engine.snapshot().phase, "Downloading");
+    assert_eq!(engine.snapshot().phase, EnginePhase::Downloading);
     drop(engine);
 
     // As the daemon does before serving D-Bus: quick, no request.
@@ -229,11 +240,11 @@ async fn recording_the_boot_leaves_an_interrupted_download_to_the_first_check() 
     let engine =
         slipway_agent::engine::Engine::open(settings, facts, node.backend(), units).unwrap();
     engine.record_boot().await.unwrap();
-    assert_eq!(engine.snapshot().phase, "Downloading");
+    assert_eq!(engine.snapshot().phase, EnginePhase::Downloading);
     assert_eq!(server.with(|r| r.ranges.len()), 1);
     // The first check resumes it with a Range request.
     engine.check().await.unwrap();
-    assert_eq!(engine.snapshot().phase, "Staged");
+    assert_eq!(engine.snapshot().phase, EnginePhase::Staged);
     let ranges = server.with(|r| r.ranges.clone());
     assert!(
         ranges.len() == 2 && ranges[1].is_some(),
@@ -284,7 +295,7 @@ async fn reports_wait_for_a_server_that_is_down_without_delaying_the_update() {
     server.with(|r| r.events_down = true);
     let engine = node.engine().await;
     engine.check().await.unwrap();
-    assert_eq!(engine.snapshot().phase, "Staged");
+    assert_eq!(engine.snapshot().phase, EnginePhase::Staged);
     assert_eq!(engine.flush_reports().await, 0);
     assert_eq!(
         engine.queued_events(),
@@ -339,7 +350,7 @@ async fn runtime_images_are_installed_and_units_restarted_or_rolled_back() {
         let restarted = units.restarted.lock().unwrap().clone();
         if fail {
             // The failed restart put the previous image back and restarted again.
-            assert_eq!(engine.snapshot().phase, "Failed");
+            assert_eq!(engine.snapshot().phase, EnginePhase::Failed);
             assert_eq!(installed, old);
             assert_eq!(
                 restarted,
@@ -353,7 +364,7 @@ async fn runtime_images_are_installed_and_units_restarted_or_rolled_back() {
         } else {
             assert_eq!(
                 engine.snapshot().phase,
-                "Staged",
+                EnginePhase::Staged,
                 "{}",
                 engine.snapshot().last_error
             );
@@ -392,7 +403,7 @@ async fn a_crash_between_writing_and_flipping_re_verifies_on_restart() {
         "the failpoint stops the engine"
     );
     fail::remove("before-set-trial");
-    assert_eq!(engine.snapshot().phase, "Verifying");
+    assert_eq!(engine.snapshot().phase, EnginePhase::Verifying);
     assert_eq!(engine.boot().status().unwrap().next, Some(Slot::A));
     drop(engine);
 
@@ -402,7 +413,7 @@ async fn a_crash_between_writing_and_flipping_re_verifies_on_restart() {
     std::fs::write(node.dir.join("slot-b"), &b).unwrap();
     let engine = node.engine().await;
     let snap = engine.snapshot();
-    assert_eq!(snap.phase, "Failed");
+    assert_eq!(snap.phase, EnginePhase::Failed);
     assert!(
         snap.last_error.contains("verification failed"),
         "{}",
@@ -419,7 +430,7 @@ async fn a_crash_between_writing_and_flipping_re_verifies_on_restart() {
     fail::remove("before-set-trial");
     drop(engine);
     let engine = node.engine().await;
-    assert_eq!(engine.snapshot().phase, "Staged");
+    assert_eq!(engine.snapshot().phase, EnginePhase::Staged);
     assert_eq!(engine.boot().status().unwrap().next, Some(Slot::B));
     scenario.teardown();
 }
@@ -482,7 +493,7 @@ async fn an_unknown_channel_is_nothing_new_but_other_server_errors_fail_the_chec
     server.with(|r| r.check_error = Some((axum::http::StatusCode::BAD_REQUEST, "bad-machine-id")));
     engine.check().await.unwrap();
     let snap = engine.snapshot();
-    assert_eq!(snap.phase, "Idle");
+    assert_eq!(snap.phase, EnginePhase::Idle);
     assert!(
         snap.last_error.contains("HTTP 400") && snap.last_error.contains("bad-machine-id"),
         "{}",

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use slipway_agent::engine::boot::BootBackend;
+use slipway_agent::engine::boot::testing::SimulateBoot;
 use slipway_agent::engine::sysext::UnitManager;
 use slipway_agent::engine::{Engine, Facts, Settings, Slot};
 use slipway_api::manifest::{OsImage, PayloadFormat, RELEASE_TYPE};

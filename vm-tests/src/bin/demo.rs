@@ -238,7 +238,7 @@ fn main() -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(tokio::signal::ctrl_c())?;
+        rt.block_on(slipway_runtime::shutdown_signal());
     }
     println!("Stopping the nodes, the operator and the server…");
     fleet.shutdown()?;

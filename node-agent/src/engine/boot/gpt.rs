@@ -327,24 +327,6 @@ impl GptDisk {
         f(&mut table);
         self.store(&mut table)
     }
-
-    /// The boot loader's half, for tests and VM-less demos: what `gptprio.next`-style loaders do
-    /// at power-on. Picks the highest-priority bootable slot and, if it is not successful,
-    /// spends one of its tries (written back to the disk) before booting it. Returns the slot
-    /// booted, `None` if no slot is bootable.
-    pub fn simulate_boot(&self) -> Result<Option<Slot>, BootError> {
-        let mut table = self.open(true)?;
-        let Some(slot) = table.next() else {
-            return Ok(None);
-        };
-        let mut a = table.attrs(slot);
-        if !a.successful {
-            a.tries -= 1; // bootable() guarantees tries > 0 here
-            table.set(slot, a);
-            self.store(&mut table)?;
-        }
-        Ok(Some(slot))
-    }
 }
 
 impl BootBackend for GptDisk {
@@ -419,6 +401,26 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::process::Command;
+
+    impl GptDisk {
+        /// The boot loader's half, for these tests: what `gptprio.next`-style loaders do
+        /// at power-on. Picks the highest-priority bootable slot and, if it is not successful,
+        /// spends one of its tries (written back to the disk) before booting it. Returns the slot
+        /// booted, `None` if no slot is bootable.
+        fn simulate_boot(&self) -> Result<Option<Slot>, BootError> {
+            let mut table = self.open(true)?;
+            let Some(slot) = table.next() else {
+                return Ok(None);
+            };
+            let mut a = table.attrs(slot);
+            if !a.successful {
+                a.tries -= 1; // bootable() guarantees tries > 0 here
+                table.set(slot, a);
+                self.store(&mut table)?;
+            }
+            Ok(Some(slot))
+        }
+    }
 
     const LINUX_FS: [u8; 16] = [
         0xaf, 0x3d, 0xc6, 0x0f, 0x83, 0x84, 0x72, 0x47, 0x8e, 0x79, 0x3d, 0x69, 0xd8, 0x47, 0x7d,

@@ -1,5 +1,8 @@
 //! Boot backends: how the boot loader is told which slot to try next, how many times, and which
-//! slot is good. One file per backend; every backend implements [`BootBackend`].
+//! slot is good. One file per backend; every backend implements [`BootBackend`]. Beside them:
+//! [`grubenv`] (the GRUB environment block format), [`grubcfg`] (the grub.cfg script that is
+//! GRUB's half of the GRUB backend), `durable` (crash-safe file replacement) and [`testing`]
+//! (a model of the boot loader's power-on, for tests).
 //!
 //! The common model (ChromeOS/CoreOS style): each slot has a *good* flag and a number of *tries*
 //! left. The boot loader boots the preferred slot if it is good, or if it has tries left (and
@@ -8,13 +11,49 @@
 
 use std::path::PathBuf;
 
-use super::settings::BootSettings;
+use serde::Deserialize;
+
 use super::slot::Slot;
 
 pub(crate) mod durable;
 pub mod gpt;
 pub mod grub;
+pub mod grubcfg;
+pub mod grubenv;
 pub mod sdboot;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
+/// Which boot backend, and where its state lives: the `[boot]` table of the engine's settings.
+/// Defined here, not in `settings`, so that the boot backends (and [`BootError`], which the
+/// crate's error type wraps) never import the module that imports them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "backend", rename_all = "kebab-case")]
+pub enum BootSettings {
+    /// GRUB environment block.
+    Grub {
+        /// The `grubenv` file.
+        grubenv: PathBuf,
+    },
+    /// systemd-boot boot counting.
+    SystemdBoot {
+        /// The ESP mount point.
+        esp: PathBuf,
+    },
+    /// ChromeOS/CoreOS GPT attributes.
+    Gpt {
+        /// The disk holding the slots' partitions.
+        disk: PathBuf,
+    },
+}
+
+impl Default for BootSettings {
+    fn default() -> Self {
+        BootSettings::Grub {
+            grubenv: "/boot/grub/grubenv".into(),
+        }
+    }
+}
 
 /// The backend `settings` names. No I/O happens here: a broken boot-loader state shows up on the
 /// first `status()`, where it is reported with its path, instead of keeping the engine from

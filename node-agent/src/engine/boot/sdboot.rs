@@ -553,26 +553,6 @@ impl SdBoot {
         self.set_sort_key(&scan.ours(slot).file, SORT_KEY_PREFERRED)?;
         self.set_sort_key(&scan.ours(slot.other()).file, SORT_KEY_FALLBACK)
     }
-
-    /// The boot loader's half, for tests and VM-less demos: what systemd-boot does at power-on.
-    /// Picks the entry as it would (sort, loader.conf `default`), and if that entry has a
-    /// counter renames it to `+LEFT-1-DONE+1` (LEFT stays 0 at 0), as systemd-boot does before
-    /// starting it. Returns the slot booted, `None` if the pick is not a Slipway entry. Like
-    /// systemd-boot, it boots an entry with no tries left when nothing better is there.
-    pub fn simulate_boot(&self) -> Result<Option<Slot>, BootError> {
-        let scan = self.scan()?;
-        let Some(e) = scan.selected() else {
-            return Ok(None);
-        };
-        if let (Some(slot), Some(c)) = (e.slot, e.counter) {
-            let next = Counter {
-                left: c.left.saturating_sub(1),
-                done: c.done.saturating_add(1),
-            };
-            self.rename(&scan, slot, Some(next))?;
-        }
-        Ok(e.slot)
-    }
 }
 
 impl BootBackend for SdBoot {
@@ -643,6 +623,28 @@ impl BootBackend for SdBoot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl SdBoot {
+        /// The boot loader's half, for these tests: what systemd-boot does at power-on.
+        /// Picks the entry as it would (sort, loader.conf `default`), and if that entry has a
+        /// counter renames it to `+LEFT-1-DONE+1` (LEFT stays 0 at 0), as systemd-boot does before
+        /// starting it. Returns the slot booted, `None` if the pick is not a Slipway entry. Like
+        /// systemd-boot, it boots an entry with no tries left when nothing better is there.
+        fn simulate_boot(&self) -> Result<Option<Slot>, BootError> {
+            let scan = self.scan()?;
+            let Some(e) = scan.selected() else {
+                return Ok(None);
+            };
+            if let (Some(slot), Some(c)) = (e.slot, e.counter) {
+                let next = Counter {
+                    left: c.left.saturating_sub(1),
+                    done: c.done.saturating_add(1),
+                };
+                self.rename(&scan, slot, Some(next))?;
+            }
+            Ok(e.slot)
+        }
+    }
 
     fn st(good: bool, tries: u32) -> SlotState {
         SlotState { good, tries }
