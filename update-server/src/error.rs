@@ -1,4 +1,5 @@
-//! The crate's error type: store, file and configuration failures, each naming what failed.
+//! The crate's error type: store, file and configuration failures, and the release manifests
+//! the CLI builds, each naming what failed.
 
 use std::path::PathBuf;
 
@@ -6,7 +7,7 @@ use std::path::PathBuf;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// What can fail inside the server (as opposed to what a client got wrong; see
-/// `routes::ApiError`).
+/// `api_error::ApiError`).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// SQLite refused or failed an operation.
@@ -48,6 +49,20 @@ pub enum Error {
     /// The store was closed (server shutting down).
     #[error("the store is closed")]
     Closed,
+    /// A release manifest being built (the `slipway` CLI) lacks a field or has a bad one.
+    #[error("manifest field `{field}`: {problem}; {fix}")]
+    ManifestField {
+        /// The field as the manifest spells it (`version`, `os.format`, `runtime.containerd`).
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+        /// What to do about it, usually the flag that sets it.
+        fix: String,
+    },
+    /// A release manifest being built is not one: not a JSON object, or refused by the
+    /// manifest's own rules.
+    #[error("not a valid release manifest: {0}")]
+    InvalidManifest(String),
 }
 
 impl Error {
@@ -62,6 +77,8 @@ impl Error {
             Error::Corrupt(_) => "corrupt",
             Error::Config(_) => "config",
             Error::Closed => "closed",
+            Error::ManifestField { .. } => "manifest-field",
+            Error::InvalidManifest(_) => "invalid-manifest",
         }
     }
 

@@ -2,7 +2,7 @@
 //! writes, private files.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -36,6 +36,24 @@ pub fn digest_reader(mut reader: impl Read, limit: u64) -> io::Result<(u64, Sha2
 pub fn digest_file(path: &Path) -> io::Result<(u64, Sha256Digest)> {
     let f = File::open(path)?;
     digest_reader(f, u64::MAX - 1)
+}
+
+/// Size and SHA-256 of a file, streaming, and its first `head` bytes (fewer if it is
+/// shorter), all from one open file.
+pub fn digest_file_with_head(path: &Path, head: usize) -> io::Result<(u64, Sha256Digest, Vec<u8>)> {
+    let mut f = File::open(path)?;
+    let mut first = Vec::with_capacity(head);
+    (&mut f).take(head as u64).read_to_end(&mut first)?;
+    f.rewind()?;
+    let (size, digest) = digest_reader(f, u64::MAX - 1)?;
+    Ok((size, digest, first))
+}
+
+/// The first `len` bytes of a file (fewer if it is shorter).
+pub fn read_head(path: &Path, len: usize) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(len);
+    File::open(path)?.take(len as u64).read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Reads a small file whole, refusing files over `limit` bytes.
@@ -111,5 +129,23 @@ mod tests {
         assert_eq!(n, 11);
         let (n, d) = digest_reader(&data[..], 1000).unwrap();
         assert_eq!((n, d), (1000, Sha256Digest::of(&data)));
+    }
+
+    #[test]
+    fn digest_with_head_hashes_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..=255).cycle().take(3000).collect();
+        fs::write(&path, &data).unwrap();
+        let (n, d, head) = digest_file_with_head(&path, 6).unwrap();
+        assert_eq!(
+            (n, d, head.as_slice()),
+            (3000, Sha256Digest::of(&data), &data[..6])
+        );
+        fs::write(&path, b"ab").unwrap();
+        let (n, _, head) = digest_file_with_head(&path, 6).unwrap();
+        assert_eq!((n, head.as_slice()), (2, &b"ab"[..]));
+        assert_eq!(read_head(&path, 6).unwrap(), b"ab");
+        assert_eq!(read_head(&path, 1).unwrap(), b"a");
     }
 }

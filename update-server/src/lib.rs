@@ -1,16 +1,19 @@
 //! The update server (`slipway-server`): channels with phased rollouts, signed releases,
 //! payloads served with HTTP Range, what every machine reports, and metrics. `rollout` holds
 //! the decisions (pure); `routes` the HTTP API; `store` SQLite and PostgreSQL behind one trait.
-//! Also the `slipway` CLI's file helpers ([`files`]).
+//! Also the `slipway` CLI's helpers: [`files`], [`magic`] (payload formats by their first
+//! bytes) and [`release`] (building release manifests from flags and files).
 
+pub mod api_error;
 pub mod auth;
-pub mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod error;
 pub mod files;
+pub mod magic;
 pub mod metrics;
 pub mod payloads;
+pub mod release;
 pub mod rollout;
 pub mod routes;
 pub mod state;

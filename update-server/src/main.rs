@@ -5,8 +5,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Parser;
 use slipway_api::TrustedRoot;
+use slipway_runtime::{SystemClock, shutdown_signal};
 use slipway_server::auth::AdminTokens;
-use slipway_server::clock::SystemClock;
 use slipway_server::config::Settings;
 use slipway_server::payloads::PayloadDir;
 use slipway_server::state::{AppState, Limits, StateConfig};
@@ -95,20 +95,4 @@ async fn main() -> Result<()> {
         .shutdown(std::time::Duration::from_secs(5))
         .await;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt received"),
-    }
 }

@@ -11,12 +11,12 @@ use semver::Version;
 use slipway_api::{Manifest, TrustedRoot};
 
 use crate::auth::AdminTokens;
-use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::payloads::PayloadDir;
 use crate::rollout::ReleaseInfo;
 use crate::store::{ChannelRecord, ReleaseRecord, Retention, Store};
+use slipway_runtime::Clock;
 
 /// Request size limits.
 #[derive(Debug, Clone, Copy)]

@@ -15,7 +15,7 @@ use clap::Parser;
 use slipway_api::manifest::{OsImage, PayloadFormat, RELEASE_TYPE};
 use slipway_api::{Manifest, PrivateKey, Root, Sha256Digest, TrustedRoot};
 use slipway_server::auth::AdminTokens;
-use slipway_server::clock::{Clock, SystemClock};
+use slipway_runtime::{Clock, SystemClock};
 use slipway_server::payloads::PayloadDir;
 use slipway_server::rollout::Wave;
 use slipway_server::state::{AppState, Limits, StateConfig};

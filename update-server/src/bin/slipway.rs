@@ -6,13 +6,19 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
+use jiff::Timestamp;
 use semver::Version;
-use slipway_api::manifest::check_expiry;
+use slipway_api::manifest::{Advisory, check_expiry};
 use slipway_api::{Envelope, Manifest, PrivateKey, PublicKey, Root, TrustedRoot, admit};
-use slipway_server::files::{create_new, digest_file, read_limited, write_atomic};
+use slipway_server::files::{
+    create_new, digest_file, digest_file_with_head, read_head, read_limited, write_atomic,
+};
+use slipway_server::magic::{self, MAGIC_LEN, Magic};
+use slipway_server::release::{self, Draft, Fields, PayloadFile};
 
 /// Largest manifest, root or key file read (all are a few KiB at most).
 const SMALL_FILE_LIMIT: u64 = 1 << 20;
@@ -26,6 +32,7 @@ const SMALL_FILE_LIMIT: u64 = 1 << 20;
         A typical first run:\n  \
         slipway keygen --out keys --name release-1\n  \
         slipway root init --key keys/release-1.key --threshold 1 --out root.json\n  \
+        slipway manifest new --channel stable --version 2.0.0 --expires-in 30d --out manifest.json\n  \
         slipway sign --key keys/release-1.key --os os.img.zst manifest.json > release.json\n  \
         slipway verify --root root.json --os os.img.zst release.json\n  \
         slipway publish --server https://updates.example --token-file admin.token --os os.img.zst release.json\n  \
@@ -56,7 +63,11 @@ enum Command {
     /// Create, rotate, inspect and check roots of trust (`root.json`).
     #[command(subcommand)]
     Root(RootCommand),
-    /// Sign a release manifest into a DSSE envelope, filling in payload sizes and digests.
+    /// Write release manifests from flags: `slipway manifest new`.
+    #[command(subcommand)]
+    Manifest(ManifestCommand),
+    /// Sign a release into a DSSE envelope, completing its payloads from the files (size,
+    /// sha256, format, url); from a manifest file, the flags, or both.
     Sign(SignArgs),
     /// Add signatures to an existing envelope (a release or a root), one key holder at a time.
     Cosign {
@@ -243,22 +254,93 @@ enum RootCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum ManifestCommand {
+    /// Write a release manifest from flags, so nobody types JSON by hand. Without payload
+    /// flags it is a draft: `slipway sign --os FILE` completes and signs it.
+    New(ManifestNewArgs),
+}
+
+#[derive(Args)]
+struct ManifestNewArgs {
+    /// Write the manifest here (default: standard output).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    fields: FieldArgs,
+    #[command(flatten)]
+    payloads: PayloadArgs,
+}
+
+/// The manifest's fields as flags, shared by `manifest new` and `sign`.
+#[derive(Args)]
+#[command(next_help_heading = "Manifest fields")]
+struct FieldArgs {
+    /// The channel the release is signed for (`channel`), e.g. stable.
+    #[arg(long)]
+    channel: Option<String>,
+    /// The release's SemVer version (`version`), e.g. 2.0.0.
+    #[arg(long)]
+    version: Option<Version>,
+    /// When nodes stop accepting the release (`expires`), RFC 3339, e.g. 2026-09-01T00:00:00Z.
+    #[arg(long, value_name = "INSTANT", conflicts_with = "expires_in")]
+    expires: Option<Timestamp>,
+    /// Or how long from now until it expires, e.g. 30d, 12h, 1d12h (sets `expires`).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    expires_in: Option<Duration>,
+    /// Machines running an older version must update to this release first
+    /// (`minFromVersion`).
+    #[arg(long, value_name = "VERSION")]
+    min_from_version: Option<Version>,
+    /// An advisory the release fixes (`advisories`), ID[:SEVERITY[:SUMMARY]], severity one
+    /// of low, moderate, important, critical; e.g. CVE-2026-1234:critical:kernel fix.
+    /// Repeatable; replaces the manifest's advisory of the same id.
+    #[arg(
+        long = "advisory",
+        value_name = "ID[:SEVERITY[:SUMMARY]]",
+        value_parser = release::parse_advisory
+    )]
+    advisories: Vec<Advisory>,
+}
+
+/// Payload files as flags, shared by `manifest new` and `sign`.
+#[derive(Args)]
+#[command(next_help_heading = "Payloads (each one creates or completes its manifest entry)")]
+struct PayloadArgs {
+    /// The OS image file: `os` gets its size, sha256, url and format (raw, zstd or xz, from
+    /// the file's first bytes; other compressions are refused).
+    #[arg(long, value_name = "FILE")]
+    os: Option<PathBuf>,
+    /// A runtime (sysext) image, NAME=FILE: the `runtime` entry NAME (added if missing) gets
+    /// its size, sha256 and url. Runtime images are installed as served: not compressed.
+    /// Repeatable.
+    #[arg(long = "runtime", value_name = "NAME=FILE", value_parser = parse_named_file)]
+    runtime: Vec<(String, PathBuf)>,
+    /// The url of the payloads given here, {sha256} standing for the digest, e.g.
+    /// https://cdn.example/slipway/{sha256}. Default: the url the manifest has (a {sha256} in
+    /// it filled in), else /v1/payloads/{sha256} on the update server `slipway publish`
+    /// uploads to.
+    #[arg(long, value_name = "TEMPLATE", value_parser = parse_url_template)]
+    payload_url: Option<String>,
+}
+
 #[derive(Args)]
 struct SignArgs {
     /// Private key(s) to sign with.
     #[arg(long = "key", required = true)]
     keys: Vec<PathBuf>,
-    /// The OS payload file: its size and sha256 are written into `os`.
-    #[arg(long)]
-    os: Option<PathBuf>,
-    /// A runtime image payload, NAME=FILE: fills in the `runtime` entry named NAME.
-    #[arg(long = "runtime", value_name = "NAME=FILE", value_parser = parse_named_file)]
-    runtime: Vec<(String, PathBuf)>,
     /// Write the envelope here (default: standard output).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The release manifest (JSON; see docs/protocol.md for its fields).
-    manifest: PathBuf,
+    /// The release manifest (JSON; see docs/protocol.md), e.g. from `slipway manifest new`.
+    /// Flags given replace its fields. Optional: without it the release is built from the
+    /// flags alone (at least --channel, --version, --expires or --expires-in, and --os or
+    /// --runtime).
+    manifest: Option<PathBuf>,
+    #[command(flatten)]
+    payloads: PayloadArgs,
+    #[command(flatten)]
+    fields: FieldArgs,
 }
 
 #[derive(Args)]
@@ -283,6 +365,21 @@ struct VerifyArgs {
     now: Option<jiff::Timestamp>,
     /// The signed release envelope.
     envelope: PathBuf,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    slipway_server::rollout::duration_text::parse(s)
+}
+
+fn parse_url_template(s: &str) -> Result<String, String> {
+    if !s.contains(release::SHA256_PLACEHOLDER) {
+        return Err(format!(
+            "{s:?} has no {} for the digest (e.g. https://cdn.example/slipway/{})",
+            release::SHA256_PLACEHOLDER,
+            release::SHA256_PLACEHOLDER
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 fn parse_named_file(s: &str) -> Result<(String, PathBuf), String> {
@@ -325,6 +422,7 @@ fn run(cli: Cli) -> Result<()> {
             print_stdout(&format!("{id}\n"))
         }
         Command::Root(cmd) => root(cmd),
+        Command::Manifest(ManifestCommand::New(args)) => manifest_new(args),
         Command::Sign(args) => sign(args),
         Command::Cosign {
             keys,
@@ -515,52 +613,128 @@ fn root(cmd: RootCommand) -> Result<()> {
     }
 }
 
+/// Builds a release from a manifest file (if any), the field flags and the payload files, and
+/// says on standard error what each payload file turned out to be.
+/// `complete`: ready to sign; otherwise a manifest may still lack its payloads.
+fn build_manifest(
+    file: Option<&Path>,
+    fields: &FieldArgs,
+    payloads: &PayloadArgs,
+    complete: bool,
+) -> Result<Manifest> {
+    let in_file = |e: slipway_server::Error| match file {
+        Some(path) => anyhow!(e).context(format!("{}", path.display())),
+        None => anyhow!(e),
+    };
+    let mut draft = match file {
+        Some(path) => {
+            let bytes = read_limited(path, SMALL_FILE_LIMIT)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Draft::from_json(&bytes).map_err(in_file)?
+        }
+        None => Draft::new(),
+    };
+    // Whole seconds: `expires` is read by people too.
+    let now = Timestamp::from_second(Timestamp::now().as_second())?;
+    let expires = match (fields.expires, fields.expires_in) {
+        (Some(at), _) => Some(at),
+        (None, Some(d)) => Some(
+            jiff::SignedDuration::try_from(d)
+                .ok()
+                .and_then(|d| now.checked_add(d).ok())
+                .ok_or_else(|| anyhow!("--expires-in {d:?}: too far in the future"))?,
+        ),
+        (None, None) => None,
+    };
+    draft
+        .apply(&Fields {
+            channel: fields.channel.clone(),
+            version: fields.version.clone(),
+            expires,
+            min_from_version: fields.min_from_version.clone(),
+            advisories: fields.advisories.clone(),
+        })
+        .map_err(in_file)?;
+    // Mistakes in the fields show before any large file is hashed.
+    draft.check_header(now).map_err(in_file)?;
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, _) in &payloads.runtime {
+        if !seen.insert(name) {
+            bail!("--runtime {name}=... is given twice");
+        }
+    }
+    let url = payloads.payload_url.as_deref();
+    let mut notes = Vec::new();
+    if let Some(os) = &payloads.os {
+        let measured = measure_payload(os)?;
+        draft.set_os(&measured, url).map_err(in_file)?;
+        notes.push(describe_payload("os", &measured));
+    }
+    for (name, path) in &payloads.runtime {
+        let measured = measure_payload(path)?;
+        draft.set_runtime(name, &measured, url).map_err(in_file)?;
+        notes.push(describe_payload(&format!("runtime {name}"), &measured));
+    }
+    let manifest = if complete {
+        draft.finish(now)
+    } else {
+        draft.finish_draft(now)
+    }
+    .map_err(in_file)?;
+    // Only now: a failure prints its one error line and nothing else.
+    for note in notes {
+        eprintln!("{note}");
+    }
+    Ok(manifest)
+}
+
+/// Size, digest and magic of a payload file.
+fn measure_payload(file: &Path) -> Result<PayloadFile> {
+    let (size, sha256, head) = digest_file_with_head(file, MAGIC_LEN)
+        .with_context(|| format!("hashing {}", file.display()))?;
+    if size == 0 {
+        bail!("{} is empty", file.display());
+    }
+    Ok(PayloadFile {
+        name: file.display().to_string(),
+        size,
+        sha256,
+        magic: magic::detect(&head),
+    })
+}
+
+fn describe_payload(what: &str, p: &PayloadFile) -> String {
+    let format = match p.magic {
+        Magic::Format(f) => magic::format_name(f),
+        Magic::Unsupported(name) => name,
+    };
+    format!(
+        "{what}: {}, {} bytes, {format}, sha256 {}",
+        p.name, p.size, p.sha256
+    )
+}
+
+fn manifest_new(args: ManifestNewArgs) -> Result<()> {
+    let manifest = build_manifest(None, &args.fields, &args.payloads, false)?;
+    let mut text = serde_json::to_string_pretty(&manifest)?;
+    text.push('\n');
+    write_output(args.out.as_deref(), text.as_bytes())?;
+    if manifest.os.is_none() && manifest.runtime.is_empty() {
+        let file = args
+            .out
+            .as_deref()
+            .map_or("MANIFEST".into(), |p| p.display().to_string());
+        eprintln!(
+            "release {} for channel {}: no payloads yet; `slipway sign --key KEY --os FILE {file}` \
+             fills them in and signs",
+            manifest.version, manifest.channel
+        );
+    }
+    Ok(())
+}
+
 fn sign(args: SignArgs) -> Result<()> {
-    let path = &args.manifest;
-    let text = read_text(path)?;
-    let mut value: serde_json::Value = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not valid JSON", path.display()))?;
-    if let Some(os) = &args.os {
-        let (size, sha256) = hash_payload(os)?;
-        let obj = value
-            .get_mut("os")
-            .and_then(|v| v.as_object_mut())
-            .ok_or_else(|| anyhow!("{}: has no \"os\" object to fill in", path.display()))?;
-        obj.insert("size".into(), size.into());
-        obj.insert("sha256".into(), sha256.to_hex().into());
-        fill_url(obj, &sha256);
-    }
-    for (name, file) in &args.runtime {
-        let (size, sha256) = hash_payload(file)?;
-        let entry = value
-            .get_mut("runtime")
-            .and_then(|v| v.as_array_mut())
-            .and_then(|list| {
-                list.iter_mut()
-                    .find(|e| e.get("name").and_then(|n| n.as_str()) == Some(name))
-            })
-            .and_then(|e| e.as_object_mut())
-            .ok_or_else(|| {
-                anyhow!(
-                    "{}: lists no runtime image named {name:?} to fill in",
-                    path.display()
-                )
-            })?;
-        entry.insert("size".into(), size.into());
-        entry.insert("sha256".into(), sha256.to_hex().into());
-        fill_url(entry, &sha256);
-    }
-    let manifest: Manifest = serde_json::from_value(value)
-        .with_context(|| format!("{}: not a valid release manifest", path.display()))?;
-    manifest
-        .validate()
-        .with_context(|| format!("{}", path.display()))?;
-    check_expiry(&manifest, jiff::Timestamp::now()).with_context(|| {
-        format!(
-            "{}: refusing to sign a release that nodes would refuse",
-            path.display()
-        )
-    })?;
+    let manifest = build_manifest(args.manifest.as_deref(), &args.fields, &args.payloads, true)?;
     let keys = load_private_keys(&args.keys)?;
     let refs: Vec<&PrivateKey> = keys.iter().collect();
     let env = manifest.sign(&refs);
@@ -636,6 +810,20 @@ fn check_payloads(
             )
         })?;
         check_payload(file, "os payload", image.size, &image.sha256)?;
+        // The digest matched, so the file is the one signed; a format that disagrees with it
+        // (a manifest signed by hand or by an older `slipway sign`) would fail on every node.
+        let head =
+            read_head(file, MAGIC_LEN).with_context(|| format!("reading {}", file.display()))?;
+        let found = magic::detect(&head);
+        if found != Magic::Format(image.format) {
+            bail!(
+                "os payload {}: release {} says format {}, but the file is {found}; nodes \
+                 would fail to decode it: sign it again with `slipway sign --os`",
+                file.display(),
+                manifest.version,
+                magic::format_name(image.format)
+            );
+        }
     }
     for (name, file) in runtime {
         let image = manifest
@@ -686,26 +874,6 @@ fn check_payload(
         );
     }
     Ok(())
-}
-
-/// Replaces a `{sha256}` placeholder in a payload's `url` (e.g. `/v1/payloads/{sha256}`, the
-/// update server's content-addressed path) with the digest just computed.
-fn fill_url(
-    entry: &mut serde_json::Map<String, serde_json::Value>,
-    sha256: &slipway_api::Sha256Digest,
-) {
-    if let Some(serde_json::Value::String(url)) = entry.get_mut("url") {
-        *url = url.replace("{sha256}", &sha256.to_hex());
-    }
-}
-
-fn hash_payload(file: &Path) -> Result<(u64, slipway_api::Sha256Digest)> {
-    let (size, digest) =
-        digest_file(file).with_context(|| format!("hashing {}", file.display()))?;
-    if size == 0 {
-        bail!("{} is empty", file.display());
-    }
-    Ok((size, digest))
 }
 
 fn load_root(path: &Path) -> Result<TrustedRoot> {

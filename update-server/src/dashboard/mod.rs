@@ -6,7 +6,8 @@
 //!
 //! The dashboard is read-only and needs no token; put it behind your ingress's
 //! authentication if machine ids are not for everyone's eyes. Cluster reports are written
-//! through the admin API (`POST /v1/admin/cluster`, bearer token).
+//! through the admin API ([`cluster_report`], mounted by `routes` at
+//! `POST /v1/admin/cluster` behind the bearer token).
 
 pub mod html;
 pub mod view;
@@ -15,6 +16,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Router;
+use axum::body::Body;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -24,7 +26,7 @@ use axum::routing::get;
 use futures::Stream;
 use slipway_api::wire::ClusterReport;
 
-use crate::routes::{ApiError, json_response};
+use crate::api_error::{ApiError, json_body, json_response};
 use crate::state::AppState;
 use crate::store::MachineRecord;
 use html::Page;
@@ -307,8 +309,14 @@ async fn cluster_api(State(state): State<AppState>) -> Response {
     json_response(StatusCode::OK, &cluster_reports(&state))
 }
 
-/// Stores an operator's report (the admin route `POST /v1/admin/cluster` calls this).
-pub fn accept_cluster_report(state: &AppState, report: ClusterReport) -> Result<(), ApiError> {
+/// `POST /v1/admin/cluster`: stores an operator's picture of its cluster for the cluster
+/// view. The router mounts it under the admin API, behind the bearer token.
+pub async fn cluster_report(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let report: ClusterReport = json_body(&headers, body, state.0.limits.envelope_body).await?;
     if report.cluster.is_empty() || report.cluster.len() > 253 {
         return Err(ApiError::bad_request(
             "bad-cluster",
@@ -321,7 +329,7 @@ pub fn accept_cluster_report(state: &AppState, report: ClusterReport) -> Result<
         drop(map);
         state.changed();
     }
-    Ok(())
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// `GET /api/stream`: Server-Sent Events. `change` (data: a change counter) whenever anything

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use slipway_api::manifest::is_valid_name;
 use slipway_api::{Envelope, Manifest, Sha256Digest};
 
-use super::{ApiError, json_body, json_response, read_body};
+use crate::api_error::{ApiError, json_body, json_response, read_body};
 use crate::payloads::UploadError;
 use crate::rollout::{self, Wave, fraction_at, validate_waves};
 use crate::state::AppState;

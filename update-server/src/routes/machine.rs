@@ -16,7 +16,7 @@ use slipway_api::wire::{CheckRequest, EventReport, is_valid_machine_id};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use super::{ApiError, json_body, json_response, raw_json};
+use crate::api_error::{ApiError, json_body, json_response, raw_json};
 use crate::metrics::{EventLabel, EventLabels, OfferLabels};
 use crate::rollout::{ChannelPlan, Decision, OfferReason, decide};
 use crate::state::AppState;

@@ -1,6 +1,7 @@
-//! The HTTP API: the router, JSON errors (`{kind, message}` with the right status), bounded
-//! body reading, and per-route latency metrics. Handlers live in [`machine`] (what machines
-//! call), [`admin`] (bearer-token operations) and [`ops`] (health and metrics).
+//! The HTTP API: the router, the fallbacks, and per-route latency metrics. Handlers live in
+//! [`machine`] (what machines call), [`admin`] (bearer-token operations), [`ops`] (health and
+//! metrics) and [`crate::dashboard`] (the pages, and the operators' cluster reports they show).
+//! JSON errors and bodies are [`crate::api_error`]'s.
 
 pub mod admin;
 pub mod machine;
@@ -9,174 +10,17 @@ pub mod ops;
 use std::time::Instant;
 
 use axum::Router;
-use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post, put};
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
-use serde::de::DeserializeOwned;
-use slipway_api::wire::ErrorBody;
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::api_error::{ApiError, error_response};
+use crate::dashboard;
 use crate::metrics::RequestLabels;
 use crate::state::AppState;
-
-/// An error answer: status, a stable kind, and a message for humans.
-#[derive(Debug)]
-pub struct ApiError {
-    /// HTTP status.
-    pub status: StatusCode,
-    /// Stable kind (`invalid-json`, `unknown-channel`, ...).
-    pub kind: &'static str,
-    /// What went wrong.
-    pub message: String,
-}
-
-impl ApiError {
-    /// An error with this status, kind and message.
-    pub fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            kind,
-            message: message.into(),
-        }
-    }
-
-    /// 400.
-    pub fn bad_request(kind: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, kind, message)
-    }
-
-    /// 404.
-    pub fn not_found(kind: &'static str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, kind, message)
-    }
-}
-
-impl From<crate::error::Error> for ApiError {
-    fn from(e: crate::error::Error) -> Self {
-        use crate::error::Error;
-        tracing::error!(error = %e, kind = e.kind(), "request failed inside the server");
-        match e {
-            Error::Closed | Error::Pool(_) => Self::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the database is unavailable; retry later",
-            ),
-            _ => Self::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "internal error; see the server's log",
-            ),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        error_response(self.status, self.kind, self.message)
-    }
-}
-
-fn error_response(status: StatusCode, kind: &str, message: String) -> Response {
-    let body = ErrorBody {
-        kind: kind.to_owned(),
-        message,
-    };
-    let mut resp = (status, json_bytes(&body)).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if status == StatusCode::UNAUTHORIZED {
-        resp.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
-    resp
-}
-
-/// Serializes to JSON bytes (our own types always serialize).
-pub(crate) fn json_bytes<T: serde::Serialize>(value: &T) -> Bytes {
-    Bytes::from(serde_json::to_vec(value).unwrap_or_default())
-}
-
-/// A 2xx JSON answer.
-pub(crate) fn json_response<T: serde::Serialize>(status: StatusCode, value: &T) -> Response {
-    raw_json(status, json_bytes(value))
-}
-
-/// A 2xx answer of JSON already encoded.
-pub(crate) fn raw_json(status: StatusCode, body: Bytes) -> Response {
-    let mut resp = (status, body).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// Reads a whole body of at most `limit` bytes (413 beyond, without reading further).
-pub(crate) async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let too_large = || {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too-large",
-            format!("request body is larger than the limit of {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(too_large());
-    }
-    let mut stream = body.into_data_stream();
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(1024).min(limit as u64) as usize);
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::bad_request("bad-body", format!("reading the request body: {e}"))
-        })?;
-        if buf.len() + chunk.len() > limit {
-            return Err(too_large());
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(buf.freeze())
-}
-
-/// Parses JSON: 400 `invalid-json` for bytes that are not JSON, 422 `invalid-request` for JSON
-/// of the wrong shape (wrong types, missing fields).
-pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        use serde_json::error::Category;
-        match e.classify() {
-            Category::Data => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid-request",
-                format!("request does not have the expected shape: {e}"),
-            ),
-            _ => ApiError::bad_request("invalid-json", format!("request is not valid JSON: {e}")),
-        }
-    })
-}
-
-/// Reads and parses a JSON body.
-pub(crate) async fn json_body<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<T, ApiError> {
-    let bytes = read_body(headers, body, limit).await?;
-    parse_json(&bytes)
-}
 
 fn intern(route: &str) -> &'static str {
     const ROUTES: &[&str] = &[
@@ -264,18 +108,6 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
     )
 }
 
-/// `POST /v1/admin/cluster`: an operator's picture of its cluster, for the dashboard.
-async fn cluster_report(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let report: slipway_api::wire::ClusterReport =
-        json_body(&headers, body, state.0.limits.envelope_body).await?;
-    crate::dashboard::accept_cluster_report(&state, report)?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
 /// The whole API.
 pub fn router(state: AppState) -> Router {
     let admin = Router::new()
@@ -297,7 +129,7 @@ pub fn router(state: AppState) -> Router {
         .route("/machines", get(admin::list_machines))
         .route("/machines/{id}", get(admin::get_machine))
         .route("/events", get(admin::list_events))
-        .route("/cluster", post(cluster_report))
+        .route("/cluster", post(dashboard::cluster_report))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             admin::require_token,
@@ -310,7 +142,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
         .nest("/v1/admin", admin)
-        .merge(crate::dashboard::router())
+        .merge(dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), track_latency))

@@ -4,7 +4,7 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use super::ApiError;
+use crate::api_error::ApiError;
 use crate::state::AppState;
 
 /// `GET /healthz`: the process serves requests.

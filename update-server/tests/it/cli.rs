@@ -1,4 +1,5 @@
-//! The built `slipway` binary end to end: keys, roots, signing, verifying, exit codes.
+//! The built `slipway` binary end to end: keys, roots, manifests, signing, verifying, exit
+//! codes.
 
 use std::fs;
 use std::io::Write;
@@ -58,7 +59,7 @@ const MANIFEST: &str = r#"{
   "channel": "stable",
   "version": "2.0.0",
   "expires": "2099-01-01T00:00:00Z",
-  "os": {"url": "/v1/payloads/os", "size": 1, "sha256": "0000000000000000000000000000000000000000000000000000000000000000", "format": "zstd"},
+  "os": {"url": "/v1/payloads/os", "size": 1, "sha256": "0000000000000000000000000000000000000000000000000000000000000000", "format": "raw"},
   "runtime": [{"name": "containerd", "url": "/v1/payloads/ctr", "size": 1, "sha256": "0000000000000000000000000000000000000000000000000000000000000000"}]
 }"#;
 
@@ -366,14 +367,21 @@ fn refusals_through_the_cli_exit_1_with_one_line() {
     )
     .unwrap();
     let err = fails(&d, &["sign", "--key", "a.key", "expired.json"]);
-    assert!(err.contains("refusing to sign"), "{err}");
+    assert!(
+        err.contains(
+            "expired.json: manifest field `expires`: 2001-01-01T00:00:00Z has passed, so nodes \
+             would refuse the release; pass --expires-in 30d"
+        ),
+        "{err}"
+    );
     fs::write(
         d.join("extra.json"),
         MANIFEST.replace("\"channel\"", "\"colour\": 1, \"channel\""),
     )
     .unwrap();
     let err = fails(&d, &["sign", "--key", "a.key", "extra.json"]);
-    assert!(err.contains("unknown field `colour`"), "{err}");
+    assert!(err.contains("manifest field `colour`: unknown"), "{err}");
+    // The os entry is still a placeholder (an all-zero digest) when --os is not given.
     let err = fails(
         &d,
         &[
@@ -385,7 +393,10 @@ fn refusals_through_the_cli_exit_1_with_one_line() {
             "manifest.json",
         ],
     );
-    assert!(err.contains("no runtime image named \"kubelet\""), "{err}");
+    assert!(
+        err.contains("manifest field `os.sha256`: is all zeros (a placeholder); pass --os FILE"),
+        "{err}"
+    );
 
     // Usage errors are clap's: exit 2.
     assert_eq!(slipway(&d, &["verify"]).code, 2);
@@ -577,5 +588,611 @@ fn keys_interoperate_with_openssl() {
             "--out",
             "root.json",
         ],
+    );
+}
+
+/// Copies `tests/fixtures/NAME` into `dir`.
+fn fixture(dir: &Path, name: &str) {
+    let from = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    fs::copy(&from, dir.join(name)).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
+}
+
+fn key_and_root(d: &Path) {
+    ok(d, &["keygen", "--out", ".", "--name", "k"]);
+    ok(
+        d,
+        &[
+            "root",
+            "init",
+            "--key",
+            "k.key",
+            "--threshold",
+            "1",
+            "--out",
+            "root.json",
+        ],
+    );
+}
+
+fn sha256_hex(path: &Path) -> String {
+    slipway_api::Sha256Digest::of(&fs::read(path).unwrap()).to_hex()
+}
+
+#[test]
+fn manifest_new_then_sign_raw_zstd_and_xz_images() {
+    let (_tmp, d) = setup();
+    key_and_root(&d);
+    let new = ok(
+        &d,
+        &[
+            "manifest",
+            "new",
+            "--channel",
+            "stable",
+            "--version",
+            "2.0.0",
+            "--expires-in",
+            "30d",
+            "--min-from-version",
+            "1.4.0",
+            "--advisory",
+            "CVE-2026-1234:critical:kernel: a fix",
+            "--out",
+            "manifest.json",
+        ],
+    );
+    assert_eq!(new.stdout, "", "--out writes the file, not stdout");
+    assert!(new.stderr.contains("no payloads yet"), "{}", new.stderr);
+    let draft_text = fs::read_to_string(d.join("manifest.json")).unwrap();
+    let draft: serde_json::Value = serde_json::from_str(&draft_text).unwrap();
+    assert_eq!(draft["type"], "slipway.dev/release/v1");
+    assert_eq!(draft["channel"], "stable");
+    assert_eq!(draft["version"], "2.0.0");
+    assert_eq!(draft["minFromVersion"], "1.4.0");
+    assert_eq!(
+        draft["advisories"],
+        serde_json::json!([{"id": "CVE-2026-1234", "severity": "critical", "summary": "kernel: a fix"}])
+    );
+    assert!(draft.get("os").is_none(), "{draft_text}");
+    let expires: jiff::Timestamp = draft["expires"].as_str().unwrap().parse().unwrap();
+    let in_30d = jiff::Timestamp::now() + jiff::SignedDuration::from_hours(30 * 24);
+    assert!(
+        in_30d.duration_since(expires).abs() < jiff::SignedDuration::from_secs(60),
+        "{expires}"
+    );
+
+    write_payload(&d.join("os.img"), 1 << 20);
+    fixture(&d, "os.img.zst");
+    fixture(&d, "os.img.xz");
+    for (file, format) in [
+        ("os.img", "raw"),
+        ("os.img.zst", "zstd"),
+        ("os.img.xz", "xz"),
+    ] {
+        let out = format!("release-{format}.json");
+        let signed = ok(
+            &d,
+            &[
+                "sign",
+                "--key",
+                "k.key",
+                "--os",
+                file,
+                "--out",
+                &out,
+                "manifest.json",
+            ],
+        );
+        assert!(
+            signed.stderr.contains(&format!("os: {file}, ")),
+            "{}",
+            signed.stderr
+        );
+        let verified = ok(
+            &d,
+            &[
+                "verify",
+                "--root",
+                "root.json",
+                "--os",
+                file,
+                "--running-version",
+                "1.4.0",
+                "--channel",
+                "stable",
+                &out,
+            ],
+        );
+        let m: serde_json::Value = serde_json::from_str(&verified.stdout).unwrap();
+        let digest = sha256_hex(&d.join(file));
+        assert_eq!(m["os"]["format"], format, "{file}");
+        assert_eq!(m["os"]["size"], fs::metadata(d.join(file)).unwrap().len());
+        assert_eq!(m["os"]["sha256"], digest);
+        assert_eq!(m["os"]["url"], format!("/v1/payloads/{digest}"));
+        for f in [
+            "type",
+            "channel",
+            "version",
+            "expires",
+            "minFromVersion",
+            "advisories",
+        ] {
+            assert_eq!(m[f], draft[f], "{f}");
+        }
+    }
+    // Signing reads the manifest file; it never rewrites it.
+    assert_eq!(
+        fs::read_to_string(d.join("manifest.json")).unwrap(),
+        draft_text
+    );
+}
+
+#[test]
+fn sign_from_flags_alone_and_manifest_new_with_payloads() {
+    let (_tmp, d) = setup();
+    key_and_root(&d);
+    write_payload(&d.join("os.img"), 64 << 10);
+    write_payload(&d.join("ctr.raw"), 4096);
+    write_payload(&d.join("kubelet.raw"), 8192);
+    let signed = ok(
+        &d,
+        &[
+            "sign",
+            "--key",
+            "k.key",
+            "--channel",
+            "beta",
+            "--version",
+            "3.1.0",
+            "--expires",
+            "2099-01-01T00:00:00Z",
+            "--os",
+            "os.img",
+            "--runtime",
+            "containerd=ctr.raw",
+            "--runtime",
+            "kubelet=kubelet.raw",
+            "--payload-url",
+            "https://cdn.example/slipway/{sha256}",
+        ],
+    );
+    fs::write(d.join("rel.json"), &signed.stdout).unwrap();
+    let verified = ok(
+        &d,
+        &[
+            "verify",
+            "--root",
+            "root.json",
+            "--channel",
+            "beta",
+            "--os",
+            "os.img",
+            "--runtime",
+            "containerd=ctr.raw",
+            "--runtime",
+            "kubelet=kubelet.raw",
+            "rel.json",
+        ],
+    );
+    let m: serde_json::Value = serde_json::from_str(&verified.stdout).unwrap();
+    assert_eq!(m["version"], "3.1.0");
+    assert_eq!(m["expires"], "2099-01-01T00:00:00Z");
+    assert_eq!(m["os"]["format"], "raw");
+    assert_eq!(
+        m["os"]["url"],
+        format!(
+            "https://cdn.example/slipway/{}",
+            sha256_hex(&d.join("os.img"))
+        )
+    );
+    assert_eq!(m["runtime"][0]["name"], "containerd");
+    assert_eq!(m["runtime"][1]["name"], "kubelet");
+    assert_eq!(m["runtime"][1]["size"], 8192);
+    assert_eq!(
+        m["runtime"][1]["url"],
+        format!(
+            "https://cdn.example/slipway/{}",
+            sha256_hex(&d.join("kubelet.raw"))
+        )
+    );
+
+    // `manifest new` with a payload writes a complete manifest: it signs with no more flags.
+    ok(
+        &d,
+        &[
+            "manifest",
+            "new",
+            "--channel",
+            "stable",
+            "--version",
+            "2.0.0",
+            "--expires",
+            "2099-01-01T00:00:00Z",
+            "--runtime",
+            "containerd=ctr.raw",
+            "--out",
+            "runtime-only.json",
+        ],
+    );
+    ok(
+        &d,
+        &[
+            "sign",
+            "--key",
+            "k.key",
+            "--out",
+            "rt.json",
+            "runtime-only.json",
+        ],
+    );
+    let verified = ok(
+        &d,
+        &[
+            "verify",
+            "--root",
+            "root.json",
+            "--runtime",
+            "containerd=ctr.raw",
+            "rt.json",
+        ],
+    );
+    let m: serde_json::Value = serde_json::from_str(&verified.stdout).unwrap();
+    assert!(m.get("os").is_none(), "runtime-only: {m}");
+    assert_eq!(
+        m["runtime"][0]["url"],
+        format!("/v1/payloads/{}", sha256_hex(&d.join("ctr.raw")))
+    );
+}
+
+#[test]
+fn bad_manifest_input_names_the_field_and_the_fix() {
+    let (_tmp, d) = setup();
+    ok(&d, &["keygen", "--out", ".", "--name", "k"]);
+    write_payload(&d.join("os.img"), 4096);
+    fs::write(
+        d.join("partial.json"),
+        r#"{"channel": "stable", "expires": "2099-01-01T00:00:00Z"}"#,
+    )
+    .unwrap();
+    fs::write(d.join("list.json"), "[]").unwrap();
+    let new = ["manifest", "new"];
+    let sign = ["sign", "--key", "k.key"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [&new[..], &["--channel", "stable", "--expires-in", "30d"]].concat(),
+            "slipway: error: manifest field `version`: missing; pass --version 2.0.0",
+        ),
+        (
+            [&new[..], &["--version", "2.0.0", "--expires-in", "30d"]].concat(),
+            "slipway: error: manifest field `channel`: missing; pass --channel stable",
+        ),
+        (
+            [&new[..], &["--channel", "stable", "--version", "2.0.0"]].concat(),
+            "slipway: error: manifest field `expires`: missing; pass --expires-in 30d",
+        ),
+        (
+            [
+                &new[..],
+                &[
+                    "--channel",
+                    "Not Mine",
+                    "--version",
+                    "2.0.0",
+                    "--expires-in",
+                    "1d",
+                ],
+            ]
+            .concat(),
+            "manifest field `channel`: \"Not Mine\" is not a valid channel name; use 1-63 letters",
+        ),
+        (
+            [
+                &new[..],
+                &[
+                    "--channel",
+                    "stable",
+                    "--version",
+                    "2.0.0",
+                    "--expires",
+                    "2001-01-01T00:00:00Z",
+                ],
+            ]
+            .concat(),
+            "manifest field `expires`: 2001-01-01T00:00:00Z has passed",
+        ),
+        (
+            [
+                &new[..],
+                &[
+                    "--channel",
+                    "stable",
+                    "--version",
+                    "2.0.0",
+                    "--expires-in",
+                    "1d",
+                    "--min-from-version",
+                    "2.0.0",
+                ],
+            ]
+            .concat(),
+            "manifest field `minFromVersion`: 2.0.0 is not older than the release's version 2.0.0",
+        ),
+        (
+            [
+                &sign[..],
+                &[
+                    "--channel",
+                    "stable",
+                    "--version",
+                    "2.0.0",
+                    "--expires-in",
+                    "1d",
+                ],
+            ]
+            .concat(),
+            "manifest field `os`: missing, and there are no runtime images either",
+        ),
+        (
+            [
+                &sign[..],
+                &["--os", "os.img", "--version", "2.0.0", "--expires-in", "1d"],
+            ]
+            .concat(),
+            "slipway: error: manifest field `channel`: missing; pass --channel stable",
+        ),
+        (
+            [&sign[..], &["--os", "os.img", "partial.json"]].concat(),
+            "slipway: error: partial.json: manifest field `version`: missing; pass --version 2.0.0",
+        ),
+        (
+            [&sign[..], &["--os", "os.img", "list.json"]].concat(),
+            "list.json: not a valid release manifest: not a JSON object",
+        ),
+        (
+            [
+                &sign[..],
+                &[
+                    "--channel",
+                    "stable",
+                    "--version",
+                    "2.0.0",
+                    "--expires-in",
+                    "1d",
+                    "--runtime",
+                    "../etc=os.img",
+                ],
+            ]
+            .concat(),
+            "manifest field `runtime`: \"../etc\" is not a valid runtime image name",
+        ),
+        (
+            [
+                &sign[..],
+                &[
+                    "--channel",
+                    "stable",
+                    "--version",
+                    "2.0.0",
+                    "--expires-in",
+                    "1d",
+                    "--runtime",
+                    "c=os.img",
+                    "--runtime",
+                    "c=os.img",
+                ],
+            ]
+            .concat(),
+            "--runtime c=... is given twice",
+        ),
+    ];
+    for (args, want) in &cases {
+        let err = fails(&d, args);
+        assert!(err.contains(want), "slipway {args:?}: {err}");
+    }
+    // The missing field given as a flag: the same file signs.
+    ok(
+        &d,
+        &[
+            "sign",
+            "--key",
+            "k.key",
+            "--os",
+            "os.img",
+            "--version",
+            "2.0.0",
+            "partial.json",
+        ],
+    );
+
+    // Values clap can judge alone are usage errors (exit 2) that name the flag.
+    let usage: [(&[&str], &str); 4] = [
+        (&["--version", "2.0", "--expires-in", "1d"], "--version"),
+        (
+            &["--version", "2.0.0", "--expires-in", "a month"],
+            "--expires-in",
+        ),
+        (
+            &[
+                "--version",
+                "2.0.0",
+                "--expires-in",
+                "1d",
+                "--expires",
+                "2099-01-01T00:00:00Z",
+            ],
+            "--expires",
+        ),
+        (
+            &[
+                "--version",
+                "2.0.0",
+                "--expires-in",
+                "1d",
+                "--advisory",
+                "X:dire",
+            ],
+            "--advisory",
+        ),
+    ];
+    for (flags, named) in usage {
+        let args = [&new[..], &["--channel", "stable"], flags].concat();
+        let run = slipway(&d, &args);
+        assert_eq!(run.code, 2, "slipway {args:?}: {}", run.stderr);
+        assert!(run.stderr.contains(named), "{}", run.stderr);
+    }
+    let run = slipway(
+        &d,
+        &[
+            "sign",
+            "--key",
+            "k.key",
+            "--payload-url",
+            "https://cdn.example/os.img",
+            "partial.json",
+        ],
+    );
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stderr.contains("has no {sha256}"), "{}", run.stderr);
+    for cmd in [&["manifest", "new", "--help"][..], &["sign", "--help"]] {
+        let help = ok(&d, cmd).stdout;
+        for flag in [
+            "--channel",
+            "--version",
+            "--expires ",
+            "--expires-in",
+            "--min-from-version",
+            "--advisory",
+            "--os",
+            "--runtime",
+            "--payload-url",
+        ] {
+            assert!(help.contains(flag), "{cmd:?} documents {flag}: {help}");
+        }
+    }
+}
+
+#[test]
+fn payloads_nodes_cannot_install_are_refused() {
+    let (_tmp, d) = setup();
+    key_and_root(&d);
+    fixture(&d, "os.img.gz");
+    fixture(&d, "os.img.zst");
+    write_payload(&d.join("os.img"), 4096);
+    let header = [
+        "--channel",
+        "stable",
+        "--version",
+        "2.0.0",
+        "--expires-in",
+        "1d",
+    ];
+    let err = fails(
+        &d,
+        &[
+            &["sign", "--key", "k.key", "--os", "os.img.gz"][..],
+            &header,
+        ]
+        .concat(),
+    );
+    assert!(
+        err.contains(
+            "manifest field `os.format`: os.img.gz is gzip-compressed, which nodes cannot \
+             decode; recompress it with zstd or xz"
+        ),
+        "{err}"
+    );
+    let err = fails(
+        &d,
+        &[
+            &[
+                "sign",
+                "--key",
+                "k.key",
+                "--runtime",
+                "containerd=os.img.zst",
+            ][..],
+            &header,
+        ]
+        .concat(),
+    );
+    assert!(
+        err.contains(
+            "manifest field `runtime.containerd`: os.img.zst is zstd-compressed, but runtime \
+             images are installed as served"
+        ),
+        "{err}"
+    );
+
+    // A format the manifest declares must be the file's.
+    fs::write(
+        d.join("declared.json"),
+        r#"{"channel": "stable", "version": "2.0.0", "expires": "2099-01-01T00:00:00Z",
+            "os": {"format": "zstd"}}"#,
+    )
+    .unwrap();
+    let err = fails(
+        &d,
+        &["sign", "--key", "k.key", "--os", "os.img", "declared.json"],
+    );
+    assert!(
+        err.contains(
+            "declared.json: manifest field `os.format`: says zstd, but os.img is not compressed \
+             (raw); pass the zstd-compressed image, or remove `format`"
+        ),
+        "{err}"
+    );
+    ok(
+        &d,
+        &[
+            "sign",
+            "--key",
+            "k.key",
+            "--os",
+            "os.img.zst",
+            "--out",
+            "rel.json",
+            "declared.json",
+        ],
+    );
+    ok(
+        &d,
+        &[
+            "verify",
+            "--root",
+            "root.json",
+            "--os",
+            "os.img.zst",
+            "rel.json",
+        ],
+    );
+
+    // A release signed by hand that calls a raw image zstd: verify refuses it, as every node
+    // would fail to decode it.
+    let key =
+        slipway_api::PrivateKey::from_pem(&fs::read_to_string(d.join("k.key")).unwrap()).unwrap();
+    let manifest: slipway_api::Manifest = serde_json::from_value(serde_json::json!({
+        "type": "slipway.dev/release/v1", "channel": "stable", "version": "2.0.0",
+        "expires": "2099-01-01T00:00:00Z",
+        "os": {"url": "/v1/payloads/x", "size": 4096, "sha256": sha256_hex(&d.join("os.img")),
+               "format": "zstd"}
+    }))
+    .unwrap();
+    fs::write(d.join("hand.json"), manifest.sign(&[&key]).to_json_pretty()).unwrap();
+    let err = fails(
+        &d,
+        &[
+            "verify",
+            "--root",
+            "root.json",
+            "--os",
+            "os.img",
+            "hand.json",
+        ],
+    );
+    assert!(
+        err.contains("os payload os.img: release 2.0.0 says format zstd, but the file is not compressed (raw)"),
+        "{err}"
     );
 }

@@ -52,13 +52,7 @@ async fn admin_subcommands_drive_a_server() {
     std::fs::write(dir.join("release.key"), release_key().to_pem()).unwrap();
     for version in ["1.0.0", "2.0.0"] {
         std::fs::write(dir.join("os.img"), format!("image {version}").repeat(1000)).unwrap();
-        let manifest = format!(
-            r#"{{"type": "slipway.dev/release/v1", "channel": "stable", "version": "{version}",
-               "expires": "2099-01-01T00:00:00Z",
-               "os": {{"url": "/v1/payloads/{{sha256}}", "size": 0, "sha256": "{zero}"}}}}"#,
-            zero = "0".repeat(64)
-        );
-        std::fs::write(dir.join("manifest.json"), manifest).unwrap();
+        // The release from flags alone: no manifest file, `os` made from the image.
         let d = dir.to_path_buf();
         let (code, _, err) = tokio::task::spawn_blocking(move || {
             slipway(
@@ -67,11 +61,16 @@ async fn admin_subcommands_drive_a_server() {
                     "sign",
                     "--key",
                     "release.key",
+                    "--channel",
+                    "stable",
+                    "--version",
+                    version,
+                    "--expires",
+                    "2099-01-01T00:00:00Z",
                     "--os",
                     "os.img",
                     "--out",
                     "release.json",
-                    "manifest.json",
                 ]
                 .map(String::from)
                 .to_vec(),

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use slipway_api::manifest::{OsImage, PayloadFormat, RELEASE_TYPE};
 use slipway_api::{Envelope, Manifest, PrivateKey, Root, Sha256Digest, TrustedRoot};
 use slipway_server::auth::AdminTokens;
-use slipway_server::clock::ManualClock;
+use slipway_runtime::ManualClock;
 use slipway_server::payloads::PayloadDir;
 use slipway_server::state::{AppState, Limits, StateConfig};
 use slipway_server::store::{self, Retention};
