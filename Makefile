@@ -1,6 +1,9 @@
 # Slipway's entry points. `make` lists them.
 .DEFAULT_GOAL := help
 CARGO ?= cargo
+# Binaries are run from here once built: a second `cargo run -p X` would unify features for X
+# alone and rebuild part of the dependency graph (k8s-openapi among it) a second time.
+BIN := $(or $(CARGO_TARGET_DIR),target)/debug
 
 .PHONY: help setup test demo tour vm-test cluster generate lint bench
 
@@ -15,7 +18,7 @@ test: setup ## Run every test (unit, integration, CLI end to end, D-Bus, QEMU sc
 
 demo: setup ## The demo: a rolling OS update across QEMU nodes, live, with the dashboard (DEMO_ARGS="--nodes 5 --keep")
 	$(CARGO) build --locked -p slipway-agent -p slipway-server -p slipway-operator -p slipway-vm-tests --bins
-	$(CARGO) run -q --locked -p slipway-vm-tests --bin slipway-demo -- $(DEMO_ARGS)
+	$(BIN)/slipway-demo $(DEMO_ARGS)
 
 tour: setup ## A tour of the trust core and the slipway CLI: keys, a 2-of-3 root, signing, a tampered payload refused
 	@scripts/demo.sh
@@ -26,7 +29,7 @@ vm-test: setup ## Boot QEMU nodes (TCG): update, fallback, power loss mid-write,
 
 cluster: setup ## A real Kubernetes control plane with Slipway applied and the operator running, for kubectl (CLUSTER_ARGS="--nodes 5"; Ctrl-C stops it)
 	$(CARGO) build --locked -p slipway-operator -p slipway-testkit --bins
-	$(CARGO) run -q --locked -p slipway-testkit --bin slipway-cluster -- $(CLUSTER_ARGS)
+	$(BIN)/slipway-cluster $(CLUSTER_ARGS)
 
 generate: ## Regenerate checked-in files: manifests/crds from the Rust CRD types, and the Helm chart's copy
 	$(CARGO) run -q -p slipway-operator --bin crdgen -- --out-dir manifests/crds

@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
-# The demo. Today Slipway has its trust core and CLI, so the demo walks through them for real:
-# keys, a 2-of-3 root of trust, a signed release, verification, and a tampered payload refused.
-# The fleet rollout across QEMU nodes with the dashboard replaces this once the engine, vm-tests,
-# operator and node-side issues have landed.
+# `make tour`: a walk through the trust core and the slipway CLI, for real: keys, a 2-of-3 root
+# of trust, a signed release, verification, and a tampered payload refused. The rolling update
+# across QEMU nodes with the dashboard is `make demo` (vm-tests/src/bin/demo.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "== Slipway demo: signed releases (the QEMU fleet rollout is not built yet) =="
+echo "== Slipway tour: signed releases (the QEMU fleet rollout with the dashboard: make demo) =="
 cargo build -q --locked -p slipway-server --bin slipway
 S="$PWD/target/debug/slipway"
 work=$(mktemp -d)

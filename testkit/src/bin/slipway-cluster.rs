@@ -175,10 +175,10 @@ async fn main() -> Result<()> {
     );
     println!("  kubectl get rp workers -o yaml; kubectl explain rolloutpolicy.spec");
     println!();
-    println!("Ctrl-C stops everything.");
+    println!("Ctrl-C (or SIGTERM) stops everything.");
 
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => eprintln!("stopping ..."),
+        _ = slipway_runtime::shutdown_signal() => eprintln!("stopping ..."),
         status = operator.wait() => eprintln!("slipway-operator exited ({status:?}); see {}; stopping ...", log_path.display()),
     }
     let _ = operator.start_kill();

@@ -58,9 +58,6 @@ async fn main() -> anyhow::Result<()> {
         args.kubeconfig.display()
     );
     println!("{url}");
-    slipway_testkit::serve(listener, state, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await?;
+    slipway_testkit::serve(listener, state, slipway_runtime::shutdown_signal()).await?;
     Ok(())
 }
