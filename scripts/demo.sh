@@ -19,11 +19,7 @@ step "$S" keygen --out keys --name bob
 step "$S" keygen --out keys --name carol
 step "$S" root init --key keys/alice.key --key keys/bob.key --public-key keys/carol.pub --threshold 2 --out root.json
 head -c $((16 << 20)) /dev/urandom > os.img
-cat > manifest.json <<JSON
-{"type": "slipway.dev/release/v1", "channel": "stable", "version": "2.0.0",
- "expires": "$(date -u -d '+30 days' +%Y-%m-%dT%H:%M:%SZ)",
- "os": {"url": "/v1/payloads/os", "size": 0, "sha256": "$(printf '0%.0s' $(seq 64))", "format": "raw"}}
-JSON
+step "$S" manifest new --channel stable --version 2.0.0 --expires-in 30d --out manifest.json
 step "$S" sign --key keys/alice.key --key keys/bob.key --os os.img --out release.json manifest.json
 step "$S" verify --root root.json --os os.img --running-version 1.0.0 release.json
 printf '\x01' | dd of=os.img bs=1 seek=4096 conv=notrunc status=none

@@ -154,28 +154,8 @@ impl Server {
         os: Option<&Path>,
         runtime: &[(&str, &Path)],
     ) -> Result<()> {
-        // Sizes and digests are left for `slipway sign` to fill in from the files.
-        let mut manifest = serde_json::json!({
-            "type": "slipway.dev/release/v1",
-            "channel": "stable",
-            "version": version,
-            "expires": "2099-01-01T00:00:00Z",
-        });
-        if os.is_some() {
-            manifest["os"] = serde_json::json!({"url": "/v1/payloads/{sha256}", "size": 0,
-                   "sha256": "0".repeat(64), "format": "zstd"});
-        }
-        if !runtime.is_empty() {
-            manifest["runtime"] = runtime
-                .iter()
-                .map(|(name, _)| {
-                    serde_json::json!({"name": name, "url": "/v1/payloads/{sha256}",
-                        "size": 0, "sha256": "0".repeat(64)})
-                })
-                .collect();
-        }
-        let m = work.join(format!("manifest-{version}.json"));
-        std::fs::write(&m, serde_json::to_vec_pretty(&manifest)?)?;
+        // No manifest file: `slipway sign` builds the manifest from flags and the payload
+        // entries (size, digest, format, url) from the files.
         let env = work.join(format!("release-{version}.json"));
         let key = keys.dir.join("release.key");
         let mut payload_args = Vec::new();
@@ -188,14 +168,21 @@ impl Server {
             payload_args.push(format!("{name}={}", file.display()));
         }
         let payload_args: Vec<&str> = payload_args.iter().map(String::as_str).collect();
-        let (key, env_s, m_s) = (
-            key.to_string_lossy(),
-            env.to_string_lossy(),
-            m.to_string_lossy(),
-        );
-        let mut sign = vec!["sign", "--key", &key, "--out", &env_s];
+        let (key, env_s) = (key.to_string_lossy(), env.to_string_lossy());
+        let mut sign = vec![
+            "sign",
+            "--key",
+            &key,
+            "--channel",
+            "stable",
+            "--version",
+            version,
+            "--expires",
+            "2099-01-01T00:00:00Z",
+            "--out",
+            &env_s,
+        ];
         sign.extend(&payload_args);
-        sign.push(&m_s);
         slipway(work, &sign)?;
         let token = self.token_file.to_string_lossy().into_owned();
         let mut publish = vec!["publish", "--server", &self.url, "--token-file", &token];
