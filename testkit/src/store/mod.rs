@@ -1,210 +1,39 @@
-//! The cluster state behind the server: objects, the global resourceVersion counter, the bounded
-//! watch-event log (for replay and 410 Gone), the recorded history of writes, injected faults,
-//! and every write rule (conflicts, generation, `/status`, schema, finalizers, owner-reference
-//! garbage collection, eviction against PodDisruptionBudgets). Also the only module that reads
-//! the wall clock.
+//! The cluster state behind the server: objects, the global resourceVersion counter and every
+//! write rule (conflicts, generation, `/status`, schema, names and namespaces), composed with the
+//! parts that live in their own files: the watch log (replay and 410 Gone), the recorded history,
+//! injected faults, server-side apply's field ownership, garbage collection and finalizers, and
+//! eviction against PodDisruptionBudgets. Timestamps come from a replaceable clock.
+
+mod eviction;
+mod faults;
+mod field_owners;
+mod gc;
+mod history;
+mod object;
+mod watch_log;
+
+pub use faults::{Fault, FaultAction, Verb};
+pub use history::{Change, ChangeOp};
+pub(crate) use object::Scope;
+pub(crate) use watch_log::{EventKind, WatchMessage, WatchRecord};
 
 use crate::error::{Cause, Error, Result, Target};
 use crate::patch::{self, PatchKind};
 use crate::registry::{self, Registry, ResourceType};
+use crate::schema;
 use crate::selector::{FieldSelector, LabelSelector};
-use crate::{pdb, schema};
+use faults::Faults;
+use field_owners::{FieldOwners, leaves, remove_pointer};
+use gc::{Fate, OnDelete};
+use history::History;
 use jiff::Timestamp;
+use object::{ObjKey, Objects, fmt_time, meta_mut, meta_str, present, target};
 use serde::{Serialize, de::DeserializeOwned};
-use serde_json::{Map, Value, json};
-use std::collections::{BTreeMap, VecDeque};
+use serde_json::{Value, json};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::broadcast;
-
-/// What a recorded write did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ChangeOp {
-    /// The object was created.
-    Created,
-    /// The object was updated (including deletionTimestamp being set).
-    Updated,
-    /// The object was removed from the store.
-    Deleted,
-}
-
-/// One recorded write, in resourceVersion order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Change {
-    /// The resourceVersion the write produced.
-    pub resource_version: u64,
-    /// What happened.
-    pub op: ChangeOp,
-    /// `group/version` (or `v1`) the object was written in.
-    pub api_version: String,
-    /// Kind, e.g. `Node`.
-    pub kind: String,
-    /// Namespace (None for cluster-scoped objects).
-    pub namespace: Option<String>,
-    /// Object name.
-    pub name: String,
-    /// The object after the write (for deletions: its last state).
-    pub object: Value,
-}
-
-impl Change {
-    /// Decodes the object into a typed resource.
-    pub fn decode<K: DeserializeOwned>(&self) -> Result<K> {
-        Ok(serde_json::from_value(self.object.clone())?)
-    }
-
-    /// Whether this change is about kind `K`.
-    pub fn is<K: kube::Resource<DynamicType = ()>>(&self) -> bool {
-        self.kind == K::kind(&())
-            && self.api_version.split('/').next()
-                == Some(K::api_version(&()).split('/').next().unwrap_or_default())
-    }
-}
-
-/// The verbs a [`Fault`] can match.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verb {
-    /// GET of one object.
-    Get,
-    /// GET of a collection.
-    List,
-    /// GET of a collection with `watch=true`.
-    Watch,
-    /// POST (create, eviction).
-    Create,
-    /// PUT.
-    Update,
-    /// PATCH.
-    Patch,
-    /// DELETE of one object.
-    Delete,
-    /// DELETE of a collection.
-    DeleteCollection,
-}
-
-/// What an injected fault does to a matching request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum FaultAction {
-    /// Answer with this error status instead of handling the request.
-    Error {
-        /// HTTP code, e.g. 500 or 503.
-        code: u16,
-        /// Status reason, e.g. `InternalError`.
-        reason: String,
-        /// Status message.
-        message: String,
-    },
-    /// Handle the request after this delay.
-    Delay(Duration),
-}
-
-/// A fault injected into the server by a test. `None` fields match anything.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Fault {
-    /// The verb to match.
-    pub verb: Option<Verb>,
-    /// The resource plural to match (e.g. `nodeupdates`).
-    pub resource: Option<String>,
-    /// The subresource to match (e.g. `status`, `eviction`).
-    pub subresource: Option<String>,
-    /// The object name to match.
-    pub name: Option<String>,
-    /// How many requests it applies to (None: until cleared).
-    pub times: Option<u32>,
-    /// What it does.
-    pub action: FaultAction,
-}
-
-impl Fault {
-    /// A fault answering every request with `code` (e.g. 500) until cleared.
-    pub fn error(code: u16, message: &str) -> Self {
-        let reason = match code {
-            409 => "Conflict",
-            429 => "TooManyRequests",
-            503 => "ServiceUnavailable",
-            504 => "Timeout",
-            _ => "InternalError",
-        };
-        Self {
-            verb: None,
-            resource: None,
-            subresource: None,
-            name: None,
-            times: None,
-            action: FaultAction::Error {
-                code,
-                reason: reason.into(),
-                message: message.into(),
-            },
-        }
-    }
-
-    /// A fault delaying every request by `delay` until cleared.
-    pub fn delay(delay: Duration) -> Self {
-        Self {
-            action: FaultAction::Delay(delay),
-            ..Self::error(500, "")
-        }
-    }
-
-    /// Restricts the fault to one verb.
-    pub fn on(mut self, verb: Verb) -> Self {
-        self.verb = Some(verb);
-        self
-    }
-
-    /// Restricts the fault to one resource plural.
-    pub fn resource(mut self, plural: &str) -> Self {
-        self.resource = Some(plural.into());
-        self
-    }
-
-    /// Restricts the fault to one subresource.
-    pub fn subresource(mut self, sub: &str) -> Self {
-        self.subresource = Some(sub.into());
-        self
-    }
-
-    /// Restricts the fault to one object name.
-    pub fn named(mut self, name: &str) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-
-    /// Applies the fault to the next `n` matching requests only.
-    pub fn times(mut self, n: u32) -> Self {
-        self.times = Some(n);
-        self
-    }
-}
-
-/// The kind of a watch event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EventKind {
-    Added,
-    Modified,
-    Deleted,
-}
-
-/// One entry of the watch log.
-#[derive(Debug)]
-pub(crate) struct WatchRecord {
-    pub rv: u64,
-    pub group: String,
-    pub plural: String,
-    pub namespace: Option<String>,
-    pub kind: EventKind,
-    pub object: Value,
-    pub previous: Option<Value>,
-}
-
-/// What open watches receive.
-#[derive(Debug, Clone)]
-pub(crate) enum WatchMessage {
-    Event(Arc<WatchRecord>),
-    /// Every open watch answers 410 Gone and closes (test hook).
-    Expire,
-}
+use watch_log::WatchLog;
 
 /// Which part of an object a write may change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,41 +46,18 @@ pub(crate) enum Sub {
     All,
 }
 
-/// Where a request points: the type, the version it was made in and the namespace.
-#[derive(Debug, Clone)]
-pub(crate) struct Scope {
-    pub rt: Arc<ResourceType>,
-    pub version: String,
-    pub namespace: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct ObjKey {
-    group: String,
-    plural: String,
-    namespace: String,
-    name: String,
-}
-
-type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
-
+/// Everything behind the lock: the types, the objects and the counters here; each other concern
+/// in a part its own module owns.
 struct Inner {
     registry: Registry,
-    objects: BTreeMap<ObjKey, Value>,
+    objects: Objects,
     rv: u64,
     uid_seq: u64,
-    log: VecDeque<Arc<WatchRecord>>,
-    log_limit: usize,
-    /// Highest resourceVersion dropped from the log: watches from before it get 410.
-    compacted: u64,
-    history: Vec<Change>,
-    record_history: bool,
-    faults: Vec<Fault>,
-    /// Server-side-apply field ownership: leaf JSON pointer -> field manager, per object.
-    owners: BTreeMap<ObjKey, BTreeMap<String, String>>,
-    clock: Option<Clock>,
-    bookmark_interval: Duration,
-    tx: broadcast::Sender<WatchMessage>,
+    watch: WatchLog,
+    history: History,
+    faults: Faults,
+    owners: FieldOwners,
+    clock: Arc<dyn slipway_runtime::Clock>,
 }
 
 /// The state of one simulated cluster. Cheap to clone; all clones share the same objects.
@@ -277,29 +83,6 @@ impl Default for ClusterState {
 /// Namespaces every cluster starts with.
 const INITIAL_NAMESPACES: [&str; 4] = ["default", "kube-system", "kube-public", "kube-node-lease"];
 
-fn fmt_time(t: Timestamp) -> String {
-    Timestamp::from_second(t.as_second())
-        .unwrap_or(t)
-        .to_string()
-}
-
-fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
-    obj.get("metadata")
-        .and_then(|m| m.get(field))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-}
-
-fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
-    if !obj.get("metadata").is_some_and(Value::is_object) {
-        obj["metadata"] = json!({});
-    }
-    match obj.get_mut("metadata") {
-        Some(Value::Object(m)) => m,
-        _ => unreachable!("metadata was just made an object"),
-    }
-}
-
 fn parse_rv(s: &str) -> Result<u64> {
     s.parse()
         .map_err(|_| Error::BadRequest(format!("invalid resourceVersion {s:?}")))
@@ -324,37 +107,20 @@ fn name_problem(name: &str) -> Option<String> {
     }
 }
 
-fn finalizers_empty(obj: &Value) -> bool {
-    obj.pointer("/metadata/finalizers")
-        .and_then(Value::as_array)
-        .is_none_or(Vec::is_empty)
-}
-
-fn deleting(obj: &Value) -> bool {
-    obj.pointer("/metadata/deletionTimestamp")
-        .is_some_and(|v| !v.is_null())
-}
-
 impl ClusterState {
     /// A fresh cluster with the usual namespaces (`default`, `kube-system`, ...).
     pub fn new() -> Self {
-        let (tx, _) = broadcast::channel(4096);
         let state = Self {
             inner: Arc::new(Mutex::new(Inner {
                 registry: Registry::with_builtins(),
-                objects: BTreeMap::new(),
+                objects: Objects::new(),
                 rv: 0,
                 uid_seq: 0,
-                log: VecDeque::new(),
-                log_limit: 10_000,
-                compacted: 0,
-                history: Vec::new(),
-                record_history: true,
-                faults: Vec::new(),
-                owners: BTreeMap::new(),
-                clock: None,
-                bookmark_interval: Duration::from_secs(5),
-                tx,
+                watch: WatchLog::new(),
+                history: History::new(),
+                faults: Faults::default(),
+                owners: FieldOwners::default(),
+                clock: Arc::new(slipway_runtime::SystemClock),
             })),
         };
         for ns in INITIAL_NAMESPACES {
@@ -478,7 +244,7 @@ impl ClusterState {
         let inner = self.lock();
         inner
             .matching(&scope, &LabelSelector::default(), &FieldSelector::default())
-            .filter_map(|(_, v)| serde_json::from_value(inner.present(v, &scope)).ok())
+            .filter_map(|(_, v)| serde_json::from_value(present(v, &scope)).ok())
             .collect()
     }
 
@@ -519,7 +285,7 @@ impl ClusterState {
     /// Every write so far (unless [`ClusterState::set_record_history`] turned recording off),
     /// oldest first.
     pub fn history(&self) -> Vec<Change> {
-        self.lock().history.clone()
+        self.lock().history.changes().to_vec()
     }
 
     /// The recorded writes of kind `K`, decoded.
@@ -527,12 +293,7 @@ impl ClusterState {
     where
         K: kube::Resource<DynamicType = ()> + DeserializeOwned,
     {
-        self.lock()
-            .history
-            .iter()
-            .filter(|c| c.is::<K>())
-            .filter_map(|c| Some((c.op, c.decode().ok()?)))
-            .collect()
+        self.lock().history.of()
     }
 
     /// Forgets the recorded history.
@@ -542,12 +303,12 @@ impl ClusterState {
 
     /// Turns history recording on or off (off saves memory in large benchmarks).
     pub fn set_record_history(&self, on: bool) {
-        self.lock().record_history = on;
+        self.lock().history.set_recording(on);
     }
 
     /// Injects a fault; it applies to matching requests until cleared or used up.
     pub fn inject_fault(&self, fault: Fault) {
-        self.lock().faults.push(fault);
+        self.lock().faults.inject(fault);
     }
 
     /// Removes every injected fault.
@@ -555,7 +316,8 @@ impl ClusterState {
         self.lock().faults.clear();
     }
 
-    /// Consumes the faults matching a request (delays first, then at most one error).
+    /// Consumes one use of every fault matching a request; returns their actions in injection
+    /// order (the server sleeps through delays and answers with the first error).
     pub(crate) fn take_faults(
         &self,
         verb: Verb,
@@ -563,53 +325,34 @@ impl ClusterState {
         sub: Option<&str>,
         name: Option<&str>,
     ) -> Vec<FaultAction> {
-        let mut inner = self.lock();
-        let mut actions = Vec::new();
-        for f in inner.faults.iter_mut() {
-            let hit = f.verb.is_none_or(|v| v == verb)
-                && f.resource.as_deref().is_none_or(|r| r == plural)
-                && f.subresource.as_deref().is_none_or(|s| Some(s) == sub)
-                && f.name.as_deref().is_none_or(|n| Some(n) == name)
-                && f.times != Some(0);
-            if hit {
-                if let Some(t) = f.times.as_mut() {
-                    *t -= 1;
-                }
-                actions.push(f.action.clone());
-            }
-        }
-        inner.faults.retain(|f| f.times != Some(0));
-        actions
+        self.lock().faults.take(verb, plural, sub, name)
     }
 
     /// Makes every open watch answer `410 Gone` and close, and forgets the watch log, as after an
     /// etcd compaction: clients must relist.
     pub fn expire_watches(&self) {
         let mut inner = self.lock();
-        inner.compacted = inner.rv;
-        inner.log.clear();
-        let _ = inner.tx.send(WatchMessage::Expire);
+        let rv = inner.rv;
+        inner.watch.expire(rv);
     }
 
     /// How many watch events are kept for replay (default 10,000); older resourceVersions get 410.
     pub fn set_watch_history_limit(&self, events: usize) {
-        let mut inner = self.lock();
-        inner.log_limit = events.max(1);
-        inner.trim_log();
+        self.lock().watch.set_limit(events);
     }
 
     /// How often watches with `allowWatchBookmarks` get a BOOKMARK (default 5 s).
     pub fn set_bookmark_interval(&self, every: Duration) {
-        self.lock().bookmark_interval = every;
+        self.lock().watch.set_bookmark_interval(every);
     }
 
     pub(crate) fn bookmark_interval(&self) -> Duration {
-        self.lock().bookmark_interval
+        self.lock().watch.bookmark_interval()
     }
 
     /// Replaces the clock used for creationTimestamp/deletionTimestamp (default: wall clock).
-    pub fn set_clock(&self, clock: impl Fn() -> Timestamp + Send + Sync + 'static) {
-        self.lock().clock = Some(Arc::new(clock));
+    pub fn set_clock(&self, clock: Arc<dyn slipway_runtime::Clock>) {
+        self.lock().clock = clock;
     }
 
     // ----- request-level operations used by the server -----
@@ -617,7 +360,7 @@ impl ClusterState {
     pub(crate) fn get_raw(&self, scope: &Scope, name: &str) -> Result<Value> {
         let inner = self.lock();
         let obj = inner.get(scope, name)?;
-        Ok(inner.present(&obj, scope))
+        Ok(present(&obj, scope))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -644,7 +387,7 @@ impl ClusterState {
         if !dry_run {
             inner.track(scope, None, &out, manager, None);
         }
-        Ok(inner.present(&out, scope))
+        Ok(present(&out, scope))
     }
 
     pub(crate) fn update_raw(
@@ -657,12 +400,12 @@ impl ClusterState {
         dry_run: bool,
     ) -> Result<Value> {
         let mut inner = self.lock();
-        let old = inner.objects.get(&Inner::key(scope, name)).cloned();
+        let old = inner.objects.get(&ObjKey::new(scope, name)).cloned();
         let out = inner.update(scope, name, body, sub, dry_run)?;
         if !dry_run {
             inner.track(scope, old.as_ref(), &out, manager, None);
         }
-        Ok(inner.present(&out, scope))
+        Ok(present(&out, scope))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -678,13 +421,13 @@ impl ClusterState {
         dry_run: bool,
     ) -> Result<Value> {
         let mut inner = self.lock();
-        let old = inner.objects.get(&Inner::key(scope, name)).cloned();
+        let old = inner.objects.get(&ObjKey::new(scope, name)).cloned();
         let out = inner.patch(scope, name, kind, body, sub, field_manager, force, dry_run)?;
         if !dry_run {
             let applied = (kind == PatchKind::Apply).then(|| leaves(body));
             inner.track(scope, old.as_ref(), &out, field_manager, applied.as_deref());
         }
-        Ok(inner.present(&out, scope))
+        Ok(present(&out, scope))
     }
 
     pub(crate) fn delete_raw(
@@ -696,7 +439,7 @@ impl ClusterState {
     ) -> Result<Value> {
         let mut inner = self.lock();
         let out = inner.delete(scope, name, opts, dry_run)?;
-        Ok(inner.present(&out, scope))
+        Ok(present(&out, scope))
     }
 
     pub(crate) fn delete_collection_raw(
@@ -722,7 +465,7 @@ impl ClusterState {
                 ..scope.clone()
             };
             let out = inner.delete(&s, &name, &Value::Null, false)?;
-            items.push(inner.present(&out, scope));
+            items.push(present(&out, scope));
         }
         let rv = inner.rv;
         Ok(
@@ -747,132 +490,17 @@ impl ClusterState {
         u64,
     )> {
         let inner = self.lock();
-        let rx = inner.tx.subscribe();
+        let rx = inner.watch.subscribe();
         let first: Vec<Arc<WatchRecord>> = match from {
-            Some(rv) if rv > 0 => {
-                if rv < inner.compacted {
-                    return Err(Error::Gone {
-                        requested: rv,
-                        oldest: inner.compacted,
-                    });
-                }
-                inner
-                    .log
-                    .iter()
-                    .filter(|r| {
-                        r.rv > rv && r.group == scope.rt.group && r.plural == scope.rt.plural
-                    })
-                    .cloned()
-                    .collect()
-            }
+            Some(rv) if rv > 0 => inner.watch.since(rv, &scope.rt.group, &scope.rt.plural)?,
             _ => inner.initial_events(scope),
         };
         Ok((first, rx, inner.rv))
     }
 }
 
-/// A stored object as served at the request's version.
-fn present(obj: &Value, scope: &Scope) -> Value {
-    let mut out = obj.clone();
-    if out.is_object() {
-        out["apiVersion"] = json!(scope.rt.api_version(&scope.version));
-        out["kind"] = json!(scope.rt.kind);
-    }
-    out
-}
-
-/// The leaf fields of an object as `(JSON pointer, value)`, for server-side-apply ownership.
-/// `apiVersion`, `kind` and identity metadata are not fields anyone owns.
-fn leaves(obj: &Value) -> Vec<(String, Value)> {
-    fn walk(v: &Value, ptr: String, out: &mut Vec<(String, Value)>) {
-        match v {
-            Value::Object(m) if !m.is_empty() => {
-                for (k, c) in m {
-                    walk(
-                        c,
-                        format!("{ptr}/{}", k.replace('~', "~0").replace('/', "~1")),
-                        out,
-                    );
-                }
-            }
-            _ => out.push((ptr, v.clone())),
-        }
-    }
-    let mut out = Vec::new();
-    if let Some(m) = obj.as_object() {
-        for (k, c) in m {
-            match k.as_str() {
-                "apiVersion" | "kind" => {}
-                "metadata" => {
-                    for mk in ["labels", "annotations", "finalizers", "ownerReferences"] {
-                        if let Some(c) = c.get(mk) {
-                            walk(c, format!("/metadata/{mk}"), &mut out);
-                        }
-                    }
-                }
-                _ => walk(c, format!("/{k}"), &mut out),
-            }
-        }
-    }
-    out
-}
-
-fn remove_pointer(v: &mut Value, ptr: &str) {
-    let Some((parent, last)) = ptr.rsplit_once('/') else {
-        return;
-    };
-    let key = last.replace("~1", "/").replace("~0", "~");
-    if let Some(Value::Object(m)) = v.pointer_mut(parent) {
-        m.remove(&key);
-    }
-}
-
-fn dotted(ptr: &str) -> String {
-    ptr.replace('/', ".")
-}
-
 impl Inner {
-    /// Server-side apply: refuses (409) to change fields another manager owns unless forced, and
-    /// returns the fields this manager applied before but no longer applies (to be removed).
-    fn check_apply(
-        &self,
-        scope: &Scope,
-        key: &ObjKey,
-        old: &Value,
-        body: &Value,
-        manager: &str,
-        force: bool,
-    ) -> Result<Vec<String>> {
-        let empty = BTreeMap::new();
-        let owners = self.owners.get(key).unwrap_or(&empty);
-        let applied = leaves(body);
-        let conflicts: Vec<String> = applied
-            .iter()
-            .filter_map(|(p, v)| {
-                let owner = owners.get(p)?;
-                (owner != manager && old.pointer(p) != Some(v))
-                    .then(|| format!("conflict with {owner:?}: {}", dotted(p)))
-            })
-            .collect();
-        if !conflicts.is_empty() && !force {
-            return Err(Error::Conflict {
-                target: Self::target(scope, &key.name),
-                message: format!(
-                    "Apply failed with {} conflict(s): {}",
-                    conflicts.len(),
-                    conflicts.join(", ")
-                ),
-            });
-        }
-        Ok(owners
-            .iter()
-            .filter(|(p, o)| *o == manager && !applied.iter().any(|(a, _)| a == *p))
-            .map(|(p, _)| p.clone())
-            .collect())
-    }
-
-    /// Records field ownership after a write: applied fields go to the applier, other changed
-    /// fields to the writer's manager (or `unknown`), and vanished fields are forgotten.
+    /// Records field ownership after a write (a removed object's owners are forgotten).
     fn track(
         &mut self,
         scope: &Scope,
@@ -884,73 +512,23 @@ impl Inner {
         let Some(name) = meta_str(new, "name") else {
             return;
         };
-        let key = Self::key(scope, name);
-        if !self.objects.contains_key(&key) {
-            self.owners.remove(&key);
-            return;
-        }
-        let manager = manager
-            .filter(|m| !m.is_empty())
-            .unwrap_or("unknown")
-            .to_owned();
-        let now = leaves(new);
-        let entry = self.owners.entry(key).or_default();
-        entry.retain(|p, _| now.iter().any(|(q, _)| q == p));
-        match applied {
-            Some(list) => {
-                for (p, _) in list {
-                    if now.iter().any(|(q, _)| q == p) {
-                        entry.insert(p.clone(), manager.clone());
-                    }
-                }
-            }
-            None => {
-                for (p, v) in &now {
-                    if old.and_then(|o| o.pointer(p)) != Some(v) {
-                        entry.insert(p.clone(), manager.clone());
-                    }
-                }
-            }
+        let key = ObjKey::new(scope, name);
+        if self.objects.contains_key(&key) {
+            self.owners.record(key, old, new, manager, applied);
+        } else {
+            self.owners.forget(&key);
         }
     }
 
     fn now(&self) -> Timestamp {
-        match &self.clock {
-            Some(c) => c(),
-            None => Timestamp::now(),
-        }
-    }
-
-    fn key(scope: &Scope, name: &str) -> ObjKey {
-        ObjKey {
-            group: scope.rt.group.clone(),
-            plural: scope.rt.plural.clone(),
-            namespace: if scope.rt.namespaced {
-                scope.namespace.clone().unwrap_or_default()
-            } else {
-                String::new()
-            },
-            name: name.to_owned(),
-        }
-    }
-
-    fn target(scope: &Scope, name: &str) -> Target {
-        Target {
-            group: scope.rt.group.clone(),
-            kind: scope.rt.plural.clone(),
-            name: name.to_owned(),
-        }
-    }
-
-    fn present(&self, obj: &Value, scope: &Scope) -> Value {
-        present(obj, scope)
+        self.clock.now()
     }
 
     fn get(&self, scope: &Scope, name: &str) -> Result<Value> {
         self.objects
-            .get(&Self::key(scope, name))
+            .get(&ObjKey::new(scope, name))
             .cloned()
-            .ok_or_else(|| Error::NotFound(Self::target(scope, name)))
+            .ok_or_else(|| Error::NotFound(target(scope, name)))
     }
 
     fn matching<'a>(
@@ -990,12 +568,7 @@ impl Inner {
             Some(token) => {
                 let mut parts = token.splitn(3, '|');
                 let rv = parts.next().map(parse_rv).transpose()?.unwrap_or(self.rv);
-                if rv < self.compacted {
-                    return Err(Error::Gone {
-                        requested: rv,
-                        oldest: self.compacted,
-                    });
-                }
+                self.watch.ensure_retained(rv)?;
                 let ns = parts.next().unwrap_or_default().to_owned();
                 let name = parts
                     .next()
@@ -1017,7 +590,7 @@ impl Inner {
                 remaining += 1;
                 continue;
             }
-            items.push((k.namespace.clone(), k.name.clone(), self.present(v, scope)));
+            items.push((k.namespace.clone(), k.name.clone(), present(v, scope)));
         }
         let mut meta = json!({"resourceVersion": list_rv.to_string()});
         if remaining > 0
@@ -1052,40 +625,32 @@ impl Inner {
             .collect()
     }
 
-    fn trim_log(&mut self) {
-        while self.log.len() > self.log_limit {
-            if let Some(dropped) = self.log.pop_front() {
-                self.compacted = dropped.rv;
-            }
-        }
-    }
-
+    /// Records a write that produced the current resourceVersion in the history and the watch
+    /// log.
     fn emit(&mut self, rt: &ResourceType, kind: EventKind, object: Value, previous: Option<Value>) {
+        let rv = self.rv;
         let namespace = meta_str(&object, "namespace")
             .map(str::to_owned)
             .filter(|_| rt.namespaced);
-        let name = meta_str(&object, "name").unwrap_or_default().to_owned();
-        if self.record_history {
-            self.history.push(Change {
-                resource_version: self.rv,
-                op: match kind {
-                    EventKind::Added => ChangeOp::Created,
-                    EventKind::Modified => ChangeOp::Updated,
-                    EventKind::Deleted => ChangeOp::Deleted,
-                },
-                api_version: object
-                    .get("apiVersion")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                kind: rt.kind.clone(),
-                namespace: namespace.clone(),
-                name,
-                object: object.clone(),
-            });
-        }
-        let rec = Arc::new(WatchRecord {
-            rv: self.rv,
+        self.history.record(|| Change {
+            resource_version: rv,
+            op: match kind {
+                EventKind::Added => ChangeOp::Created,
+                EventKind::Modified => ChangeOp::Updated,
+                EventKind::Deleted => ChangeOp::Deleted,
+            },
+            api_version: object
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            kind: rt.kind.clone(),
+            namespace: namespace.clone(),
+            name: meta_str(&object, "name").unwrap_or_default().to_owned(),
+            object: object.clone(),
+        });
+        self.watch.push(WatchRecord {
+            rv,
             group: rt.group.clone(),
             plural: rt.plural.clone(),
             namespace,
@@ -1093,9 +658,6 @@ impl Inner {
             object,
             previous,
         });
-        self.log.push_back(rec.clone());
-        self.trim_log();
-        let _ = self.tx.send(WatchMessage::Event(rec));
     }
 
     fn next_uid(&mut self) -> String {
@@ -1271,9 +833,9 @@ impl Inner {
         } else {
             meta.remove("namespace");
         }
-        let key = Self::key(scope, &name);
+        let key = ObjKey::new(scope, &name);
         if self.objects.contains_key(&key) {
-            return Err(Error::AlreadyExists(Self::target(scope, &name)));
+            return Err(Error::AlreadyExists(target(scope, &name)));
         }
         let now = fmt_time(self.now());
         let uid = self.next_uid();
@@ -1308,9 +870,9 @@ impl Inner {
     fn write(&mut self, scope: &Scope, key: ObjKey, old: Option<Value>, mut new: Value) -> Value {
         self.rv += 1;
         meta_mut(&mut new).insert("resourceVersion".into(), json!(self.rv.to_string()));
-        if deleting(&new) && finalizers_empty(&new) {
+        if gc::finalized(&new) {
             self.objects.insert(key.clone(), new.clone());
-            return self.remove_now(scope, key, "Background");
+            return self.remove_now(scope, key, false);
         }
         self.objects.insert(key, new.clone());
         if scope.rt.is_crd()
@@ -1335,13 +897,13 @@ impl Inner {
         sub: Sub,
         dry_run: bool,
     ) -> Result<Value> {
-        let key = Self::key(scope, name);
+        let key = ObjKey::new(scope, name);
         let Some(old) = self.objects.get(&key).cloned() else {
             // Leases may be created by PUT, as in kube-apiserver.
             if scope.rt.group == "coordination.k8s.io" && sub == Sub::Main {
                 return self.create(scope, body, false, dry_run);
             }
-            return Err(Error::NotFound(Self::target(scope, name)));
+            return Err(Error::NotFound(target(scope, name)));
         };
         match self.prepare_update(scope, &old, body, sub, true)? {
             None => Ok(old),
@@ -1353,7 +915,7 @@ impl Inner {
     /// Direct test write: create or replace, status included, no resourceVersion check.
     fn upsert(&mut self, scope: &Scope, body: Value) -> Result<Value> {
         let name = meta_str(&body, "name").unwrap_or_default().to_owned();
-        let key = Self::key(scope, &name);
+        let key = ObjKey::new(scope, &name);
         match self.objects.get(&key).cloned() {
             None => self.create(scope, body, true, false),
             Some(old) => match self.prepare_update(scope, &old, body, Sub::All, false)? {
@@ -1386,7 +948,7 @@ impl Inner {
             && Some(rv) != meta_str(old, "resourceVersion")
         {
             return Err(Error::Conflict {
-                target: Self::target(scope, &name),
+                target: target(scope, &name),
                 message: "the object has been modified; please apply your changes to the latest version and try again".into(),
             });
         }
@@ -1482,7 +1044,7 @@ impl Inner {
         if kind == PatchKind::Apply && field_manager.is_none_or(str::is_empty) {
             return Err(Error::BadRequest("PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch".into()));
         }
-        let key = Self::key(scope, name);
+        let key = ObjKey::new(scope, name);
         let Some(old) = self.objects.get(&key).cloned() else {
             if kind == PatchKind::Apply && sub == Sub::Main {
                 let mut obj = body.clone();
@@ -1496,12 +1058,14 @@ impl Inner {
                 meta_mut(&mut obj).insert("name".into(), json!(name));
                 return self.create(scope, obj, false, dry_run);
             }
-            return Err(Error::NotFound(Self::target(scope, name)));
+            return Err(Error::NotFound(target(scope, name)));
         };
         let mut dropped = Vec::new();
         if kind == PatchKind::Apply {
             let manager = field_manager.unwrap_or_default();
-            dropped = self.check_apply(scope, &key, &old, body, manager, force)?;
+            dropped = self
+                .owners
+                .check_apply(scope, &key, &old, body, manager, force)?;
         }
         let mut patched = patch::apply(kind, &old, body).map_err(|e| match e {
             Error::Invalid { causes, .. } => Error::Invalid {
@@ -1525,12 +1089,12 @@ impl Inner {
     }
 
     fn delete(&mut self, scope: &Scope, name: &str, opts: &Value, dry_run: bool) -> Result<Value> {
-        let key = Self::key(scope, name);
+        let key = ObjKey::new(scope, name);
         let old = self
             .objects
             .get(&key)
             .cloned()
-            .ok_or_else(|| Error::NotFound(Self::target(scope, name)))?;
+            .ok_or_else(|| Error::NotFound(target(scope, name)))?;
         let precondition = |field: &str| {
             opts.pointer(&format!("/preconditions/{field}"))
                 .and_then(Value::as_str)
@@ -1541,7 +1105,7 @@ impl Inner {
                 && Some(want) != meta_str(&old, meta_field)
             {
                 return Err(Error::Conflict {
-                    target: Self::target(scope, name),
+                    target: target(scope, name),
                     message: format!(
                         "Precondition failed: {field} in precondition: {want}, {field} in object meta: {}",
                         meta_str(&old, meta_field).unwrap_or_default()
@@ -1552,56 +1116,39 @@ impl Inner {
         if dry_run {
             return Ok(old);
         }
-        let propagation = opts
-            .get("propagationPolicy")
-            .and_then(Value::as_str)
-            .unwrap_or("Background")
-            .to_owned();
-        if !finalizers_empty(&old) {
-            if deleting(&old) {
-                return Ok(old);
+        match gc::on_delete(&old) {
+            OnDelete::Wait => Ok(old),
+            OnDelete::Mark => {
+                let mut new = old.clone();
+                let now = fmt_time(self.now());
+                let meta = meta_mut(&mut new);
+                meta.insert("deletionTimestamp".into(), json!(now));
+                meta.insert("deletionGracePeriodSeconds".into(), json!(0));
+                Ok(self.write(scope, key, Some(old), new))
             }
-            let mut new = old.clone();
-            let now = fmt_time(self.now());
-            let meta = meta_mut(&mut new);
-            meta.insert("deletionTimestamp".into(), json!(now));
-            meta.insert("deletionGracePeriodSeconds".into(), json!(0));
-            return Ok(self.write(scope, key, Some(old), new));
+            OnDelete::Remove => Ok(self.remove_now(scope, key, gc::orphans(opts))),
         }
-        Ok(self.remove_now(scope, key, &propagation))
     }
 
     /// Removes an object for good, then its consequences: a namespace's contents, a CRD's custom
-    /// resources, and dependents whose owners are all gone (unless orphaned).
-    fn remove_now(&mut self, scope: &Scope, key: ObjKey, propagation: &str) -> Value {
+    /// resources, and dependents whose owners are all gone (all kept when `orphan`).
+    fn remove_now(&mut self, scope: &Scope, key: ObjKey, orphan: bool) -> Value {
         let Some(mut obj) = self.objects.remove(&key) else {
             return Value::Null;
         };
-        self.owners.remove(&key);
+        self.owners.forget(&key);
         self.rv += 1;
         meta_mut(&mut obj).insert("resourceVersion".into(), json!(self.rv.to_string()));
         self.emit(&scope.rt, EventKind::Deleted, obj.clone(), None);
         if scope.rt.is_namespaces() {
-            let inside: Vec<ObjKey> = self
-                .objects
-                .keys()
-                .filter(|k| k.namespace == key.name)
-                .cloned()
-                .collect();
-            for k in inside {
+            for k in gc::in_namespace(&self.objects, &key.name) {
                 self.remove_key(k);
             }
         }
         if scope.rt.is_crd()
             && let Some(rt) = self.registry.remove_crd(&key.name)
         {
-            let owned: Vec<ObjKey> = self
-                .objects
-                .keys()
-                .filter(|k| k.group == rt.group && k.plural == rt.plural)
-                .cloned()
-                .collect();
-            for k in owned {
+            for k in gc::of_type(&self.objects, &rt.group, &rt.plural) {
                 if let Some(mut o) = self.objects.remove(&k) {
                     self.rv += 1;
                     meta_mut(&mut o).insert("resourceVersion".into(), json!(self.rv.to_string()));
@@ -1610,59 +1157,30 @@ impl Inner {
             }
         }
         if let Some(uid) = meta_str(&obj, "uid").map(str::to_owned) {
-            self.collect_garbage(&uid, propagation == "Orphan");
+            self.collect_garbage(&uid, orphan);
         }
         obj
     }
 
-    /// Deletes (or orphans) every object owned by `uid`.
+    /// Deletes (or orphans) every object owned by `uid`, each decided against the objects left
+    /// by the deletions before it.
     fn collect_garbage(&mut self, uid: &str, orphan: bool) {
-        let owns = |v: &Value| {
-            v.pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .is_some_and(|refs| {
-                    refs.iter()
-                        .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
-                })
-        };
-        let dependents: Vec<ObjKey> = self
-            .objects
-            .iter()
-            .filter(|(_, v)| owns(v))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in dependents {
+        for k in gc::dependents(&self.objects, uid) {
             let Some(old) = self.objects.get(&k).cloned() else {
                 continue;
             };
-            let refs = old
-                .pointer("/metadata/ownerReferences")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let remaining: Vec<Value> = refs
-                .into_iter()
-                .filter(|r| r.get("uid").and_then(Value::as_str) != Some(uid))
-                .filter(|r| {
-                    let other = r.get("uid").and_then(Value::as_str).unwrap_or_default();
-                    self.objects
-                        .values()
-                        .any(|v| meta_str(v, "uid") == Some(other))
-                })
-                .collect();
-            if orphan || !remaining.is_empty() {
-                let mut new = old.clone();
-                meta_mut(&mut new).insert("ownerReferences".into(), json!(remaining));
-                if let Some(rt) = self.registry.get(&k.group, &k.plural) {
-                    let scope = Scope {
-                        version: rt.storage_version().to_owned(),
-                        namespace: Some(k.namespace.clone()),
-                        rt,
-                    };
-                    self.write(&scope, k, Some(old), new);
+            match gc::fate(&old, uid, orphan, &self.objects) {
+                Fate::Keep(new) => {
+                    if let Some(rt) = self.registry.get(&k.group, &k.plural) {
+                        let scope = Scope {
+                            version: rt.storage_version().to_owned(),
+                            namespace: Some(k.namespace.clone()),
+                            rt,
+                        };
+                        self.write(&scope, k, Some(old), new);
+                    }
                 }
-            } else {
-                self.remove_key(k);
+                Fate::Delete => self.remove_key(k),
             }
         }
     }
@@ -1681,78 +1199,13 @@ impl Inner {
         let _ = self.delete(&scope, &k.name, &Value::Null, false);
     }
 
+    /// The eviction subresource: the pod is deleted if its disruption budget allows.
     fn evict(&mut self, scope: &Scope, name: &str, body: &Value) -> Result<Value> {
         let pod = self.get(scope, name)?;
-        if let Some(n) = meta_str(body, "name")
-            && n != name
-        {
-            return Err(Error::BadRequest(
-                "name in URL does not match name in Eviction object".into(),
-            ));
-        }
-        if !deleting(&pod) && !pdb::pod_is_exempt(&pod) {
-            let ns = scope.namespace.clone().unwrap_or_default();
-            let pdbs: Vec<Value> = self
-                .objects
-                .iter()
-                .filter(|(k, _)| {
-                    k.group == "policy" && k.plural == "poddisruptionbudgets" && k.namespace == ns
-                })
-                .map(|(_, v)| v.clone())
-                .filter(|v| {
-                    LabelSelector::from_object(v.pointer("/spec/selector"))
-                        .is_ok_and(|s| s.matches_object(&pod))
-                })
-                .collect();
-            if pdbs.len() > 1 {
-                return Err(Error::Internal(
-                    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.".into(),
-                ));
-            }
-            if let Some(budget_obj) = pdbs.first() {
-                let selector = LabelSelector::from_object(budget_obj.pointer("/spec/selector"))
-                    .map_err(Error::BadRequest)?;
-                let pods: Vec<&Value> = self
-                    .objects
-                    .iter()
-                    .filter(|(k, _)| k.group.is_empty() && k.plural == "pods" && k.namespace == ns)
-                    .map(|(_, v)| v)
-                    .filter(|v| selector.matches_object(v))
-                    .collect();
-                let healthy = pods.iter().filter(|p| pdb::pod_is_healthy(p)).count() as i64;
-                let spec = budget_obj.get("spec").cloned().unwrap_or(Value::Null);
-                let budget =
-                    pdb::evaluate(&spec, pods.len() as i64, healthy).map_err(Error::BadRequest)?;
-                let always = spec
-                    .get("unhealthyPodEvictionPolicy")
-                    .and_then(Value::as_str)
-                    == Some("AlwaysAllow");
-                let allowed = if pdb::pod_is_healthy(&pod) {
-                    budget.disruptions_allowed() >= 1
-                } else {
-                    always || budget.current_healthy >= budget.desired_healthy
-                };
-                if !allowed {
-                    let pdb_name = meta_str(budget_obj, "name").unwrap_or_default();
-                    let detail = format!(
-                        "The disruption budget {pdb_name} needs {} healthy pods and has {} currently",
-                        budget.desired_healthy, budget.current_healthy
-                    );
-                    return Err(Error::TooManyRequests {
-                        // kube-apiserver's words: the budget is named only in the cause.
-                        message:
-                            "Cannot evict pod as it would violate the pod's disruption budget."
-                                .to_string(),
-                        causes: vec![Cause::new("DisruptionBudget", "", detail)],
-                    });
-                }
-            }
-        }
-        let opts = body.get("deleteOptions").cloned().unwrap_or(Value::Null);
+        let namespace = scope.namespace.as_deref().unwrap_or_default();
+        let opts = eviction::admit(name, body, &pod, namespace, &self.objects)?;
         self.delete(scope, name, &opts, false)?;
-        Ok(
-            json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-        )
+        Ok(eviction::granted())
     }
 }
 
@@ -1964,28 +1417,5 @@ mod tests {
             )
             .unwrap();
         assert_eq!(out["spec"], json!({"leaseDurationSeconds": 5}));
-    }
-
-    #[test]
-    fn faults_are_consumed() {
-        let s = ClusterState::new();
-        s.inject_fault(
-            Fault::error(500, "boom")
-                .on(Verb::Patch)
-                .resource("nodes")
-                .times(1),
-        );
-        assert!(
-            s.take_faults(Verb::Get, "nodes", None, Some("a"))
-                .is_empty()
-        );
-        assert_eq!(
-            s.take_faults(Verb::Patch, "nodes", None, Some("a")).len(),
-            1
-        );
-        assert!(
-            s.take_faults(Verb::Patch, "nodes", None, Some("a"))
-                .is_empty()
-        );
     }
 }
