@@ -910,6 +910,15 @@ mod tests {
         conditions(s).contains(&(type_.into(), status.into(), reason.into()))
     }
 
+    /// (situation, nodes, policy, conditions (type, status, reason) that must hold, progress).
+    type Case = (
+        &'static str,
+        Vec<NodeView>,
+        PolicyView,
+        Vec<(&'static str, &'static str, &'static str)>,
+        &'static str,
+    );
+
     #[test]
     fn policy_status_conditions_for_each_situation() {
         // (situation, nodes, policy, conditions that must hold, progress text)
@@ -918,13 +927,7 @@ mod tests {
         paused.spec.paused = true;
         let mut invalid = policy("p");
         invalid.spec.max_unavailable = IntOrString::String("150%".into());
-        let table: Vec<(
-            &str,
-            Vec<NodeView>,
-            PolicyView,
-            Vec<(&str, &str, &str)>,
-            &str,
-        )> = vec![
+        let table: Vec<Case> = vec![
             (
                 "rolling out",
                 vec![node("a").staged("2.0.0"), node("b").staged("2.0.0")],

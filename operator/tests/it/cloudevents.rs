@@ -11,9 +11,9 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use serde_json::{Value, json};
-use slipway_runtime::ManualClock;
 use slipway_operator::metrics::Metrics;
 use slipway_operator::reconcile::{Operator, Settings};
+use slipway_runtime::ManualClock;
 use tokio::sync::watch;
 
 use super::{Fate, Kube, Running, cluster, leading, spawn_agents, t0, test_settings, wait_until};
