@@ -5,7 +5,7 @@ CARGO ?= cargo
 # alone and rebuild part of the dependency graph (k8s-openapi among it) a second time.
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug
 
-.PHONY: help setup test demo tour vm-test cluster generate lint bench
+.PHONY: help setup test demo tour vm-test cluster generate lint bench images
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -30,6 +30,9 @@ vm-test: setup ## Boot QEMU nodes (TCG): update, fallback, power loss mid-write,
 cluster: setup ## A real Kubernetes control plane with Slipway applied and the operator running, for kubectl (CLUSTER_ARGS="--nodes 5"; Ctrl-C stops it)
 	$(CARGO) build --locked -p slipway-operator -p slipway-testkit --bins
 	$(BIN)/slipway-cluster $(CLUSTER_ARGS)
+
+images: setup ## Container images as OCI layouts in target/images, reproducible (REGISTRY=host:port also pushes them)
+	@scripts/images.sh
 
 generate: ## Regenerate checked-in files: manifests/crds from the Rust CRD types, and the Helm chart's copy
 	$(CARGO) run -q -p slipway-operator --bin crdgen -- --out-dir manifests/crds

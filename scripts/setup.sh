@@ -16,6 +16,7 @@ PACKAGES=(
   chromium chromium-driver  # the dashboard's browser test (headless, driven over WebDriver)
   kmod               # depmod for the node image after its unused kernel modules are dropped
   python3-venv       # the venv of the manifest tests' tools (below)
+  docker-registry skopeo  # container images: a local registry (distribution v2) and pushes to it
 )
 
 missing=()

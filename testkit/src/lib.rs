@@ -17,6 +17,7 @@
 
 pub mod control_plane;
 pub mod error;
+pub mod oci_registry;
 pub mod patch;
 pub mod pdb;
 pub mod registry;

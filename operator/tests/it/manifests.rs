@@ -206,6 +206,48 @@ fn helm_lint_strict_passes_for_the_defaults_and_with_everything_on() {
 }
 
 #[test]
+fn images_come_from_the_registry_pinned_by_digest_and_a_malformed_digest_is_refused() {
+    let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+    let values = format!(
+        "image: {{registry: 127.0.0.1:5000/slipway, tag: \"9.9.9\", operatorDigest: \"{}\", agentDigest: \"{}\"}}",
+        d('a'),
+        d('b')
+    );
+    let objs = docs(&helm_template(NAMESPACE, &values));
+    let image = |kind: &str, name: &str| {
+        object(&objs, kind, name).unwrap()["spec"]["template"]["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        image("Deployment", "slipway-operator"),
+        format!("127.0.0.1:5000/slipway/slipway-operator@{}", d('a'))
+    );
+    assert_eq!(
+        image("DaemonSet", "slipway-agent"),
+        format!("127.0.0.1:5000/slipway/slipway-agent@{}", d('b'))
+    );
+    // No digest: the tag.
+    assert_eq!(
+        image("Deployment", "slipway-server"),
+        "127.0.0.1:5000/slipway/slipway-server:9.9.9"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("values.yaml");
+    std::fs::write(&file, "image: {serverDigest: \"sha256:1234\"}").unwrap();
+    let (ok, stdout, stderr) = run(helm_cmd("template")
+        .arg(chart())
+        .args(["--name", "slipway", "--namespace", NAMESPACE, "-f"])
+        .arg(&file));
+    assert!(!ok, "a malformed digest rendered:\n{stdout}");
+    assert!(
+        stderr.contains("image.serverDigest \"sha256:1234\": expected sha256:<64 hex digits>"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn helm_lint_fails_a_broken_chart() {
     // The lint above would be worthless if it passed anything: break a copy of the chart.
     let dir = tempfile::tempdir().unwrap();
@@ -447,7 +489,10 @@ async fn the_chart_s_optional_objects_are_what_the_components_expect() {
         let pod = &w["spec"]["template"]["spec"];
         assert_eq!(
             pod["containers"][0]["image"],
-            "ghcr.io/slipway-dev/slipway:0.2.0"
+            format!(
+                "ghcr.io/slipway-dev/{}:0.2.0",
+                w["metadata"]["name"].as_str().unwrap()
+            )
         );
         assert_eq!(pod["containers"][0]["imagePullPolicy"], "Always");
         assert_eq!(pod["imagePullSecrets"], json!([{"name": "registry"}]));

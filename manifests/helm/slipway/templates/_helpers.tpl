@@ -1,6 +1,12 @@
-{{/* The one image with every Slipway binary. */}}
+{{/* A component's image: (list $ "operator"|"agent"|"server"); pinned by digest when one is set. */}}
 {{- define "slipway.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- $root := index . 0 -}}
+{{- $c := index . 1 -}}
+{{- $digest := index $root.Values.image (printf "%sDigest" $c) | default "" -}}
+{{- if and $digest (not (regexMatch "^sha256:[0-9a-f]{64}$" $digest)) -}}
+{{- fail (printf "image.%sDigest %q: expected sha256:<64 hex digits>" $c $digest) -}}
+{{- end -}}
+{{ $root.Values.image.registry }}/slipway-{{ $c }}{{ if $digest }}@{{ $digest }}{{ else }}:{{ $root.Values.image.tag | default $root.Chart.AppVersion }}{{ end }}
 {{- end }}
 
 {{/* Labels of a component's objects; selectors use app.kubernetes.io/name alone. */}}

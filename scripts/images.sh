@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# `make images`: builds slipway-operator, slipway-agent and slipway-server as OCI image layouts
+# under target/images (no container engine), reproducibly: the creation time is the last
+# commit's, the revision its hash. With REGISTRY=host:port the images are pushed there (skopeo,
+# digests preserved) and target/images/values-images.yaml is written for `helm install -f`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=${CARGO_TARGET_DIR:-target}
+out="$target/images"
+
+start=$(date +%s)
+cargo build --locked --profile image -p slipway-agent -p slipway-server -p slipway-operator -p slipway-images --bins
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  revision="$revision-dirty"
+fi
+created=$(git log -1 --format=%ct 2>/dev/null || echo 0)
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+"$target/image/slipway-image" --bin-dir "$target/image" --out "$out" \
+  --version "$version" --revision "$revision" --created "$created"
+echo "images: built in $(( $(date +%s) - start )) s; layouts in $out"
+
+if [ -n "${REGISTRY:-}" ]; then
+  values="$out/values-images.yaml"
+  echo "image:" > "$values"
+  echo "  registry: $REGISTRY/slipway" >> "$values"
+  for name in slipway-operator slipway-agent slipway-server; do
+    skopeo copy --quiet --preserve-digests --dest-tls-verify="${REGISTRY_TLS_VERIFY:-false}" \
+      "oci:$out/$name:$version" "docker://$REGISTRY/slipway/$name:$version"
+    digest=$(sed -n "s/^$(echo "${name#slipway-}" | tr a-z A-Z)_DIGEST=//p" "$out/images.env")
+    echo "pushed $REGISTRY/slipway/$name@$digest"
+    echo "  ${name#slipway-}Digest: $digest" >> "$values"
+  done
+  echo "helm values for these images: $values"
+fi
