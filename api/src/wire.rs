@@ -197,6 +197,16 @@ pub struct NodeReport {
     pub last_error: Option<String>,
 }
 
+/// The admin bearer tokens in a token file (the server's `admin-tokens`, the CLI's and the
+/// operator's `--token-file`s), with their line numbers: one per line, surrounding whitespace
+/// trimmed, blank lines and `#` comments skipped.
+pub fn token_lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.lines()
+        .enumerate()
+        .map(|(n, l)| (n + 1, l.trim()))
+        .filter(|(_, l)| !l.is_empty() && !l.starts_with('#'))
+}
+
 /// A machine id: 1-128 characters of `[A-Za-z0-9._-]` (a systemd machine id is 32 hex digits).
 pub fn is_valid_machine_id(s: &str) -> bool {
     !s.is_empty()
@@ -208,6 +218,20 @@ pub fn is_valid_machine_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_files_skip_blank_lines_and_comments_and_keep_line_numbers() {
+        let text = "# admin tokens\n\n  first-token-0123456789  \n# old\nsecond-token-0123456789\n";
+        let got: Vec<_> = token_lines(text).collect();
+        assert_eq!(
+            got,
+            [
+                (3, "first-token-0123456789"),
+                (5, "second-token-0123456789")
+            ]
+        );
+        assert_eq!(token_lines("# nothing\n\n").count(), 0);
+    }
 
     #[test]
     fn event_kinds_use_their_wire_names() {

@@ -162,11 +162,13 @@ async fn main() -> Result<()> {
             .server_token_file
             .as_ref()
             .context("--server-url needs --server-token-file")?;
-        let token = std::fs::read_to_string(path)
-            .with_context(|| format!("reading the server token from {}", path.display()))?
-            .trim()
-            .to_owned();
-        anyhow::ensure!(!token.is_empty(), "{} is empty", path.display());
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading the server token from {}", path.display()))?;
+        // The same format the server and the CLI read: the first token line, `#` comments skipped.
+        let token = slipway_api::wire::token_lines(&text)
+            .next()
+            .map(|(_, t)| t.to_owned())
+            .with_context(|| format!("{}: no token in the file", path.display()))?;
         let reporter =
             slipway_operator::report::Reporter::new(slipway_operator::report::ReportSettings {
                 server: url.clone(),

@@ -29,7 +29,7 @@ pub struct ReasonLabels {
 pub struct FleetLockLabels {
     /// `pre-reboot` or `steady-state`.
     pub op: &'static str,
-    /// `ok` or the error kind.
+    /// `ok`, or the HTTP status of the refusal (`409` waiting, `404` unknown group, `503` standby or storage).
     pub result: String,
 }
 

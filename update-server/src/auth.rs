@@ -31,15 +31,10 @@ impl AdminTokens {
     /// Tokens from text: one per line; blank lines and `#` comments ignored.
     pub fn parse(text: &str) -> Result<Self> {
         let mut digests = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let t = line.trim();
-            if t.is_empty() || t.starts_with('#') {
-                continue;
-            }
+        for (n, t) in slipway_api::wire::token_lines(text) {
             if t.len() < MIN_TOKEN_LEN || t.chars().any(char::is_whitespace) {
                 return Err(Error::Config(format!(
-                    "admin token on line {} must be at least {MIN_TOKEN_LEN} characters without spaces",
-                    n + 1
+                    "admin token on line {n} must be at least {MIN_TOKEN_LEN} characters without spaces"
                 )));
             }
             digests.push(digest(t.as_bytes()));

@@ -194,7 +194,8 @@ pub enum StayReason {
         /// The fraction open now.
         fraction: f64,
     },
-    /// The release it would get has expired (re-sign and publish it again).
+    /// The release it would get has expired (published releases are immutable: publish and
+    /// promote a new version).
     Expired,
 }
 

@@ -84,7 +84,11 @@ impl Server {
         let data = dir.join("server-data");
         std::fs::create_dir_all(&data)?;
         let token_file = dir.join("admin.token");
-        std::fs::write(&token_file, "vm-tests-admin-token-0123456789abcdef\n")?;
+        // A comment line first: the server, the CLI and the operator all read the same format.
+        std::fs::write(
+            &token_file,
+            "# the fleet's admin token\nvm-tests-admin-token-0123456789abcdef\n",
+        )?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let log = dir.join("server.log");
         let child = Command::new(crate::binary("slipway-server")?)

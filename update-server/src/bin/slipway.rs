@@ -935,10 +935,9 @@ mod admin {
 
     fn token(args: &ServerArgs) -> Result<String> {
         let text = read_text(&args.token_file)?;
-        text.lines()
-            .map(str::trim)
-            .find(|l| !l.is_empty() && !l.starts_with('#'))
-            .map(str::to_owned)
+        slipway_api::wire::token_lines(&text)
+            .next()
+            .map(|(_, t)| t.to_owned())
             .ok_or_else(|| anyhow!("{}: no token in the file", args.token_file.display()))
     }
 
