@@ -67,6 +67,8 @@ fi
 # kube-controller-manager, kube-scheduler, kubelet), built from upstream through the Go module
 # proxy at the versions in scripts/kube-versions.env, cached in a version-keyed directory.
 "$(dirname "$0")/build-kube.sh"
+# The QEMU nodes' container runtime (containerd 2.x, runc, CNI plugins, pause), same cache scheme.
+"$(dirname "$0")/build-node-runtime.sh"
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install the Rust toolchain named in rust-toolchain.toml" >&2
