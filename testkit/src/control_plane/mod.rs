@@ -397,6 +397,93 @@ current-context: slipway
         ))
     }
 
+    /// A self-contained kubeconfig for the kubelet of `node`, at `server` (this API server
+    /// under an address from [`Options::extra_sans`], say): a client certificate for
+    /// `CN=system:node:NODE, O=system:nodes` signed by the cluster CA, so the Node authorizer
+    /// and NodeRestriction treat it as that node and nothing else. Valid for a day.
+    pub fn node_kubeconfig(&self, node: &str, server: &str) -> Result<String> {
+        use base64::Engine as _;
+        let dir = tempfile::tempdir()?;
+        let (key, csr, crt, ext) = (
+            dir.path().join("node.key"),
+            dir.path().join("node.csr"),
+            dir.path().join("node.crt"),
+            dir.path().join("node.ext"),
+        );
+        std::fs::write(
+            &ext,
+            "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n",
+        )?;
+        let openssl = |args: &[&std::ffi::OsStr]| -> Result<()> {
+            let out = Command::new("openssl").args(args).output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "openssl {:?}: {}",
+                args,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        let subject = format!("/O=system:nodes/CN=system:node:{node}");
+        openssl(&[
+            "req".as_ref(),
+            "-newkey".as_ref(),
+            "ec".as_ref(),
+            "-pkeyopt".as_ref(),
+            "ec_paramgen_curve:P-256".as_ref(),
+            "-nodes".as_ref(),
+            "-keyout".as_ref(),
+            key.as_os_str(),
+            "-out".as_ref(),
+            csr.as_os_str(),
+            "-subj".as_ref(),
+            subject.as_ref(),
+        ])?;
+        let (ca_crt, ca_key) = (self.dir.join("ca.crt"), self.dir.join("ca.key"));
+        openssl(&[
+            "x509".as_ref(),
+            "-req".as_ref(),
+            "-in".as_ref(),
+            csr.as_os_str(),
+            "-CA".as_ref(),
+            ca_crt.as_os_str(),
+            "-CAkey".as_ref(),
+            ca_key.as_os_str(),
+            "-CAcreateserial".as_ref(),
+            "-days".as_ref(),
+            "1".as_ref(),
+            "-extfile".as_ref(),
+            ext.as_os_str(),
+            "-out".as_ref(),
+            crt.as_os_str(),
+        ])?;
+        let b64 = |p: &Path| -> Result<String> {
+            Ok(base64::engine::general_purpose::STANDARD.encode(std::fs::read(p)?))
+        };
+        Ok(format!(
+            "apiVersion: v1
+kind: Config
+clusters:
+- name: slipway
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: system:node:{node}
+  user:
+    client-certificate-data: {crt}
+    client-key-data: {key}
+contexts:
+- name: slipway
+  context: {{cluster: slipway, user: system:node:{node}}}
+current-context: slipway
+",
+            ca = b64(&ca_crt)?,
+            crt = b64(&crt)?,
+            key = b64(&key)?,
+        ))
+    }
+
     /// The real kubectl (setup's tools venv; `SLIPWAY_TOOLS_DIR` overrides) as this control
     /// plane's admin.
     pub fn kubectl(&self) -> Command {

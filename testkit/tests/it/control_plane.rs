@@ -67,3 +67,83 @@ async fn a_process_that_aborts_leaves_no_component_running_and_no_directory() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A kubelet's identity as the QEMU nodes get it: a client certificate for
+/// `system:node:NAME` signed by the cluster CA. The real Node authorizer and NodeRestriction
+/// let it register and report its own Node and Lease, and nothing of another node.
+#[tokio::test]
+async fn a_node_certificate_acts_as_its_node_and_no_other() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::Node;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+
+    let cp = ControlPlane::shared().await;
+    let me = cp.unique_name("kubelet");
+    let other = cp.unique_name("other");
+    let text = cp.node_kubeconfig(&me, &cp.url()).unwrap();
+    let kc = Kubeconfig::from_yaml(&text).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let node_client = kube::Client::try_from(config).unwrap();
+    let nodes: Api<Node> = Api::all(node_client.clone());
+    let node = |name: &str| -> Node {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {"slipway.dev/pool": "fleet"}}
+        }))
+        .unwrap()
+    };
+    // Its own Node: created, and its status written, as a kubelet does.
+    nodes
+        .create(&PostParams::default(), &node(&me))
+        .await
+        .unwrap();
+    let ready = serde_json::json!({"status": {"conditions": [{
+        "type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test",
+        "lastHeartbeatTime": jiff::Timestamp::now().to_string(),
+        "lastTransitionTime": jiff::Timestamp::now().to_string(),
+    }]}});
+    nodes
+        .patch_status(&me, &PatchParams::default(), &Patch::Merge(&ready))
+        .await
+        .unwrap();
+    // Its own Lease in kube-node-lease.
+    let lease: Lease = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": me, "namespace": "kube-node-lease"},
+        "spec": {"holderIdentity": me, "leaseDurationSeconds": 40}
+    }))
+    .unwrap();
+    Api::<Lease>::namespaced(node_client.clone(), "kube-node-lease")
+        .create(&PostParams::default(), &lease)
+        .await
+        .unwrap();
+    // Another node: refused by the API server itself.
+    let admin = cp.admin().await.unwrap();
+    Api::<Node>::all(admin.clone())
+        .create(&PostParams::default(), &node(&other))
+        .await
+        .unwrap();
+    for result in [
+        nodes
+            .create(&PostParams::default(), &node(&cp.unique_name("rogue")))
+            .await
+            .map(|_| ()),
+        nodes
+            .patch_status(&other, &PatchParams::default(), &Patch::Merge(&ready))
+            .await
+            .map(|_| ()),
+    ] {
+        match result {
+            Err(kube::Error::Api(s)) => assert_eq!(s.code, 403, "{s:?}"),
+            other => panic!("a node acted as another node: {other:?}"),
+        }
+    }
+    let seen = Api::<Node>::all(admin).get(&me).await.unwrap();
+    let conditions = seen.status.unwrap().conditions.unwrap();
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    );
+}
