@@ -74,38 +74,24 @@ impl Tar {
         }
     }
 
-    /// Adds a directory (and its missing parents, root-owned, 0755).
+    /// Adds a directory (and its missing parents, root-owned, 0755). Adding one that exists
+    /// as a directory (a parent added before) sets its mode and owner.
     pub fn dir(&mut self, path: &str, mode: u32, uid: u32, gid: u32) -> Result<(), TarError> {
         let p = clean(path)?;
         self.parents(&p)?;
-        match self.entries.get(&p) {
-            Some(e) if e.kind == Kind::Dir => {
-                // An explicit directory wins over one made as a parent.
-                self.entries.insert(
-                    p,
-                    Entry {
-                        mode,
-                        uid,
-                        gid,
-                        kind: Kind::Dir,
-                    },
-                );
-                Ok(())
-            }
-            Some(_) => Err(TarError::Duplicate(p)),
-            None => {
-                self.entries.insert(
-                    p,
-                    Entry {
-                        mode,
-                        uid,
-                        gid,
-                        kind: Kind::Dir,
-                    },
-                );
-                Ok(())
-            }
+        if self.entries.get(&p).is_some_and(|e| e.kind != Kind::Dir) {
+            return Err(TarError::Duplicate(p));
         }
+        self.entries.insert(
+            p,
+            Entry {
+                mode,
+                uid,
+                gid,
+                kind: Kind::Dir,
+            },
+        );
+        Ok(())
     }
 
     /// Adds a regular file.

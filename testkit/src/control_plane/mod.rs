@@ -374,6 +374,12 @@ impl ControlPlane {
     /// A self-contained kubeconfig (CA inline) for `server` (this API server under an address
     /// from [`Options::extra_sans`], say) that authenticates with `token`.
     pub fn kubeconfig_for(&self, server: &str, token: &str) -> Result<String> {
+        self.inline_kubeconfig(server, "token", &format!("token: {token}"))
+    }
+
+    /// A kubeconfig with the CA inline, for `server`, whose user `user` has the YAML `auth`
+    /// (`token: ...`, or client certificate and key data).
+    fn inline_kubeconfig(&self, server: &str, user: &str, auth: &str) -> Result<String> {
         use base64::Engine as _;
         let ca = std::fs::read(self.ca_file())?;
         Ok(format!(
@@ -385,12 +391,12 @@ clusters:
     server: {server}
     certificate-authority-data: {ca}
 users:
-- name: token
+- name: {user}
   user:
-    token: {token}
+    {auth}
 contexts:
 - name: slipway
-  context: {{cluster: slipway, user: token}}
+  context: {{cluster: slipway, user: {user}}}
 current-context: slipway
 ",
             ca = base64::engine::general_purpose::STANDARD.encode(ca)
@@ -460,28 +466,15 @@ current-context: slipway
         let b64 = |p: &Path| -> Result<String> {
             Ok(base64::engine::general_purpose::STANDARD.encode(std::fs::read(p)?))
         };
-        Ok(format!(
-            "apiVersion: v1
-kind: Config
-clusters:
-- name: slipway
-  cluster:
-    server: {server}
-    certificate-authority-data: {ca}
-users:
-- name: system:node:{node}
-  user:
-    client-certificate-data: {crt}
-    client-key-data: {key}
-contexts:
-- name: slipway
-  context: {{cluster: slipway, user: system:node:{node}}}
-current-context: slipway
-",
-            ca = b64(&ca_crt)?,
-            crt = b64(&crt)?,
-            key = b64(&key)?,
-        ))
+        self.inline_kubeconfig(
+            server,
+            &format!("system:node:{node}"),
+            &format!(
+                "client-certificate-data: {}\n    client-key-data: {}",
+                b64(&crt)?,
+                b64(&key)?
+            ),
+        )
     }
 
     /// The real kubectl (setup's tools venv; `SLIPWAY_TOOLS_DIR` overrides) as this control
