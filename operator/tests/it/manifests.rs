@@ -248,6 +248,51 @@ fn images_come_from_the_registry_pinned_by_digest_and_a_malformed_digest_is_refu
 }
 
 #[test]
+fn pods_can_be_pointed_at_the_api_server_and_the_agent_can_share_the_nodes_network() {
+    let objs = docs(&helm_template(
+        NAMESPACE,
+        "apiServer: {host: 10.0.2.101, port: 443}\nagent: {hostNetwork: true}",
+    ));
+    for (kind, name) in [
+        ("Deployment", "slipway-operator"),
+        ("DaemonSet", "slipway-agent"),
+    ] {
+        let pod = &object(&objs, kind, name).unwrap()["spec"]["template"]["spec"];
+        let env = pod["containers"][0]["env"].as_array().unwrap();
+        let value = |k: &str| {
+            env.iter()
+                .find(|e| e["name"] == k)
+                .map(|e| e["value"].clone())
+        };
+        assert_eq!(
+            value("KUBERNETES_SERVICE_HOST"),
+            Some(json!("10.0.2.101")),
+            "{name}"
+        );
+        assert_eq!(
+            value("KUBERNETES_SERVICE_PORT"),
+            Some(json!("443")),
+            "{name}"
+        );
+    }
+    let agent = &object(&objs, "DaemonSet", "slipway-agent").unwrap()["spec"]["template"]["spec"];
+    assert_eq!(agent["hostNetwork"], true);
+    assert_eq!(agent["dnsPolicy"], "ClusterFirstWithHostNet");
+    // By default neither: the kustomization parity test above holds the rest.
+    let defaults = docs(&helm_template(NAMESPACE, "{}"));
+    let agent =
+        &object(&defaults, "DaemonSet", "slipway-agent").unwrap()["spec"]["template"]["spec"];
+    assert!(agent.get("hostNetwork").is_none());
+    assert!(
+        !agent["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "KUBERNETES_SERVICE_HOST")
+    );
+}
+
+#[test]
 fn helm_lint_fails_a_broken_chart() {
     // The lint above would be worthless if it passed anything: break a copy of the chart.
     let dir = tempfile::tempdir().unwrap();

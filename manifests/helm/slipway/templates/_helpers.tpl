@@ -15,6 +15,16 @@ app.kubernetes.io/name: {{ . }}
 app.kubernetes.io/part-of: slipway
 {{- end }}
 
+{{/* KUBERNETES_SERVICE_HOST/PORT when .Values.apiServer.host is set (list items, unindented). */}}
+{{- define "slipway.apiServerEnv" -}}
+{{- with .Values.apiServer.host }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ . | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ $.Values.apiServer.port | quote }}
+{{- end }}
+{{- end }}
+
 {{- define "slipway.imagePullSecrets" -}}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
