@@ -8,16 +8,20 @@ cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
 out="$target/images"
 
+# IMAGE_PROFILE=dev builds the images from the debug binaries (quick, large); default: the
+# `image` profile (release code without debug info).
+profile=${IMAGE_PROFILE:-image}
+bin_dir="$target/$([ "$profile" = dev ] && echo debug || echo "$profile")"
 start=$(date +%s)
-cargo build --locked --profile image -p slipway-agent -p slipway-server -p slipway-operator -p slipway-images --bins
+cargo build --locked --profile "$profile" -p slipway-agent -p slipway-server -p slipway-operator -p slipway-images --bins
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
   revision="$revision-dirty"
 fi
 created=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-"$target/image/slipway-image" --bin-dir "$target/image" --out "$out" \
-  --version "$version" --revision "$revision" --created "$created"
+"$bin_dir/slipway-image" --bin-dir "$bin_dir" --out "$out" \
+  --tag "$version" --revision "$revision" --created "$created"
 echo "images: built in $(( $(date +%s) - start )) s; layouts in $out"
 
 if [ -n "${REGISTRY:-}" ]; then

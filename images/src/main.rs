@@ -10,7 +10,7 @@ use slipway_images::{COMPONENTS, Options, Provenance, layout_dir, rootfs};
 /// Builds the slipway-operator, slipway-agent and slipway-server images from built binaries,
 /// without a container engine: one OCI image layout per image under --out, reproducible (the
 /// same binaries and --created give the same digests). Prints NAME DIGEST SIZE per image and
-/// writes them to OUT/images.env (NAME_DIGEST=sha256:...) for the Helm values.
+/// writes them to OUT/images.env (OPERATOR_DIGEST=sha256:..., AGENT_DIGEST, SERVER_DIGEST).
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -20,9 +20,10 @@ struct Args {
     /// Where the layouts go: OUT/slipway-operator, OUT/slipway-agent, OUT/slipway-server.
     #[arg(long, default_value = "target/images")]
     out: PathBuf,
-    /// Image version (the tag in each layout's index, org.opencontainers.image.version).
+    /// The images' version: the tag in each layout's index and
+    /// org.opencontainers.image.version.
     #[arg(long, default_value = env!("CARGO_PKG_VERSION"))]
-    version: String,
+    tag: String,
     /// The commit built (org.opencontainers.image.revision).
     #[arg(long, default_value = "unknown")]
     revision: String,
@@ -78,7 +79,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     let provenance = Provenance {
         source: args.source,
         revision: args.revision,
-        version: args.version,
+        version: args.tag,
         created: args.created,
     };
     std::fs::create_dir_all(&args.out)

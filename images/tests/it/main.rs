@@ -246,3 +246,74 @@ fn a_real_registry_takes_the_images_with_the_digests_the_build_computed() {
         None
     );
 }
+
+#[test]
+fn the_command_line_builds_what_the_library_builds_and_says_so() {
+    let exe = env!("CARGO_BIN_EXE_slipway-image");
+    let help = std::process::Command::new(exe)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        help.status.success(),
+        "{}",
+        String::from_utf8_lossy(&help.stderr)
+    );
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--bin-dir",
+        "--out",
+        "--tag",
+        "--revision",
+        "--created",
+        "--zstd-level",
+        "--only",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}: {help}");
+    }
+    let out = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(exe)
+        .arg("--bin-dir")
+        .arg(bin_dir())
+        .arg("--out")
+        .arg(out.path())
+        .args(["--tag", "0.1.0", "--revision", &provenance(0).revision])
+        .args(["--source", &provenance(0).source, "--created", "1700000000"])
+        .args(["--zstd-level", "3", "--ca-bundle", ""])
+        .args(["--only", "slipway-operator"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let mut opts = options();
+    opts.ca_bundle = None;
+    let operator = COMPONENTS[0];
+    let lib_out = tempfile::tempdir().unwrap();
+    let lib = operator
+        .build(
+            &opts,
+            &layout_dir(lib_out.path(), &operator),
+            &provenance(1_700_000_000),
+        )
+        .unwrap();
+    let env = std::fs::read_to_string(out.path().join("images.env")).unwrap();
+    assert_eq!(env, format!("OPERATOR_DIGEST={}\n", lib.manifest.digest));
+    assert!(
+        String::from_utf8_lossy(&run.stdout)
+            .starts_with(&format!("slipway-operator {}", lib.manifest.digest))
+    );
+    assert!(
+        !out.path().join("slipway-agent").exists(),
+        "--only builds only that image"
+    );
+    let bad = std::process::Command::new(exe)
+        .args(["--only", "slipway-nope", "--out"])
+        .arg(out.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--only slipway-nope: no such image"));
+}
