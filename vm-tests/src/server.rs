@@ -212,10 +212,13 @@ impl Server {
 
     /// The event kinds the server recorded for `machine`, oldest first.
     pub fn events(&self, machine: &str) -> Result<Vec<(String, String, String)>> {
-        let token = std::fs::read_to_string(&self.token_file)?;
+        let text = std::fs::read_to_string(&self.token_file)?;
+        let (_, token) = slipway_api::wire::token_lines(&text)
+            .next()
+            .context("no token in the admin token file")?;
         let out = Command::new("curl")
             .args(["-sf", "-H"])
-            .arg(format!("Authorization: Bearer {}", token.trim()))
+            .arg(format!("Authorization: Bearer {token}"))
             .arg(format!(
                 "{}v1/admin/events?machine={machine}&limit=1000",
                 self.url
