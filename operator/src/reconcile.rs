@@ -21,6 +21,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::Value;
 use slipway_api::crd::{NodeUpdate, RolloutPolicy};
+use slipway_runtime::Clock;
 use tokio::sync::{Mutex, MutexGuard, Notify, watch};
 use tracing::{debug, info, warn};
 
@@ -28,7 +29,6 @@ use crate::cloudevents;
 use crate::metrics::{Metrics, PhaseLabels, ReasonLabels};
 use crate::plan::{self, ClusterView, Decision, Plan};
 use crate::writes::{self, Memory, Notice, Scope, Snapshot, Write, WriteError};
-use slipway_runtime::Clock;
 
 /// The operator's field manager and Event reporter.
 pub const MANAGER: &str = "slipway-operator";

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use semver::Version;
 use slipway_api::{Manifest, TrustedRoot};
+use slipway_runtime::Clock;
 
 use crate::auth::AdminTokens;
 use crate::error::{Error, Result};
@@ -16,7 +17,6 @@ use crate::metrics::Metrics;
 use crate::payloads::PayloadDir;
 use crate::rollout::ReleaseInfo;
 use crate::store::{ChannelRecord, ReleaseRecord, Retention, Store};
-use slipway_runtime::Clock;
 
 /// Request size limits.
 #[derive(Debug, Clone, Copy)]

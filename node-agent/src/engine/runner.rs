@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use semver::Version;
 use slipway_api::wire::{CheckRequest, CheckResponse, EventKind, EventReport};
-use slipway_api::{TrustedRoot, admit};
+use slipway_api::{EnginePhase, TrustedRoot, admit};
 use tokio::sync::watch;
 
 use super::boot::BootBackend;
@@ -20,7 +20,6 @@ use super::slot::Slot;
 use super::store::{Persisted, Store};
 use super::sysext::Sysext;
 use crate::error::{Error, Result};
-use slipway_api::EnginePhase;
 
 /// What the engine shows the world (D-Bus properties, `status`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
