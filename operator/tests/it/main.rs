@@ -543,7 +543,8 @@ fn max_unavailable_in_history(kube: &Kube) -> (usize, BTreeSet<String>) {
                 !**r || granted || phase.is_disruptive()
             })
             .count();
-        if unavailable > max && std::env::var_os("SLIPWAY_DEBUG_HISTORY").is_some() {
+        // Each new maximum with its cause (libtest shows it only when the test fails).
+        if unavailable > max {
             eprintln!(
                 "rv {} {} {}: {unavailable} unavailable: ready={ready:?} updates={updates:?}",
                 change.resource_version, change.kind, change.name
