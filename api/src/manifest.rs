@@ -70,6 +70,17 @@ pub enum PayloadFormat {
     Xz,
 }
 
+impl PayloadFormat {
+    /// The manifest's name for it (`raw`, `zstd`, `xz`), as serde writes it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PayloadFormat::Raw => "raw",
+            PayloadFormat::Zstd => "zstd",
+            PayloadFormat::Xz => "xz",
+        }
+    }
+}
+
 /// A systemd-sysext runtime image (container runtime, kubelet).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -100,25 +100,13 @@ impl Built {
     }
 }
 
-fn rfc3339(secs: u64) -> String {
-    // Civil-from-days (Howard Hinnant's algorithm), to keep this crate free of a date library.
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+/// `secs` since the epoch as RFC 3339 UTC, as the image spec writes `created`.
+fn rfc3339(secs: u64) -> anyhow::Result<String> {
+    let t = i64::try_from(secs)
+        .ok()
+        .and_then(|s| jiff::Timestamp::from_second(s).ok())
+        .ok_or_else(|| anyhow::anyhow!("creation time {secs}: out of range"))?;
+    Ok(t.to_string())
 }
 
 struct Blobs {
@@ -156,7 +144,7 @@ pub fn write(dir: &Path, spec: &ImageSpec) -> anyhow::Result<Built> {
         let compressed = zstd::bulk::compress(&tar, spec.zstd_level)?;
         layers.push(blobs.put(LAYER_ZSTD, &compressed)?);
     }
-    let created = rfc3339(spec.created);
+    let created = rfc3339(spec.created)?;
     let r = &spec.runtime;
     let mut container = json!({
         "User": r.user,
@@ -270,8 +258,8 @@ mod tests {
 
     #[test]
     fn creation_times_are_rfc3339_utc() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_796_557_323), "2026-12-06T11:42:03Z");
+        assert_eq!(rfc3339(0).unwrap(), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(951_782_400).unwrap(), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(1_796_557_323).unwrap(), "2026-12-06T11:42:03Z");
     }
 }

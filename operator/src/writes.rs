@@ -25,7 +25,7 @@ use slipway_api::crd::{
     CLEAR_HALT_ANNOTATION, HaltStatus, NodeCycle, NodeUpdate, NodeUpdateSpec, RolloutPolicy,
     RolloutPolicyStatus, condition,
 };
-use tracing::warn;
+use tracing::debug;
 
 use crate::cloudevents::{self, Written};
 use crate::plan::{
@@ -268,11 +268,13 @@ fn is_ready(node: &Node) -> bool {
 }
 
 /// The agent's waiting reason, parsed where it enters the operator. A word this version does
-/// not know (a newer agent) is logged and planned as no reason.
+/// not know (a newer agent) is planned as no reason, and logged at debug level: the view is
+/// built on every evaluation, so a warning would repeat per node per evaluation throughout an
+/// agent upgrade.
 fn agent_reason(node: &str, update: Option<&NodeUpdate>) -> Option<WaitingReason> {
     let raw = update?.status.as_ref()?.waiting_reason.as_deref()?;
     raw.parse()
-        .map_err(|e| warn!(node, error = %e, "ignoring the agent's waiting reason"))
+        .map_err(|e| debug!(node, error = %e, "ignoring the agent's waiting reason"))
         .ok()
 }
 

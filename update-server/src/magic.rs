@@ -50,21 +50,12 @@ fn is_zstd_skippable(head: &[u8]) -> bool {
     head.len() >= 4 && head[0] & 0xF0 == 0x50 && head[1..4] == [0x2A, 0x4D, 0x18]
 }
 
-/// The name a manifest uses for a format (`raw`, `zstd`, `xz`).
-pub fn format_name(format: PayloadFormat) -> &'static str {
-    match format {
-        PayloadFormat::Raw => "raw",
-        PayloadFormat::Zstd => "zstd",
-        PayloadFormat::Xz => "xz",
-    }
-}
-
 impl fmt::Display for Magic {
     /// How a file of this kind is described in messages: `zstd-compressed`, `not compressed`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Magic::Format(PayloadFormat::Raw) => f.write_str("not compressed (raw)"),
-            Magic::Format(other) => write!(f, "{}-compressed", format_name(*other)),
+            Magic::Format(other) => write!(f, "{}-compressed", other.as_str()),
             Magic::Unsupported(name) => write!(f, "{name}-compressed"),
         }
     }
@@ -136,7 +127,7 @@ mod tests {
         for f in [PayloadFormat::Raw, PayloadFormat::Zstd, PayloadFormat::Xz] {
             assert_eq!(
                 serde_json::to_value(f).unwrap(),
-                serde_json::Value::from(format_name(f))
+                serde_json::Value::from(f.as_str())
             );
         }
     }

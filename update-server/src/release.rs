@@ -13,7 +13,7 @@ use slipway_api::manifest::{
 };
 
 use crate::error::{Error, Result};
-use crate::magic::{Magic, format_name};
+use crate::magic::Magic;
 
 /// The url a payload gets unless the manifest or `--payload-url` says otherwise: the update
 /// server's content-addressed path (`GET /v1/payloads/{sha256}`), where `slipway publish`
@@ -326,7 +326,7 @@ impl Draft {
                     "os.format",
                     format!(
                         "says {}, but {} is {}",
-                        format_name(declared),
+                        declared.as_str(),
                         file.name,
                         file.magic
                     ),
@@ -335,9 +335,9 @@ impl Draft {
                          from the file",
                         match declared {
                             PayloadFormat::Raw => "uncompressed".to_owned(),
-                            other => format!("{}-compressed", format_name(other)),
+                            other => format!("{}-compressed", other.as_str()),
                         },
-                        format_name(format)
+                        format.as_str()
                     ),
                 ));
             }
@@ -346,7 +346,7 @@ impl Draft {
         os.insert("url".into(), url.into());
         os.insert("size".into(), file.size.into());
         os.insert("sha256".into(), file.sha256.to_hex().into());
-        os.insert("format".into(), format_name(format).into());
+        os.insert("format".into(), format.as_str().into());
         Ok(())
     }
 

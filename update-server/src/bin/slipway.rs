@@ -705,7 +705,7 @@ fn measure_payload(file: &Path) -> Result<PayloadFile> {
 
 fn describe_payload(what: &str, p: &PayloadFile) -> String {
     let format = match p.magic {
-        Magic::Format(f) => magic::format_name(f),
+        Magic::Format(f) => f.as_str(),
         Magic::Unsupported(name) => name,
     };
     format!(
@@ -821,7 +821,7 @@ fn check_payloads(
                  would fail to decode it: sign it again with `slipway sign --os`",
                 file.display(),
                 manifest.version,
-                magic::format_name(image.format)
+                image.format.as_str()
             );
         }
     }
