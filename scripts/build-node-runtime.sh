@@ -4,6 +4,10 @@
 # (sandbox) binary from Kubernetes' own pause.c, into a directory keyed by their versions
 # (scripts/kube-versions.env). Does nothing when that directory is complete. Prints the cold
 # build time once. Debian 12's containerd 1.6 is older than any Kubernetes 1.37 supports.
+#
+# Also kubelet-next: the pinned kubelet linked again under the version $KUBERNETES_VERSION+slipway.1
+# (build metadata, as distributions mark their own builds), the "new kubelet" of the runtime
+# release tests. Only the link step differs, so it costs seconds after scripts/build-kube.sh.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 # shellcheck source=kube-versions.env
@@ -12,14 +16,31 @@ root=${SLIPWAY_KUBE_ROOT:-$KUBE_TOOLS_ROOT}
 dest="$root/runtime-containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION-cni-$CNI_PLUGINS_VERSION-pause-$PAUSE_VERSION"
 bins=(containerd containerd-shim-runc-v2 runc bridge host-local loopback pause)
 
+kube_src="$root/k8s-$KUBERNETES_VERSION-etcd-$ETCD_VERSION/src/kubernetes"
+next_version="$KUBERNETES_VERSION+slipway.1"
+
+command -v go >/dev/null || [ ! -x /usr/local/go/bin/go ] || PATH="/usr/local/go/bin:$PATH"
+kubelet_next() {
+  [ -x "$dest/bin/kubelet-next" ] && return 0
+  [ -f "$kube_src/go.mod" ] || { echo "build-node-runtime: $kube_src is missing (run scripts/build-kube.sh first)" >&2; exit 1; }
+  local minor=${KUBERNETES_VERSION#v1.} ldflags="-s -w"
+  for kv in gitVersion=$next_version gitMajor=1 gitMinor=${minor%%.*} gitTreeState=clean; do
+    ldflags="$ldflags -X k8s.io/component-base/version.$kv"
+  done
+  mkdir -p "$dest/bin"
+  (cd "$kube_src" && CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath -ldflags "$ldflags" \
+    -o "$dest/bin/kubelet-next" k8s.io/kubernetes/cmd/kubelet)
+  "$dest/bin/kubelet-next" --version
+}
+
 complete=1
 for b in "${bins[@]}"; do [ -x "$dest/bin/$b" ] || complete=0; done
 [ -f "$dest/complete" ] || complete=0
 if [ "$complete" = 1 ]; then
+  kubelet_next
   exit 0
 fi
 
-command -v go >/dev/null || [ ! -x /usr/local/go/bin/go ] || PATH="/usr/local/go/bin:$PATH"
 command -v go >/dev/null || { echo "build-node-runtime: go not found (Go 1.26 or newer)" >&2; exit 1; }
 pkg-config --exists libseccomp || { echo "build-node-runtime: libseccomp-dev is missing (make setup installs it)" >&2; exit 1; }
 echo "build-node-runtime: containerd $CONTAINERD_VERSION, runc $RUNC_VERSION, CNI plugins $CNI_PLUGINS_VERSION, pause $PAUSE_VERSION into $dest (first time only)"
@@ -73,5 +94,6 @@ strip "$dest/bin/pause"
 "$dest/bin/containerd" --version
 "$dest/bin/runc" --version | head -1
 "$dest/bin/pause" -v
+kubelet_next
 date -u +%FT%TZ > "$dest/complete"
 echo "build-node-runtime: cold build took $(( $(date +%s) - start )) s"

@@ -7,10 +7,15 @@ installs it into the tools venv; run this with that venv's python.
 
     helm.py template CHART [--name N] [--namespace NS] [-f VALUES.yaml]... [--set-json K=JSON]...
     helm.py lint CHART [--strict] [--kube-version V] [--namespace NS] [-f VALUES.yaml]...
+    helm.py install CHART --name N --kubeconfig FILE [--namespace NS] [--create-namespace]
+                    [--wait] [--timeout SECONDS] [-f VALUES.yaml]... [--set-json K=JSON]...
 
 template prints the rendered manifests as `helm template` does (NOTES.txt and empty templates
 left out, `# Source:` comments, `---` separators); lint prints each finding and exits 1 when the
-chart has errors, or, with --strict, warnings (as `helm lint --strict`).
+chart has errors, or, with --strict, warnings (as `helm lint --strict`). install installs the
+chart into the cluster of FILE as `helm install` does (CRDs from crds/ first, a release Secret),
+optionally waiting until its workloads are ready, and prints the release's name, namespace,
+revision and status.
 """
 
 import argparse
@@ -77,10 +82,29 @@ def lint(args):
     return 1 if failed else 0
 
 
+def install(args):
+    with helm.Config(kubeconfig_path=args.kubeconfig, namespace=args.namespace) as cfg:
+        release = cfg.install(
+            args.chart,
+            args.name,
+            user_values(args),
+            namespace=args.namespace,
+            create_namespace=args.create_namespace,
+            wait="watcher" if args.wait else None,
+            timeout=args.timeout,
+        )
+    info = release.get("info") or {}
+    print(
+        f"NAME: {release.get('name')}\nNAMESPACE: {release.get('namespace')}\n"
+        f"REVISION: {release.get('version')}\nSTATUS: {info.get('status')}"
+    )
+    return 0
+
+
 def main():
     p = argparse.ArgumentParser(prog="helm.py")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("template", "lint"):
+    for name in ("template", "lint", "install"):
         s = sub.add_parser(name)
         s.add_argument("chart")
         s.add_argument("--namespace", default="default")
@@ -89,8 +113,13 @@ def main():
     sub.choices["template"].add_argument("--name", default="release-name")
     sub.choices["lint"].add_argument("--strict", action="store_true")
     sub.choices["lint"].add_argument("--kube-version")
+    sub.choices["install"].add_argument("--name", required=True)
+    sub.choices["install"].add_argument("--kubeconfig", required=True)
+    sub.choices["install"].add_argument("--create-namespace", action="store_true")
+    sub.choices["install"].add_argument("--wait", action="store_true")
+    sub.choices["install"].add_argument("--timeout", type=int, default=300)
     args = p.parse_args()
-    return template(args) if args.command == "template" else lint(args)
+    return {"template": template, "lint": lint, "install": install}[args.command](args)
 
 
 if __name__ == "__main__":

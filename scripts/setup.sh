@@ -17,6 +17,7 @@ PACKAGES=(
   kmod               # depmod for the node image after its unused kernel modules are dropped
   python3-venv       # the venv of the manifest tests' tools (below)
   docker-registry skopeo  # container images: a local registry (distribution v2) and pushes to it
+  squashfs-tools     # the QEMU nodes' kubelet and containerd systemd-sysext images (squashfs, zstd)
   libseccomp-dev     # runc (built for the QEMU nodes' runtime) links libseccomp
 )
 

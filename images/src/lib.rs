@@ -139,6 +139,53 @@ impl Component {
     }
 }
 
+/// The pod sandbox ("pause") image, `slipway-pause`: Kubernetes' static `pause` binary alone at
+/// `/pause`, run as 65535 (the uid Kubernetes' own pause image uses). The nodes' containerd pins
+/// it as the sandbox image, and the fleet's test workload runs it too: one small image the
+/// project builds, with nothing in it that needs the network or a shell.
+pub fn pause(pause_bin: &Path, out: &Path, provenance: &Provenance, zstd_level: i32) -> anyhow::Result<Built> {
+    let data = std::fs::read(pause_bin)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", pause_bin.display()))?;
+    anyhow::ensure!(
+        rootfs::libraries(pause_bin)?.is_empty(),
+        "{} is not a static binary: the pause image carries no libraries",
+        pause_bin.display()
+    );
+    let mut layer = tar::Tar::new(provenance.created);
+    layer.file("/pause", 0o755, 0, 0, data)?;
+    let annotations: BTreeMap<String, String> = [
+        ("org.opencontainers.image.title", "slipway-pause".to_string()),
+        (
+            "org.opencontainers.image.description",
+            "The pod sandbox image of Slipway's test nodes (Kubernetes' pause.c, static)".to_string(),
+        ),
+        ("org.opencontainers.image.source", provenance.source.clone()),
+        ("org.opencontainers.image.revision", provenance.revision.clone()),
+        ("org.opencontainers.image.version", provenance.version.clone()),
+        ("org.opencontainers.image.licenses", "Apache-2.0".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    layout::write(
+        out,
+        &ImageSpec {
+            tag: provenance.version.clone(),
+            layers: vec![layer],
+            runtime: Runtime {
+                user: "65535:65535".into(),
+                entrypoint: vec!["/pause".into()],
+                cmd: Vec::new(),
+                env: vec![PATH.to_string()],
+                working_dir: "/".into(),
+            },
+            annotations,
+            created: provenance.created,
+            zstd_level,
+        },
+    )
+}
+
 /// The layout directory of `component` under `out`.
 pub fn layout_dir(out: &Path, component: &Component) -> PathBuf {
     out.join(component.name)

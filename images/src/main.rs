@@ -39,6 +39,10 @@ struct Args {
     /// zstd level of the layers (1-22; 19 makes small images, 3 fast ones).
     #[arg(long, default_value_t = slipway_images::layout::ZSTD_LEVEL, value_parser = clap::value_parser!(i32).range(1..=22))]
     zstd_level: i32,
+    /// Also build slipway-pause, the pod sandbox image of the test nodes, from this static
+    /// `pause` binary (scripts/build-node-runtime.sh builds it).
+    #[arg(long, value_name = "PATH")]
+    pause: Option<PathBuf>,
     /// Build only these images (default: all three).
     #[arg(long = "only", value_name = "NAME")]
     only: Vec<String>,
@@ -105,6 +109,18 @@ fn run(args: Args) -> anyhow::Result<()> {
             c.name.trim_start_matches("slipway-").to_uppercase(),
             built.manifest.digest
         ));
+    }
+    if let Some(pause) = &args.pause {
+        let dir = args.out.join("slipway-pause");
+        let built = slipway_images::pause(pause, &dir, &provenance, options.zstd_level)
+            .context("building slipway-pause")?;
+        println!(
+            "slipway-pause {} {} bytes ({})",
+            built.manifest.digest,
+            built.download_size(),
+            dir.display()
+        );
+        env.push_str(&format!("PAUSE_DIGEST={}\n", built.manifest.digest));
     }
     std::fs::write(args.out.join("images.env"), env)?;
     Ok(())

@@ -12,6 +12,9 @@
 # ROOT_JSON  the signed root of trust the engine trusts
 # BOOT_DIR   contents of the boot partition (grub/grub.cfg, grub/grubenv), made by the harness
 #
+# EXTENSIONS (environment, optional) is a directory of systemd-sysext runtime images (*.raw: the
+# kubelet and containerd) put on the data partition, where the engine keeps runtime images.
+#
 # Only the root filesystem step needs root (mmdebstrap); everything after it runs under fakeroot
 # with image files: mke2fs -d, sfdisk on a file, dd, grub-mkimage (no grub-install).
 set -euo pipefail
@@ -90,13 +93,15 @@ fakeroot -i "$FR" -s "$FR" -- bash -euo pipefail -c '
   install -D -m 0644 "$REPO/manifests/systemd/slipway-engine.service" \
     "$TREE/etc/systemd/system/slipway-engine.service"
   install -D -m 0644 "$HERE/engine.toml" "$TREE/usr/lib/slipway/engine.d/10-vm.toml"
-  mkdir -p "$TREE/kernel" "$TREE/var/lib/slipway" "$TREE/var/lib/extensions"
+  mkdir -p "$TREE/kernel" "$TREE/var/lib/slipway" "$TREE/var/lib/extensions" \
+    "$TREE/var/lib/containerd" "$TREE/var/lib/kubelet" "$TREE/etc/cni/net.d"
   cp "$WORK"/k/boot/vmlinuz-* "$TREE/kernel/vmlinuz"
   cp "$WORK/initrd.img" "$TREE/kernel/initrd.img"
   # Trim what a test node never uses: every byte here is downloaded, verified and written by each
   # update in every scenario. The kernel boots from /kernel; perl is only there for maintainer
   # scripts (perl-base stays); hwdb is device naming; the modules are hardware and file systems
-  # a virtio node does not have (virtio, block, loop, overlay, squashfs, erofs, net core stay).
+  # a virtio node does not have (virtio, block, loop, overlay, squashfs, erofs, net core, and
+  # the bridge and veth that pods are wired with stay).
   K="$TREE/usr/lib/modules/$KVER/kernel"
   rm -rf "$TREE"/usr/share/doc/* "$TREE"/usr/share/man/* "$TREE"/var/cache/apt/* \
     "$TREE"/var/lib/apt/lists/* "$TREE"/boot/initrd.img* "$TREE"/boot/vmlinuz* \
@@ -108,7 +113,7 @@ fakeroot -i "$FR" -s "$FR" -- bash -euo pipefail -c '
     "$K"/drivers/net/{ethernet,wireless,can,wan,usb,ipa,fddi,hamradio,ieee802154,ppp,slip} \
     "$K"/fs/{xfs,btrfs,smb,nfs,nfsd,ceph,ocfs2,gfs2,jfs,reiserfs,ntfs3,f2fs,nilfs2,dlm,udf,ubifs} \
     "$K"/fs/{afs,orangefs,coda,lockd,nfs_common,cachefiles,gfs2,hfs,hfsplus,jffs2,minix,ufs,ocfs2} \
-    "$K"/net/{sunrpc,ceph,sctp,tipc,netfilter,bridge,bluetooth,wireless,mac80211,rds,rxrpc} \
+    "$K"/net/bridge/netfilter "$K"/net/{sunrpc,ceph,sctp,tipc,netfilter,bluetooth,wireless,mac80211,rds,rxrpc} \
     "$K"/net/{openvswitch,mpls,l2tp,dccp,batman-adv,6lowpan,ieee802154,nfc,can,atm,9p} \
     "$K"/net/ipv4/netfilter "$K"/net/ipv6/netfilter
   depmod -b "$TREE" "$KVER"
@@ -119,10 +124,15 @@ fakeroot -i "$FR" -s "$FR" -- bash -euo pipefail -c '
   # (tcflush TCIOFLUSH), which dropped a marker line the harness waits for. systemd-getty-generator
   # would add one for console=ttyS0 by itself, hence the mask rather than just not enabling it.
   ln -sf /dev/null "$TREE/etc/systemd/system/serial-getty@ttyS0.service"
-  for u in slipway-engine slipway-vm-node slipway-vm-setup slipway-vm-runtime slipway-node; do
+  for u in slipway-engine slipway-vm-node slipway-vm-setup slipway-vm-runtime slipway-health \
+    containerd kubelet slipway-vm-diag; do
     mkdir -p "$TREE/etc/systemd/system/multi-user.target.wants"
     ln -sf "/etc/systemd/system/$u.service" "$TREE/etc/systemd/system/multi-user.target.wants/$u.service"
   done
+  # The runtime images (kubelet, containerd) merge into /usr at every boot, before sysinit.
+  mkdir -p "$TREE/etc/systemd/system/sysinit.target.wants"
+  ln -sf /lib/systemd/system/systemd-sysext.service \
+    "$TREE/etc/systemd/system/sysinit.target.wants/systemd-sysext.service"
   ln -sf /lib/systemd/system/systemd-networkd.service \
     "$TREE/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
 ' _ "$TREE" "$HERE" "$REPO" "$AGENT" "$ROOT_JSON" "$WORK" "$KVER"
@@ -157,12 +167,18 @@ done
 # --- boot partition, data partition, disk ----------------------------------------------------------
 log "disk"
 mke2fs -q -t ext2 -L slipway-boot -d "$BOOT_DIR" "$WORK/boot.img" 32M
-mke2fs -q -t ext4 -L slipway-data "$WORK/data.img" 64M
+# The data partition outlives OS updates: engine state, runtime images, containerd, kubelet.
+DATA_MIB=1024
+mkdir -p "$WORK/data/extensions" "$WORK/data/containerd" "$WORK/data/kubelet"
+if [ -n "${EXTENSIONS:-}" ]; then
+  cp "$EXTENSIONS"/*.raw "$WORK/data/extensions/"
+fi
+mke2fs -q -t ext4 -L slipway-data -E root_owner=0:0 -d "$WORK/data" "$WORK/data.img" "${DATA_MIB}M"
 DISK="$OUT/disk.raw"
 P1=2048 P1S=$((32 * 2048))
 P2=$((P1 + P1S)) PS=$((SLOT_MIB * 2048))
 P3=$((P2 + PS))
-P4=$((P3 + PS)) P4S=$((64 * 2048))
+P4=$((P3 + PS)) P4S=$((DATA_MIB * 2048))
 truncate -s $(((P4 + P4S + 2048) * 512)) "$DISK"
 sfdisk -q "$DISK" <<SFDISK
 label: dos

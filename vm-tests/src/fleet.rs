@@ -1,15 +1,19 @@
-//! A fleet: several QEMU nodes in a cluster, the way a user meets Slipway. The real update
-//! server and the real `slipway-operator` run on the host; each node runs the real engine and
-//! the real node agent (`slipway-agent node`), which reaches the Kubernetes API through the
-//! restricted slirp forward (`https://10.0.2.101` in the guest).
+//! A fleet: several QEMU nodes in a real cluster, the way a cluster admin meets Slipway.
 //!
-//! The Kubernetes API is a real control plane (testkit's `control_plane`: etcd,
-//! kube-apiserver, kube-controller-manager built from upstream) with Slipway's CRDs, RBAC and
-//! own-node admission policies applied; the operator and each node's agent authenticate with
-//! their ServiceAccounts' tokens (each agent's bound to its Node). There is no kubelet yet: the
-//! harness registers the Nodes (one workload pod each), keeps their heartbeat Leases, reports
-//! the pods Running, and flips each Node's Ready condition as a kubelet would when its guest
-//! goes down and comes back.
+//! - The control plane (testkit's `control_plane`: etcd, kube-apiserver, kube-controller-manager
+//!   and kube-scheduler built from upstream) and the update server run on the host.
+//! - Each QEMU node runs containerd and a real kubelet (both from systemd-sysext runtime images
+//!   on the node's data partition), joined with a client certificate for `system:node:NAME`;
+//!   Node objects, Ready conditions and NotReady across a reboot are the kubelet's and the node
+//!   lifecycle controller's. Each node also runs the engine (systemd, the host side).
+//! - Slipway is installed with its Helm chart (`cluster.rs`): images built from this workspace,
+//!   pushed to a local registry and pinned by digest; the agent runs as the DaemonSet's pod on
+//!   every node, on the node's system bus.
+//! - `slipway-operator` runs on the host, as its ServiceAccount: the host is this cluster's
+//!   control-plane machine, and each emulated CPU is worth far more on the nodes (see the
+//!   fleet test's note on CPU).
+//! - A workload (a Deployment of the project's pause image, one pod per node, with a
+//!   PodDisruptionBudget) runs on the nodes throughout.
 //!
 //! Used by the end-to-end test (`tests/it/fleet.rs`) and by the demo (`src/bin/demo.rs`).
 
@@ -23,14 +27,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::{Node as KubeNode, NodeCondition, NodeStatus, Pod, PodSpec};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use slipway_api::crd::{NodePhase, NodeUpdate, RolloutPolicy, RolloutPolicySpec};
 use slipway_testkit::ControlPlane;
 use slipway_testkit::control_plane::{Change, Options, changes};
+use slipway_testkit::oci_registry::LocalRegistry;
 
+use crate::cluster::Pushed;
 use crate::image::Images;
-use crate::qemu::{Node, tail_file};
+use crate::qemu::{Kubelet, Node, tail_file};
 use crate::server::Server;
 
 /// The label every fleet node carries (the default policy selects it).
@@ -143,6 +149,7 @@ impl FleetNode {
 /// Console lines a fleet keeps (the rest stays in each node's serial.log).
 fn interesting(line: &str) -> bool {
     line.contains("SLIPWAY-VM: up ")
+        || line.contains("SLIPWAY-VM: kubelet starting")
         || line.contains("slipway: booting slot")
         || (line.contains("slipway_agent::node")
             && (line.contains("WARN") || line.contains("ERROR")))
@@ -156,7 +163,10 @@ pub struct Fleet {
     pub cp: ControlPlane,
     /// A client as the cluster admin (on `rt`).
     pub admin: kube::Client,
-    standin: tokio::task::JoinHandle<()>,
+    /// The image registry the nodes pull from.
+    pub registry: LocalRegistry,
+    /// The images pushed there.
+    pub pushed: Pushed,
     /// The node images and release keys.
     pub images: Images,
     /// The update server.
@@ -181,47 +191,48 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-fn node_object(name: &str) -> KubeNode {
-    let mut n = KubeNode::default();
-    n.metadata.name = Some(name.into());
-    n.metadata.labels = Some(BTreeMap::from([
-        (POOL_LABEL.to_owned(), POOL.to_owned()),
-        ("kubernetes.io/hostname".to_owned(), name.to_owned()),
-    ]));
-    n.status = Some(NodeStatus {
-        // NotReady until the guest's OS is up (see Kubelet).
-        conditions: Some(vec![NodeCondition {
-            type_: "Ready".into(),
-            status: "False".into(),
-            reason: Some("NodeStarting".into()),
-            last_heartbeat_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                Timestamp::now(),
-            )),
-            last_transition_time: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                Timestamp::now(),
-            )),
-            ..Default::default()
-        }]),
-        ..Default::default()
-    });
-    n
-}
-
-fn workload(node: &str) -> Pod {
-    let mut p = Pod::default();
-    p.metadata.name = Some(format!("web-{node}"));
-    p.metadata.namespace = Some("default".into());
-    p.metadata.labels = Some(BTreeMap::from([("app".to_owned(), "web".to_owned())]));
-    p.spec = Some(PodSpec {
-        node_name: Some(node.into()),
-        containers: vec![k8s_openapi::api::core::v1::Container {
-            name: "web".into(),
-            image: Some("registry.example/web:1".into()),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
-    p
+/// The workload: one pod of the project's pause image per node (required anti-affinity), and a
+/// PodDisruptionBudget that lets one of them be evicted at a time.
+fn workload(pushed: &Pushed, replicas: usize) -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: default
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      terminationGracePeriodSeconds: 5
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+            - topologyKey: kubernetes.io/hostname
+              labelSelector:
+                matchLabels: {{app: web}}
+      containers:
+        - name: web
+          image: {image}
+          resources:
+            requests: {{cpu: 1m, memory: 4Mi}}
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: web
+  namespace: default
+spec:
+  maxUnavailable: 1
+  selector:
+    matchLabels: {{app: web}}
+"#,
+        image = pushed.pause_ref()
+    )
 }
 
 impl Fleet {
@@ -249,30 +260,23 @@ impl Fleet {
             .build()?;
         // Guests reach the API server as https://10.0.2.101 (a restricted slirp forward).
         let cp = rt.block_on(ControlPlane::start(Options {
-            scheduler: false,
+            scheduler: true,
             extra_sans: vec!["IP:10.0.2.101".into()],
             ..Options::default()
         }))?;
-        cp.install_slipway_api(&crate::workspace().join("manifests"))?;
+        let registry = LocalRegistry::start()?;
+        let pushed = crate::cluster::build_and_push(&registry, &dir.join("images"))?;
+        crate::cluster::helm_install(
+            &cp.admin_kubeconfig(),
+            &crate::cluster::fleet_values(&pushed, 0),
+            &dir,
+        )?;
+        cp.wait_for_crds()?;
         let admin = rt.block_on(cp.admin())?;
         let names: Vec<String> = (1..=opts.nodes).map(|i| format!("node-{i}")).collect();
-        rt.block_on(async {
-            for name in &names {
-                Api::<KubeNode>::all(admin.clone())
-                    .create(&PostParams::default(), &node_object(name))
-                    .await
-                    .with_context(|| format!("registering Node {name}"))?;
-                Api::<Pod>::namespaced(admin.clone(), "default")
-                    .create(&PostParams::default(), &workload(name))
-                    .await
-                    .with_context(|| format!("creating the workload on {name}"))?;
-            }
-            anyhow::Ok(())
-        })?;
-        let standin = {
-            let _guard = rt.enter();
-            ControlPlane::kubelet_standin(admin.clone(), names.clone())
-        };
+        let workload_file = dir.join("workload.yaml");
+        std::fs::write(&workload_file, workload(&pushed, names.len()))?;
+        cp.kubectl_ok(&["apply", "-f", &workload_file.display().to_string()])?;
         // The operator as its own ServiceAccount.
         let token = rt.block_on(cp.service_account_token(NAMESPACE, "slipway-operator", None))?;
         let kubeconfig = cp.token_kubeconfig("slipway-operator", &token)?;
@@ -305,27 +309,24 @@ impl Fleet {
                 0x5119_0000_0000_0000_0000_0000_0000_0000u128 + i as u128 + 1
             );
             let node_dir = dir.join(name);
-            // The agent's own identity: a slipway-agent token bound to this Node.
-            let token =
-                rt.block_on(cp.service_account_token(NAMESPACE, "slipway-agent", Some(name)))?;
             std::fs::create_dir_all(&node_dir)?;
-            let guest_kubeconfig = node_dir.join("guest.kubeconfig");
-            std::fs::write(
-                &guest_kubeconfig,
-                cp.kubeconfig_for("https://10.0.2.101", &token)?,
-            )?;
+            // The kubelet's identity: a client certificate for system:node:NAME.
+            let kubeconfig = node_dir.join("kubelet.kubeconfig");
+            std::fs::write(&kubeconfig, cp.node_kubeconfig(name, "https://10.0.2.101")?)?;
             let node = Node::create(&node_dir, &images.disk(), server.port, &machine_id)?
-                .in_cluster(cp.port(), name, &guest_kubeconfig);
+                .with_kubelet(Kubelet {
+                    api_port: cp.port(),
+                    registry_port: registry.addr().port(),
+                    node_name: name.clone(),
+                    kubeconfig,
+                    labels: format!("{POOL_LABEL}={POOL}"),
+                    pod_cidr: format!("10.244.{}.0/24", i + 1),
+                });
             let console = Arc::new(Mutex::new(Vec::new()));
             let stop = Arc::new(AtomicBool::new(false));
             let thread = {
                 let (console, stop) = (console.clone(), stop.clone());
-                let kubelet = Kubelet {
-                    rt: rt.handle().clone(),
-                    client: admin.clone(),
-                    node: name.clone(),
-                };
-                std::thread::spawn(move || watch(node, kubelet, console, stop, started))
+                std::thread::spawn(move || watch(node, console, stop, started))
             };
             nodes.push(FleetNode {
                 name: name.clone(),
@@ -340,7 +341,8 @@ impl Fleet {
             rt,
             cp,
             admin,
-            standin,
+            registry,
+            pushed,
             images,
             server,
             nodes,
@@ -356,6 +358,98 @@ impl Fleet {
     /// Seconds since the fleet started.
     pub fn elapsed(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
+    }
+
+    /// What keeps the cluster from being ready to roll out, in words; `None` when every Node is
+    /// Ready, every node runs a Ready agent pod, and the workload has a Ready pod on every node.
+    pub fn not_ready(&self) -> Option<String> {
+        let nodes: Api<KubeNode> = Api::all(self.admin.clone());
+        let pods: Api<Pod> = Api::all(self.admin.clone());
+        let (nodes, pods) = self.rt.block_on(async {
+            (
+                nodes.list(&ListParams::default()).await,
+                pods.list(&ListParams::default()).await,
+            )
+        });
+        let (nodes, pods) = match (nodes, pods) {
+            (Ok(n), Ok(p)) => (n.items, p.items),
+            (Err(e), _) | (_, Err(e)) => return Some(format!("listing: {e}")),
+        };
+        let pod_ready = |p: &Pod| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        };
+        let mut missing = Vec::new();
+        for n in &self.nodes {
+            let ready = nodes.iter().any(|k| {
+                k.metadata.name.as_deref() == Some(n.name.as_str())
+                    && k.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| {
+                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
+                        })
+            });
+            if !ready {
+                missing.push(format!("Node {} not Ready", n.name));
+                continue;
+            }
+            for app in ["slipway-agent", "web"] {
+                let running = pods.iter().any(|p| {
+                    let labels = p.metadata.labels.as_ref();
+                    let is_app = labels.is_some_and(|l| {
+                        l.get("app.kubernetes.io/name").map(String::as_str) == Some(app)
+                            || l.get("app").map(String::as_str) == Some(app)
+                    });
+                    is_app
+                        && p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                            == Some(n.name.as_str())
+                        && pod_ready(p)
+                });
+                if !running {
+                    missing.push(format!("no Ready {app} pod on {}", n.name));
+                }
+            }
+        }
+        (!missing.is_empty()).then(|| missing.join("; "))
+    }
+
+    /// Waits until the cluster is ready to roll out ([`Self::not_ready`] says nothing), and
+    /// returns the seconds since the fleet started.
+    pub fn wait_ready(&self, timeout: Duration) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
+        let mut last = String::new();
+        loop {
+            let Some(why) = self.not_ready() else {
+                return Ok(self.elapsed());
+            };
+            if why != last {
+                eprintln!("fleet: [{:6.1} s] waiting: {why}", self.elapsed());
+                last = why.clone();
+            }
+            for n in &self.nodes {
+                if n.thread.as_ref().is_some_and(|t| t.is_finished()) {
+                    bail!("{}'s QEMU watcher stopped early", n.name);
+                }
+            }
+            if Instant::now() > deadline {
+                let mut report = format!(
+                    "the cluster was not ready after {timeout:?}: {why}\n"
+                );
+                for n in &self.nodes {
+                    report.push_str(&format!(
+                        "{} console (last 40 lines):\n{}\n",
+                        n.name,
+                        self.console_tail(&n.name, 40)
+                    ));
+                }
+                report.push_str(&self.cp.log_tails());
+                bail!(report);
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
     }
 
     /// Publishes `version` (signed by the real CLI) and promotes it on the channel.
@@ -538,7 +632,6 @@ impl Fleet {
 
     /// Stops the nodes (power off), the operator and the server.
     pub fn shutdown(&mut self) -> Result<()> {
-        self.standin.abort();
         let mut first_err = None;
         for n in &mut self.nodes {
             if let Err(e) = n.halt() {
@@ -645,53 +738,14 @@ impl Drop for Fleet {
     }
 }
 
-/// What a kubelet would say about a node: Ready while its OS is up, NotReady from the moment
-/// its QEMU process ends (a reboot) until the guest announces itself again. Written to the
-/// Node's status as a kubelet does (a strategic merge of the Ready condition).
-struct Kubelet {
-    rt: tokio::runtime::Handle,
-    client: kube::Client,
-    node: String,
-}
-
-impl Kubelet {
-    fn set_ready(&self, ready: bool) {
-        let now = Timestamp::now().to_string();
-        let patch = serde_json::json!({"status": {"conditions": [{
-            "type": "Ready",
-            "status": if ready { "True" } else { "False" },
-            "reason": if ready { "KubeletReady" } else { "NodeRebooting" },
-            "lastHeartbeatTime": now,
-            "lastTransitionTime": now,
-        }]}});
-        let api: Api<KubeNode> = Api::all(self.client.clone());
-        let _ = self.rt.block_on(api.patch_status(
-            &self.node,
-            &PatchParams::default(),
-            &Patch::Strategic(patch),
-        ));
-    }
-}
-
 fn watch(
     mut node: Node,
-    kubelet: Kubelet,
     console: Arc<Mutex<Vec<(f64, String)>>>,
     stop: Arc<AtomicBool>,
     started: Instant,
 ) -> Result<()> {
-    let mut boots = node.boots;
     while !stop.load(Ordering::SeqCst) {
         let lines = node.poll()?;
-        if node.boots != boots {
-            if boots > 0 {
-                kubelet.set_ready(false);
-            }
-            boots = node.boots;
-        }
-        if lines.iter().any(|l| l.contains("SLIPWAY-VM: up ")) {
-            kubelet.set_ready(true);
-        }
         let t = started.elapsed().as_secs_f64();
         let keep: Vec<(f64, String)> = lines
             .into_iter()
@@ -711,8 +765,9 @@ fn watch(
 
 /// The RolloutPolicy the demo and the end-to-end test apply: the fleet's nodes, `version` on
 /// the channel, one node at a time, reboots in a window from `window_start` for
-/// `window_minutes`, a halt after one failure, and as health check the node image's own
-/// command (it fails on 3.x releases, on purpose) plus Node Ready, within `health_timeout`.
+/// `window_minutes`, a halt after one failure, and as health check the node image's own check
+/// (`slipway-health.service`, which fails on 3.x releases, on purpose) plus Node Ready, within
+/// `health_timeout`.
 pub fn fleet_policy(
     version: &str,
     window_start: Timestamp,
@@ -731,7 +786,9 @@ pub fn fleet_policy(
         drain: Default::default(),
         halt_after_failures: 1,
         health_check: slipway_api::crd::HealthCheckSpec {
-            command: vec!["/usr/lib/slipway/health-check".into()],
+            // The agent runs in a pod: it reads the node's health-check unit over the system
+            // bus (the unit runs the image's own check, which fails on 3.x releases).
+            unit: Some("slipway-health.service".into()),
             node_ready: true,
             timeout: slipway_api::crd::GoDuration::from(health_timeout),
             ..Default::default()

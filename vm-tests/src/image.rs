@@ -140,6 +140,14 @@ pub fn build() -> Result<Images> {
         h.update(std::fs::read(&f).with_context(|| format!("{}", f.display()))?);
     }
     h.update(VERSIONS.join(",").as_bytes());
+    // The kubelet and containerd runtime images on the data partition.
+    let runtime = node_runtime_inputs()?;
+    for (_, files) in &runtime {
+        for (src, dest) in files {
+            h.update(dest.as_bytes());
+            h.update(sha256_file(src)?.as_bytes());
+        }
+    }
     let key = hex::encode(&h.finalize()[..8]);
     let dir = root.join(format!("set-{key}"));
     if dir.join("disk.raw").exists() {
@@ -165,7 +173,14 @@ pub fn build() -> Result<Images> {
         "base-bookworm-{}.tar",
         &hex::encode(Sha256::digest(&packages))[..12]
     ));
+    let extensions = root.join(format!("extensions-{key}"));
+    let _ = std::fs::remove_dir_all(&extensions);
+    std::fs::create_dir_all(&extensions)?;
+    for (name, files) in &runtime {
+        build_runtime_sysext(&extensions, name, files)?;
+    }
     let status = Command::new(image_dir.join("build.sh"))
+        .env("EXTENSIONS", &extensions)
         .arg(&base)
         .arg(&tmp)
         .arg(&agent)
@@ -179,6 +194,7 @@ pub fn build() -> Result<Images> {
         "building the node images failed ({status})"
     );
     std::fs::rename(&tmp, &dir)?;
+    let _ = std::fs::remove_dir_all(&extensions);
     let build_secs = start.elapsed().as_secs_f64();
     eprintln!("vm-tests: built node images in {build_secs:.1} s");
     Ok(Images {
@@ -186,6 +202,73 @@ pub fn build() -> Result<Images> {
         keys,
         build_secs,
     })
+}
+
+/// What the nodes' two runtime images hold, as (image name, [(file on the host, path in the
+/// image)]): `kubelet` (the pinned kubelet) and `containerd` (containerd, its runc shim, runc
+/// and the CNI plugins), from `scripts/build-kube.sh` and `scripts/build-node-runtime.sh`.
+pub fn node_runtime_inputs() -> Result<Vec<(&'static str, Vec<(PathBuf, String)>)>> {
+    let versions = slipway_testkit::control_plane::Versions::pinned();
+    let kube = versions.bin_dir();
+    let rt = versions.runtime_bin_dir();
+    let need = |p: PathBuf| -> Result<PathBuf> {
+        ensure!(
+            p.exists(),
+            "{} is missing: run scripts/setup.sh (it builds the pinned Kubernetes and the node runtime)",
+            p.display()
+        );
+        Ok(p)
+    };
+    let mut containerd = Vec::new();
+    for b in ["containerd", "containerd-shim-runc-v2", "runc"] {
+        containerd.push((need(rt.join(b))?, format!("usr/bin/{b}")));
+    }
+    for b in ["bridge", "host-local", "loopback"] {
+        containerd.push((need(rt.join(b))?, format!("usr/lib/cni/{b}")));
+    }
+    Ok(vec![
+        (
+            "kubelet",
+            vec![(need(kube.join("kubelet"))?, "usr/bin/kubelet".to_owned())],
+        ),
+        ("containerd", containerd),
+    ])
+}
+
+/// Builds a runtime image `NAME.raw` in `dir` as systemd-sysext wants one: a squashfs (zstd)
+/// of `usr/...` with the extension-release file matching the Debian 12 guests. The kubelet alone
+/// is 90 MB; squashfs keeps the image compressed on disk and in the payload.
+pub fn build_runtime_sysext(dir: &Path, name: &str, files: &[(PathBuf, String)]) -> Result<PathBuf> {
+    let tree = dir.join(format!("sysext-{name}"));
+    let _ = std::fs::remove_dir_all(&tree);
+    let release = tree.join("usr/lib/extension-release.d");
+    std::fs::create_dir_all(&release)?;
+    std::fs::write(
+        release.join(format!("extension-release.{name}")),
+        "ID=debian\nVERSION_ID=12\n",
+    )?;
+    for (src, dest) in files {
+        let to = tree.join(dest);
+        std::fs::create_dir_all(to.parent().expect("a file in a directory"))?;
+        std::fs::copy(src, &to).with_context(|| format!("copying {}", src.display()))?;
+    }
+    let img = dir.join(format!("{name}.raw"));
+    let _ = std::fs::remove_file(&img);
+    let out = Command::new("mksquashfs")
+        .arg(&tree)
+        .arg(&img)
+        .args(["-all-root", "-comp", "zstd", "-noappend", "-quiet", "-no-progress"])
+        // Reproducible: the same files give the same image (and the same payload digest).
+        .args(["-mkfs-time", "0", "-all-time", "0"])
+        .output()
+        .context("running mksquashfs (apt-get install squashfs-tools)")?;
+    ensure!(
+        out.status.success(),
+        "mksquashfs of the {name} runtime image failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&tree);
+    Ok(img)
 }
 
 /// Builds a systemd-sysext runtime image `NAME.raw` in `dir`: an unpartitioned ext4 file system

@@ -5,6 +5,7 @@
 //! and the real update server and CLI (`server`).
 //! The scenarios live in `tests/it`.
 
+pub mod cluster;
 pub mod fleet;
 pub mod image;
 pub mod qemu;

@@ -2,8 +2,9 @@
 //! process per boot (`-no-reboot`: a guest reboot ends the process and the harness starts the
 //! next one, which is 2-3x faster than an in-place reset under TCG), the serial console in a
 //! file scanned for markers, QMP for a hard power-off, fw_cfg for the server URL and machine id,
-//! and user networking restricted to one forward: the guest's `10.0.2.100:80` reaches the
-//! update server on the host's loopback, and nothing else.
+//! and user networking restricted to forwards: the guest's `10.0.2.100:80` reaches the update
+//! server on the host's loopback; a kubelet node's `10.0.2.101:443` reaches kube-apiserver and
+//! `10.0.2.102:5000` the image registry; nothing else.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -23,8 +24,10 @@ pub struct Node {
     child: Option<Child>,
     /// Boots so far (QEMU processes started).
     pub boots: u32,
-    /// Set for fleet nodes: the Kubernetes API (stand-in) port on the host and the Node name.
-    cluster: Option<(u16, String, PathBuf)>,
+    /// Set for fleet nodes: how the guest's kubelet joins the cluster.
+    cluster: Option<Kubelet>,
+    /// Guest memory, MiB.
+    memory_mib: u32,
     /// Virtual CPUs (TCG runs one host thread per vCPU).
     cpus: u32,
     seen: u64,
@@ -56,26 +59,27 @@ impl Node {
             child: None,
             boots: 0,
             cluster: None,
+            memory_mib: 768,
             cpus: 2,
             seen: 0,
             started: Instant::now(),
         })
     }
 
-    /// Makes this a cluster node: the guest's `10.0.2.101:443` reaches the Kubernetes API
-    /// server on the host's `api_port`, and the guest gets its Node name and `kubeconfig` (the
-    /// agent's credentials) through fw_cfg, which starts the real node agent (`slipway-agent
-    /// node`) in place of the test stand-in. One vCPU: a fleet of TCG guests shares the host's
-    /// cores.
-    pub fn in_cluster(mut self, api_port: u16, node_name: &str, kubeconfig: &Path) -> Self {
-        self.cluster = Some((api_port, node_name.to_owned(), kubeconfig.to_owned()));
+    /// Makes this a Kubernetes node: the guest's containerd and kubelet start (vm-setup sees
+    /// the kubelet's kubeconfig in fw_cfg) and join the API server on the host. One vCPU: a
+    /// fleet of TCG guests shares the host's cores; 1 GiB: kubelet, containerd, the engine and the
+    /// agent's pod.
+    pub fn with_kubelet(mut self, kubelet: Kubelet) -> Self {
+        self.cluster = Some(kubelet);
         self.cpus = 1;
+        self.memory_mib = 1024;
         self
     }
 
     /// The Node name of a cluster node.
     pub fn node_name(&self) -> Option<&str> {
-        self.cluster.as_ref().map(|(_, n, _)| n.as_str())
+        self.cluster.as_ref().map(|k| k.node_name.as_str())
     }
 
     fn serial(&self) -> PathBuf {
@@ -92,9 +96,12 @@ impl Node {
         let _ = std::fs::remove_file(self.qmp());
         let serial = self.serial();
         let child = Command::new("qemu-system-x86_64")
-            .args(["-accel", "tcg", "-cpu", "max", "-m", "768"])
+            .args(["-accel", "tcg", "-cpu", "max"])
+            .args(["-m", &self.memory_mib.to_string()])
             .args(["-smp", &self.cpus.to_string()])
             .args(["-nographic", "-no-reboot", "-monitor", "none"])
+            .arg("-pidfile")
+            .arg(self.dir.join("qemu.pid"))
             .arg("-drive")
             .arg(format!(
                 "file={},format=qcow2,if=virtio,cache=unsafe",
@@ -109,21 +116,17 @@ impl Node {
             .arg("name=opt/slipway/server,string=http://10.0.2.100/")
             .arg("-fw_cfg")
             .arg(format!("name=opt/slipway/machine-id,string={}", self.machine_id))
-            .args(self.cluster.iter().flat_map(|(_, name, kubeconfig)| {
-                [
-                    "-fw_cfg".to_owned(),
-                    format!("name=opt/slipway/kubeconfig,file={}", kubeconfig.display()),
-                    "-fw_cfg".to_owned(),
-                    format!("name=opt/slipway/node-name,string={name}"),
-                ]
+            .args(self.cluster.iter().flat_map(Kubelet::fw_cfg))
+            // SLIPWAY_VM_DIAG=SECONDS: the guest prints its units' state, mounts and the
+            // runtime's journal on the serial console that long after boot (debugging aid).
+            .args(std::env::var("SLIPWAY_VM_DIAG").ok().into_iter().flat_map(|secs| {
+                ["-fw_cfg".to_owned(), format!("name=opt/slipway/diag,string={secs}")]
             }))
             .arg("-netdev")
             .arg(format!(
                 "user,id=n0,ipv6=off,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:{}{}",
                 self.server_port,
-                self.cluster.as_ref().map_or(String::new(), |(api, _, _)| format!(
-                    ",guestfwd=tcp:10.0.2.101:443-cmd:socat - TCP:127.0.0.1:{api}"
-                ))
+                self.cluster.as_ref().map_or(String::new(), Kubelet::forwards)
             ))
             .args(["-device", "virtio-net-pci,netdev=n0"])
             .stdin(Stdio::null())
@@ -134,6 +137,11 @@ impl Node {
         self.child = Some(child);
         self.boots += 1;
         Ok(())
+    }
+
+    /// The running QEMU process's id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Whether QEMU is running.
@@ -265,6 +273,49 @@ impl Node {
     /// Seconds since the node was created.
     pub fn elapsed(&self) -> f64 {
         self.started.elapsed().as_secs_f64()
+    }
+}
+
+/// How a node's kubelet joins the cluster.
+#[derive(Debug, Clone)]
+pub struct Kubelet {
+    /// kube-apiserver's port on the host's loopback (the guest's `10.0.2.101:443`).
+    pub api_port: u16,
+    /// The image registry's port on the host's loopback (the guest's `10.0.2.102:5000`).
+    pub registry_port: u16,
+    /// The Node's name.
+    pub node_name: String,
+    /// The kubelet's kubeconfig (server `https://10.0.2.101`, a client certificate for
+    /// `system:node:NAME`).
+    pub kubeconfig: PathBuf,
+    /// `--node-labels` (`k=v,k=v`).
+    pub labels: String,
+    /// This node's pod subnet (the CNI bridge's range).
+    pub pod_cidr: String,
+}
+
+impl Kubelet {
+    fn fw_cfg(&self) -> Vec<String> {
+        vec![
+            "-fw_cfg".to_owned(),
+            format!(
+                "name=opt/slipway/kubelet-kubeconfig,file={}",
+                self.kubeconfig.display()
+            ),
+            "-fw_cfg".to_owned(),
+            format!("name=opt/slipway/node-name,string={}", self.node_name),
+            "-fw_cfg".to_owned(),
+            format!("name=opt/slipway/node-labels,string={}", self.labels),
+            "-fw_cfg".to_owned(),
+            format!("name=opt/slipway/pod-cidr,string={}", self.pod_cidr),
+        ]
+    }
+
+    fn forwards(&self) -> String {
+        format!(
+            ",guestfwd=tcp:10.0.2.101:443-cmd:socat - TCP:127.0.0.1:{},guestfwd=tcp:10.0.2.102:5000-cmd:socat - TCP:127.0.0.1:{}",
+            self.api_port, self.registry_port
+        )
     }
 }
 

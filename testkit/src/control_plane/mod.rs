@@ -41,6 +41,9 @@ pub struct Versions {
     pub etcd: String,
     /// The root of the version-keyed directories.
     pub root: PathBuf,
+    /// The node runtime's directory name under `root` (containerd, runc, CNI plugins, pause):
+    /// `runtime-containerd-V-runc-V-cni-V-pause-V`, as `scripts/build-node-runtime.sh` names it.
+    pub runtime: String,
 }
 
 impl Versions {
@@ -56,7 +59,27 @@ impl Versions {
             kubernetes: vars["KUBERNETES_VERSION"].to_string(),
             etcd: vars["ETCD_VERSION"].to_string(),
             root: PathBuf::from(vars["KUBE_TOOLS_ROOT"]),
+            runtime: format!(
+                "runtime-containerd-{}-runc-{}-cni-{}-pause-{}",
+                vars["CONTAINERD_VERSION"],
+                vars["RUNC_VERSION"],
+                vars["CNI_PLUGINS_VERSION"],
+                vars["PAUSE_VERSION"]
+            ),
         }
+    }
+
+    /// The node runtime's binaries (`containerd`, `containerd-shim-runc-v2`, `runc`, `bridge`,
+    /// `host-local`, `loopback`, `pause`, and `kubelet-next`, the same kubelet released again
+    /// under another version). `SLIPWAY_NODE_RUNTIME_BIN` overrides it.
+    pub fn runtime_bin_dir(&self) -> PathBuf {
+        if let Some(dir) = std::env::var_os("SLIPWAY_NODE_RUNTIME_BIN") {
+            return PathBuf::from(dir);
+        }
+        let root = std::env::var_os("SLIPWAY_KUBE_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.clone());
+        root.join(&self.runtime).join("bin")
     }
 
     /// The directory holding this version set's binaries. `SLIPWAY_KUBE_BIN` overrides it.

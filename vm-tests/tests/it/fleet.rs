@@ -186,6 +186,127 @@ fn a_rolling_update_respects_window_and_budget_and_a_bad_release_halts_the_rollo
     fleet.shutdown().unwrap();
 }
 
+/// CPU seconds (user + system) a process has used so far, from /proc/PID/stat.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// The QEMU process of `node` (its -pidfile).
+fn qemu_pid(fleet: &Fleet, node: &str) -> u32 {
+    std::fs::read_to_string(fleet.dir.join(node).join("qemu.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_kubelet_node_runs_slipway_from_the_registry_and_takes_a_new_kubelet_without_a_reboot() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let images = images();
+    let fleet = Fleet::start(
+        &FleetOptions {
+            nodes: 1,
+            dir: None,
+        },
+        images,
+    )
+    .unwrap();
+    let ready_at = fleet.wait_ready(Duration::from_secs(900)).unwrap();
+    eprintln!("fleet: one node from power-on to Ready with its agent and workload pods: {ready_at:.1} s");
+    let node_name = &fleet.nodes[0].name;
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(fleet.admin.clone());
+    let node = fleet.rt.block_on(nodes.get(node_name)).unwrap();
+    let info = node.status.as_ref().unwrap().node_info.clone().unwrap();
+    let versions = slipway_testkit::control_plane::Versions::pinned();
+    assert_eq!(info.kubelet_version, versions.kubernetes, "{info:?}");
+    assert!(
+        info.container_runtime_version.starts_with("containerd://2."),
+        "{info:?}"
+    );
+    // The agent's pod runs the image pushed to the registry, by digest.
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+        kube::Api::namespaced(fleet.admin.clone(), slipway_vm_tests::fleet::NAMESPACE);
+    let agent = fleet
+        .rt
+        .block_on(pods.list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=slipway-agent")))
+        .unwrap()
+        .items
+        .pop()
+        .expect("an agent pod");
+    let image_id = agent.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+        .image_id
+        .clone();
+    assert!(image_id.ends_with(&fleet.pushed.agent), "{image_id} vs {}", fleet.pushed.agent);
+    // The agent in its pod reports the node: its NodeUpdate says 1.0.0, from the engine.
+    fleet
+        .wait_until(
+            "the agent's first report",
+            Duration::from_secs(300),
+            |vs| vs[0].current.as_deref() == Some("1.0.0"),
+            log_changes,
+        )
+        .unwrap();
+
+    // What an idle kubelet node costs the host under software emulation.
+    let pid = qemu_pid(&fleet, node_name);
+    let before = cpu_secs(pid).unwrap();
+    std::thread::sleep(Duration::from_secs(30));
+    let idle = (cpu_secs(pid).unwrap() - before) / 30.0;
+    eprintln!("fleet: an idle kubelet node's QEMU uses {:.0}% of a host core", idle * 100.0);
+
+    // A runtime release that carries only a new kubelet: the engine installs it and restarts the
+    // kubelet; the Node reports the new version from the same boot.
+    let boot_id = info.boot_id.clone();
+    let rt_bin = versions.runtime_bin_dir();
+    let work = fleet.dir.join("runtime-release");
+    std::fs::create_dir_all(&work).unwrap();
+    let kubelet_raw = slipway_vm_tests::image::build_runtime_sysext(
+        &work,
+        "kubelet",
+        &[(rt_bin.join("kubelet-next"), "usr/bin/kubelet".to_owned())],
+    )
+    .unwrap();
+    let released = std::time::Instant::now();
+    fleet
+        .server
+        .release_runtime(&fleet.images.keys, &work, "1.0.1", &[("kubelet", &kubelet_raw)])
+        .unwrap();
+    let next = format!("{}+slipway.1", versions.kubernetes);
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    let info = loop {
+        let node = fleet.rt.block_on(nodes.get(node_name)).unwrap();
+        let info = node.status.unwrap().node_info.unwrap();
+        if info.kubelet_version == next {
+            break info;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kubelet is still {} after 600 s; console:\n{}",
+            info.kubelet_version,
+            fleet.console_tail(node_name, 60)
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    eprintln!(
+        "fleet: kubelet-only runtime release applied in {:.1} s",
+        released.elapsed().as_secs_f64()
+    );
+    assert_eq!(info.boot_id, boot_id, "the node rebooted for a runtime release");
+    let starts = fleet.nodes[0].lines_with("SLIPWAY-VM: kubelet starting");
+    assert!(
+        starts.last().is_some_and(|(_, l)| l.contains(&next)),
+        "{starts:?}"
+    );
+    fleet.wait_ready(Duration::from_secs(300)).unwrap();
+    assert_eq!(qemu_pid(&fleet, node_name), pid, "QEMU was restarted");
+}
+
 /// GETs `url` as JSON until `done` holds or `timeout` passes; the last answer (null if none).
 fn poll_json(
     url: &str,
