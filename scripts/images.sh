@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make images`: builds slipway-operator, slipway-agent and slipway-server as OCI image layouts
+# `make images`: builds slipway-operator, slipway-agent and slipway-server (and slipway-pause, the
+# test nodes' sandbox image, once scripts/setup.sh has built the node runtime) as OCI image layouts
 # under target/images (no container engine), reproducibly: the creation time is the last
 # commit's, the revision its hash. With REGISTRY=host:port the images are pushed there (skopeo,
 # digests preserved) and target/images/values-images.yaml is written for `helm install -f`.
@@ -20,8 +21,14 @@ if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
 fi
 created=$(git log -1 --format=%ct 2>/dev/null || echo 0)
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+# slipway-pause too (the test nodes' sandbox and workload image) when the node runtime is built.
+# shellcheck source=kube-versions.env
+source scripts/kube-versions.env
+pause="${SLIPWAY_KUBE_ROOT:-$KUBE_TOOLS_ROOT}/runtime-containerd-$CONTAINERD_VERSION-runc-$RUNC_VERSION-cni-$CNI_PLUGINS_VERSION-pause-$PAUSE_VERSION/bin/pause"
+pause_args=()
+[ -x "$pause" ] && pause_args=(--pause "$pause")
 "$bin_dir/slipway-image" --bin-dir "$bin_dir" --out "$out" \
-  --tag "$version" --revision "$revision" --created "$created"
+  --tag "$version" --revision "$revision" --created "$created" "${pause_args[@]}"
 echo "images: built in $(( $(date +%s) - start )) s; layouts in $out"
 
 if [ -n "${REGISTRY:-}" ]; then

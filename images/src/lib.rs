@@ -143,7 +143,12 @@ impl Component {
 /// `/pause`, run as 65535 (the uid Kubernetes' own pause image uses). The nodes' containerd pins
 /// it as the sandbox image, and the fleet's test workload runs it too: one small image the
 /// project builds, with nothing in it that needs the network or a shell.
-pub fn pause(pause_bin: &Path, out: &Path, provenance: &Provenance, zstd_level: i32) -> anyhow::Result<Built> {
+pub fn pause(
+    pause_bin: &Path,
+    out: &Path,
+    provenance: &Provenance,
+    zstd_level: i32,
+) -> anyhow::Result<Built> {
     let data = std::fs::read(pause_bin)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", pause_bin.display()))?;
     anyhow::ensure!(
@@ -154,15 +159,28 @@ pub fn pause(pause_bin: &Path, out: &Path, provenance: &Provenance, zstd_level: 
     let mut layer = tar::Tar::new(provenance.created);
     layer.file("/pause", 0o755, 0, 0, data)?;
     let annotations: BTreeMap<String, String> = [
-        ("org.opencontainers.image.title", "slipway-pause".to_string()),
+        (
+            "org.opencontainers.image.title",
+            "slipway-pause".to_string(),
+        ),
         (
             "org.opencontainers.image.description",
-            "The pod sandbox image of Slipway's test nodes (Kubernetes' pause.c, static)".to_string(),
+            "The pod sandbox image of Slipway's test nodes (Kubernetes' pause.c, static)"
+                .to_string(),
         ),
         ("org.opencontainers.image.source", provenance.source.clone()),
-        ("org.opencontainers.image.revision", provenance.revision.clone()),
-        ("org.opencontainers.image.version", provenance.version.clone()),
-        ("org.opencontainers.image.licenses", "Apache-2.0".to_string()),
+        (
+            "org.opencontainers.image.revision",
+            provenance.revision.clone(),
+        ),
+        (
+            "org.opencontainers.image.version",
+            provenance.version.clone(),
+        ),
+        (
+            "org.opencontainers.image.licenses",
+            "Apache-2.0".to_string(),
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))

@@ -34,6 +34,15 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// The update server could not be reached at all (connect, timeout, reset): nothing was
+    /// refused, the machine just could not ask.
+    #[error("update server {url}: unreachable: {reason}")]
+    Unreachable {
+        /// The URL.
+        url: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// A payload did not match what was signed, or the server misbehaved while sending it.
     #[error("payload {url}: {reason}")]
     Payload {
@@ -102,6 +111,7 @@ impl Error {
             Error::Config(_) => "config",
             Error::Trust(e) => e.kind(),
             Error::Server { .. } => "server",
+            Error::Unreachable { .. } => "unreachable",
             Error::Payload { .. } => "payload",
             Error::Interrupted { .. } => "interrupted",
             Error::Verify { .. } => "verify",

@@ -103,12 +103,10 @@ pub fn build_and_push(registry: &LocalRegistry, work: &Path) -> Result<Pushed> {
         version: PAUSE_TAG.into(),
         ..provenance
     };
-    slipway_images::pause(&pause_bin, &dir, &pause_provenance, 3).context("building slipway-pause")?;
-    let pause = digest_of(&registry.push(
-        &dir,
-        &format!("{REPO_PREFIX}/slipway-pause"),
-        PAUSE_TAG,
-    )?)?;
+    slipway_images::pause(&pause_bin, &dir, &pause_provenance, 3)
+        .context("building slipway-pause")?;
+    let pause =
+        digest_of(&registry.push(&dir, &format!("{REPO_PREFIX}/slipway-pause"), PAUSE_TAG)?)?;
     Ok(Pushed {
         operator: digests[0].clone(),
         agent: digests[1].clone(),

@@ -388,9 +388,7 @@ impl Fleet {
                     && k.status
                         .as_ref()
                         .and_then(|s| s.conditions.as_ref())
-                        .is_some_and(|c| {
-                            c.iter().any(|c| c.type_ == "Ready" && c.status == "True")
-                        })
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
             });
             if !ready {
                 missing.push(format!("Node {} not Ready", n.name));
@@ -435,9 +433,7 @@ impl Fleet {
                 }
             }
             if Instant::now() > deadline {
-                let mut report = format!(
-                    "the cluster was not ready after {timeout:?}: {why}\n"
-                );
+                let mut report = format!("the cluster was not ready after {timeout:?}: {why}\n");
                 for n in &self.nodes {
                     report.push_str(&format!(
                         "{} console (last 40 lines):\n{}\n",
@@ -622,6 +618,41 @@ impl Fleet {
             .into_iter()
             .filter(|c| c.kind == "NodeUpdate" && !c.deleted)
             .filter_map(|c| serde_json::from_value(c.object).ok())
+            .collect()
+    }
+
+    /// The workload's PodDisruptionBudget as the API reports it now: (currentHealthy,
+    /// desiredHealthy), or None if it cannot be read.
+    pub fn workload_budget(&self) -> Option<(i32, i32)> {
+        let api: Api<k8s_openapi::api::policy::v1::PodDisruptionBudget> =
+            Api::namespaced(self.admin.clone(), "default");
+        let pdb = self.rt.block_on(api.get("web")).ok()?;
+        let st = pdb.status?;
+        Some((st.current_healthy, st.desired_healthy))
+    }
+
+    /// Every eviction of a workload pod (namespace `default`) the API server answered, from its
+    /// audit log, in order: (pod, the node whose agent asked, HTTP status). 201 is an eviction
+    /// done; 429 one the PodDisruptionBudget refused.
+    pub fn workload_evictions(&self) -> Vec<(String, String, u16)> {
+        self.cp
+            .audit_events()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| {
+                e.verb == "create"
+                    && e.resource() == "pods/eviction"
+                    && e.object_ref.as_ref().and_then(|r| r.namespace.as_deref()) == Some("default")
+            })
+            .map(|e| {
+                let node = e
+                    .user
+                    .extra
+                    .get("authentication.kubernetes.io/node-name")
+                    .and_then(|v| v.first().cloned())
+                    .unwrap_or_else(|| e.user.username.clone());
+                (e.name().to_owned(), node, e.code())
+            })
             .collect()
     }
 

@@ -238,7 +238,11 @@ pub fn node_runtime_inputs() -> Result<Vec<(&'static str, Vec<(PathBuf, String)>
 /// Builds a runtime image `NAME.raw` in `dir` as systemd-sysext wants one: a squashfs (zstd)
 /// of `usr/...` with the extension-release file matching the Debian 12 guests. The kubelet alone
 /// is 90 MB; squashfs keeps the image compressed on disk and in the payload.
-pub fn build_runtime_sysext(dir: &Path, name: &str, files: &[(PathBuf, String)]) -> Result<PathBuf> {
+pub fn build_runtime_sysext(
+    dir: &Path,
+    name: &str,
+    files: &[(PathBuf, String)],
+) -> Result<PathBuf> {
     let tree = dir.join(format!("sysext-{name}"));
     let _ = std::fs::remove_dir_all(&tree);
     let release = tree.join("usr/lib/extension-release.d");
@@ -257,7 +261,14 @@ pub fn build_runtime_sysext(dir: &Path, name: &str, files: &[(PathBuf, String)])
     let out = Command::new("mksquashfs")
         .arg(&tree)
         .arg(&img)
-        .args(["-all-root", "-comp", "zstd", "-noappend", "-quiet", "-no-progress"])
+        .args([
+            "-all-root",
+            "-comp",
+            "zstd",
+            "-noappend",
+            "-quiet",
+            "-no-progress",
+        ])
         // Reproducible: the same files give the same image (and the same payload digest).
         .args(["-mkfs-time", "0", "-all-time", "0"])
         .output()

@@ -317,3 +317,50 @@ fn the_command_line_builds_what_the_library_builds_and_says_so() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--only slipway-nope: no such image"));
 }
+
+#[test]
+fn the_pause_image_is_the_static_pause_alone_reproducibly_and_refuses_a_dynamic_binary() {
+    let pause = slipway_testkit::control_plane::Versions::pinned()
+        .runtime_bin_dir()
+        .join("pause");
+    assert!(
+        pause.exists(),
+        "{} is missing: scripts/setup.sh builds the node runtime",
+        pause.display()
+    );
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let first = slipway_images::pause(&pause, a.path(), &provenance(1_700_000_000), 3).unwrap();
+    let second = slipway_images::pause(&pause, b.path(), &provenance(1_700_000_000), 3).unwrap();
+    assert_eq!(first.manifest.digest, second.manifest.digest);
+    assert_eq!(tree(a.path()), tree(b.path()));
+    let (_, config, tars) = layout::verify(&first.dir, "0.1.0").unwrap();
+    assert_eq!(config["config"]["User"], "65535:65535", "{config}");
+    assert_eq!(config["config"]["Entrypoint"][0], "/pause", "{config}");
+    let files: Vec<String> = tars
+        .iter()
+        .flat_map(|t| tar::read(t).unwrap())
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(files, ["pause"], "one file and nothing else");
+    // It runs from its image alone (no libraries, no loader).
+    let root = tempfile::tempdir().unwrap();
+    unpack(&tars, root.path());
+    let run = Command::new("chroot")
+        .arg(root.path())
+        .args(["/pause", "-v"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success() && String::from_utf8_lossy(&run.stdout).contains("pause.c v"),
+        "{run:?}"
+    );
+    // A dynamically linked binary would need libraries the image does not carry.
+    let err = slipway_images::pause(
+        &bin_dir().join("slipway-operator"),
+        a.path(),
+        &provenance(0),
+        3,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("not a static binary"), "{err:#}");
+}

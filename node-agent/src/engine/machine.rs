@@ -217,8 +217,10 @@ pub enum Input {
     Found(Box<Release>),
     /// The server had nothing (or only refused versions).
     NothingNew,
-    /// The check failed (server down, bad signature, not admitted).
+    /// The check failed (the server refused or misbehaved, bad signature, not admitted).
     CheckFailed(String),
+    /// The check never reached the server (connect, timeout, reset).
+    ServerUnreachable(String),
     /// Download (or resume) the available release (`ApplyUpdate`).
     Apply,
     /// A checkpoint was made durable.
@@ -268,6 +270,7 @@ impl Input {
             Input::Found(_) => "Found",
             Input::NothingNew => "NothingNew",
             Input::CheckFailed(_) => "CheckFailed",
+            Input::ServerUnreachable(_) => "ServerUnreachable",
             Input::Apply => "Apply",
             Input::Progress(_) => "Progress",
             Input::Downloaded { .. } => "Downloaded",
@@ -403,6 +406,13 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
                 &mem.current_version,
                 format!("check: {reason}"),
             ));
+            next.last_error = Some(reason);
+            next.state = State::Idle;
+        }
+        // Not reported: nothing failed on this machine, and a report of it would only arrive once
+        // the server answers again, marking a healthy machine failed on the dashboard until its
+        // next event. The server sees the silence itself (the machine goes stale).
+        (State::Checking, Input::ServerUnreachable(reason)) => {
             next.last_error = Some(reason);
             next.state = State::Idle;
         }
@@ -1047,6 +1057,17 @@ mod tests {
         );
         assert_eq!(m.state, State::Idle);
         assert_eq!(reports(&fx), vec![EventKind::Failed]);
+        // A check that never reached the server is kept as the last error, not reported.
+        let (m, fx) = run(
+            &m,
+            vec![
+                Input::Check,
+                Input::ServerUnreachable("connection refused".into()),
+            ],
+        );
+        assert_eq!(m.state, State::Idle);
+        assert_eq!(m.last_error.as_deref(), Some("connection refused"));
+        assert!(reports(&fx).is_empty(), "{fx:?}");
     }
 
     #[test]
@@ -1293,6 +1314,7 @@ mod tests {
             (2u64..5).prop_map(|m| Input::Found(Box::new(runtime_only(&format!("{m}.0.1"))))),
             Just(Input::NothingNew),
             Just(Input::CheckFailed("x".into())),
+            Just(Input::ServerUnreachable("x".into())),
             Just(Input::Apply),
             Just(Input::Progress(Checkpoint::default())),
             Just(Input::Downloaded {

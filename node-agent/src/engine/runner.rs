@@ -423,6 +423,10 @@ impl Engine {
             Effect::Check => Some(match self.fetch_update().await {
                 Ok(Some(release)) => Input::Found(Box::new(release)),
                 Ok(None) => Input::NothingNew,
+                Err(e @ Error::Unreachable { .. }) => {
+                    tracing::warn!(error = %e, "update check failed");
+                    Input::ServerUnreachable(e.to_string())
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "update check failed");
                     Input::CheckFailed(e.to_string())
@@ -615,7 +619,10 @@ impl Engine {
             .timeout(self.settings.http_timeout)
             .send()
             .await
-            .map_err(|e| server_err(format!("request failed: {e}")))?;
+            .map_err(|e| Error::Unreachable {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         if !resp.status().is_success() {
             let status = resp.status();
             let body = resp.bytes().await.unwrap_or_default();

@@ -131,6 +131,19 @@ fn main() -> Result<()> {
         fleet.operator_url
     );
     println!("  files and logs             {}", fleet.dir.display());
+    println!(
+        "  Slipway installed with helm install (images from the local registry {}, pinned by digest)",
+        fleet.registry.addr()
+    );
+    println!();
+    println!(
+        "  booting the nodes: kubelet joins, the agent's DaemonSet pod and the workload start ..."
+    );
+    let ready_at = fleet.wait_ready(Duration::from_secs(900))?;
+    println!(
+        "  {} nodes Ready with their pods after {ready_at:.0} s",
+        args.nodes
+    );
     println!();
     let window_start = Timestamp::from_second(
         (Timestamp::now() + SignedDuration::from_secs(45)).as_second() / 60 * 60 + 60,

@@ -49,6 +49,10 @@ fn a_rolling_update_respects_window_and_budget_and_a_bad_release_halts_the_rollo
         images,
     )
     .unwrap();
+    let ready_at = fleet.wait_ready(Duration::from_secs(900)).unwrap();
+    eprintln!(
+        "fleet: 3 nodes Ready with their agent and workload pods {ready_at:.1} s after power-on"
+    );
 
     // --- v2: the window opens at the first whole minute at least 75 s from now ---------------
     let now = Timestamp::now();
@@ -61,11 +65,22 @@ fn a_rolling_update_respects_window_and_budget_and_a_bad_release_halts_the_rollo
         .apply_policy("fleet", policy("2.0.0", window_start))
         .unwrap();
     let mut finished: BTreeMap<String, Timestamp> = BTreeMap::new();
+    // The workload's budget, sampled from the API every half second through the rollout.
+    let mut budget_samples = 0;
+    let mut budget_broken = Vec::new();
     let views = fleet
         .wait_until(
             "every node on 2.0.0",
             Duration::from_secs(900),
-            |vs| vs.iter().all(|v| v.done_on("2.0.0")),
+            |vs| {
+                if let Some((healthy, desired)) = fleet.workload_budget() {
+                    budget_samples += 1;
+                    if healthy < desired {
+                        budget_broken.push((fleet.elapsed(), healthy, desired));
+                    }
+                }
+                vs.iter().all(|v| v.done_on("2.0.0"))
+            },
             |t, before, after| {
                 log_changes(t, before, after);
                 note_done(&mut finished, after, "2.0.0");
@@ -86,6 +101,30 @@ fn a_rolling_update_respects_window_and_budget_and_a_bad_release_halts_the_rollo
         assert!(v.ready && !v.cordoned, "{v:?}");
         assert_eq!(v.booted.as_deref(), Some("B 2.0.0"), "{v:?}");
     }
+    eprintln!("fleet: the workload's PodDisruptionBudget sampled {budget_samples} times");
+    assert!(
+        budget_samples > 100,
+        "{budget_samples} samples of the budget"
+    );
+    assert!(
+        budget_broken.is_empty(),
+        "fewer healthy workload pods than the budget wants (s, healthy, desired): {budget_broken:?}"
+    );
+    // Each node's agent, in its pod, evicted that node's workload pod through the eviction API
+    // (the PodDisruptionBudget allows one at a time).
+    let evictions = fleet.workload_evictions();
+    eprintln!("fleet: workload evictions (pod, by node, status): {evictions:?}");
+    for n in &fleet.nodes {
+        assert!(
+            evictions
+                .iter()
+                .any(|(pod, by, code)| pod.starts_with("web-") && by == &n.name && *code == 201),
+            "{} evicted no workload pod: {evictions:?}",
+            n.name
+        );
+    }
+    // And the evicted pods were rescheduled: a Ready workload pod on every node again.
+    fleet.wait_ready(Duration::from_secs(300)).unwrap();
     // The update server's dashboard API shows the rollout complete (once the last engine's
     // `healthy` report is in: it follows the node's own status by a moment).
     let stable_of = |o: &serde_json::Value| {
@@ -98,7 +137,7 @@ fn a_rolling_update_respects_window_and_budget_and_a_bad_release_halts_the_rollo
     let overview = poll_json(
         &format!("{}api/overview", fleet.server.url),
         Duration::from_secs(60),
-        |o| stable_of(o)["updated"] == 3,
+        |o| stable_of(o)["updated"] == 3 && o["states"]["up-to-date"] == 3,
     );
     let stable = stable_of(&overview);
     assert_eq!(stable["machines"], 3, "{stable}");
@@ -108,10 +147,16 @@ fn a_rolling_update_respects_window_and_budget_and_a_bad_release_halts_the_rollo
     let cluster = poll_json(
         &format!("{}api/cluster", fleet.server.url),
         Duration::from_secs(30),
+        // The whole report, nodes and policy: a report sent while the last node's grant was
+        // still being released shows it on 2.0.0 yet counted unavailable.
         |v| {
-            v[0]["nodes"].as_array().is_some_and(|ns| {
-                ns.len() == 3 && ns.iter().all(|n| n["currentVersion"] == "2.0.0")
-            })
+            v[0]["policies"][0]["updated"] == 3
+                && v[0]["nodes"].as_array().is_some_and(|ns| {
+                    ns.len() == 3
+                        && ns
+                            .iter()
+                            .all(|n| n["currentVersion"] == "2.0.0" && n["phase"] == "Healthy")
+                })
         },
     );
     assert_eq!(cluster[0]["cluster"], "fleet", "{cluster}");
@@ -218,7 +263,9 @@ fn a_kubelet_node_runs_slipway_from_the_registry_and_takes_a_new_kubelet_without
     )
     .unwrap();
     let ready_at = fleet.wait_ready(Duration::from_secs(900)).unwrap();
-    eprintln!("fleet: one node from power-on to Ready with its agent and workload pods: {ready_at:.1} s");
+    eprintln!(
+        "fleet: one node from power-on to Ready with its agent and workload pods: {ready_at:.1} s"
+    );
     let node_name = &fleet.nodes[0].name;
     let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(fleet.admin.clone());
     let node = fleet.rt.block_on(nodes.get(node_name)).unwrap();
@@ -226,23 +273,37 @@ fn a_kubelet_node_runs_slipway_from_the_registry_and_takes_a_new_kubelet_without
     let versions = slipway_testkit::control_plane::Versions::pinned();
     assert_eq!(info.kubelet_version, versions.kubernetes, "{info:?}");
     assert!(
-        info.container_runtime_version.starts_with("containerd://2."),
+        info.container_runtime_version
+            .starts_with("containerd://2."),
         "{info:?}"
     );
     // The agent's pod runs the image pushed to the registry, by digest.
     let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
         kube::Api::namespaced(fleet.admin.clone(), slipway_vm_tests::fleet::NAMESPACE);
-    let agent = fleet
-        .rt
-        .block_on(pods.list(&kube::api::ListParams::default().labels("app.kubernetes.io/name=slipway-agent")))
+    let agent =
+        fleet
+            .rt
+            .block_on(pods.list(
+                &kube::api::ListParams::default().labels("app.kubernetes.io/name=slipway-agent"),
+            ))
+            .unwrap()
+            .items
+            .pop()
+            .expect("an agent pod");
+    let image_id = agent
+        .status
+        .as_ref()
         .unwrap()
-        .items
-        .pop()
-        .expect("an agent pod");
-    let image_id = agent.status.as_ref().unwrap().container_statuses.as_ref().unwrap()[0]
+        .container_statuses
+        .as_ref()
+        .unwrap()[0]
         .image_id
         .clone();
-    assert!(image_id.ends_with(&fleet.pushed.agent), "{image_id} vs {}", fleet.pushed.agent);
+    assert!(
+        image_id.ends_with(&fleet.pushed.agent),
+        "{image_id} vs {}",
+        fleet.pushed.agent
+    );
     // The agent in its pod reports the node: its NodeUpdate says 1.0.0, from the engine.
     fleet
         .wait_until(
@@ -258,7 +319,10 @@ fn a_kubelet_node_runs_slipway_from_the_registry_and_takes_a_new_kubelet_without
     let before = cpu_secs(pid).unwrap();
     std::thread::sleep(Duration::from_secs(30));
     let idle = (cpu_secs(pid).unwrap() - before) / 30.0;
-    eprintln!("fleet: an idle kubelet node's QEMU uses {:.0}% of a host core", idle * 100.0);
+    eprintln!(
+        "fleet: an idle kubelet node's QEMU uses {:.0}% of a host core",
+        idle * 100.0
+    );
 
     // A runtime release that carries only a new kubelet: the engine installs it and restarts the
     // kubelet; the Node reports the new version from the same boot.
@@ -275,7 +339,12 @@ fn a_kubelet_node_runs_slipway_from_the_registry_and_takes_a_new_kubelet_without
     let released = std::time::Instant::now();
     fleet
         .server
-        .release_runtime(&fleet.images.keys, &work, "1.0.1", &[("kubelet", &kubelet_raw)])
+        .release_runtime(
+            &fleet.images.keys,
+            &work,
+            "1.0.1",
+            &[("kubelet", &kubelet_raw)],
+        )
         .unwrap();
     let next = format!("{}+slipway.1", versions.kubernetes);
     let deadline = std::time::Instant::now() + Duration::from_secs(600);
@@ -297,7 +366,10 @@ fn a_kubelet_node_runs_slipway_from_the_registry_and_takes_a_new_kubelet_without
         "fleet: kubelet-only runtime release applied in {:.1} s",
         released.elapsed().as_secs_f64()
     );
-    assert_eq!(info.boot_id, boot_id, "the node rebooted for a runtime release");
+    assert_eq!(
+        info.boot_id, boot_id,
+        "the node rebooted for a runtime release"
+    );
     let starts = fleet.nodes[0].lines_with("SLIPWAY-VM: kubelet starting");
     assert!(
         starts.last().is_some_and(|(_, l)| l.contains(&next)),
