@@ -204,10 +204,13 @@ pub fn build() -> Result<Images> {
     })
 }
 
-/// What the nodes' two runtime images hold, as (image name, [(file on the host, path in the
-/// image)]): `kubelet` (the pinned kubelet) and `containerd` (containerd, its runc shim, runc
-/// and the CNI plugins), from `scripts/build-kube.sh` and `scripts/build-node-runtime.sh`.
-pub fn node_runtime_inputs() -> Result<Vec<(&'static str, Vec<(PathBuf, String)>)>> {
+/// The files of one runtime image: (file on the host, path in the image).
+pub type SysextFiles = Vec<(PathBuf, String)>;
+
+/// What the nodes' two runtime images hold, by image name: `kubelet` (the pinned kubelet) and
+/// `containerd` (containerd, its runc shim, runc and the CNI plugins), from
+/// `scripts/build-kube.sh` and `scripts/build-node-runtime.sh`.
+pub fn node_runtime_inputs() -> Result<Vec<(&'static str, SysextFiles)>> {
     let versions = slipway_testkit::control_plane::Versions::pinned();
     let kube = versions.bin_dir();
     let rt = versions.runtime_bin_dir();
