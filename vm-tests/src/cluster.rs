@@ -27,6 +27,8 @@ pub struct Pushed {
     pub operator: String,
     /// `slipway-agent`.
     pub agent: String,
+    /// `slipway-server` (not installed by the fleet: the tests run it in a pod on a node).
+    pub server: String,
     /// `slipway-pause` (the sandbox image and the test workload's).
     pub pause: String,
 }
@@ -40,6 +42,9 @@ impl Pushed {
         )
     }
 }
+
+/// The images built from the workspace, in `Pushed`'s order.
+pub const SLIPWAY_IMAGES: [&str; 3] = ["slipway-operator", "slipway-agent", "slipway-server"];
 
 /// Copies `src` to `dir` without its debug info: the debug build's binaries carry 100+ MB of it,
 /// which every node would pull and unpack under software emulation.
@@ -61,14 +66,20 @@ fn stripped(src: &Path, dir: &Path) -> Result<PathBuf> {
     Ok(dest)
 }
 
-/// Builds `slipway-operator`, `slipway-agent` and `slipway-pause` from the workspace's debug
+/// Builds `slipway-operator`, `slipway-agent`, `slipway-server` and `slipway-pause` from the
+/// workspace's debug
 /// binaries (stripped) and the node runtime's `pause`, into `work`, and pushes them to
 /// `registry`.
 pub fn build_and_push(registry: &LocalRegistry, work: &Path) -> Result<Pushed> {
     let bin = work.join("bin");
     std::fs::create_dir_all(&bin)?;
-    for name in ["slipway-operator", "slipway-agent"] {
-        stripped(&crate::binary(name)?, &bin)?;
+    for component in COMPONENTS
+        .iter()
+        .filter(|c| SLIPWAY_IMAGES.contains(&c.name))
+    {
+        for name in component.binaries {
+            stripped(&crate::binary(name)?, &bin)?;
+        }
     }
     let options = Options {
         bin_dir: bin,
@@ -83,7 +94,7 @@ pub fn build_and_push(registry: &LocalRegistry, work: &Path) -> Result<Pushed> {
         created: 0,
     };
     let mut digests = Vec::new();
-    for name in ["slipway-operator", "slipway-agent"] {
+    for name in SLIPWAY_IMAGES {
         let component = COMPONENTS
             .iter()
             .find(|c| c.name == name)
@@ -110,6 +121,7 @@ pub fn build_and_push(registry: &LocalRegistry, work: &Path) -> Result<Pushed> {
     Ok(Pushed {
         operator: digests[0].clone(),
         agent: digests[1].clone(),
+        server: digests[2].clone(),
         pause,
     })
 }

@@ -324,6 +324,10 @@ fn a_kubelet_node_runs_slipway_from_the_registry_and_takes_a_new_kubelet_without
         idle * 100.0
     );
 
+    // Each of Slipway's images runs inside containerd on the node: `--help` from every binary,
+    // then the server's and the operator's real start-up (Ready through their own probes).
+    images_run_on_the_node(&fleet, node_name);
+
     // A runtime release that carries only a new kubelet: the engine installs it and restarts the
     // kubelet; the Node reports the new version from the same boot.
     let boot_id = info.boot_id.clone();
@@ -377,6 +381,194 @@ fn a_kubelet_node_runs_slipway_from_the_registry_and_takes_a_new_kubelet_without
     );
     fleet.wait_ready(Duration::from_secs(300)).unwrap();
     assert_eq!(qemu_pid(&fleet, node_name), pid, "QEMU was restarted");
+}
+
+/// Runs, on `node`, a pod per binary of each Slipway image with `--help` (each must exit 0), then `slipway-server` as the chart runs it (non-root, read-only root, data on
+/// an emptyDir) and `slipway-operator` as its own ServiceAccount (in the node's network: pods
+/// have no route off the node here), each until its readiness probe passes. The operator on the
+/// host holds the lease, so the pod's operator is a standby: Ready, and the lease unchanged.
+fn images_run_on_the_node(fleet: &Fleet, node: &str) {
+    use slipway_vm_tests::cluster::{GUEST_REGISTRY, REPO_PREFIX};
+    let image =
+        |name: &str, digest: &str| format!("{GUEST_REGISTRY}/{REPO_PREFIX}/{name}@{digest}");
+    let p = &fleet.pushed;
+    let helps = [
+        ("slipway-operator", &p.operator, "slipway-operator"),
+        ("slipway-agent", &p.agent, "slipway-agent"),
+        ("slipway-server", &p.server, "slipway-server"),
+        ("slipway-server", &p.server, "slipway"),
+    ];
+    let mut yaml = String::new();
+    for (name, digest, binary) in helps {
+        yaml += &format!(
+            r#"---
+apiVersion: v1
+kind: Pod
+metadata: {{name: help-{binary}, namespace: default}}
+spec:
+  nodeName: {node}
+  restartPolicy: Never
+  containers:
+    - name: help
+      image: {image}
+      command: ["{binary}", "--help"]
+"#,
+            image = image(name, digest)
+        );
+    }
+    yaml += &format!(
+        r#"---
+apiVersion: v1
+kind: Pod
+metadata: {{name: server-startup, namespace: default}}
+spec:
+  nodeName: {node}
+  securityContext: {{runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532, fsGroup: 65532}}
+  containers:
+    - name: server
+      image: {server}
+      args: ["--log-json"]
+      env:
+        - {{name: SLIPWAY_LISTEN, value: "0.0.0.0:8080"}}
+        - {{name: SLIPWAY_DATA_DIR, value: /var/lib/slipway}}
+      readinessProbe:
+        httpGet: {{path: /readyz, port: 8080}}
+        periodSeconds: 2
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {{drop: ["ALL"]}}
+      volumeMounts:
+        - {{name: data, mountPath: /var/lib/slipway}}
+  volumes:
+    - {{name: data, emptyDir: {{}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: operator-startup, namespace: {ns}}}
+spec:
+  nodeName: {node}
+  serviceAccountName: slipway-operator
+  hostNetwork: true
+  securityContext: {{runAsNonRoot: true, runAsUser: 65532, runAsGroup: 65532}}
+  containers:
+    - name: operator
+      image: {operator}
+      args: ["--log-json", "--lease-namespace", "{ns}"]
+      env:
+        - {{name: SLIPWAY_LISTEN, value: "0.0.0.0:18080"}}
+        - {{name: KUBERNETES_SERVICE_HOST, value: "10.0.2.101"}}
+        - {{name: KUBERNETES_SERVICE_PORT, value: "443"}}
+        - name: POD_NAME
+          valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        - name: POD_NAMESPACE
+          valueFrom: {{fieldRef: {{fieldPath: metadata.namespace}}}}
+      readinessProbe:
+        httpGet: {{path: /readyz, port: 18080}}
+        periodSeconds: 2
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {{drop: ["ALL"]}}
+"#,
+        server = image("slipway-server", &p.server),
+        operator = image("slipway-operator", &p.operator),
+        ns = slipway_vm_tests::fleet::NAMESPACE,
+    );
+    let ns = slipway_vm_tests::fleet::NAMESPACE;
+    let file = fleet.dir.join("image-pods.yaml");
+    std::fs::write(&file, &yaml).unwrap();
+    let started = std::time::Instant::now();
+    fleet
+        .cp
+        .kubectl_ok(&["apply", "-f", &file.display().to_string()])
+        .unwrap();
+    let pods = |ns: &str| -> kube::Api<k8s_openapi::api::core::v1::Pod> {
+        kube::Api::namespaced(fleet.admin.clone(), ns)
+    };
+    let ready = |pod: &k8s_openapi::api::core::v1::Pod| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    };
+    let phase = |pod: &k8s_openapi::api::core::v1::Pod| {
+        pod.status
+            .as_ref()
+            .and_then(|s| s.phase.clone())
+            .unwrap_or_default()
+    };
+    let mut waiting: Vec<(&str, String)> = helps
+        .iter()
+        .map(|(_, _, b)| ("default", format!("help-{b}")))
+        .chain([
+            ("default", "server-startup".to_owned()),
+            (ns, "operator-startup".to_owned()),
+        ])
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(600);
+    while !waiting.is_empty() {
+        let mut still = Vec::new();
+        for (ns, name) in waiting {
+            let pod = fleet.rt.block_on(pods(ns).get(&name)).unwrap();
+            let done = if name.starts_with("help-") {
+                let phase = phase(&pod);
+                assert_ne!(phase, "Failed", "{name} failed: {:?}", pod.status);
+                phase == "Succeeded"
+            } else {
+                ready(&pod)
+            };
+            if done {
+                eprintln!(
+                    "fleet: image pod {name} done {:.1} s after it was created",
+                    started.elapsed().as_secs_f64()
+                );
+            } else {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{name} not done after 600 s: {:?}",
+                    pod.status
+                );
+                still.push((ns, name));
+            }
+        }
+        waiting = still;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // (Not their logs: the API server reads logs from the kubelet, which it never dials here.)
+    for (_, _, binary) in helps {
+        let pod = fleet
+            .rt
+            .block_on(pods("default").get(&format!("help-{binary}")))
+            .unwrap();
+        let exit = pod
+            .status
+            .and_then(|s| s.container_statuses)
+            .and_then(|mut cs| cs.pop())
+            .and_then(|c| c.state)
+            .and_then(|s| s.terminated)
+            .map(|t| t.exit_code);
+        assert_eq!(exit, Some(0), "{binary} --help");
+    }
+    let leases: kube::Api<k8s_openapi::api::coordination::v1::Lease> =
+        kube::Api::namespaced(fleet.admin.clone(), ns);
+    let holders: Vec<String> = fleet
+        .rt
+        .block_on(leases.list(&Default::default()))
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|l| l.spec.and_then(|s| s.holder_identity))
+        .collect();
+    assert!(
+        holders.iter().any(|h| h == "fleet-operator")
+            && !holders.iter().any(|h| h.contains("operator-startup")),
+        "the host's operator leads, the pod stands by: {holders:?}"
+    );
+    fleet
+        .cp
+        .kubectl_ok(&["delete", "--wait=false", "-f", &file.display().to_string()])
+        .unwrap();
 }
 
 /// GETs `url` as JSON until `done` holds or `timeout` passes; the last answer (null if none).
