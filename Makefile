@@ -35,14 +35,16 @@ images: setup ## Container images as OCI layouts in target/images, reproducible 
 	@scripts/images.sh
 
 generate: ## Regenerate checked-in files: manifests/crds from the Rust CRD types, and the Helm chart's copy
-	$(CARGO) run -q -p slipway-operator --bin crdgen -- --out-dir manifests/crds
+	$(CARGO) build -q --workspace --bins --locked
+	$(BIN)/crdgen --out-dir manifests/crds
 	cp manifests/crds/*.yaml manifests/helm/slipway/crds/
 
 lint: ## cargo fmt --check and clippy with warnings as errors
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(CARGO) run -q -p slipway-operator --bin crdgen -- --check --out-dir manifests/crds
-	$(CARGO) run -q -p slipway-operator --bin crdgen -- --check --out-dir manifests/helm/slipway/crds
+	$(CARGO) build -q --workspace --bins --locked
+	$(BIN)/crdgen --check --out-dir manifests/crds
+	$(BIN)/crdgen --check --out-dir manifests/helm/slipway/crds
 
 bench: ## Benchmarks: engine apply vs openssl/copy+fsync, update-server checks/s vs /healthz, operator plan + 5k nodes
 	$(CARGO) bench --locked -p slipway-agent --bench apply -- 1024 4096
