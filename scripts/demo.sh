@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 echo "== Slipway tour: signed releases (the QEMU fleet rollout with the dashboard: make demo) =="
 cargo build -q --locked -p slipway-server --bin slipway
-S="$PWD/target/debug/slipway"
+S="$(realpath "${CARGO_TARGET_DIR:-target}")/debug/slipway"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cd "$work"

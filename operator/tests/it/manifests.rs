@@ -248,10 +248,11 @@ fn images_come_from_the_registry_pinned_by_digest_and_a_malformed_digest_is_refu
 }
 
 #[test]
-fn pods_can_be_pointed_at_the_api_server_and_the_agent_can_share_the_nodes_network() {
+fn pods_can_be_pointed_at_the_api_server_and_share_the_nodes_network() {
     let objs = docs(&helm_template(
         NAMESPACE,
-        "apiServer: {host: 10.0.2.101, port: 443}\nagent: {hostNetwork: true}",
+        "apiServer: {host: 10.0.2.101, port: 443}\nagent: {hostNetwork: true}\n\
+         operator: {hostNetwork: true}",
     ));
     for (kind, name) in [
         ("Deployment", "slipway-operator"),
@@ -275,21 +276,35 @@ fn pods_can_be_pointed_at_the_api_server_and_the_agent_can_share_the_nodes_netwo
             "{name}"
         );
     }
-    let agent = &object(&objs, "DaemonSet", "slipway-agent").unwrap()["spec"]["template"]["spec"];
-    assert_eq!(agent["hostNetwork"], true);
-    assert_eq!(agent["dnsPolicy"], "ClusterFirstWithHostNet");
+    for (kind, name) in [
+        ("Deployment", "slipway-operator"),
+        ("DaemonSet", "slipway-agent"),
+    ] {
+        let pod = &object(&objs, kind, name).unwrap()["spec"]["template"]["spec"];
+        assert_eq!(pod["hostNetwork"], true, "{name}");
+        assert_eq!(pod["dnsPolicy"], "ClusterFirstWithHostNet", "{name}");
+    }
+    // The update server never: it has no reason to.
+    let server =
+        &object(&objs, "Deployment", "slipway-server").unwrap()["spec"]["template"]["spec"];
+    assert!(server.get("hostNetwork").is_none());
     // By default neither: the kustomization parity test above holds the rest.
     let defaults = docs(&helm_template(NAMESPACE, "{}"));
-    let agent =
-        &object(&defaults, "DaemonSet", "slipway-agent").unwrap()["spec"]["template"]["spec"];
-    assert!(agent.get("hostNetwork").is_none());
-    assert!(
-        !agent["containers"][0]["env"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["name"] == "KUBERNETES_SERVICE_HOST")
-    );
+    for (kind, name) in [
+        ("Deployment", "slipway-operator"),
+        ("DaemonSet", "slipway-agent"),
+    ] {
+        let pod = &object(&defaults, kind, name).unwrap()["spec"]["template"]["spec"];
+        assert!(pod.get("hostNetwork").is_none(), "{name}");
+        assert!(
+            !pod["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "KUBERNETES_SERVICE_HOST"),
+            "{name}"
+        );
+    }
 }
 
 #[test]
