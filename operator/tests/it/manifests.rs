@@ -165,7 +165,9 @@ image: {tag: "0.2.0", pullPolicy: Always}
 imagePullSecrets: [{name: registry}]
 channel: beta
 serverUrl: https://updates.example.net
-operator: {replicas: 3}
+operator:
+  replicas: 3
+  report: {serverUrl: "https://updates.example.net", clusterName: prod-eu, tokenSecret: report}
 server:
   storage: {size: 50Gi, storageClassName: fast}
 rolloutPolicy:
@@ -305,6 +307,63 @@ fn pods_can_be_pointed_at_the_api_server_and_share_the_nodes_network() {
             "{name}"
         );
     }
+}
+
+#[test]
+fn the_operator_reports_to_an_update_server_when_the_chart_says_so() {
+    let objs = docs(&helm_template(NAMESPACE, ALL_ON));
+    let pod = &object(&objs, "Deployment", "slipway-operator").unwrap()["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    let env: BTreeMap<&str, &str> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+        .collect();
+    assert_eq!(env["SLIPWAY_SERVER_URL"], "https://updates.example.net");
+    assert_eq!(env["SLIPWAY_CLUSTER_NAME"], "prod-eu");
+    let token = env["SLIPWAY_SERVER_TOKEN_FILE"];
+    // The token file is the Secret's key `token`, mounted read-only where the variable says.
+    let mount = &c["volumeMounts"][0];
+    assert_eq!(mount["readOnly"], true);
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .expect("the mount's volume");
+    assert_eq!(volume["secret"]["secretName"], "report");
+    let item = &volume["secret"]["items"][0];
+    assert_eq!(item["key"], "token");
+    assert_eq!(
+        format!(
+            "{}/{}",
+            mount["mountPath"].as_str().unwrap(),
+            item["path"].as_str().unwrap()
+        ),
+        token
+    );
+    // Every variable the chart sets is one the operator reads (clap lists them in --help).
+    let help = Command::new(env!("CARGO_BIN_EXE_slipway-operator"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    for name in env.keys().filter(|k| k.starts_with("SLIPWAY_")) {
+        assert!(help.contains(&format!("[env: {name}=")), "{name}: {help}");
+    }
+    // Off by default: no variable, no volume.
+    let defaults = docs(&helm_template(NAMESPACE, "{}"));
+    let pod =
+        &object(&defaults, "Deployment", "slipway-operator").unwrap()["spec"]["template"]["spec"];
+    assert!(pod.get("volumes").is_none());
+    assert!(
+        !pod["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "SLIPWAY_SERVER_URL")
+    );
 }
 
 #[test]
