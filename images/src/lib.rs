@@ -95,29 +95,7 @@ impl Component {
             })
             .collect();
         let uid = if self.root { 0 } else { NONROOT };
-        let annotations: BTreeMap<String, String> = [
-            ("org.opencontainers.image.title", self.name.to_string()),
-            (
-                "org.opencontainers.image.description",
-                self.description.to_string(),
-            ),
-            ("org.opencontainers.image.source", provenance.source.clone()),
-            (
-                "org.opencontainers.image.revision",
-                provenance.revision.clone(),
-            ),
-            (
-                "org.opencontainers.image.version",
-                provenance.version.clone(),
-            ),
-            (
-                "org.opencontainers.image.licenses",
-                "Apache-2.0".to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let annotations = annotations(self.name, self.description, provenance);
         let spec = ImageSpec {
             tag: provenance.version.clone(),
             layers: vec![
@@ -139,6 +117,37 @@ impl Component {
     }
 }
 
+/// The OCI annotations every image carries: what it is, and where and what it was built from.
+fn annotations(
+    title: &str,
+    description: &str,
+    provenance: &Provenance,
+) -> BTreeMap<String, String> {
+    [
+        ("org.opencontainers.image.title", title.to_string()),
+        (
+            "org.opencontainers.image.description",
+            description.to_string(),
+        ),
+        ("org.opencontainers.image.source", provenance.source.clone()),
+        (
+            "org.opencontainers.image.revision",
+            provenance.revision.clone(),
+        ),
+        (
+            "org.opencontainers.image.version",
+            provenance.version.clone(),
+        ),
+        (
+            "org.opencontainers.image.licenses",
+            "Apache-2.0".to_string(),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// The pod sandbox ("pause") image, `slipway-pause`: Kubernetes' static `pause` binary alone at
 /// `/pause`, run as 65535 (the uid Kubernetes' own pause image uses). The nodes' containerd pins
 /// it as the sandbox image, and the fleet's test workload runs it too: one small image the
@@ -158,33 +167,11 @@ pub fn pause(
     );
     let mut layer = tar::Tar::new(provenance.created);
     layer.file("/pause", 0o755, 0, 0, data)?;
-    let annotations: BTreeMap<String, String> = [
-        (
-            "org.opencontainers.image.title",
-            "slipway-pause".to_string(),
-        ),
-        (
-            "org.opencontainers.image.description",
-            "The pod sandbox image of Slipway's test nodes (Kubernetes' pause.c, static)"
-                .to_string(),
-        ),
-        ("org.opencontainers.image.source", provenance.source.clone()),
-        (
-            "org.opencontainers.image.revision",
-            provenance.revision.clone(),
-        ),
-        (
-            "org.opencontainers.image.version",
-            provenance.version.clone(),
-        ),
-        (
-            "org.opencontainers.image.licenses",
-            "Apache-2.0".to_string(),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let annotations = annotations(
+        "slipway-pause",
+        "The pod sandbox image of Slipway's test nodes (Kubernetes' pause.c, static)",
+        provenance,
+    );
     layout::write(
         out,
         &ImageSpec {

@@ -124,6 +124,15 @@ impl FleetNode {
             .collect()
     }
 
+    /// The id of this node's QEMU process now (from its pid file).
+    pub fn qemu_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.dir.join(crate::qemu::PID_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
     /// The slot and version of the last boot (`B 2.0.0`), from `SLIPWAY-VM: up` lines.
     pub fn booted(&self) -> Option<String> {
         let (_, line) = self.lines_with("SLIPWAY-VM: up ").pop()?;
@@ -189,6 +198,14 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
+}
+
+/// Whether a pod's Ready condition is True (its containers run and pass their readiness probes).
+pub fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 /// The workload: one pod of the project's pause image per node (required anti-affinity), and a
@@ -374,12 +391,6 @@ impl Fleet {
         let (nodes, pods) = match (nodes, pods) {
             (Ok(n), Ok(p)) => (n.items, p.items),
             (Err(e), _) | (_, Err(e)) => return Some(format!("listing: {e}")),
-        };
-        let pod_ready = |p: &Pod| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         };
         let mut missing = Vec::new();
         for n in &self.nodes {

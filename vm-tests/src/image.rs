@@ -238,14 +238,9 @@ pub fn node_runtime_inputs() -> Result<Vec<(&'static str, SysextFiles)>> {
     ])
 }
 
-/// Builds a runtime image `NAME.raw` in `dir` as systemd-sysext wants one: a squashfs (zstd)
-/// of `usr/...` with the extension-release file matching the Debian 12 guests. The kubelet alone
-/// is 90 MB; squashfs keeps the image compressed on disk and in the payload.
-pub fn build_runtime_sysext(
-    dir: &Path,
-    name: &str,
-    files: &[(PathBuf, String)],
-) -> Result<PathBuf> {
+/// A fresh directory `dir/sysext-NAME` holding the extension-release file that matches the
+/// Debian 12 guests (systemd-sysext merges an image only with it), for an image's `usr/` tree.
+fn sysext_tree(dir: &Path, name: &str) -> Result<PathBuf> {
     let tree = dir.join(format!("sysext-{name}"));
     let _ = std::fs::remove_dir_all(&tree);
     let release = tree.join("usr/lib/extension-release.d");
@@ -254,6 +249,18 @@ pub fn build_runtime_sysext(
         release.join(format!("extension-release.{name}")),
         "ID=debian\nVERSION_ID=12\n",
     )?;
+    Ok(tree)
+}
+
+/// Builds a runtime image `NAME.raw` in `dir` as systemd-sysext wants one: a squashfs (zstd)
+/// of `usr/...` with the extension-release file matching the Debian 12 guests. The kubelet alone
+/// is 90 MB; squashfs keeps the image compressed on disk and in the payload.
+pub fn build_runtime_sysext(
+    dir: &Path,
+    name: &str,
+    files: &[(PathBuf, String)],
+) -> Result<PathBuf> {
+    let tree = sysext_tree(dir, name)?;
     for (src, dest) in files {
         let to = tree.join(dest);
         std::fs::create_dir_all(to.parent().expect("a file in a directory"))?;
@@ -290,14 +297,7 @@ pub fn build_runtime_sysext(
 /// image's root) holding `usr/lib/NAME/version` = `version` and the extension-release file
 /// that matches the Debian 12 guests.
 pub fn build_sysext(dir: &Path, name: &str, version: &str) -> Result<PathBuf> {
-    let tree = dir.join(format!("sysext-{name}"));
-    let _ = std::fs::remove_dir_all(&tree);
-    let release = tree.join("usr/lib/extension-release.d");
-    std::fs::create_dir_all(&release)?;
-    std::fs::write(
-        release.join(format!("extension-release.{name}")),
-        "ID=debian\nVERSION_ID=12\n",
-    )?;
+    let tree = sysext_tree(dir, name)?;
     std::fs::create_dir_all(tree.join("usr/lib").join(name))?;
     std::fs::write(tree.join("usr/lib").join(name).join("version"), version)?;
     let img = dir.join(format!("{name}.raw"));

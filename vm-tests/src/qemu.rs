@@ -101,7 +101,7 @@ impl Node {
             .args(["-smp", &self.cpus.to_string()])
             .args(["-nographic", "-no-reboot", "-monitor", "none"])
             .arg("-pidfile")
-            .arg(self.dir.join("qemu.pid"))
+            .arg(self.dir.join(PID_FILE))
             .arg("-drive")
             .arg(format!(
                 "file={},format=qcow2,if=virtio,cache=unsafe",
@@ -137,11 +137,6 @@ impl Node {
         self.child = Some(child);
         self.boots += 1;
         Ok(())
-    }
-
-    /// The running QEMU process's id.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
     }
 
     /// Whether QEMU is running.
@@ -275,6 +270,10 @@ impl Node {
         self.started.elapsed().as_secs_f64()
     }
 }
+
+/// The file in a node's directory where QEMU writes its process id (the harness's watcher thread
+/// owns the `Node`; a test reads the file).
+pub const PID_FILE: &str = "qemu.pid";
 
 /// How a node's kubelet joins the cluster.
 #[derive(Debug, Clone)]

@@ -423,13 +423,13 @@ impl Engine {
             Effect::Check => Some(match self.fetch_update().await {
                 Ok(Some(release)) => Input::Found(Box::new(release)),
                 Ok(None) => Input::NothingNew,
-                Err(e @ Error::Unreachable { .. }) => {
-                    tracing::warn!(error = %e, "update check failed");
-                    Input::ServerUnreachable(e.to_string())
-                }
                 Err(e) => {
                     tracing::warn!(error = %e, "update check failed");
-                    Input::CheckFailed(e.to_string())
+                    if matches!(e, Error::Unreachable { .. }) {
+                        Input::ServerUnreachable(e.to_string())
+                    } else {
+                        Input::CheckFailed(e.to_string())
+                    }
                 }
             }),
             Effect::Download {

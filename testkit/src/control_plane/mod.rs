@@ -76,10 +76,7 @@ impl Versions {
         if let Some(dir) = std::env::var_os("SLIPWAY_NODE_RUNTIME_BIN") {
             return PathBuf::from(dir);
         }
-        let root = std::env::var_os("SLIPWAY_KUBE_ROOT")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.root.clone());
-        root.join(&self.runtime).join("bin")
+        self.kube_root().join(&self.runtime).join("bin")
     }
 
     /// The directory holding this version set's binaries. `SLIPWAY_KUBE_BIN` overrides it.
@@ -87,11 +84,16 @@ impl Versions {
         if let Some(dir) = std::env::var_os("SLIPWAY_KUBE_BIN") {
             return PathBuf::from(dir);
         }
-        let root = std::env::var_os("SLIPWAY_KUBE_ROOT")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| self.root.clone());
-        root.join(format!("k8s-{}-etcd-{}", self.kubernetes, self.etcd))
+        self.kube_root()
+            .join(format!("k8s-{}-etcd-{}", self.kubernetes, self.etcd))
             .join("bin")
+    }
+
+    /// The root of the version-keyed directories; `SLIPWAY_KUBE_ROOT` overrides it.
+    fn kube_root(&self) -> PathBuf {
+        std::env::var_os("SLIPWAY_KUBE_ROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.clone())
     }
 }
 

@@ -241,15 +241,6 @@ fn cpu_secs(pid: u32) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
-/// The QEMU process of `node` (its -pidfile).
-fn qemu_pid(fleet: &Fleet, node: &str) -> u32 {
-    std::fs::read_to_string(fleet.dir.join(node).join("qemu.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn a_kubelet_node_runs_slipway_from_the_registry_and_takes_a_new_kubelet_without_a_reboot() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
@@ -315,7 +306,7 @@ fn a_kubelet_node_runs_slipway_from_the_registry_and_takes_a_new_kubelet_without
         .unwrap();
 
     // What an idle kubelet node costs the host under software emulation.
-    let pid = qemu_pid(&fleet, node_name);
+    let pid = fleet.nodes[0].qemu_pid().unwrap();
     let before = cpu_secs(pid).unwrap();
     std::thread::sleep(Duration::from_secs(30));
     let idle = (cpu_secs(pid).unwrap() - before) / 30.0;
@@ -380,7 +371,11 @@ fn a_kubelet_node_runs_slipway_from_the_registry_and_takes_a_new_kubelet_without
         "{starts:?}"
     );
     fleet.wait_ready(Duration::from_secs(300)).unwrap();
-    assert_eq!(qemu_pid(&fleet, node_name), pid, "QEMU was restarted");
+    assert_eq!(
+        fleet.nodes[0].qemu_pid().unwrap(),
+        pid,
+        "QEMU was restarted"
+    );
 }
 
 /// Runs, on `node`, a pod per binary of each Slipway image with `--help` (each must exit 0), then `slipway-server` as the chart runs it (non-root, read-only root, data on
@@ -391,6 +386,7 @@ fn images_run_on_the_node(fleet: &Fleet, node: &str) {
     use slipway_vm_tests::cluster::{GUEST_REGISTRY, REPO_PREFIX};
     let image =
         |name: &str, digest: &str| format!("{GUEST_REGISTRY}/{REPO_PREFIX}/{name}@{digest}");
+    let ns = slipway_vm_tests::fleet::NAMESPACE;
     let p = &fleet.pushed;
     let helps = [
         ("slipway-operator", &p.operator, "slipway-operator"),
@@ -473,9 +469,7 @@ spec:
 "#,
         server = image("slipway-server", &p.server),
         operator = image("slipway-operator", &p.operator),
-        ns = slipway_vm_tests::fleet::NAMESPACE,
     );
-    let ns = slipway_vm_tests::fleet::NAMESPACE;
     let file = fleet.dir.join("image-pods.yaml");
     std::fs::write(&file, &yaml).unwrap();
     let started = std::time::Instant::now();
@@ -485,12 +479,6 @@ spec:
         .unwrap();
     let pods = |ns: &str| -> kube::Api<k8s_openapi::api::core::v1::Pod> {
         kube::Api::namespaced(fleet.admin.clone(), ns)
-    };
-    let ready = |pod: &k8s_openapi::api::core::v1::Pod| {
-        pod.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
     };
     let phase = |pod: &k8s_openapi::api::core::v1::Pod| {
         pod.status
@@ -516,7 +504,7 @@ spec:
                 assert_ne!(phase, "Failed", "{name} failed: {:?}", pod.status);
                 phase == "Succeeded"
             } else {
-                ready(&pod)
+                slipway_vm_tests::fleet::pod_ready(&pod)
             };
             if done {
                 eprintln!(
