@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::{Node as KubeNode, Pod};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, ListParams, Patch, PatchParams, PostParams};
 use slipway_api::crd::{NodePhase, NodeUpdate, RolloutPolicy, RolloutPolicySpec};
 use slipway_testkit::ControlPlane;
-use slipway_testkit::control_plane::{Change, Options, changes};
+use slipway_testkit::control_plane::{Change, Options, Recorder};
 use slipway_testkit::oci_registry::LocalRegistry;
 
 use crate::cluster::Pushed;
@@ -190,6 +190,8 @@ pub struct Fleet {
     pub operator_log: PathBuf,
     /// The operator's FleetLock/metrics address.
     pub operator_url: String,
+    /// Every change to the fleet's Nodes and NodeUpdates, watched from before the first.
+    recorder: Recorder,
     operator: Mutex<Option<Child>>,
     _tmp: Option<tempfile::TempDir>,
 }
@@ -291,6 +293,17 @@ impl Fleet {
         cp.wait_for_crds()?;
         let admin = rt.block_on(cp.admin())?;
         let names: Vec<String> = (1..=opts.nodes).map(|i| format!("node-{i}")).collect();
+        let recorder = {
+            let names = names.clone();
+            rt.block_on(Recorder::start(
+                admin.clone(),
+                vec![
+                    (ApiResource::erase::<KubeNode>(&()), "Node"),
+                    (ApiResource::erase::<NodeUpdate>(&()), "NodeUpdate"),
+                ],
+                move |name| names.iter().any(|n| n == name),
+            ))?
+        };
         let workload_file = dir.join("workload.yaml");
         std::fs::write(&workload_file, workload(&pushed, names.len()))?;
         cp.kubectl_ok(&["apply", "-f", &workload_file.display().to_string()])?;
@@ -367,6 +380,7 @@ impl Fleet {
             started,
             operator_log,
             operator_url: format!("http://127.0.0.1:{operator_port}"),
+            recorder,
             operator: Mutex::new(Some(operator)),
             _tmp: tmp,
         })
@@ -535,7 +549,7 @@ impl Fleet {
 
     /// The most nodes that were unavailable (granted, cordoned, or draining / rebooting /
     /// verifying) at the same moment, over every write the API server committed so far, and
-    /// the resourceVersion where that happened. Exact: it replays the API server's audit log in
+    /// the resourceVersion where that happened. Exact: it replays every committed change in
     /// commit order, so no overlap can fall between two looks.
     pub fn max_unavailable_seen(&self) -> (usize, u64) {
         #[derive(Default, Clone, Copy)]
@@ -612,15 +626,13 @@ impl Fleet {
         out
     }
 
-    /// Every committed change to the fleet's Nodes and NodeUpdates, in commit order, from the
-    /// API server's audit log.
+    /// Every committed change to the fleet's Nodes and NodeUpdates, in commit order, up to the
+    /// state the API server shows now (from a watch: the audit log misses writes committed after
+    /// their client went away, such as a rebooting agent's last one).
     fn history(&self) -> Vec<Change> {
-        let events = self.cp.audit_events().unwrap_or_default();
-        changes(
-            &events,
-            &[("nodes", "Node"), ("nodeupdates", "NodeUpdate")],
-            |name| self.nodes.iter().any(|n| n.name == name),
-        )
+        self.rt
+            .block_on(self.recorder.changes())
+            .expect("the fleet's change history")
     }
 
     /// Every state each NodeUpdate was in, in commit order.

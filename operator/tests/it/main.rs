@@ -18,7 +18,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ApiResource, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 use slipway_api::crd::{NodePhase, NodeUpdate, NodeUpdateStatus, RolloutPolicy, condition};
@@ -27,7 +27,7 @@ use slipway_operator::reconcile::{Operator, Settings};
 use slipway_operator::writes::Scope;
 use slipway_runtime::ManualClock;
 use slipway_testkit::ControlPlane;
-use slipway_testkit::control_plane::{Change, changes};
+use slipway_testkit::control_plane::{Change, Recorder};
 use tokio::sync::watch;
 
 mod cloudevents;
@@ -105,6 +105,8 @@ struct Kube {
     client: Client,
     id: String,
     heartbeats: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Every change to this test's Nodes and NodeUpdates, from a watch started before any.
+    recorder: Recorder,
 }
 
 impl Drop for Kube {
@@ -118,11 +120,25 @@ impl Drop for Kube {
 async fn cluster() -> Kube {
     let cp = ControlPlane::shared().await;
     ensure_crds(cp).await;
+    let client = cp.admin().await.unwrap();
+    let id = cp.unique_name("t");
+    let prefix = format!("{id}-");
+    let recorder = Recorder::start(
+        client.clone(),
+        vec![
+            (ApiResource::erase::<Node>(&()), "Node"),
+            (ApiResource::erase::<NodeUpdate>(&()), "NodeUpdate"),
+        ],
+        move |name| name.starts_with(&prefix),
+    )
+    .await
+    .unwrap();
     Kube {
         cp,
-        client: cp.admin().await.unwrap(),
-        id: cp.unique_name("t"),
+        client,
+        id,
         heartbeats: Default::default(),
+        recorder,
     }
 }
 
@@ -256,14 +272,10 @@ impl Kube {
     }
 
     /// Every change to this test's Nodes and NodeUpdates that the API server committed, in
-    /// commit order, from its audit log.
-    fn history(&self) -> Vec<Change> {
-        let prefix = format!("{}-", self.id);
-        changes(
-            &self.cp.audit_events().unwrap(),
-            &[("nodes", "Node"), ("nodeupdates", "NodeUpdate")],
-            |name| name.starts_with(&prefix),
-        )
+    /// commit order, up to the state it shows now (from a watch: the audit log misses writes
+    /// committed after their client went away, such as a killed operator's last one).
+    async fn history(&self) -> Vec<Change> {
+        self.recorder.changes().await.unwrap()
     }
 }
 
@@ -504,12 +516,12 @@ fn ready_patch(ready: bool) -> Value {
 /// Replays the API server's audit log for `kube`'s objects; returns the most nodes ever
 /// unavailable at once (NotReady, draining/rebooting/verifying, or holding a grant) and every
 /// node ever granted.
-fn max_unavailable_in_history(kube: &Kube) -> (usize, BTreeSet<String>) {
+async fn max_unavailable_in_history(kube: &Kube) -> (usize, BTreeSet<String>) {
     let mut ready: BTreeMap<String, bool> = BTreeMap::new();
     let mut updates: BTreeMap<String, (bool, NodePhase)> = BTreeMap::new();
     let mut granted_ever = BTreeSet::new();
     let mut max = 0;
-    for change in kube.history() {
+    for change in kube.history().await {
         if change.kind == "Node" {
             if change.deleted {
                 ready.remove(&change.name);
@@ -618,7 +630,7 @@ async fn rolling_update_of_ten_nodes_never_exceeds_max_unavailable_two() {
     )
     .await;
     agents.abort();
-    let (max, granted) = max_unavailable_in_history(&kube);
+    let (max, granted) = max_unavailable_in_history(&kube).await;
     assert!(max <= 2, "{max} nodes were unavailable at once");
     assert_eq!(max, 2, "the budget should have been used");
     assert_eq!(granted.len(), 10);
@@ -749,7 +761,7 @@ async fn nothing_is_granted_before_the_window_opens_and_short_windows_are_skippe
         async || kube.updates().await.iter().any(|u| u.spec.reboot_granted),
     )
     .await;
-    for change in kube.history() {
+    for change in kube.history().await {
         if change.kind == "NodeUpdate" && !change.deleted {
             let nu: NodeUpdate = serde_json::from_value(change.object).unwrap();
             if nu.spec.reboot_granted {
@@ -805,7 +817,7 @@ async fn an_operator_killed_mid_rollout_and_restarted_never_over_grants() {
     })
     .await;
     agents.abort();
-    let (max, _) = max_unavailable_in_history(&kube);
+    let (max, _) = max_unavailable_in_history(&kube).await;
     assert!(max <= 2, "{max} unavailable at once across the restart");
 }
 
@@ -839,7 +851,7 @@ async fn with_two_replicas_only_the_leader_writes_and_the_standby_takes_over() {
     assert!(b.op.is_leader());
     assert!(b.op.metrics().writes.get() > 0);
     agents.abort();
-    let (max, _) = max_unavailable_in_history(&kube);
+    let (max, _) = max_unavailable_in_history(&kube).await;
     assert_eq!(max, 1, "maxUnavailable 1 across the leader change");
     // The real Lease names the new holder.
     let lease =
@@ -966,7 +978,7 @@ async fn a_failed_node_halts_the_policy_with_a_condition_and_an_event_until_clea
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (_, granted) = max_unavailable_in_history(&kube);
+    let (_, granted) = max_unavailable_in_history(&kube).await;
     assert_eq!(
         granted.len(),
         1,
@@ -1034,5 +1046,5 @@ async fn a_failed_node_halts_the_policy_with_a_condition_and_an_event_until_clea
     )
     .await;
     agents.abort();
-    assert_eq!(max_unavailable_in_history(&kube).1.len(), 2);
+    assert_eq!(max_unavailable_in_history(&kube).await.1.len(), 2);
 }

@@ -11,8 +11,10 @@
 //! binary ([`ControlPlane::shared`]), each test in its own namespace and with its own names.
 
 mod audit;
+mod recorder;
 
 pub use audit::{AuditEvent, AuditObjectRef, AuditUser, Change, changes, replay_in_commit_order};
+pub use recorder::Recorder;
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
