@@ -147,6 +147,18 @@ words! {
         GrantReturned,
         /// Agent: logind refused the reboot (an inhibitor lock); it retries.
         RebootInhibited,
+        /// A Prometheus gate of the policy is closed (its query returns series, or it cannot
+        /// be asked and fails closed).
+        GateClosed,
+        /// An Open Policy Agent gate denied this node.
+        PolicyDenied,
+        /// A pod matching the policy's blockingPodSelector runs on the node.
+        BlockingPod,
+        /// The node's topology domain has used up maxUnavailablePerTopology.
+        TopologyBudgetFull,
+        /// A node of the policy (or of this node's domain) became healthy less than
+        /// minReadySeconds ago.
+        Settling,
     }
 }
 
@@ -192,7 +204,7 @@ mod tests {
             );
         }
         assert_eq!(EnginePhase::ALL.len(), 11);
-        assert_eq!(WaitingReason::ALL.len(), 16);
+        assert_eq!(WaitingReason::ALL.len(), 21);
     }
 
     #[test]

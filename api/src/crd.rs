@@ -98,6 +98,122 @@ pub struct RolloutPolicySpec {
     /// No new grants while set (nodes already draining or rebooting finish).
     #[serde(default)]
     pub paused: bool,
+    /// A budget per topology domain on top of `maxUnavailable`: e.g. at most one node per
+    /// `topology.kubernetes.io/zone` at a time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable_per_topology: Option<TopologyBudget>,
+    /// Seconds between one node becoming healthy on the new version and the next grant in this
+    /// policy (in the same topology domain when `maxUnavailablePerTopology` is set), so that
+    /// workloads settle before the next node goes down. 0: no wait.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub min_ready_seconds: u32,
+    /// Pods that keep their node from being granted while they run (e.g. a batch job that must
+    /// not be interrupted). Empty or absent: no pod blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocking_pod_selector: Option<LabelSelector>,
+    /// Namespaces in which `blockingPodSelector` looks; absent: every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocking_pod_namespace_selector: Option<LabelSelector>,
+    /// Outside checks every new grant must pass.
+    #[serde(default, skip_serializing_if = "Gates::is_empty")]
+    pub gates: Gates,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+/// At most `max` unavailable nodes per value of the node label `key`. Nodes without the label
+/// form one domain of their own.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TopologyBudget {
+    /// The node label whose values are the domains, e.g. `topology.kubernetes.io/zone`.
+    #[schemars(length(min = 1, max = 317))]
+    pub key: String,
+    /// A count, or a percentage of the domain's selected nodes (rounded down, at least 1
+    /// unless it is 0).
+    #[schemars(schema_with = "int_or_percent_schema_no_default")]
+    pub max: IntOrString,
+}
+
+fn int_or_percent_schema_no_default(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "x-kubernetes-int-or-string": true,
+        "minimum": 0,
+        "pattern": "^(100|[1-9]?[0-9])%$",
+        "description": "A count of nodes (e.g. 1) or a percentage of the domain's selected nodes (e.g. \"50%\")."
+    })
+}
+
+/// Outside checks on every new grant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Gates {
+    /// Prometheus queries: a reboot is granted only while every query returns no series.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prometheus: Vec<PrometheusGate>,
+    /// Open Policy Agent decisions: a node is granted only if each allows it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub opa: Vec<OpaGate>,
+}
+
+impl Gates {
+    /// No gate at all.
+    pub fn is_empty(&self) -> bool {
+        self.prometheus.is_empty() && self.opa.is_empty()
+    }
+}
+
+/// A PromQL query that must return no series for reboots to be granted, e.g.
+/// `ALERTS{alertstate="firing",severity="critical"}`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusGate {
+    /// Names the gate in reasons, conditions, Events and metrics.
+    #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub name: String,
+    /// The Prometheus server's base URL, e.g. `http://prometheus.monitoring:9090`.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub url: String,
+    /// An instant PromQL query.
+    #[schemars(length(min = 1))]
+    pub query: String,
+    /// What an unreachable Prometheus or a failed query means: `Closed` (the default) holds
+    /// reboots back; `Open` lets them go on.
+    #[serde(default)]
+    pub on_error: GateOnError,
+}
+
+/// An Open Policy Agent decision asked for each node about to be granted: `POST
+/// <url>/v1/data/<path>` with the node, the policy and the cluster's counts as `input`; the
+/// result `{"allow": true}` grants, `{"allow": false, "reason": "..."}` keeps the node waiting.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpaGate {
+    /// Names the gate in reasons, conditions, Events and metrics.
+    #[schemars(regex(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"))]
+    pub name: String,
+    /// OPA's base URL, e.g. `http://opa.policy:8181`.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub url: String,
+    /// The decision's path under `/v1/data/`, e.g. `slipway/reboot`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9_]+(/[A-Za-z0-9_]+)*$"))]
+    pub path: String,
+    /// What an unreachable OPA or a malformed answer means: `Closed` (the default) or `Open`.
+    #[serde(default)]
+    pub on_error: GateOnError,
+}
+
+/// What a gate that cannot be asked means.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+pub enum GateOnError {
+    /// Hold reboots back (safe: an outage of the monitoring stack is no time to reboot).
+    #[default]
+    Closed,
+    /// Let reboots go on.
+    Open,
 }
 
 fn default_max_unavailable() -> IntOrString {
@@ -288,6 +404,9 @@ pub struct NodeCycle {
     pub node: String,
     /// Seconds from the grant to the node healthy on the new version.
     pub seconds: u64,
+    /// When the node was seen healthy (the start of `minReadySeconds`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
 }
 
 /// A FleetLock client holding a slot.

@@ -13,29 +13,76 @@ use jiff::{Timestamp, ToSpan};
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use slipway_api::crd::{
-    NodePhase, NodeUpdate, NodeUpdateStatus, RolloutPolicy, RolloutPolicySpec, RolloutPolicyStatus,
+    NodeCycle, NodePhase, NodeUpdate, NodeUpdateStatus, RolloutPolicy, RolloutPolicySpec,
+    RolloutPolicyStatus,
 };
-use slipway_operator::plan::{ClusterView, NodeView, PolicyView, plan};
+use slipway_operator::plan::{Checks, ClusterView, GateVerdict, NodeView, PolicyView, plan};
 use slipway_testkit::{ClusterState, TestCluster};
 
 const POLICIES: usize = 20;
 
-fn view(nodes: usize) -> ClusterView {
+/// `nodes` nodes in 20 policies. `gated`: every gate the planner knows is in play: a budget
+/// per zone (3 zones), a settle time with recent cycles still settling, a blocking pod on 1% of
+/// the nodes, an OPA denial on another 1%, and a closed Prometheus gate on every fifth policy.
+fn view(nodes: usize, gated: bool) -> ClusterView {
     let policies = (0..POLICIES)
         .map(|p| {
-            let spec: RolloutPolicySpec = serde_json::from_value(serde_json::json!({
+            let mut spec = serde_json::json!({
                 "channel": "stable",
                 "nodeSelector": {"matchLabels": {"pool": format!("p{p}")}},
                 "maxUnavailable": "10%",
                 "windows": [{"schedule": "0 * * * *", "duration": "50m"}],
-            }))
-            .unwrap();
+            });
+            let mut status = RolloutPolicyStatus::default();
+            let mut checks = Checks::default();
+            if gated {
+                spec["maxUnavailablePerTopology"] =
+                    serde_json::json!({"key": "topology.kubernetes.io/zone", "max": 1});
+                spec["minReadySeconds"] = serde_json::json!(120);
+                spec["gates"] = serde_json::json!({"prometheus": [
+                    {"name": "alerts", "url": "http://prometheus:9090", "query": "ALERTS"}
+                ]});
+                status.recent_cycles = (0..10)
+                    .map(|k| NodeCycle {
+                        node: format!("node-{:06}", k * POLICIES + p),
+                        seconds: 300,
+                        finished_at: Some(Time("2026-03-02T12:04:00Z".parse().unwrap())),
+                    })
+                    .collect();
+                if p % 5 == 0 {
+                    checks.closed_gates.push(GateVerdict {
+                        gate: "alerts".into(),
+                        detail: "ALERTS{alertname=\"KubeNodeNotReady\"}".into(),
+                    });
+                }
+                for i in (p..nodes).step_by(POLICIES) {
+                    let name = format!("node-{i:06}");
+                    match i % 100 {
+                        1 => {
+                            checks
+                                .blocking_pods
+                                .insert(name, vec!["batch/job-1".into()]);
+                        }
+                        5 => {
+                            checks.denied.insert(
+                                name,
+                                GateVerdict {
+                                    gate: "racks".into(),
+                                    detail: "rack r1 has a node down".into(),
+                                },
+                            );
+                        }
+                        _ => {}
+                    }
+                }
+            }
             PolicyView {
                 name: format!("policy-{p}"),
                 generation: Some(1),
-                spec,
-                status: RolloutPolicyStatus::default(),
+                spec: serde_json::from_value(spec).unwrap(),
+                status,
                 clear_halt: None,
+                checks,
             }
         })
         .collect();
@@ -43,7 +90,13 @@ fn view(nodes: usize) -> ClusterView {
         .map(|i| {
             let mut n = NodeView {
                 name: format!("node-{i:06}"),
-                labels: BTreeMap::from([("pool".to_string(), format!("p{}", i % POLICIES))]),
+                labels: BTreeMap::from([
+                    ("pool".to_string(), format!("p{}", i % POLICIES)),
+                    (
+                        "topology.kubernetes.io/zone".to_string(),
+                        format!("zone-{}", (i / POLICIES) % 3),
+                    ),
+                ]),
                 ready: i % 97 != 0,
                 ..Default::default()
             };
@@ -72,16 +125,24 @@ fn median(mut xs: Vec<Duration>) -> Duration {
     xs[xs.len() / 2]
 }
 
-fn bench_plan(sizes: &[usize]) {
-    println!("plan(): 20 policies, windows open, ~half the nodes staged");
+fn bench_plan(sizes: &[usize], gated: bool) -> Vec<Duration> {
+    println!(
+        "plan(): 20 policies, windows open, ~half the nodes staged{}",
+        if gated {
+            "; with every gate (zone budgets, settle time, blocking pods, OPA denials, closed Prometheus gates)"
+        } else {
+            ""
+        }
+    );
     println!(
         "{:>8} {:>12} {:>14} {:>10}",
         "nodes", "median ms", "ns per node", "grants"
     );
     let now: Timestamp = "2026-03-02T12:05:00Z".parse().unwrap();
     let mut per_node = Vec::new();
+    let mut medians = Vec::new();
     for &n in sizes {
-        let v = view(n);
+        let v = view(n, gated);
         let runs = if n >= 50_000 { 7 } else { 21 };
         let mut times = Vec::new();
         let mut grants = 0;
@@ -96,6 +157,7 @@ fn bench_plan(sizes: &[usize]) {
                 .count();
         }
         let m = median(times);
+        medians.push(m);
         let ns = m.as_nanos() as f64 / n as f64;
         per_node.push(ns);
         println!(
@@ -111,6 +173,22 @@ fn bench_plan(sizes: &[usize]) {
             last / first
         );
     }
+    medians
+}
+
+/// Both variants over the same sizes, and the cost of the gates as a ratio.
+fn bench_plans(sizes: &[usize]) {
+    let plain = bench_plan(sizes, false);
+    let gated = bench_plan(sizes, true);
+    for ((n, a), b) in sizes.iter().zip(&plain).zip(&gated) {
+        println!(
+            "gates at {n} nodes: {:.3} ms vs {:.3} ms without = {:.2}x",
+            b.as_secs_f64() * 1e3,
+            a.as_secs_f64() * 1e3,
+            b.as_secs_f64() / a.as_secs_f64()
+        );
+    }
+    println!();
 }
 
 fn node(name: &str) -> Node {
@@ -258,10 +336,10 @@ fn main() {
     // `cargo test --all-targets` runs this binary without `--bench`: a quick smoke of part 1
     // only (part 2 waits for a cron minute boundary).
     if !std::env::args().any(|a| a == "--bench") {
-        bench_plan(&[100, 1_000]);
+        bench_plans(&[100, 1_000]);
         return;
     }
-    bench_plan(&[1_000, 10_000, 50_000]);
+    bench_plans(&[1_000, 10_000, 50_000]);
     if std::env::args().any(|a| a == "plan-only") {
         return;
     }

@@ -284,6 +284,7 @@ mod tests {
                 .unwrap(),
             status: Default::default(),
             clear_halt: None,
+            checks: Default::default(),
         }
     }
 
@@ -312,6 +313,9 @@ mod tests {
             failed_nodes: vec![],
             new_cycles: vec![],
             cycle_estimate: jiff::SignedDuration::ZERO,
+            topology: None,
+            settle_until: None,
+            closed_gates: vec![],
         }
     }
 

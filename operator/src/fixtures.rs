@@ -72,6 +72,7 @@ pub fn policy(name: &str) -> PolicyView {
         spec: serde_json::from_value(serde_json::json!({"channel": "stable"})).unwrap(),
         status: RolloutPolicyStatus::default(),
         clear_halt: None,
+        checks: Default::default(),
     }
 }
 

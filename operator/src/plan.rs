@@ -76,6 +76,31 @@ pub struct PolicyView {
     pub status: RolloutPolicyStatus,
     /// The `slipway.dev/clear-halt` annotation, if set.
     pub clear_halt: Option<String>,
+    /// What the leader found outside the policy's objects: gates, denials, blocking pods.
+    pub checks: Checks,
+}
+
+/// What the leader learned for a policy by asking outside the cluster's Slipway objects
+/// (Prometheus, Open Policy Agent) and by looking at pods. Filled by `reconcile`; the planner
+/// only reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checks {
+    /// Prometheus gates closed now (their query returned series, or they could not be asked
+    /// and fail closed).
+    pub closed_gates: Vec<GateVerdict>,
+    /// Nodes an Open Policy Agent gate denied, with its verdict.
+    pub denied: BTreeMap<String, GateVerdict>,
+    /// Running pods matching the policy's `blockingPodSelector`, per node (`namespace/name`).
+    pub blocking_pods: BTreeMap<String, Vec<String>>,
+}
+
+/// A gate that says no, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateVerdict {
+    /// The gate's name (`spec.gates.*[].name`).
+    pub gate: String,
+    /// Why: up to three of the series that hold a Prometheus gate, OPA's reason, or the error.
+    pub detail: String,
 }
 
 /// Why a node does not get (or loses) a grant.
@@ -141,6 +166,35 @@ pub enum Reason {
         /// The phase it reports.
         phase: NodePhase,
     },
+    /// A Prometheus gate of the policy is closed.
+    GateClosed(GateVerdict),
+    /// An Open Policy Agent gate denied the node.
+    PolicyDenied(GateVerdict),
+    /// Pods matching `blockingPodSelector` run on the node.
+    BlockingPod {
+        /// Up to three of them (`namespace/name`).
+        pods: Vec<String>,
+        /// How many there are.
+        count: usize,
+    },
+    /// The node's topology domain has used up its budget.
+    TopologyBudgetFull {
+        /// The label key.
+        key: String,
+        /// The node's domain (the label's value; empty when the node lacks the label).
+        domain: String,
+        /// Unavailable nodes in the domain.
+        used: u32,
+        /// The domain's budget.
+        max: u32,
+    },
+    /// A node became healthy less than `minReadySeconds` ago.
+    Settling {
+        /// When the next grant may be made.
+        until: Timestamp,
+        /// The topology domain, when the settle time is per domain.
+        domain: Option<String>,
+    },
 }
 
 impl Reason {
@@ -161,6 +215,11 @@ impl Reason {
             Self::Failed { .. } => WaitingReason::Failed,
             Self::DrainBlocked => WaitingReason::DrainBlocked,
             Self::UpdatingWithoutGrant { .. } => WaitingReason::UpdatingWithoutGrant,
+            Self::GateClosed(_) => WaitingReason::GateClosed,
+            Self::PolicyDenied(_) => WaitingReason::PolicyDenied,
+            Self::BlockingPod { .. } => WaitingReason::BlockingPod,
+            Self::TopologyBudgetFull { .. } => WaitingReason::TopologyBudgetFull,
+            Self::Settling { .. } => WaitingReason::Settling,
         }
     }
 }
@@ -209,6 +268,40 @@ impl fmt::Display for Reason {
             Self::Failed { error: None } => f.write_str("update failed"),
             Self::DrainBlocked => f.write_str("drain could not finish; grant returned"),
             Self::UpdatingWithoutGrant { phase } => write!(f, "node is {phase} without a grant"),
+            Self::GateClosed(v) => write!(f, "gate {} is closed: {}", v.gate, v.detail),
+            Self::PolicyDenied(v) => write!(f, "gate {} denied the node: {}", v.gate, v.detail),
+            Self::BlockingPod { pods, count } => {
+                write!(f, "blocking pod running: {}", pods.join(", "))?;
+                if *count > pods.len() {
+                    write!(f, " and {} more", count - pods.len())?;
+                }
+                Ok(())
+            }
+            Self::TopologyBudgetFull {
+                key,
+                domain,
+                used,
+                max,
+            } => write!(
+                f,
+                "{used} of {max} allowed unavailable nodes in use in {key}={domain}"
+            ),
+            Self::Settling {
+                until,
+                domain: Some(d),
+            } => write!(
+                f,
+                "settling after the last node in {d} became healthy; next grant at {until}"
+            ),
+            Self::Settling {
+                until,
+                domain: None,
+            } => {
+                write!(
+                    f,
+                    "settling after the last node became healthy; next grant at {until}"
+                )
+            }
         }
     }
 }
@@ -293,7 +386,17 @@ pub struct PolicyPlan {
     pub new_cycles: Vec<(String, SignedDuration)>,
     /// The cycle estimate used for window fitting.
     pub cycle_estimate: SignedDuration,
+    /// `maxUnavailablePerTopology`: the label key and, per domain, (unavailable, budget) after
+    /// this plan.
+    pub topology: Option<(String, DomainBudgets)>,
+    /// The earliest time a node now held back by `minReadySeconds` may be granted.
+    pub settle_until: Option<Timestamp>,
+    /// Prometheus gates closed now.
+    pub closed_gates: Vec<GateVerdict>,
 }
+
+/// Per topology domain (the label's value): (unavailable, budget).
+pub type DomainBudgets = BTreeMap<String, (u32, u32)>;
 
 /// The whole plan.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -309,7 +412,8 @@ impl Plan {
     pub fn next_wakeup(&self) -> Option<Timestamp> {
         self.policies
             .values()
-            .filter_map(|p| p.window.and_then(|w| w.next_edge()))
+            .flat_map(|p| [p.window.and_then(|w| w.next_edge()), p.settle_until])
+            .flatten()
             .min()
     }
 }
@@ -474,6 +578,39 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
             // An unusable selector selects nothing.
             invalid[j].get_or_insert(e);
         }
+        if let Some(t) = &p.spec.max_unavailable_per_topology {
+            if let Err(e) = resolve_budget(&t.max, 0) {
+                invalid[j].get_or_insert(format!("maxUnavailablePerTopology: {e}"));
+            }
+            if t.key.is_empty() {
+                invalid[j].get_or_insert("maxUnavailablePerTopology: empty key".to_string());
+            }
+        }
+        for (what, sel) in [
+            ("blockingPodSelector", &p.spec.blocking_pod_selector),
+            (
+                "blockingPodNamespaceSelector",
+                &p.spec.blocking_pod_namespace_selector,
+            ),
+        ] {
+            if let Some(sel) = sel
+                && let Err(e) = selector_matches(sel, &BTreeMap::new())
+            {
+                invalid[j].get_or_insert(format!("{what}: {e}"));
+            }
+        }
+        let mut names: Vec<&str> = p
+            .spec
+            .gates
+            .prometheus
+            .iter()
+            .map(|g| g.name.as_str())
+            .chain(p.spec.gates.opa.iter().map(|g| g.name.as_str()))
+            .collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            invalid[j].get_or_insert(format!("gates: the name {:?} is used twice", w[0]));
+        }
     }
     // An unusable selector (bad operator) fails its full test below and selects nothing.
     let index = SelectorIndex::new(view);
@@ -621,6 +758,13 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
                 }
                 Some(WindowState::Always) | None => None,
             }
+            .or_else(|| {
+                p.checks
+                    .closed_gates
+                    .first()
+                    .cloned()
+                    .map(Reason::GateClosed)
+            })
         };
 
         let mut new_cycles = Vec::new();
@@ -722,6 +866,77 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
             )
             .unwrap_or(u32::MAX);
 
+        // Per topology domain: the same count, per value of the label.
+        let domain_of = |i: usize| -> String {
+            p.spec
+                .max_unavailable_per_topology
+                .as_ref()
+                .and_then(|t| nodes[i].labels.get(&t.key).cloned())
+                .unwrap_or_default()
+        };
+        let mut domains: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+        if let Some(t) = &p.spec.max_unavailable_per_topology {
+            let mut sizes: BTreeMap<String, u32> = BTreeMap::new();
+            for &i in &policy_nodes[j] {
+                let d = domain_of(i);
+                *sizes.entry(d.clone()).or_default() += 1;
+                let n = &nodes[i];
+                let unavailable = !n.ready
+                    || n.status.phase.is_disruptive()
+                    || out_nodes[i].as_ref().is_some_and(|np| np.granted);
+                domains.entry(d).or_default().0 += u32::from(unavailable);
+            }
+            for (d, size) in sizes {
+                domains.entry(d).or_default().1 = resolve_budget(&t.max, size).unwrap_or(0);
+            }
+        }
+
+        // Settle time (like a Deployment's minReadySeconds): a node that became healthy less
+        // than minReadySeconds ago still counts as unavailable, in the policy and its domain.
+        let min_ready = SignedDuration::from_secs(i64::from(p.spec.min_ready_seconds));
+        // Per scope (the domain, or the policy): the earliest end of a settle holding a slot.
+        let mut settling_ends: BTreeMap<Option<String>, Timestamp> = BTreeMap::new();
+        // Nodes settling now, with the end of their settle: they are not candidates either.
+        let mut settling_nodes: BTreeMap<usize, Timestamp> = BTreeMap::new();
+        if min_ready.is_positive() {
+            let mut finished: BTreeMap<&str, Timestamp> = BTreeMap::new();
+            for (name, at) in p
+                .status
+                .recent_cycles
+                .iter()
+                .filter_map(|c| Some((c.node.as_str(), c.finished_at.as_ref()?.0)))
+                .chain(new_cycles.iter().map(|(n, _)| (n.as_str(), now)))
+            {
+                let e = finished.entry(name).or_insert(at);
+                *e = (*e).max(at);
+            }
+            for &i in &governed {
+                let n = &nodes[i];
+                let Some(&at) = finished.get(n.name.as_str()) else {
+                    continue;
+                };
+                let until = at + min_ready;
+                let counted = !n.ready
+                    || n.status.phase.is_disruptive()
+                    || out_nodes[i].as_ref().is_some_and(|np| np.granted);
+                if until <= now || counted {
+                    continue;
+                }
+                used = used.saturating_add(1);
+                settling_nodes.insert(i, until);
+                let scope = p.spec.max_unavailable_per_topology.as_ref().map(|_| {
+                    let d = domain_of(i);
+                    domains.entry(d.clone()).or_default().0 += 1;
+                    d
+                });
+                for key in [None, scope] {
+                    let e = settling_ends.entry(key).or_insert(until);
+                    *e = (*e).min(until);
+                }
+            }
+        }
+        let mut settle_until: Option<Timestamp> = None;
+
         let mut keyed: Vec<(bool, u64, &str, usize)> = candidates
             .iter()
             .map(|&i| {
@@ -741,12 +956,55 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
                 .version
                 .clone()
                 .or_else(|| n.status.staged_version.clone());
-            let decision = if used < max {
-                used += 1;
-                Decision::Grant
-            } else {
-                Decision::Wait(Reason::BudgetFull { used, max })
+            let topology = p.spec.max_unavailable_per_topology.as_ref();
+            let domain = topology.map(|_| domain_of(i));
+            // A full budget that a settling node holds says so, and when it frees.
+            let settling = |scope: Option<String>| {
+                let until = settling_ends.get(&scope).copied()?;
+                Some(Reason::Settling {
+                    until,
+                    domain: scope,
+                })
             };
+            let decision = if let Some(&until) = settling_nodes.get(&i) {
+                // Healthy again only moments ago (and staged something newer already).
+                Decision::Wait(Reason::Settling {
+                    until,
+                    domain: domain.clone(),
+                })
+            } else if let Some(pods) = p.checks.blocking_pods.get(&n.name)
+                && !pods.is_empty()
+            {
+                Decision::Wait(Reason::BlockingPod {
+                    pods: pods.iter().take(3).cloned().collect(),
+                    count: pods.len(),
+                })
+            } else if let Some(v) = p.checks.denied.get(&n.name) {
+                Decision::Wait(Reason::PolicyDenied(v.clone()))
+            } else if let (Some(t), Some(d)) = (topology, &domain)
+                && let Some(&(d_used, d_max)) = domains.get(d)
+                && d_used >= d_max
+            {
+                Decision::Wait(
+                    settling(Some(d.clone())).unwrap_or(Reason::TopologyBudgetFull {
+                        key: t.key.clone(),
+                        domain: d.clone(),
+                        used: d_used,
+                        max: d_max,
+                    }),
+                )
+            } else if used >= max {
+                Decision::Wait(settling(None).unwrap_or(Reason::BudgetFull { used, max }))
+            } else {
+                used += 1;
+                if let Some(d) = &domain {
+                    domains.entry(d.clone()).or_default().0 += 1;
+                }
+                Decision::Grant
+            };
+            if let Decision::Wait(Reason::Settling { until, .. }) = &decision {
+                settle_until = Some(settle_until.map_or(*until, |s| s.min(*until)));
+            }
             out_nodes[i] = Some(node_plan(
                 n,
                 Some(p.name.clone()),
@@ -792,6 +1050,13 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
                 failed_nodes: failed,
                 new_cycles,
                 cycle_estimate,
+                topology: p
+                    .spec
+                    .max_unavailable_per_topology
+                    .as_ref()
+                    .map(|t| (t.key.clone(), domains)),
+                settle_until,
+                closed_gates: p.checks.closed_gates.clone(),
             },
         );
     }
@@ -881,6 +1146,7 @@ mod tests {
     };
     use proptest::prelude::*;
     use slipway_api::crd::{FleetLockHolder, HaltStatus, NodeCycle};
+    use std::collections::BTreeSet;
 
     fn run(nodes: Vec<NodeView>, policies: Vec<PolicyView>) -> Plan {
         plan(&ClusterView { nodes, policies }, now())
@@ -1064,6 +1330,7 @@ mod tests {
             .map(|i| NodeCycle {
                 node: format!("n{i}"),
                 seconds: 180,
+                finished_at: None,
             })
             .collect();
         assert_eq!(
@@ -1495,6 +1762,479 @@ mod tests {
                         // A grant that has not started is only held inside the gate.
                         prop_assert!(pp.valid.is_ok() && pp.halt.is_none() && !p.spec.paused);
                     }
+                }
+            }
+        }
+    }
+
+    // --- Gates: topology budgets, settle time, blocking pods, OPA denials, Prometheus gates.
+
+    const ZONE: &str = "topology.kubernetes.io/zone";
+
+    /// `zones` × `per_zone` staged nodes `z{zone}-n{k}`, labelled with their zone.
+    fn zoned(zones: usize, per_zone: usize) -> Vec<NodeView> {
+        (0..zones)
+            .flat_map(|z| {
+                (0..per_zone).map(move |k| {
+                    node(&format!("z{z}-n{k}"))
+                        .staged("2.0.0")
+                        .label(ZONE, &format!("zone-{z}"))
+                })
+            })
+            .collect()
+    }
+
+    fn per_zone(mut p: PolicyView, max: IntOrString) -> PolicyView {
+        p.spec.max_unavailable_per_topology = Some(slipway_api::crd::TopologyBudget {
+            key: ZONE.into(),
+            max,
+        });
+        p
+    }
+
+    fn granted_names(p: &Plan) -> Vec<String> {
+        p.nodes
+            .iter()
+            .filter(|(_, np)| np.decision == Decision::Grant)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn zone_of(name: &str) -> &str {
+        &name[..2]
+    }
+
+    #[test]
+    fn a_topology_budget_grants_at_most_its_share_per_domain() {
+        // 3 zones × 4 nodes, 3 at once overall, 1 per zone: one grant in each zone.
+        let p = run(
+            zoned(3, 4),
+            vec![per_zone(
+                policy("p").max(IntOrString::Int(3)),
+                IntOrString::Int(1),
+            )],
+        );
+        let granted = granted_names(&p);
+        assert_eq!(granted.len(), 3, "{granted:?}");
+        let zones: BTreeSet<&str> = granted.iter().map(|n| zone_of(n)).collect();
+        assert_eq!(zones.len(), 3, "two grants in one zone: {granted:?}");
+        let waiting = p.nodes.values().find_map(|np| match np.reason() {
+            Some(Reason::TopologyBudgetFull { key, used, max, .. }) => {
+                Some((key.clone(), *used, *max))
+            }
+            _ => None,
+        });
+        assert_eq!(waiting, Some((ZONE.to_string(), 1, 1)));
+        let (key, domains) = p.policies["p"].topology.clone().unwrap();
+        assert_eq!(key, ZONE);
+        assert!(
+            domains.values().all(|&(used, max)| used == 1 && max == 1),
+            "{domains:?}"
+        );
+
+        // A zone with a node already rebooting gets nothing more; the others do.
+        let mut nodes = zoned(3, 4);
+        nodes[0] = nodes[0]
+            .clone()
+            .granted("2026-03-02T11:55:00Z")
+            .phase(NodePhase::Rebooting);
+        let p = run(
+            nodes,
+            vec![per_zone(
+                policy("p").max(IntOrString::Int(3)),
+                IntOrString::Int(1),
+            )],
+        );
+        let granted = granted_names(&p);
+        assert_eq!(granted.len(), 2);
+        assert!(granted.iter().all(|n| zone_of(n) != "z0"), "{granted:?}");
+        assert_eq!(
+            reason_of(&p, "z0-n1"),
+            Some(Reason::TopologyBudgetFull {
+                key: ZONE.into(),
+                domain: "zone-0".into(),
+                used: 1,
+                max: 1
+            })
+        );
+        assert!(
+            reason_of(&p, "z0-n1")
+                .unwrap()
+                .to_string()
+                .contains("topology.kubernetes.io/zone=zone-0")
+        );
+    }
+
+    #[test]
+    fn a_topology_percentage_is_of_the_domain_and_unlabelled_nodes_are_one_domain() {
+        // 50% of a 4-node zone is 2; the overall budget (10) is not what limits.
+        let p = run(
+            zoned(2, 4),
+            vec![per_zone(
+                policy("p").max(IntOrString::Int(10)),
+                IntOrString::String("50%".into()),
+            )],
+        );
+        let granted = granted_names(&p);
+        assert_eq!(granted.len(), 4);
+        for z in ["z0", "z1"] {
+            assert_eq!(granted.iter().filter(|n| zone_of(n) == z).count(), 2);
+        }
+        // Three nodes without the label share the domain "": one at a time there.
+        let nodes = (0..3)
+            .map(|i| node(&format!("u{i}")).staged("2.0.0"))
+            .collect();
+        let p = run(
+            nodes,
+            vec![per_zone(
+                policy("p").max(IntOrString::Int(3)),
+                IntOrString::Int(1),
+            )],
+        );
+        assert_eq!(granted_names(&p).len(), 1);
+        assert!(
+            p.policies["p"]
+                .topology
+                .as_ref()
+                .unwrap()
+                .1
+                .contains_key("")
+        );
+    }
+
+    #[test]
+    fn a_settling_node_holds_its_slot_for_min_ready_seconds_and_says_until_when() {
+        let finished = now() - SignedDuration::from_secs(30);
+        let mut pol = policy("p");
+        pol.spec.min_ready_seconds = 120;
+        pol.status.recent_cycles = vec![NodeCycle {
+            node: "done".into(),
+            seconds: 300,
+            finished_at: Some(Time(finished)),
+        }];
+        let nodes = || {
+            vec![
+                node("done").current("2.0.0").phase(NodePhase::Healthy),
+                node("next").staged("2.0.0"),
+            ]
+        };
+        let p = run(nodes(), vec![pol.clone()]);
+        let until = finished + SignedDuration::from_secs(120);
+        assert_eq!(
+            reason_of(&p, "next"),
+            Some(Reason::Settling {
+                until,
+                domain: None
+            })
+        );
+        assert_eq!(
+            p.policies["p"].unavailable, 1,
+            "the settling node holds the slot"
+        );
+        assert_eq!(p.next_wakeup(), Some(until));
+        // At `until` the slot frees.
+        let later = plan(
+            &ClusterView {
+                nodes: nodes(),
+                policies: vec![pol.clone()],
+            },
+            until,
+        );
+        assert_eq!(later.nodes["next"].decision, Decision::Grant);
+        // With a budget of 2 the settling node takes one slot, not all of them.
+        let mut wide = pol.clone().max(IntOrString::Int(2));
+        wide.status = pol.status.clone();
+        let p = run(nodes(), vec![wide]);
+        assert_eq!(p.nodes["next"].decision, Decision::Grant);
+        // Without minReadySeconds the finished node holds nothing.
+        let mut none = pol;
+        none.spec.min_ready_seconds = 0;
+        assert_eq!(
+            run(nodes(), vec![none]).nodes["next"].decision,
+            Decision::Grant
+        );
+    }
+
+    #[test]
+    fn a_node_finishing_in_this_plan_starts_settling_now() {
+        let mut pol = policy("p");
+        pol.spec.min_ready_seconds = 60;
+        let nodes = vec![
+            node("done")
+                .current("2.0.0")
+                .phase(NodePhase::Healthy)
+                .granted("2026-03-02T11:50:00Z"),
+            node("next").staged("2.0.0"),
+        ];
+        let p = run(nodes, vec![pol]);
+        assert!(matches!(
+            p.nodes["done"].decision,
+            Decision::Release { cycle: Some(_) }
+        ));
+        assert_eq!(
+            reason_of(&p, "next"),
+            Some(Reason::Settling {
+                until: now() + SignedDuration::from_secs(60),
+                domain: None
+            })
+        );
+    }
+
+    #[test]
+    fn with_a_topology_budget_settling_is_per_domain() {
+        let mut pol = per_zone(policy("p").max(IntOrString::Int(3)), IntOrString::Int(1));
+        pol.spec.min_ready_seconds = 300;
+        pol.status.recent_cycles = vec![NodeCycle {
+            node: "z0-n0".into(),
+            seconds: 200,
+            finished_at: Some(Time(now() - SignedDuration::from_secs(10))),
+        }];
+        let mut nodes = zoned(2, 2);
+        nodes[0] = nodes[0].clone().current("2.0.0").phase(NodePhase::Healthy);
+        nodes[0].status.staged_version = None;
+        let p = run(nodes, vec![pol]);
+        assert_eq!(
+            reason_of(&p, "z0-n1"),
+            Some(Reason::Settling {
+                until: now() + SignedDuration::from_secs(290),
+                domain: Some("zone-0".into())
+            })
+        );
+        assert_eq!(
+            granted_names(&p)
+                .iter()
+                .filter(|n| zone_of(n) == "z1")
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn blocking_pods_and_opa_denials_keep_their_node_waiting_and_the_slot_goes_elsewhere() {
+        let mut pol = policy("p").max(IntOrString::Int(1));
+        pol.checks.blocking_pods.insert(
+            "a".into(),
+            (0..5).map(|i| format!("batch/job-{i}")).collect(),
+        );
+        let verdict = GateVerdict {
+            gate: "racks".into(),
+            detail: "rack r1 already has a node down".into(),
+        };
+        pol.checks.denied.insert("b".into(), verdict.clone());
+        let nodes = ["a", "b", "c"].map(|n| node(n).staged("2.0.0")).to_vec();
+        let p = run(nodes, vec![pol]);
+        assert_eq!(granted_names(&p), vec!["c".to_string()]);
+        let blocked = reason_of(&p, "a").unwrap();
+        assert_eq!(
+            blocked,
+            Reason::BlockingPod {
+                pods: vec![
+                    "batch/job-0".into(),
+                    "batch/job-1".into(),
+                    "batch/job-2".into()
+                ],
+                count: 5
+            }
+        );
+        assert_eq!(
+            blocked.to_string(),
+            "blocking pod running: batch/job-0, batch/job-1, batch/job-2 and 2 more"
+        );
+        assert_eq!(blocked.code(), WaitingReason::BlockingPod);
+        assert_eq!(reason_of(&p, "b"), Some(Reason::PolicyDenied(verdict)));
+        assert!(
+            reason_of(&p, "b")
+                .unwrap()
+                .to_string()
+                .contains("rack r1 already has a node down")
+        );
+    }
+
+    #[test]
+    fn a_closed_prometheus_gate_grants_nothing_and_takes_back_unstarted_grants() {
+        let mut pol = policy("p").max(IntOrString::Int(3));
+        let verdict = GateVerdict {
+            gate: "alerts".into(),
+            detail: "ALERTS{alertname=\"KubeNodeNotReady\"}".into(),
+        };
+        pol.checks.closed_gates.push(verdict.clone());
+        let nodes = vec![
+            node("staged").staged("2.0.0"),
+            node("held").staged("2.0.0").granted("2026-03-02T11:59:00Z"),
+            node("draining")
+                .staged("2.0.0")
+                .granted("2026-03-02T11:58:00Z")
+                .phase(NodePhase::Draining),
+        ];
+        let p = run(nodes, vec![pol]);
+        assert_eq!(
+            reason_of(&p, "staged"),
+            Some(Reason::GateClosed(verdict.clone()))
+        );
+        assert_eq!(
+            p.nodes["held"].decision,
+            Decision::Revoke(Reason::GateClosed(verdict.clone()))
+        );
+        assert_eq!(p.nodes["draining"].decision, Decision::Continue);
+        assert_eq!(p.policies["p"].closed_gates, vec![verdict]);
+        assert_eq!(
+            reason_of(&p, "staged").unwrap().to_string(),
+            "gate alerts is closed: ALERTS{alertname=\"KubeNodeNotReady\"}"
+        );
+    }
+
+    #[test]
+    fn unusable_gate_settings_make_the_policy_invalid() {
+        let mut dup = policy("p");
+        dup.spec.gates = serde_json::from_value(serde_json::json!({
+            "prometheus": [{"name": "g", "url": "http://p:9090", "query": "up == 0"}],
+            "opa": [{"name": "g", "url": "http://o:8181", "path": "slipway/allow"}]
+        }))
+        .unwrap();
+        let bad_pct = per_zone(
+            policy("q").select("pool", "b"),
+            IntOrString::String("150%".into()),
+        );
+        let p = run(
+            vec![
+                node("a").staged("2.0.0"),
+                node("b").label("pool", "b").staged("2.0.0"),
+            ],
+            vec![dup, bad_pct],
+        );
+        assert!(
+            p.policies["p"]
+                .valid
+                .as_ref()
+                .unwrap_err()
+                .contains("\"g\" is used twice")
+        );
+        assert!(
+            p.policies["q"]
+                .valid
+                .as_ref()
+                .unwrap_err()
+                .starts_with("maxUnavailablePerTopology")
+        );
+        assert!(granted_names(&p).is_empty());
+    }
+
+    fn arb_gated_view() -> impl Strategy<Value = (ClusterView, i64)> {
+        (
+            (0usize..30).prop_flat_map(|n| {
+                (0..n)
+                    .map(|i| (arb_node(i), any::<bool>(), 0usize..4, 0usize..8, 0i64..400))
+                    .collect::<Vec<_>>()
+            }),
+            0i32..5,
+            prop_oneof![
+                (0i32..3).prop_map(IntOrString::Int),
+                (0u32..101).prop_map(|p| IntOrString::String(format!("{p}%")))
+            ],
+            0u32..300,
+            any::<bool>(),
+            0i64..600,
+        )
+            .prop_map(|(nodes, max, zone_max, min_ready, gate_closed, offset)| {
+                let mut pol = per_zone(policy("a").max(IntOrString::Int(max)), zone_max);
+                pol.spec.halt_after_failures = 0;
+                pol.spec.min_ready_seconds = min_ready;
+                if gate_closed {
+                    pol.checks.closed_gates.push(GateVerdict {
+                        gate: "g".into(),
+                        detail: "firing".into(),
+                    });
+                }
+                let mut views = Vec::new();
+                for (n, candidate, zone, extra, finished_ago) in nodes {
+                    // Half the nodes are plain candidates (Ready, the newest version staged), so
+                    // that budgets fill up.
+                    let mut n = if candidate {
+                        node(&n.name).staged("2.5.0")
+                    } else {
+                        n
+                    };
+                    // Zone 3 means: no zone label.
+                    if zone < 3 {
+                        n = n.label(ZONE, &format!("zone-{zone}"));
+                    }
+                    match extra {
+                        0 => {
+                            pol.checks
+                                .blocking_pods
+                                .insert(n.name.clone(), vec!["ns/p".into()]);
+                        }
+                        1 => {
+                            pol.checks.denied.insert(
+                                n.name.clone(),
+                                GateVerdict {
+                                    gate: "o".into(),
+                                    detail: "no".into(),
+                                },
+                            );
+                        }
+                        2 | 3 => pol.status.recent_cycles.push(NodeCycle {
+                            node: n.name.clone(),
+                            seconds: 100,
+                            finished_at: Some(Time(
+                                now() - SignedDuration::from_secs(finished_ago),
+                            )),
+                        }),
+                        _ => {}
+                    }
+                    views.push(n);
+                }
+                (
+                    ClusterView {
+                        nodes: views,
+                        policies: vec![pol],
+                    },
+                    offset,
+                )
+            })
+    }
+
+    proptest! {
+        /// Whatever the cluster and the checks say: no domain goes over its budget in a plan that
+        /// grants there, no grant while a Prometheus gate is closed, none on a node with a blocking
+        /// pod or an OPA denial, and nodes still settling count against both budgets.
+        #[test]
+        fn gates_hold_whatever_the_cluster((view, offset) in arb_gated_view()) {
+            let at = now() + SignedDuration::from_secs(offset);
+            let plan = plan(&view, at);
+            let p = &view.policies[0];
+            let pp = &plan.policies[&p.name];
+            let t = p.spec.max_unavailable_per_topology.as_ref().unwrap();
+            let min_ready = SignedDuration::from_secs(i64::from(p.spec.min_ready_seconds));
+            let settling = |n: &NodeView| {
+                p.status.recent_cycles.iter().any(|c| {
+                    c.node == n.name && c.finished_at.as_ref().is_some_and(|f| f.0 + min_ready > at)
+                })
+            };
+            let unavailable = |n: &NodeView| {
+                !n.ready || n.status.phase.is_disruptive() || plan.nodes[&n.name].granted || settling(n)
+            };
+            let domain = |n: &NodeView| n.labels.get(&t.key).cloned().unwrap_or_default();
+            let mut per_domain: BTreeMap<String, (u32, u32, bool)> = BTreeMap::new();
+            for n in &view.nodes {
+                let e = per_domain.entry(domain(n)).or_default();
+                e.0 += u32::from(unavailable(n));
+                e.1 += 1;
+                e.2 |= plan.nodes[&n.name].decision == Decision::Grant;
+                if plan.nodes[&n.name].decision == Decision::Grant {
+                    prop_assert!(p.checks.closed_gates.is_empty(), "granted {} with a gate closed", n.name);
+                    prop_assert!(!p.checks.blocking_pods.contains_key(&n.name), "granted {} with a blocking pod", n.name);
+                    prop_assert!(!p.checks.denied.contains_key(&n.name), "granted {} that OPA denied", n.name);
+                }
+            }
+            let overall: u32 = per_domain.values().map(|e| e.0).sum();
+            if per_domain.values().any(|e| e.2) {
+                prop_assert!(overall <= pp.max_unavailable, "{} unavailable > {}", overall, pp.max_unavailable);
+            }
+            for (d, (used, size, granted_here)) in per_domain {
+                if granted_here {
+                    let max = resolve_budget(&t.max, size).unwrap();
+                    prop_assert!(used <= max, "domain {:?}: {} unavailable > {}", d, used, max);
                 }
             }
         }

@@ -209,6 +209,7 @@ mod tests {
                 spec,
                 status,
                 clear_halt: None,
+                checks: Default::default(),
             }],
             nodes: vec![
                 NodeView {

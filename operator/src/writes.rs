@@ -324,6 +324,7 @@ pub fn view(snapshot: &Snapshot, memory: &Memory) -> ClusterView {
                 spec: p.spec.clone(),
                 status,
                 clear_halt: p.annotations().get(CLEAR_HALT_ANNOTATION).cloned(),
+                checks: Default::default(),
                 name,
             }
         })
@@ -453,10 +454,25 @@ pub fn desired_status(
         cycles.push(NodeCycle {
             node: node.clone(),
             seconds: u64::try_from(d.as_secs()).unwrap_or(0),
+            finished_at: Some(Time(now)),
         });
     }
-    let excess = cycles.len().saturating_sub(RECENT_CYCLES);
-    cycles.drain(..excess);
+    // The newest ten, and any older one whose node still settles (minReadySeconds counts from
+    // it, however many nodes finished since).
+    let min_ready = jiff::SignedDuration::from_secs(i64::from(pv.spec.min_ready_seconds));
+    let mut excess = cycles.len().saturating_sub(RECENT_CYCLES);
+    cycles.retain(|c| {
+        let settling = c
+            .finished_at
+            .as_ref()
+            .is_some_and(|t| t.0 + min_ready > now);
+        if excess > 0 && !settling {
+            excess -= 1;
+            false
+        } else {
+            true
+        }
+    });
     let total = u32::try_from(pp.nodes.len()).unwrap_or(u32::MAX);
     let g = pv.generation;
     let c = |type_: &str, ok: bool, reason: &str, message: String| {
@@ -1121,6 +1137,7 @@ mod tests {
             .map(|i| NodeCycle {
                 node: format!("old{i}"),
                 seconds: 60,
+                finished_at: None,
             })
             .collect();
         // A node healthy on the target with a grant from ten minutes ago finishes a cycle.

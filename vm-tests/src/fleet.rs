@@ -848,6 +848,11 @@ pub fn fleet_policy(
             ..Default::default()
         },
         paused: false,
+        max_unavailable_per_topology: None,
+        min_ready_seconds: 0,
+        blocking_pod_selector: None,
+        blocking_pod_namespace_selector: None,
+        gates: Default::default(),
     }
 }
 
