@@ -19,6 +19,7 @@ PACKAGES=(
   docker-registry skopeo  # container images: a local registry (distribution v2) and pushes to it
   squashfs-tools     # the QEMU nodes' kubelet and containerd systemd-sysext images (squashfs, zstd)
   libseccomp-dev     # runc (built for the QEMU nodes' runtime) links libseccomp
+  prometheus         # the operator's Prometheus-gate tests start their own server on loopback
 )
 
 missing=()
@@ -33,6 +34,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The prometheus package starts a system-wide server where systemd runs; the tests start their
+# own, so keep the packaged one off (it would scrape and use CPU all the time).
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled prometheus >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
 
 # QEMU: Debian 12's qemu-system-x86 (7.2) conflicts with the newer backported qemu-utils that

@@ -45,6 +45,14 @@ struct Args {
     /// Evaluate at least this often (seconds) even when nothing changes.
     #[arg(long, default_value_t = 60)]
     resync_secs: u64,
+    /// Ask each Prometheus gate of the RolloutPolicies again after this many seconds (the
+    /// answer holds until then).
+    #[arg(long, env = "SLIPWAY_GATE_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    gate_interval_secs: u64,
+    /// Give up on one gate question (a Prometheus query, an OPA decision, a pod list) after
+    /// this many seconds; the gate then counts as unreachable (its onError decides).
+    #[arg(long, env = "SLIPWAY_GATE_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    gate_timeout_secs: u64,
     /// Log as JSON lines.
     #[arg(long, env = "SLIPWAY_LOG_JSON")]
     log_json: bool,
@@ -147,6 +155,10 @@ async fn main() -> Result<()> {
             instance: identity.clone(),
             scope: args.scope.clone(),
             cloudevents: cloudevents.clone(),
+            gates: slipway_operator::gates::GateSettings {
+                interval: Duration::from_secs(args.gate_interval_secs),
+                timeout: Duration::from_secs(args.gate_timeout_secs),
+            },
             ..Settings::default()
         },
         leading,

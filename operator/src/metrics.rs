@@ -24,6 +24,15 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// A gate label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct GateLabels {
+    /// The policy.
+    pub policy: String,
+    /// The gate's name.
+    pub gate: String,
+}
+
 /// A FleetLock operation label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FleetLockLabels {
@@ -56,6 +65,8 @@ pub struct Metrics {
     pub leader: Gauge,
     /// FleetLock requests by operation and result.
     pub fleetlock: Family<FleetLockLabels, Counter>,
+    /// 1 while a policy's Prometheus gate is closed, 0 while open (every gate of every policy).
+    pub gate_closed: Family<GateLabels, Gauge>,
     /// The CloudEvents emitter's (`slipway_operator_cloudevents_*`), by sink.
     pub cloudevents: slipway_events::Metrics,
 }
@@ -115,6 +126,12 @@ impl Metrics {
             "FleetLock requests by operation and result",
             fleetlock.clone(),
         );
+        let gate_closed = Family::<GateLabels, Gauge>::default();
+        registry.register(
+            "gate_closed",
+            "1 while a policy's Prometheus gate is closed, 0 while it is open",
+            gate_closed.clone(),
+        );
         let cloudevents = slipway_events::Metrics::registered_in(&mut registry);
         Self {
             registry,
@@ -128,6 +145,7 @@ impl Metrics {
             write_errors,
             leader,
             fleetlock,
+            gate_closed,
             cloudevents,
         }
     }

@@ -7,7 +7,7 @@
 //! leader's memory) is `writes.rs`; this file takes snapshots of the caches and talks to the API
 //! server.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,9 +26,11 @@ use tokio::sync::{Mutex, MutexGuard, Notify, watch};
 use tracing::{debug, info, warn};
 
 use crate::cloudevents;
-use crate::metrics::{Metrics, PhaseLabels, ReasonLabels};
-use crate::plan::{self, ClusterView, Decision, Plan};
+use crate::gates::{GateSettings, Gates};
+use crate::metrics::{GateLabels, Metrics, PhaseLabels, ReasonLabels};
+use crate::plan::{self, ClusterView, Decision, GateVerdict, NodeView, Plan};
 use crate::writes::{self, Memory, Notice, Scope, Snapshot, Write, WriteError};
+use jiff::Timestamp;
 
 /// The operator's field manager and Event reporter.
 pub const MANAGER: &str = "slipway-operator";
@@ -50,6 +52,8 @@ pub struct Settings {
     /// NodeUpdates this operator creates get it): several operators can share one cluster,
     /// e.g. a canary operator for a labelled pool. `None`: everything.
     pub scope: Option<Scope>,
+    /// How often Prometheus gates are asked, and how long any gate question may take.
+    pub gates: GateSettings,
 }
 
 impl Default for Settings {
@@ -61,6 +65,7 @@ impl Default for Settings {
             instance: MANAGER.to_string(),
             cloudevents: slipway_events::Emitter::default(),
             scope: None,
+            gates: GateSettings::default(),
         }
     }
 }
@@ -114,6 +119,7 @@ pub struct Operator {
     memory: Mutex<Memory>,
     leader: watch::Receiver<bool>,
     recorder: Recorder,
+    gates: Gates,
     reflectors: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -228,6 +234,7 @@ impl Operator {
             policies.wait_until_ready(),
             updates.wait_until_ready()
         );
+        let gates = Gates::new(settings.gates);
         let recorder = Recorder::new(
             client.clone(),
             Reporter {
@@ -248,6 +255,7 @@ impl Operator {
             leader,
             recorder,
             reflectors,
+            gates,
         }))
     }
 
@@ -325,8 +333,16 @@ impl Operator {
                 Some(at) => self.clock.sleep_until(at),
                 None => Box::pin(std::future::pending()),
             };
+            let gated = self
+                .policies
+                .state()
+                .iter()
+                .any(|p| !p.spec.gates.prometheus.is_empty());
             let resync = if retry {
                 Duration::from_secs(1)
+            } else if gated && leading {
+                // A Prometheus gate's answer is only good for one interval.
+                self.settings.resync.min(self.gates.interval())
             } else {
                 self.settings.resync
             };
@@ -398,8 +414,10 @@ impl Operator {
         let mut memory = self.leader_memory().await?;
         let now = self.clock.now();
         let snapshot = self.snapshot();
-        let view = writes::view(&snapshot, &memory);
+        let mut view = writes::view(&snapshot, &memory);
+        self.ask_prometheus(&mut view).await;
         let plan = plan::plan(&view, now);
+        let plan = self.check_grants(&mut view, plan, now).await;
         let [releases, grants, rest] = writes::writes(&snapshot, &memory, &view, &plan, now);
         let (mut ok, mut failed) = self.execute(&mut memory, releases).await;
         if failed == 0 {
@@ -523,6 +541,108 @@ impl Operator {
                 }
             })
             .await;
+    }
+
+    /// Fills each policy's closed Prometheus gates (asking those due) and the gate metric.
+    async fn ask_prometheus(&self, view: &mut ClusterView) {
+        if view
+            .policies
+            .iter()
+            .all(|p| p.spec.gates.prometheus.is_empty())
+        {
+            self.metrics.gate_closed.clear();
+            return;
+        }
+        let closed = self.gates.prometheus(&view.policies).await;
+        self.metrics.gate_closed.clear();
+        for p in &mut view.policies {
+            p.checks.closed_gates = closed.get(&p.name).cloned().unwrap_or_default();
+            for g in &p.spec.gates.prometheus {
+                let shut = p.checks.closed_gates.iter().any(|v| v.gate == g.name);
+                self.metrics
+                    .gate_closed
+                    .get_or_create(&GateLabels {
+                        policy: p.name.clone(),
+                        gate: g.name.clone(),
+                    })
+                    .set(i64::from(shut));
+            }
+        }
+    }
+
+    /// Checks the nodes `plan` would grant against blocking pods and OPA gates; a node held
+    /// back goes into the view's checks and the plan is made again, until every grant left has
+    /// passed (each round holds back at least one more node, so this ends). Only policies with
+    /// such checks cost anything.
+    async fn check_grants(&self, view: &mut ClusterView, mut plan: Plan, now: Timestamp) -> Plan {
+        let mut asked: BTreeSet<String> = BTreeSet::new();
+        let mut listed: BTreeSet<String> = BTreeSet::new();
+        loop {
+            let mut held_back = false;
+            for j in 0..view.policies.len() {
+                let policy = view.policies[j].clone();
+                if policy.spec.blocking_pod_selector.is_none() && policy.spec.gates.opa.is_empty() {
+                    continue;
+                }
+                let Some(pp) = plan.policies.get(&policy.name) else {
+                    continue;
+                };
+                let proposed: Vec<String> = pp
+                    .nodes
+                    .iter()
+                    .filter(|n| {
+                        !asked.contains(*n)
+                            && plan
+                                .nodes
+                                .get(*n)
+                                .is_some_and(|np| np.decision == Decision::Grant)
+                    })
+                    .cloned()
+                    .collect();
+                if proposed.is_empty() {
+                    continue;
+                }
+                asked.extend(proposed.iter().cloned());
+                let checks = &mut view.policies[j].checks;
+                if policy.spec.blocking_pod_selector.is_some() && listed.insert(policy.name.clone())
+                {
+                    match self.gates.blocking_pods(&self.client, &policy).await {
+                        Ok(pods) => checks.blocking_pods = pods,
+                        Err(e) => {
+                            warn!(policy = %policy.name, error = %e, "cannot tell which pods block; holding grants back");
+                            for n in &proposed {
+                                checks.denied.insert(
+                                    n.clone(),
+                                    GateVerdict {
+                                        gate: "blockingPodSelector".into(),
+                                        detail: format!("cannot list pods, so holding back: {e}"),
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+                let unblocked: Vec<&NodeView> = view
+                    .nodes
+                    .iter()
+                    .filter(|n| {
+                        proposed.contains(&n.name)
+                            && !checks.blocking_pods.contains_key(&n.name)
+                            && !checks.denied.contains_key(&n.name)
+                    })
+                    .collect();
+                held_back |= unblocked.len() < proposed.len();
+                if !policy.spec.gates.opa.is_empty() && !unblocked.is_empty() {
+                    let denied = self.gates.opa(&policy, pp, &unblocked).await;
+                    held_back |= !denied.is_empty();
+                    checks.denied.extend(denied);
+                }
+            }
+            if !held_back {
+                return plan;
+            }
+            plan = plan::plan(view, now);
+        }
     }
 
     fn record_metrics(&self, view: &ClusterView, plan: &Plan) {

@@ -33,6 +33,7 @@ use tokio::sync::watch;
 mod cloudevents;
 mod crds;
 mod fleetlock;
+mod gates;
 mod leader;
 mod manifests;
 mod security;
