@@ -599,13 +599,32 @@ impl Operator {
                     })
                     .cloned()
                     .collect();
-                if proposed.is_empty() {
+                // Candidates held back only by the budget or a settle time are told about their
+                // blocking pods too, so that their reason says what will hold them next.
+                let candidates = pp.nodes.iter().any(|n| {
+                    plan.nodes.get(n).is_some_and(|np| {
+                        np.decision == Decision::Grant
+                            || matches!(
+                                np.reason(),
+                                Some(
+                                    plan::Reason::BudgetFull { .. }
+                                        | plan::Reason::TopologyBudgetFull { .. }
+                                        | plan::Reason::Settling { .. }
+                                )
+                            )
+                    })
+                });
+                let list_pods = policy.spec.blocking_pod_selector.is_some()
+                    && candidates
+                    && !listed.contains(&policy.name);
+                if proposed.is_empty() && !list_pods {
                     continue;
                 }
                 asked.extend(proposed.iter().cloned());
                 let checks = &mut view.policies[j].checks;
-                if policy.spec.blocking_pod_selector.is_some() && listed.insert(policy.name.clone())
-                {
+                if list_pods {
+                    listed.insert(policy.name.clone());
+                    let before = checks.blocking_pods.len();
                     match self.gates.blocking_pods(&self.client, &policy).await {
                         Ok(pods) => checks.blocking_pods = pods,
                         Err(e) => {
@@ -621,6 +640,8 @@ impl Operator {
                             }
                         }
                     }
+                    // A waiting candidate found blocked changes its reason: plan again.
+                    held_back |= checks.blocking_pods.len() != before;
                 }
                 let unblocked: Vec<&NodeView> = view
                     .nodes

@@ -307,3 +307,233 @@ async fn a_firing_alert_holds_the_rollout_until_it_clears_and_a_down_prometheus_
     .await;
     agents3.abort();
 }
+
+/// Adds `label=value` to Node `name`.
+async fn label_node(kube: &Kube, name: &str, label: &str, value: &str) {
+    Api::<Node>::all(kube.client())
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {label: value}}})),
+        )
+        .await
+        .unwrap();
+}
+
+const ZONE: &str = "topology.kubernetes.io/zone";
+
+/// The most nodes of one zone unavailable (NotReady, granted or mid-update) at once over every
+/// committed change, and over all zones.
+async fn max_per_zone_in_history(kube: &Kube) -> (usize, usize) {
+    let mut zone: BTreeMap<String, String> = BTreeMap::new();
+    let mut ready: BTreeMap<String, bool> = BTreeMap::new();
+    let mut busy: BTreeMap<String, bool> = BTreeMap::new();
+    let (mut worst_zone, mut worst) = (0, 0);
+    for c in kube.history().await {
+        if c.deleted {
+            continue;
+        }
+        if c.kind == "Node" {
+            let n: Node = serde_json::from_value(c.object).unwrap();
+            if let Some(z) = n.labels().get(ZONE) {
+                zone.insert(c.name.clone(), z.clone());
+            }
+            let r = n
+                .status
+                .and_then(|s| s.conditions)
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            ready.insert(c.name.clone(), r);
+        } else {
+            let nu: NodeUpdate = serde_json::from_value(c.object).unwrap();
+            let phase = nu.status.unwrap_or_default().phase;
+            busy.insert(
+                c.name.clone(),
+                nu.spec.reboot_granted || phase.is_disruptive(),
+            );
+        }
+        let down: Vec<&String> = ready
+            .iter()
+            .filter(|(n, r)| !**r || busy.get(*n).copied().unwrap_or(false))
+            .map(|(n, _)| n)
+            .collect();
+        let mut per_zone: BTreeMap<&str, usize> = BTreeMap::new();
+        for n in &down {
+            *per_zone
+                .entry(zone.get(*n).map_or("", String::as_str))
+                .or_default() += 1;
+        }
+        worst_zone = worst_zone.max(per_zone.values().copied().max().unwrap_or(0));
+        worst = worst.max(down.len());
+    }
+    (worst_zone, worst)
+}
+
+#[tokio::test]
+async fn three_zones_of_four_roll_one_node_per_zone_at_a_time() {
+    let kube = cluster().await;
+    let names = kube.names("node", 12);
+    kube.add_nodes(&names).await;
+    for (i, n) in names.iter().enumerate() {
+        label_node(&kube, n, ZONE, &format!("zone-{}", i % 3)).await;
+    }
+    kube.apply_policy(
+        "workers",
+        json!({"channel": "stable", "maxUnavailable": 3,
+               "maxUnavailablePerTopology": {"key": ZONE, "max": 1}}),
+    )
+    .await;
+    let clock = ManualClock::new(t0());
+    let (_tx, rx) = leading();
+    let _op = start_operator(&kube, &clock, rx).await;
+    let agents = spawn_agents(&kube, BTreeMap::new());
+    wait_until_async("all twelve updated", Duration::from_secs(120), async || {
+        kube.healthy_and_released(12).await
+    })
+    .await;
+    agents.abort();
+    let (per_zone, overall) = max_per_zone_in_history(&kube).await;
+    assert_eq!(per_zone, 1, "two nodes of one zone unavailable at once");
+    assert!(overall <= 3, "{overall} unavailable at once");
+    assert!(
+        overall >= 2,
+        "zones should have rolled in parallel ({overall})"
+    );
+}
+
+#[tokio::test]
+async fn a_blocking_pod_holds_its_node_until_it_finishes_and_settle_time_spaces_the_grants() {
+    let kube = cluster().await;
+    let names = kube.names("node", 3);
+    kube.add_nodes(&names).await;
+    let client = kube.client();
+    // A namespace the policy looks in, and one it does not.
+    let watched = kube.name("batch");
+    let ignored = kube.name("other");
+    for (ns, label) in [(&watched, "yes"), (&ignored, "no")] {
+        let obj: k8s_openapi::api::core::v1::Namespace = serde_json::from_value(
+            json!({"metadata": {"name": ns, "labels": {"slipway-test/blocking": label}}}),
+        )
+        .unwrap();
+        Api::all(client.clone())
+            .create(&PostParams::default(), &obj)
+            .await
+            .unwrap();
+    }
+    let pod = |ns: &str, name: &str, node: &str| -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": ns, "labels": {"job": "backup"}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "busybox"}]},
+        }))
+        .unwrap()
+    };
+    let in_watched = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &watched);
+    let in_ignored = Api::<k8s_openapi::api::core::v1::Pod>::namespaced(client.clone(), &ignored);
+    in_watched
+        .create(
+            &PostParams::default(),
+            &pod(&watched, "backup-1", &names[0]),
+        )
+        .await
+        .unwrap();
+    in_ignored
+        .create(
+            &PostParams::default(),
+            &pod(&ignored, "backup-2", &names[1]),
+        )
+        .await
+        .unwrap();
+    kube.apply_policy(
+        "workers",
+        json!({"channel": "stable", "maxUnavailable": 1, "minReadySeconds": 120,
+               "blockingPodSelector": {"matchLabels": {"job": "backup"}},
+               "blockingPodNamespaceSelector": {"matchLabels": {"slipway-test/blocking": "yes"}}}),
+    )
+    .await;
+    let clock = ManualClock::new(t0());
+    let (_tx, rx) = leading();
+    let _op = start_operator(&kube, &clock, rx).await;
+    let agents = spawn_agents(&kube, BTreeMap::new());
+    let reason = async |node: &str| {
+        kube.update(node)
+            .await
+            .map(|u| (u.spec.waiting_reason, u.spec.waiting_message))
+            .unwrap_or_default()
+    };
+    // One node finishes; the next waits for the settle time, the blocked one for its pod.
+    wait_until_async(
+        "one node updated and the next settling",
+        Duration::from_secs(60),
+        async || {
+            let settling = reason(&names[1]).await.0.as_deref() == Some("Settling")
+                || reason(&names[2]).await.0.as_deref() == Some("Settling");
+            settling && kube.count_in_phase(NodePhase::Healthy).await == 1
+        },
+    )
+    .await;
+    let (r0, m0) = reason(&names[0]).await;
+    assert_eq!(r0.as_deref(), Some("BlockingPod"), "{m0:?}");
+    assert_eq!(
+        m0.as_deref(),
+        Some(format!("blocking pod running: {watched}/backup-1").as_str())
+    );
+    let settling = if reason(&names[1]).await.0.as_deref() == Some("Settling") {
+        &names[1]
+    } else {
+        &names[2]
+    };
+    let message = reason(settling).await.1.unwrap();
+    assert!(
+        message.contains("next grant at 2026-03-02T12:02:00Z"),
+        "{message}"
+    );
+    // Time passes: the settle ends (no other change in the cluster) and the next node goes.
+    clock.advance(SignedDuration::from_secs(120));
+    wait_until_async(
+        "the second node updated and its grant released",
+        Duration::from_secs(60),
+        async || {
+            let all = kube.updates().await;
+            kube.count_in_phase(NodePhase::Healthy).await == 2
+                && all.iter().all(|u| !u.spec.reboot_granted)
+        },
+    )
+    .await;
+    // Its settle time passes too.
+    clock.advance(SignedDuration::from_secs(120));
+    // The backup finishes (its pod Succeeded, as its kubelet would report): its node goes last.
+    in_watched
+        .patch_status(
+            "backup-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "Succeeded"}})),
+        )
+        .await
+        .unwrap();
+    wait_until_async("all three updated", Duration::from_secs(60), async || {
+        kube.healthy_and_released(3).await
+    })
+    .await;
+    agents.abort();
+    let (max, granted) = max_unavailable_in_history(&kube).await;
+    assert_eq!((max, granted.len()), (1, 3));
+    // The node with a matching pod in a namespace the policy does not look in was not held:
+    // it was granted before the blocked one.
+    let history = kube.history().await;
+    let first_grant = |node: &str| {
+        history
+            .iter()
+            .position(|c| {
+                c.name == node
+                    && c.kind == "NodeUpdate"
+                    && serde_json::from_value::<NodeUpdate>(c.object.clone())
+                        .is_ok_and(|u| u.spec.reboot_granted)
+            })
+            .unwrap()
+    };
+    assert!(first_grant(&names[1]) < first_grant(&names[0]));
+    for ns in [&watched, &ignored] {
+        let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+            .delete(ns, &Default::default())
+            .await;
+    }
+}
