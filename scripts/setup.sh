@@ -79,6 +79,8 @@ fi
 "$(dirname "$0")/build-kube.sh"
 # The QEMU nodes' container runtime (containerd 2.x, runc, CNI plugins, pause), same cache scheme.
 "$(dirname "$0")/build-node-runtime.sh"
+# Open Policy Agent for the operator's policy-gate tests (about 75 s cold), same cache scheme.
+"$(dirname "$0")/build-opa.sh"
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install the Rust toolchain named in rust-toolchain.toml" >&2

@@ -128,31 +128,40 @@ impl Gates {
     }
 
     /// The policy's OPA gates' verdicts on `nodes` (each about to be granted): the nodes some
-    /// gate denies, with the first denial. Every gate is asked about every node, concurrently.
+    /// gate denies, with the first denial. One node at a time (its gates asked together), and
+    /// each node allowed joins `unavailable` (the policy's nodes already down or granted, whose
+    /// labels OPA sees) before the next is asked: two nodes granted in one evaluation cannot
+    /// both pass a rule such as "one node per rack".
     pub async fn opa(
         &self,
         policy: &PolicyView,
         pp: &PolicyPlan,
         nodes: &[&NodeView],
+        unavailable: &[&NodeView],
     ) -> BTreeMap<String, GateVerdict> {
-        let questions = nodes.iter().flat_map(|n| {
-            policy.spec.gates.opa.iter().map(move |g| async move {
-                let input = opa_input(policy, pp, n);
-                let verdict = match ask_opa(&self.http, g, &input).await {
-                    Ok(None) => None,
-                    Ok(Some(reason)) => Some(GateVerdict {
-                        gate: g.name.clone(),
-                        detail: reason,
-                    }),
-                    Err(e) => on_error(&g.name, g.on_error, &e, &policy.name),
-                };
-                (n.name.clone(), verdict)
-            })
-        });
+        let mut down: Vec<&NodeView> = unavailable.to_vec();
         let mut out = BTreeMap::new();
-        for (node, verdict) in futures::future::join_all(questions).await {
-            if let Some(v) = verdict {
-                out.entry(node).or_insert(v);
+        for n in nodes {
+            let input = opa_input(policy, pp, n, &down);
+            let verdicts = futures::future::join_all(policy.spec.gates.opa.iter().map(|g| {
+                let input = &input;
+                async move {
+                    match ask_opa(&self.http, g, input).await {
+                        Ok(None) => None,
+                        Ok(Some(reason)) => Some(GateVerdict {
+                            gate: g.name.clone(),
+                            detail: reason,
+                        }),
+                        Err(e) => on_error(&g.name, g.on_error, &e, &policy.name),
+                    }
+                }
+            }))
+            .await;
+            match verdicts.into_iter().flatten().next() {
+                Some(v) => {
+                    out.insert(n.name.clone(), v);
+                }
+                None => down.push(n),
             }
         }
         out
@@ -324,8 +333,14 @@ fn describe_series(series: &[String]) -> String {
     }
 }
 
-/// What OPA is given about a node about to be granted.
-pub fn opa_input(policy: &PolicyView, pp: &PolicyPlan, node: &NodeView) -> Value {
+/// What OPA is given about a node about to be granted: the node, its policy, the policy's
+/// counts, and the nodes already unavailable (so that a policy can say "not two of one rack").
+pub fn opa_input(
+    policy: &PolicyView,
+    pp: &PolicyPlan,
+    node: &NodeView,
+    unavailable: &[&NodeView],
+) -> Value {
     json!({
         "node": {
             "name": node.name,
@@ -349,6 +364,11 @@ pub fn opa_input(policy: &PolicyView, pp: &PolicyPlan, node: &NodeView) -> Value
                 "unavailable": d.iter().map(|(k, v)| (k.clone(), v.0)).collect::<BTreeMap<_, _>>(),
             })),
         },
+        "unavailable": unavailable
+            .iter()
+            .filter(|n| n.name != node.name)
+            .map(|n| json!({"name": n.name, "labels": n.labels}))
+            .collect::<Vec<_>>(),
     })
 }
 

@@ -654,7 +654,21 @@ impl Operator {
                     .collect();
                 held_back |= unblocked.len() < proposed.len();
                 if !policy.spec.gates.opa.is_empty() && !unblocked.is_empty() {
-                    let denied = self.gates.opa(&policy, pp, &unblocked).await;
+                    let members: BTreeSet<&String> = pp.nodes.iter().collect();
+                    let unavailable: Vec<&NodeView> = view
+                        .nodes
+                        .iter()
+                        .filter(|n| {
+                            // Down, or granted in this plan (held, or passed in an earlier
+                            // round); the nodes asked now join one by one as they pass.
+                            members.contains(&n.name)
+                                && !proposed.contains(&n.name)
+                                && (!n.ready
+                                    || n.status.phase.is_disruptive()
+                                    || plan.nodes.get(&n.name).is_some_and(|np| np.granted))
+                        })
+                        .collect();
+                    let denied = self.gates.opa(&policy, pp, &unblocked, &unavailable).await;
                     held_back |= !denied.is_empty();
                     checks.denied.extend(denied);
                 }

@@ -537,3 +537,193 @@ async fn a_blocking_pod_holds_its_node_until_it_finishes_and_settle_time_spaces_
             .await;
     }
 }
+
+/// The example policy of docs/operations.md: no node of a frozen rack, and never two nodes of
+/// one rack down at once.
+const REGO: &str = r#"package slipway
+
+frozen := {"r1"}
+
+rack := input.node.labels.rack
+
+rack_busy if {
+	some n in input.unavailable
+	n.labels.rack == rack
+}
+
+decision := {"allow": false, "reason": sprintf("rack %s is frozen", [rack])} if {
+	frozen[rack]
+} else := {"allow": false, "reason": sprintf("rack %s already has a node down", [rack])} if {
+	rack_busy
+} else := {"allow": true}
+"#;
+
+/// `opa run --server` on loopback with [`REGO`].
+struct Opa {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Opa {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Opa {
+    async fn start() -> Self {
+        let bin = slipway_testkit::control_plane::Versions::pinned().opa_bin();
+        assert!(
+            bin.exists(),
+            "{} is missing: scripts/setup.sh builds it (scripts/build-opa.sh)",
+            bin.display()
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let policy = dir.path().join("slipway.rego");
+        std::fs::write(&policy, REGO).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = std::fs::File::create(dir.path().join("opa.log")).unwrap();
+        let child = Command::new(bin)
+            .args([
+                "run",
+                "--server",
+                "--disable-telemetry",
+                "--log-level",
+                "error",
+            ])
+            .arg(format!("--addr=127.0.0.1:{port}"))
+            .arg(&policy)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let health = format!("{url}/health");
+        wait_until_async("OPA ready", Duration::from_secs(60), async || {
+            reqwest::get(&health)
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        })
+        .await;
+        Self {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn opa_denies_a_frozen_rack_and_a_busy_one_and_a_down_opa_closes_the_gate() {
+    let mut opa = Opa::start().await;
+    let kube = cluster().await;
+    let names = kube.names("node", 5);
+    kube.add_nodes(&names).await;
+    // node-00: rack r1 (frozen); node-01..02: r2; node-03..04: r3.
+    for (n, rack) in names.iter().zip(["r1", "r2", "r2", "r3", "r3"]) {
+        label_node(&kube, n, "rack", rack).await;
+    }
+    kube.apply_policy(
+        "workers",
+        json!({"channel": "stable", "maxUnavailable": 4, "gates": {"opa": [
+            {"name": "racks", "url": opa.url, "path": "slipway/decision"}
+        ]}}),
+    )
+    .await;
+    let clock = ManualClock::new(t0());
+    let (_tx, rx) = leading();
+    let _op = start_operator_with(&kube, &clock, rx, gate_settings(&kube)).await;
+    let agents = spawn_agents(&kube, BTreeMap::new());
+    wait_until_async(
+        "r2 and r3 updated, r1 held",
+        Duration::from_secs(90),
+        async || {
+            let all = kube.updates().await;
+            let healthy = all
+                .iter()
+                .filter(|u| {
+                    u.status
+                        .as_ref()
+                        .is_some_and(|s| s.phase == NodePhase::Healthy)
+                })
+                .count();
+            healthy == 4
+        },
+    )
+    .await;
+    let held = kube.update(&names[0]).await.unwrap();
+    assert_eq!(held.spec.waiting_reason.as_deref(), Some("PolicyDenied"));
+    assert_eq!(
+        held.spec.waiting_message.as_deref(),
+        Some("gate racks denied the node: rack r1 is frozen")
+    );
+    agents.abort();
+    // Never two nodes of one rack down at once, though the budget allowed four.
+    let mut rack_down: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut worst = 0;
+    let mut down: BTreeMap<String, bool> = BTreeMap::new();
+    let racks: BTreeMap<&String, &str> = names.iter().zip(["r1", "r2", "r2", "r3", "r3"]).collect();
+    for c in kube.history().await {
+        if c.kind != "NodeUpdate" || c.deleted {
+            continue;
+        }
+        let nu: NodeUpdate = serde_json::from_value(c.object).unwrap();
+        let phase = nu.status.unwrap_or_default().phase;
+        down.insert(
+            c.name.clone(),
+            nu.spec.reboot_granted || phase.is_disruptive(),
+        );
+        rack_down.clear();
+        for (n, d) in &down {
+            if *d {
+                *rack_down.entry(racks[n]).or_default() += 1;
+            }
+        }
+        worst = worst.max(rack_down.values().copied().max().unwrap_or(0));
+    }
+    assert_eq!(worst, 1, "two nodes of one rack were down at once");
+
+    // OPA down: the gate fails closed and says why.
+    opa.stop();
+    let kube2 = cluster().await;
+    kube2.add_nodes(&kube2.names("node", 1)).await;
+    kube2
+        .apply_policy(
+            "workers",
+            json!({"channel": "stable", "gates": {"opa": [
+                {"name": "racks", "url": opa.url, "path": "slipway/decision"}
+            ]}}),
+        )
+        .await;
+    let (_tx2, rx2) = leading();
+    let _op2 = start_operator_with(&kube2, &clock, rx2, gate_settings(&kube2)).await;
+    let agents2 = spawn_agents(&kube2, BTreeMap::new());
+    wait_until_async(
+        "the node held by a down OPA",
+        Duration::from_secs(60),
+        async || {
+            kube2.updates().await.first().is_some_and(|u| {
+                !u.spec.reboot_granted
+                    && u.spec.waiting_reason.as_deref() == Some("PolicyDenied")
+                    && u.spec
+                        .waiting_message
+                        .as_deref()
+                        .is_some_and(|m| m.contains("cannot be asked"))
+            })
+        },
+    )
+    .await;
+    agents2.abort();
+}

@@ -46,6 +46,8 @@ pub struct Versions {
     /// The node runtime's directory name under `root` (containerd, runc, CNI plugins, pause):
     /// `runtime-containerd-V-runc-V-cni-V-pause-V`, as `scripts/build-node-runtime.sh` names it.
     pub runtime: String,
+    /// Open Policy Agent, e.g. `v1.22.4` (`scripts/build-opa.sh`).
+    pub opa: String,
 }
 
 impl Versions {
@@ -68,7 +70,15 @@ impl Versions {
                 vars["CNI_PLUGINS_VERSION"],
                 vars["PAUSE_VERSION"]
             ),
+            opa: vars["OPA_VERSION"].to_string(),
         }
+    }
+
+    /// The `opa` binary `scripts/build-opa.sh` builds.
+    pub fn opa_bin(&self) -> PathBuf {
+        self.kube_root()
+            .join(format!("opa-{}", self.opa))
+            .join("bin/opa")
     }
 
     /// The node runtime's binaries (`containerd`, `containerd-shim-runc-v2`, `runc`, `bridge`,
