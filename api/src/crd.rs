@@ -29,6 +29,8 @@ pub mod condition {
     pub const WINDOW_OPEN: &str = "WindowOpen";
     /// The spec is valid (cron, time zones, durations, budget) and no node matches two policies.
     pub const VALID: &str = "Valid";
+    /// Every Prometheus gate is open (True also when the policy has none).
+    pub const GATES_OPEN: &str = "GatesOpen";
 }
 
 /// Annotation an admin sets (to any new value) on a halted `RolloutPolicy` to clear the halt:

@@ -30,6 +30,10 @@ pub enum EventType {
     RolloutHalted,
     /// Every node a policy selects runs its target version (subject: the policy).
     RolloutCompleted,
+    /// A policy's Prometheus gates went from all open to some closed (subject: the policy).
+    RolloutGateClosed,
+    /// A policy's Prometheus gates are all open again (subject: the policy).
+    RolloutGateOpened,
     /// A release was published on the update server (subject: the version).
     ReleasePublished,
     /// An advisory was set on a published release (subject: the version).
@@ -38,7 +42,7 @@ pub enum EventType {
 
 impl EventType {
     /// Every type, in a fixed order.
-    pub const ALL: [Self; 10] = [
+    pub const ALL: [Self; 12] = [
         Self::NodeGranted,
         Self::NodeDrained,
         Self::NodeRebooted,
@@ -47,6 +51,8 @@ impl EventType {
         Self::NodeRolledBack,
         Self::RolloutHalted,
         Self::RolloutCompleted,
+        Self::RolloutGateClosed,
+        Self::RolloutGateOpened,
         Self::ReleasePublished,
         Self::ReleaseAdvised,
     ];
@@ -62,6 +68,8 @@ impl EventType {
             Self::NodeRolledBack => "dev.slipway.node.rolled-back",
             Self::RolloutHalted => "dev.slipway.rollout.halted",
             Self::RolloutCompleted => "dev.slipway.rollout.completed",
+            Self::RolloutGateClosed => "dev.slipway.rollout.gate-closed",
+            Self::RolloutGateOpened => "dev.slipway.rollout.gate-opened",
             Self::ReleasePublished => "dev.slipway.release.published",
             Self::ReleaseAdvised => "dev.slipway.release.advised",
         }
@@ -163,6 +171,8 @@ mod tests {
                 "dev.slipway.node.rolled-back",
                 "dev.slipway.rollout.halted",
                 "dev.slipway.rollout.completed",
+                "dev.slipway.rollout.gate-closed",
+                "dev.slipway.rollout.gate-opened",
                 "dev.slipway.release.published",
                 "dev.slipway.release.advised",
             ]

@@ -12,6 +12,8 @@
 //!   agent's phase changes while no replica leads are not reported.
 //! - `rollout.halted`: the policy's halt was written this evaluation.
 //! - `rollout.completed`: the policy became complete for a target version ([`is_complete`]).
+//! - `rollout.gate-closed` / `rollout.gate-opened`: the policy's set of closed Prometheus gates
+//!   went from empty to not, or back (a policy's first observation is a baseline).
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -29,6 +31,8 @@ pub struct Seen {
     phases: HashMap<String, NodePhase>,
     /// Each policy's completion: the target version it was complete on, or `None`.
     completed: HashMap<String, Option<String>>,
+    /// Each policy's closed Prometheus gates.
+    closed_gates: HashMap<String, BTreeSet<String>>,
 }
 
 /// Writes of this evaluation that the API server accepted.
@@ -206,6 +210,32 @@ pub fn observe(
         }
     }
     seen.completed
+        .retain(|name, _| plan.policies.contains_key(name.as_str()));
+    for pv in &view.policies {
+        let Some(pp) = plan.policies.get(&pv.name) else {
+            continue;
+        };
+        let closed: BTreeSet<String> = pp.closed_gates.iter().map(|v| v.gate.clone()).collect();
+        let Some(prev) = seen.closed_gates.insert(pv.name.clone(), closed.clone()) else {
+            continue;
+        };
+        let kind = match (prev.is_empty(), closed.is_empty()) {
+            (true, false) => EventType::RolloutGateClosed,
+            (false, true) => EventType::RolloutGateOpened,
+            _ => continue,
+        };
+        out.push(Event::new(
+            kind,
+            &pv.name,
+            now,
+            json!({
+                "policy": pv.name,
+                "closedGates": pp.closed_gates.iter().map(|v| json!({"gate": v.gate, "detail": v.detail})).collect::<Vec<_>>(),
+                "previouslyClosed": prev,
+            }),
+        ));
+    }
+    seen.closed_gates
         .retain(|name, _| plan.policies.contains_key(name.as_str()));
     out
 }
@@ -392,6 +422,44 @@ mod tests {
         assert_eq!(types(&evs), [("dev.slipway.node.drained", "a")]);
         assert_eq!(evs[0].data["previousPhase"], "Staged");
         assert!(observe(&mut seen, &v, &p, &none, t).is_empty(), "once only");
+    }
+
+    #[test]
+    fn gates_closing_and_opening_are_reported_once_each_way_after_a_baseline() {
+        let t = Timestamp::UNIX_EPOCH;
+        let mut seen = Seen::default();
+        let none = Written::default();
+        let mut run = |closed: &[&str]| {
+            let (v, mut p) = view_and_plan(vec![node("a", Staged, "1.0.0")], "2.0.0", &[]);
+            p.policies.get_mut("workers").unwrap().closed_gates = closed
+                .iter()
+                .map(|g| crate::plan::GateVerdict {
+                    gate: g.to_string(),
+                    detail: "firing".into(),
+                })
+                .collect();
+            observe(&mut seen, &v, &p, &none, t)
+                .into_iter()
+                .filter(|e| e.kind.as_str().contains("gate"))
+                .map(|e| {
+                    (
+                        e.kind.as_str(),
+                        e.data["closedGates"].as_array().unwrap().len(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        // First sight, already closed: a baseline.
+        assert!(run(&["alerts"]).is_empty());
+        assert!(run(&[]).len() == 1);
+        assert!(run(&[]).is_empty(), "once only");
+        assert_eq!(
+            run(&["alerts", "slo"]),
+            vec![("dev.slipway.rollout.gate-closed", 2)]
+        );
+        // A second gate closing while one is closed changes nothing to report.
+        assert!(run(&["slo"]).is_empty());
+        assert_eq!(run(&[]), vec![("dev.slipway.rollout.gate-opened", 0)]);
     }
 
     #[test]

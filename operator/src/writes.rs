@@ -441,6 +441,15 @@ pub fn cond(
     }
 }
 
+/// "gate a: detail; gate b: detail".
+fn closed_gates_text(closed: &[crate::plan::GateVerdict]) -> String {
+    closed
+        .iter()
+        .map(|v| format!("gate {}: {}", v.gate, v.detail))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The status a policy's plan asks for, from the status it shows now (`prev`).
 pub fn desired_status(
     prev: &RolloutPolicyStatus,
@@ -560,6 +569,21 @@ pub fn desired_status(
             pp.target_version.as_deref().unwrap_or("-")
         ),
     );
+    let gates_cond = if pp.closed_gates.is_empty() {
+        let reason = if pv.spec.gates.prometheus.is_empty() {
+            "NoGates"
+        } else {
+            "Open"
+        };
+        c(condition::GATES_OPEN, true, reason, String::new())
+    } else {
+        c(
+            condition::GATES_OPEN,
+            false,
+            "GateClosed",
+            closed_gates_text(&pp.closed_gates),
+        )
+    };
     RolloutPolicyStatus {
         observed_generation: g,
         conditions: vec![
@@ -568,6 +592,7 @@ pub fn desired_status(
             paused_cond,
             window_cond,
             valid_cond,
+            gates_cond,
         ],
         target_version: pp.target_version.clone(),
         nodes: total,
@@ -764,6 +789,27 @@ pub fn events(view: &ClusterView, plan: &Plan) -> Vec<Notice> {
         let Some(pp) = plan.policies.get(&pv.name) else {
             continue;
         };
+        // The gates' condition as last written against what this plan found.
+        let was_closed = pv
+            .status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == condition::GATES_OPEN && c.status == "False");
+        match (was_closed, pp.closed_gates.is_empty()) {
+            (false, false) => out.push(notice(
+                policy_ref(&pv.name),
+                true,
+                "GateClosed",
+                format!("no new grants: {}", closed_gates_text(&pp.closed_gates)),
+            )),
+            (true, true) => out.push(notice(
+                policy_ref(&pv.name),
+                false,
+                "GateOpened",
+                "every gate is open again".to_string(),
+            )),
+            _ => {}
+        }
         for failed in pp
             .failed_nodes
             .iter()
@@ -916,6 +962,88 @@ mod tests {
     }
 
     type BTreeMapStatus = std::collections::BTreeMap<String, RolloutPolicyStatus>;
+
+    #[test]
+    fn a_closing_and_reopening_gate_shows_in_the_condition_and_as_one_event_each_way() {
+        let mut pv = policy("p");
+        pv.spec.gates = serde_json::from_value(json!({"prometheus": [
+            {"name": "alerts", "url": "http://prometheus:9090", "query": "ALERTS"}
+        ]}))
+        .unwrap();
+        let nodes = vec![node("a").staged("2.0.0")];
+        let open = statuses(&ClusterView {
+            nodes: nodes.clone(),
+            policies: vec![pv.clone()],
+        });
+        assert!(has(&open["p"], condition::GATES_OPEN, "True", "Open"));
+        assert!(has(
+            &statuses(&ClusterView {
+                nodes: nodes.clone(),
+                policies: vec![policy("p")],
+            })["p"],
+            condition::GATES_OPEN,
+            "True",
+            "NoGates"
+        ));
+
+        let mut closed_pv = pv.clone();
+        closed_pv.status = open["p"].clone();
+        closed_pv
+            .checks
+            .closed_gates
+            .push(crate::plan::GateVerdict {
+                gate: "alerts".into(),
+                detail: "1 series: ALERTS{alertname=\"X\"}".into(),
+            });
+        let view = ClusterView {
+            nodes: nodes.clone(),
+            policies: vec![closed_pv.clone()],
+        };
+        let closed = statuses(&view);
+        assert!(has(
+            &closed["p"],
+            condition::GATES_OPEN,
+            "False",
+            "GateClosed"
+        ));
+        let c = closed["p"]
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition::GATES_OPEN)
+            .unwrap();
+        assert_eq!(c.message, "gate alerts: 1 series: ALERTS{alertname=\"X\"}");
+        let notices = events(&view, &plan(&view, now()));
+        let gate_notices: Vec<_> = notices
+            .iter()
+            .filter(|n| n.reason.starts_with("Gate"))
+            .collect();
+        assert_eq!(gate_notices.len(), 1);
+        assert!(gate_notices[0].warning && gate_notices[0].reason == "GateClosed");
+        // Still closed next time: no second Event.
+        closed_pv.status = closed["p"].clone();
+        let view = ClusterView {
+            nodes: nodes.clone(),
+            policies: vec![closed_pv.clone()],
+        };
+        assert!(
+            !events(&view, &plan(&view, now()))
+                .iter()
+                .any(|n| n.reason.starts_with("Gate"))
+        );
+        // Open again: one GateOpened.
+        closed_pv.checks.closed_gates.clear();
+        let view = ClusterView {
+            nodes,
+            policies: vec![closed_pv],
+        };
+        let notices = events(&view, &plan(&view, now()));
+        let reasons: Vec<&str> = notices
+            .iter()
+            .map(|n| n.reason)
+            .filter(|r| r.starts_with("Gate"))
+            .collect();
+        assert_eq!(reasons, vec!["GateOpened"]);
+    }
 
     fn conditions(s: &RolloutPolicyStatus) -> Vec<(String, String, String)> {
         s.conditions
@@ -1108,7 +1236,7 @@ mod tests {
             let mut types: Vec<_> = s.conditions.iter().map(|c| c.type_.clone()).collect();
             types.sort();
             types.dedup();
-            prop_assert_eq!(types.len(), 5);
+            prop_assert_eq!(types.len(), 6);
             prop_assert!(s.recent_cycles.len() <= RECENT_CYCLES);
             prop_assert_eq!(s.nodes as usize, view.nodes.len());
             // Planning again from the status it wrote (an hour later) changes no transition time:
