@@ -5,13 +5,15 @@
 //! lock decisions pure, beside the HTTP handlers) and metrics; `leader` holds the lease and keeps the
 //! leader label on the leader's Pod; time comes from `slipway_runtime`'s `Clock`;
 //! `cloudevents` decides (purely) which CloudEvents an evaluation gives rise to; `gates` asks
-//! Prometheus, Open Policy Agent and the pods what the planner's checks need.
+//! Prometheus, Open Policy Agent and the pods what the planner's checks need; `kubectl` renders
+//! what the `kubectl slipway` plugin prints.
 
 pub mod cloudevents;
 #[cfg(test)]
 mod fixtures;
 pub mod fleetlock;
 pub mod gates;
+pub mod kubectl;
 pub mod leader;
 pub mod metrics;
 pub mod plan;

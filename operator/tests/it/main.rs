@@ -34,6 +34,7 @@ mod cloudevents;
 mod crds;
 mod fleetlock;
 mod gates;
+mod kubectl;
 mod leader;
 mod manifests;
 mod security;
