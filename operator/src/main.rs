@@ -47,11 +47,11 @@ struct Args {
     resync_secs: u64,
     /// Ask each Prometheus gate of the RolloutPolicies again after this many seconds (the
     /// answer holds until then).
-    #[arg(long, env = "SLIPWAY_GATE_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "gate-interval", value_name = "SECONDS", env = "SLIPWAY_GATE_INTERVAL", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     gate_interval_secs: u64,
     /// Give up on one gate question (a Prometheus query, an OPA decision, a pod list) after
     /// this many seconds; the gate then counts as unreachable (its onError decides).
-    #[arg(long, env = "SLIPWAY_GATE_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long = "gate-timeout", value_name = "SECONDS", env = "SLIPWAY_GATE_TIMEOUT", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     gate_timeout_secs: u64,
     /// Log as JSON lines.
     #[arg(long, env = "SLIPWAY_LOG_JSON")]
