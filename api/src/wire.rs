@@ -164,6 +164,9 @@ pub struct PolicyReport {
     /// When the next window opens, if none is open.
     #[serde(default)]
     pub next_window: Option<jiff::Timestamp>,
+    /// Its closed gates, each as "gate NAME: why" (empty while all are open).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub closed_gates: Vec<String>,
 }
 
 /// One node in a [`ClusterReport`].

@@ -53,6 +53,14 @@ pub fn cluster_report(cluster: &str, at: Timestamp, view: &ClusterView) -> Clust
                 max_unavailable: s.max_unavailable,
                 window: s.window.clone(),
                 next_window: s.next_window.as_ref().map(|t| t.0),
+                closed_gates: s
+                    .conditions
+                    .iter()
+                    .filter(|c| {
+                        c.type_ == slipway_api::crd::condition::GATES_OPEN && c.status == "False"
+                    })
+                    .flat_map(|c| c.message.split("; ").map(str::to_owned))
+                    .collect(),
             }
         })
         .collect();
@@ -199,6 +207,17 @@ mod tests {
             updated: 1,
             max_unavailable: 1,
             failed_nodes: vec!["n1".into()],
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: slipway_api::crd::condition::GATES_OPEN.into(),
+                status: "False".into(),
+                reason: "GateClosed".into(),
+                message: "gate alerts: 1 series: up{}; gate slo: cannot be asked, so closed: x"
+                    .into(),
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    Timestamp::UNIX_EPOCH,
+                ),
+                observed_generation: None,
+            }],
             ..Default::default()
         };
         let labels = |pool: &str| BTreeMap::from([("pool".to_owned(), pool.to_owned())]);
@@ -250,6 +269,13 @@ mod tests {
         assert_eq!(r.policies[0].target_version.as_deref(), Some("2.0.0"));
         assert_eq!(r.policies[0].failed_nodes, ["n1"]);
         assert_eq!(r.policies[0].halted_since, None);
+        assert_eq!(
+            r.policies[0].closed_gates,
+            [
+                "gate alerts: 1 series: up{}",
+                "gate slo: cannot be asked, so closed: x"
+            ]
+        );
         let names: Vec<&str> = r.nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["n1", "n2"]);
         assert_eq!(r.nodes[0].phase, "Staged");

@@ -455,6 +455,11 @@ pub fn clusters(reports: &[ClusterReport], now: Timestamp) -> String {
                 )
             } else if p.paused {
                 "<span class=\"badge s-stale\">paused</span>".to_owned()
+            } else if !p.closed_gates.is_empty() {
+                format!(
+                    "<span class=\"badge s-failed\">gate closed</span> {}",
+                    esc(&p.closed_gates.join("; "))
+                )
             } else {
                 "<span class=\"badge s-up-to-date\">active</span>".to_owned()
             };

@@ -202,6 +202,23 @@ async fn operators_report_their_cluster_with_an_admin_token() {
     assert!(page.contains("data-node=\"node-3\""), "{page}");
     assert!(page.contains("halted"));
     assert!(page.contains("1.0.0 → 2.0.0"));
+    // A policy held by a closed gate says which and why.
+    let gated = json!({
+        "cluster": "prod-us",
+        "at": "2026-06-01T00:00:00Z",
+        "policies": [{"name": "edge", "channel": "stable", "nodes": 2,
+            "closedGates": ["gate alerts: 1 series: ALERTS{alertname=\"NodeDown\"}"]}],
+        "nodes": []
+    });
+    let (st, b) = s.admin(Method::POST, "/cluster", Some(gated)).await;
+    assert_eq!(st, StatusCode::NO_CONTENT, "{b}");
+    let (_, page) = s.get("/cluster").await;
+    assert!(
+        page.contains(
+            "gate closed</span> gate alerts: 1 series: ALERTS{alertname=&quot;NodeDown&quot;}"
+        ),
+        "{page}"
+    );
 }
 
 #[tokio::test]
