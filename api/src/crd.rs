@@ -419,6 +419,9 @@ pub struct FleetLockHolder {
     pub id: String,
     /// When it took the slot.
     pub since: Time,
+    /// The topology domain it counts in, when its group named one (`POLICY.DOMAIN`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
 }
 
 /// One node's update: the operator's decision (spec) and the agent's report (status).

@@ -37,7 +37,7 @@ fn view(nodes: usize, gated: bool) -> ClusterView {
             let mut checks = Checks::default();
             if gated {
                 spec["maxUnavailablePerTopology"] =
-                    serde_json::json!({"key": "topology.kubernetes.io/zone", "max": 1});
+                    serde_json::json!({"key": "topology.kubernetes.io/zone", "max": "10%"});
                 spec["minReadySeconds"] = serde_json::json!(120);
                 spec["gates"] = serde_json::json!({"prometheus": [
                     {"name": "alerts", "url": "http://prometheus:9090", "query": "ALERTS"}

@@ -3,6 +3,8 @@
 //! `/healthz`, `/readyz` and `/leaderz`. A FleetLock group is the name of a `RolloutPolicy`; a
 //! client id holding a slot counts against that policy's budget exactly like a rebooting node,
 //! and the holders are recorded in the policy's status so a restart or a new leader keeps them.
+//! A group `POLICY.DOMAIN` takes a slot of a policy with `maxUnavailablePerTopology` in that
+//! topology domain (e.g. `workers.zone-a`): it counts against the domain's budget too.
 //!
 //! Every replica is Ready once it can serve (leader or standby), so Deployments roll; FleetLock
 //! reaches the leader because its Service also selects the label the leader keeps on its own
@@ -123,18 +125,25 @@ pub fn locked(
     id: &str,
     now: Timestamp,
 ) -> Result<Option<RolloutPolicyStatus>, LockRefused> {
-    let pv = policy(view, group)?;
+    let (pv, domain) = policy(view, group)?;
     if pv.status.fleet_lock_holders.iter().any(|h| h.id == id) {
         return Ok(None);
     }
     let plan = plan::plan(view, now);
-    if let Some(r) = plan::fleetlock_refusal(&plan.policies[group], pv.spec.paused, now) {
+    let domain_budget = domain.as_deref().and_then(|d| {
+        let t = pv.spec.max_unavailable_per_topology.as_ref()?;
+        Some((d, plan::resolve_budget(&t.max, 1).unwrap_or(0)))
+    });
+    if let Some(r) =
+        plan::fleetlock_refusal(&plan.policies[&pv.name], pv.spec.paused, now, domain_budget)
+    {
         return Err(LockRefused::Waiting(r));
     }
     let mut status = pv.status.clone();
     status.fleet_lock_holders.push(FleetLockHolder {
         id: id.to_string(),
         since: Time(now),
+        domain,
     });
     Ok(Some(status))
 }
@@ -145,7 +154,7 @@ pub fn unlocked(
     group: &str,
     id: &str,
 ) -> Result<Option<RolloutPolicyStatus>, LockRefused> {
-    let pv = policy(view, group)?;
+    let (pv, _) = policy(view, group)?;
     if !pv.status.fleet_lock_holders.iter().any(|h| h.id == id) {
         return Ok(None);
     }
@@ -154,10 +163,28 @@ pub fn unlocked(
     Ok(Some(status))
 }
 
-fn policy<'a>(view: &'a ClusterView, group: &str) -> Result<&'a plan::PolicyView, LockRefused> {
-    view.policies
-        .iter()
-        .find(|p| p.name == group)
+/// The policy a group names, and the topology domain when it names one: `POLICY` is the
+/// policy; `POLICY.DOMAIN` is a slot in DOMAIN of a policy with `maxUnavailablePerTopology`
+/// (the longest such policy name wins, as names may hold dots themselves).
+pub fn policy<'a>(
+    view: &'a ClusterView,
+    group: &str,
+) -> Result<(&'a plan::PolicyView, Option<String>), LockRefused> {
+    if let Some(p) = view.policies.iter().find(|p| p.name == group) {
+        return Ok((p, None));
+    }
+    group
+        .char_indices()
+        .filter(|(_, c)| *c == '.')
+        .rev()
+        .find_map(|(i, _)| {
+            let (name, domain) = (&group[..i], &group[i + 1..]);
+            view.policies
+                .iter()
+                .find(|p| p.name == name && p.spec.max_unavailable_per_topology.is_some())
+                .filter(|_| !domain.is_empty())
+                .map(|p| (p, Some(domain.to_string())))
+        })
         .ok_or_else(|| LockRefused::UnknownGroup(group.to_string()))
 }
 
@@ -189,18 +216,21 @@ impl Operator {
             .await
             .map_err(|e| LockRefused::Storage(e.to_string()))?;
         let snapshot = self.snapshot();
-        let view = writes::view(&snapshot, &memory);
+        let mut view = writes::view(&snapshot, &memory);
+        // A closed Prometheus gate refuses FleetLock clients too (answers are cached).
+        self.ask_prometheus(&mut view).await;
+        let name = policy(&view, group)?.0.name.clone();
         let Some(status) = decide(&view, self.now())? else {
             return Ok(());
         };
         let patch = json!({ "status": { "fleetLockHolders": status.fleet_lock_holders } });
-        if let Err(e) = self.patch_policy_status(group, patch).await {
+        if let Err(e) = self.patch_policy_status(&name, patch).await {
             self.metrics().write_errors.inc();
             return Err(LockRefused::Storage(e.to_string()));
         }
         memory
             .policies
-            .insert(group.to_string(), (snapshot.policy_uid(group), status));
+            .insert(name.clone(), (snapshot.policy_uid(&name), status));
         drop(memory);
         self.trigger();
         Ok(())
@@ -334,6 +364,7 @@ pub async fn serve(
 mod tests {
     use super::*;
     use crate::fixtures::{node, now, policy};
+    use crate::plan::PolicyView;
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
     fn view(max: i32) -> ClusterView {
@@ -341,6 +372,58 @@ mod tests {
             nodes: vec![node("a"), node("b")],
             policies: vec![policy("p").max(IntOrString::Int(max))],
         }
+    }
+
+    #[test]
+    fn a_group_can_name_a_topology_domain_whose_budget_it_then_uses() {
+        let zoned = |mut p: PolicyView| {
+            p.spec.max_unavailable_per_topology = Some(slipway_api::crd::TopologyBudget {
+                key: "zone".into(),
+                max: IntOrString::Int(1),
+            });
+            p
+        };
+        let mut v = ClusterView {
+            nodes: vec![node("a").label("zone", "zone-a")],
+            policies: vec![
+                zoned(policy("p").max(IntOrString::Int(5))),
+                policy("q").select("pool", "none"),
+            ],
+        };
+        let status = locked(&v, "p.zone-a", "host-1", now()).unwrap().unwrap();
+        assert_eq!(
+            status.fleet_lock_holders[0].domain.as_deref(),
+            Some("zone-a")
+        );
+        v.policies[0].status = status;
+        match locked(&v, "p.zone-a", "host-2", now()) {
+            Err(LockRefused::Waiting(why)) => assert_eq!(
+                why,
+                "topology budget full: 1 of 1 slots in use in zone=zone-a"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Another domain (no node there yet) has its own slot.
+        let status = locked(&v, "p.zone-b", "host-3", now()).unwrap().unwrap();
+        v.policies[0].status = status;
+        // The holder's domain is full for the nodes too.
+        v.nodes[0] = v.nodes[0].clone().staged("2.0.0");
+        let p = plan::plan(&v, now());
+        assert!(matches!(
+            p.nodes["a"].reason(),
+            Some(plan::Reason::TopologyBudgetFull { domain, .. }) if domain == "zone-a"
+        ));
+        // Unlock by the same group; a policy without a topology budget takes no domain.
+        let status = unlocked(&v, "p.zone-a", "host-1").unwrap().unwrap();
+        assert_eq!(status.fleet_lock_holders.len(), 1);
+        assert_eq!(
+            locked(&v, "q.zone-a", "h", now()),
+            Err(LockRefused::UnknownGroup("q.zone-a".into()))
+        );
+        assert_eq!(
+            locked(&v, "p.", "h", now()),
+            Err(LockRefused::UnknownGroup("p.".into()))
+        );
     }
 
     #[test]
@@ -366,6 +449,20 @@ mod tests {
     #[test]
     fn a_lock_obeys_pause_and_window_and_names_unknown_groups() {
         let mut v = view(2);
+        v.policies[0]
+            .checks
+            .closed_gates
+            .push(crate::plan::GateVerdict {
+                gate: "alerts".into(),
+                detail: "1 series: ALERTS{}".into(),
+            });
+        assert_eq!(
+            locked(&v, "p", "h", now()),
+            Err(LockRefused::Waiting(
+                "gate alerts is closed: 1 series: ALERTS{}".into()
+            ))
+        );
+        v.policies[0].checks.closed_gates.clear();
         v.policies[0].spec.paused = true;
         assert_eq!(
             locked(&v, "p", "h", now()),

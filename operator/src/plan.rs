@@ -886,6 +886,16 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
                     || out_nodes[i].as_ref().is_some_and(|np| np.granted);
                 domains.entry(d).or_default().0 += u32::from(unavailable);
             }
+            // FleetLock holders that named a domain count in it (and as one of its members).
+            for d in p
+                .status
+                .fleet_lock_holders
+                .iter()
+                .filter_map(|h| h.domain.clone())
+            {
+                *sizes.entry(d.clone()).or_default() += 1;
+                domains.entry(d).or_default().0 += 1;
+            }
             for (d, size) in sizes {
                 domains.entry(d).or_default().1 = resolve_budget(&t.max, size).unwrap_or(0);
             }
@@ -1072,7 +1082,12 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
 
 /// Why a FleetLock client may not take a slot of the policy `pp` describes now, if it may not:
 /// the same gate and budget as the policy's nodes (the plan's own new grants already counted).
-pub fn fleetlock_refusal(pp: &PolicyPlan, paused: bool, now: Timestamp) -> Option<String> {
+pub fn fleetlock_refusal(
+    pp: &PolicyPlan,
+    paused: bool,
+    now: Timestamp,
+    domain: Option<(&str, u32)>,
+) -> Option<String> {
     if let Err(e) = &pp.valid {
         return Some(format!("policy is invalid: {e}"));
     }
@@ -1084,6 +1099,9 @@ pub fn fleetlock_refusal(pp: &PolicyPlan, paused: bool, now: Timestamp) -> Optio
     }
     if paused {
         return Some("policy is paused".to_string());
+    }
+    if let Some(v) = pp.closed_gates.first() {
+        return Some(format!("gate {} is closed: {}", v.gate, v.detail));
     }
     match pp.window {
         Some(WindowState::Closed { next }) => Some(match next {
@@ -1097,7 +1115,14 @@ pub fn fleetlock_refusal(pp: &PolicyPlan, paused: bool, now: Timestamp) -> Optio
             "semaphore full: {} of {} slots in use",
             pp.unavailable, pp.max_unavailable
         )),
-        _ => None,
+        _ => {
+            // A domain not in the plan yet (no node, no holder) has only this client in it.
+            let (d, max_if_new) = domain?;
+            let (key, domains) = pp.topology.as_ref()?;
+            let (used, max) = domains.get(d).copied().unwrap_or((0, max_if_new));
+            (used >= max)
+                .then(|| format!("topology budget full: {used} of {max} slots in use in {key}={d}"))
+        }
     }
 }
 
@@ -1352,6 +1377,7 @@ mod tests {
         with_holder.status.fleet_lock_holders = vec![FleetLockHolder {
             id: "host-1".into(),
             since: Time(now()),
+            domain: None,
         }];
         let nodes = vec![
             node("r").phase(NodePhase::Rebooting).granted(NOW),
@@ -1716,6 +1742,7 @@ mod tests {
                     .map(|h| FleetLockHolder {
                         id: format!("h{h}"),
                         since: Time(now()),
+                        domain: None,
                     })
                     .collect();
                 let mut policies = vec![a];

@@ -544,7 +544,7 @@ impl Operator {
     }
 
     /// Fills each policy's closed Prometheus gates (asking those due) and the gate metric.
-    async fn ask_prometheus(&self, view: &mut ClusterView) {
+    pub(crate) async fn ask_prometheus(&self, view: &mut ClusterView) {
         if view
             .policies
             .iter()
