@@ -1268,7 +1268,9 @@ fn the_source_scan_finds_exactly_what_the_operator_registers() {
     let scanned = families_in_source(
         &std::fs::read_to_string(repo().join("operator/src/metrics.rs")).unwrap(),
     );
-    use slipway_operator::metrics::{FleetLockLabels, Metrics, PhaseLabels, ReasonLabels};
+    use slipway_operator::metrics::{
+        FleetLockLabels, GateLabels, Metrics, PhaseLabels, ReasonLabels,
+    };
     let metrics = Metrics::new();
     // A family appears in the text only once it has a label set.
     metrics
@@ -1290,6 +1292,13 @@ fn the_source_scan_finds_exactly_what_the_operator_registers() {
             result: "ok".into(),
         })
         .inc();
+    metrics
+        .gate_closed
+        .get_or_create(&GateLabels {
+            policy: "workers".into(),
+            gate: "alerts".into(),
+        })
+        .set(1);
     let encoded = metrics.encode();
     let real: BTreeMap<String, Kind> = encoded
         .lines()
