@@ -3,6 +3,7 @@
 //! Also the custom resources (`RolloutPolicy`, `NodeUpdate`) and the wire types shared by the
 //! operator, the agent and the server.
 
+pub mod blockindex;
 pub mod contract;
 pub mod crd;
 pub mod digest;
