@@ -46,7 +46,8 @@ lint: ## cargo fmt --check and clippy with warnings as errors
 	$(BIN)/crdgen --check --out-dir manifests/crds
 	$(BIN)/crdgen --check --out-dir manifests/helm/slipway/crds
 
-bench: ## Benchmarks: engine apply vs openssl/copy+fsync, update-server checks/s vs /healthz, operator plan + 5k nodes
+bench: ## Benchmarks: engine apply vs openssl/copy+fsync, update-server checks/s vs /healthz, operator plan (with and without gates) + 5k nodes, delta block sizes
 	$(CARGO) bench --locked -p slipway-agent --bench apply -- 1024 4096
 	$(CARGO) run --release --locked -p slipway-server --bin bench-checks
 	$(CARGO) bench --locked -p slipway-operator --bench operator
+	$(CARGO) bench --locked -p slipway-api --bench blockindex
