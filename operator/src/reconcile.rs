@@ -577,6 +577,9 @@ impl Operator {
     async fn check_grants(&self, view: &mut ClusterView, mut plan: Plan, now: Timestamp) -> Plan {
         let mut asked: BTreeSet<String> = BTreeSet::new();
         let mut listed: BTreeSet<String> = BTreeSet::new();
+        // Policies whose pods could not be listed: every node they would grant, in any round,
+        // is held back with the error.
+        let mut unlisted: BTreeMap<String, String> = BTreeMap::new();
         loop {
             let mut held_back = false;
             for j in 0..view.policies.len() {
@@ -629,19 +632,22 @@ impl Operator {
                         Ok(pods) => checks.blocking_pods = pods,
                         Err(e) => {
                             warn!(policy = %policy.name, error = %e, "cannot tell which pods block; holding grants back");
-                            for n in &proposed {
-                                checks.denied.insert(
-                                    n.clone(),
-                                    GateVerdict {
-                                        gate: "blockingPodSelector".into(),
-                                        detail: format!("cannot list pods, so holding back: {e}"),
-                                    },
-                                );
-                            }
+                            unlisted.insert(policy.name.clone(), e);
                         }
                     }
                     // A waiting candidate found blocked changes its reason: plan again.
                     held_back |= checks.blocking_pods.len() != before;
+                }
+                if let Some(e) = unlisted.get(&policy.name) {
+                    for n in &proposed {
+                        checks.denied.insert(
+                            n.clone(),
+                            GateVerdict {
+                                gate: "blockingPodSelector".into(),
+                                detail: format!("cannot list pods, so holding back: {e}"),
+                            },
+                        );
+                    }
                 }
                 let unblocked: Vec<&NodeView> = view
                     .nodes

@@ -727,3 +727,94 @@ async fn opa_denies_a_frozen_rack_and_a_busy_one_and_a_down_opa_closes_the_gate(
     .await;
     agents2.abort();
 }
+
+/// Why a real server refuses: RBAC. An operator whose identity may not list pods cannot tell
+/// which pods block, so it grants nothing in a policy with a blockingPodSelector, in any re-plan
+/// round, and says why.
+#[tokio::test]
+async fn an_operator_that_cannot_list_pods_holds_every_grant_back() {
+    let kube = cluster().await;
+    let names = kube.names("node", 2);
+    kube.add_nodes(&names).await;
+    kube.apply_policy(
+        "workers",
+        // One slot for two nodes: the first held back, a re-plan proposes the second, which
+        // must be held back too (its policy's pods were never listed).
+        json!({"channel": "stable", "maxUnavailable": 1,
+               "blockingPodSelector": {"matchLabels": {"job": "backup"}}}),
+    )
+    .await;
+    // A ServiceAccount with everything the operator needs but listing pods.
+    let ns = kube.cp.namespace("nopods").await.unwrap();
+    let sa = "operator";
+    let role = kube.name("no-pods");
+    let objects = format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {sa}, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {role}}}
+rules:
+- {{apiGroups: ["slipway.dev"], resources: ["*"], verbs: ["*"]}}
+- {{apiGroups: [""], resources: ["nodes"], verbs: ["get", "list", "watch"]}}
+- {{apiGroups: ["events.k8s.io"], resources: ["events"], verbs: ["create", "patch"]}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {role}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role}}}
+subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]
+"#
+    );
+    let file = kube.cp.dir().join(format!("{role}.yaml"));
+    std::fs::write(&file, objects).unwrap();
+    kube.cp
+        .kubectl_ok(&["apply", "-f", file.to_str().unwrap()])
+        .unwrap();
+    let token = kube.cp.service_account_token(&ns, sa, None).await.unwrap();
+    let config = kube.cp.token_config(&role, &token).await.unwrap();
+    let client = Client::try_from(config).unwrap();
+    let clock = ManualClock::new(t0());
+    let (_tx, rx) = leading();
+    let op = Operator::start(
+        client,
+        Arc::new(clock.clone()),
+        Arc::new(Metrics::new()),
+        test_settings(&kube),
+        rx,
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(op.clone().run(std::future::pending()));
+    let _running = Running { op, task };
+    let agents = spawn_agents(&kube, BTreeMap::new());
+    wait_until_async(
+        "both nodes held back for want of a pod list",
+        Duration::from_secs(60),
+        async || {
+            let all = kube.updates().await;
+            all.len() == 2
+                && all.iter().all(|u| {
+                    !u.spec.reboot_granted
+                        && u.spec.waiting_reason.as_deref() == Some("PolicyDenied")
+                        && u.spec.waiting_message.as_deref().is_some_and(|m| {
+                            m.contains("gate blockingPodSelector denied the node: cannot list pods")
+                                && m.contains("forbidden")
+                        })
+                })
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    agents.abort();
+    let (_, granted) = max_unavailable_in_history(&kube).await;
+    assert!(
+        granted.is_empty(),
+        "granted without a pod check: {granted:?}"
+    );
+    let _ = kube
+        .cp
+        .kubectl_ok(&["delete", "-f", file.to_str().unwrap(), "--wait=false"]);
+}
