@@ -867,19 +867,20 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
             .unwrap_or(u32::MAX);
 
         // Per topology domain: the same count, per value of the label.
-        let domain_of = |i: usize| -> String {
+        // Borrowed, not cloned: this runs for every node of a policy with a topology budget.
+        let domain_of = |i: usize| -> &str {
             p.spec
                 .max_unavailable_per_topology
                 .as_ref()
-                .and_then(|t| nodes[i].labels.get(&t.key).cloned())
-                .unwrap_or_default()
+                .and_then(|t| nodes[i].labels.get(&t.key))
+                .map_or("", String::as_str)
         };
-        let mut domains: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+        let mut domains: BTreeMap<&str, (u32, u32)> = BTreeMap::new();
         if let Some(t) = &p.spec.max_unavailable_per_topology {
-            let mut sizes: BTreeMap<String, u32> = BTreeMap::new();
+            let mut sizes: BTreeMap<&str, u32> = BTreeMap::new();
             for &i in &policy_nodes[j] {
                 let d = domain_of(i);
-                *sizes.entry(d.clone()).or_default() += 1;
+                *sizes.entry(d).or_default() += 1;
                 let n = &nodes[i];
                 let unavailable = !n.ready
                     || n.status.phase.is_disruptive()
@@ -891,9 +892,9 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
                 .status
                 .fleet_lock_holders
                 .iter()
-                .filter_map(|h| h.domain.clone())
+                .filter_map(|h| h.domain.as_deref())
             {
-                *sizes.entry(d.clone()).or_default() += 1;
+                *sizes.entry(d).or_default() += 1;
                 domains.entry(d).or_default().0 += 1;
             }
             for (d, size) in sizes {
@@ -905,7 +906,7 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
         // than minReadySeconds ago still counts as unavailable, in the policy and its domain.
         let min_ready = SignedDuration::from_secs(i64::from(p.spec.min_ready_seconds));
         // Per scope (the domain, or the policy): the earliest end of a settle holding a slot.
-        let mut settling_ends: BTreeMap<Option<String>, Timestamp> = BTreeMap::new();
+        let mut settling_ends: BTreeMap<Option<&str>, Timestamp> = BTreeMap::new();
         // Nodes settling now, with the end of their settle: they are not candidates either.
         let mut settling_nodes: BTreeMap<usize, Timestamp> = BTreeMap::new();
         if min_ready.is_positive() {
@@ -936,7 +937,7 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
                 settling_nodes.insert(i, until);
                 let scope = p.spec.max_unavailable_per_topology.as_ref().map(|_| {
                     let d = domain_of(i);
-                    domains.entry(d.clone()).or_default().0 += 1;
+                    domains.entry(d).or_default().0 += 1;
                     d
                 });
                 for key in [None, scope] {
@@ -969,18 +970,18 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
             let topology = p.spec.max_unavailable_per_topology.as_ref();
             let domain = topology.map(|_| domain_of(i));
             // A full budget that a settling node holds says so, and when it frees.
-            let settling = |scope: Option<String>| {
+            let settling = |scope: Option<&str>| {
                 let until = settling_ends.get(&scope).copied()?;
                 Some(Reason::Settling {
                     until,
-                    domain: scope,
+                    domain: scope.map(str::to_owned),
                 })
             };
             let decision = if let Some(&until) = settling_nodes.get(&i) {
                 // Healthy again only moments ago (and staged something newer already).
                 Decision::Wait(Reason::Settling {
                     until,
-                    domain: domain.clone(),
+                    domain: domain.map(str::to_owned),
                 })
             } else if let Some(pods) = p.checks.blocking_pods.get(&n.name)
                 && !pods.is_empty()
@@ -991,24 +992,22 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
                 })
             } else if let Some(v) = p.checks.denied.get(&n.name) {
                 Decision::Wait(Reason::PolicyDenied(v.clone()))
-            } else if let (Some(t), Some(d)) = (topology, &domain)
+            } else if let (Some(t), Some(d)) = (topology, domain)
                 && let Some(&(d_used, d_max)) = domains.get(d)
                 && d_used >= d_max
             {
-                Decision::Wait(
-                    settling(Some(d.clone())).unwrap_or(Reason::TopologyBudgetFull {
-                        key: t.key.clone(),
-                        domain: d.clone(),
-                        used: d_used,
-                        max: d_max,
-                    }),
-                )
+                Decision::Wait(settling(Some(d)).unwrap_or(Reason::TopologyBudgetFull {
+                    key: t.key.clone(),
+                    domain: d.to_owned(),
+                    used: d_used,
+                    max: d_max,
+                }))
             } else if used >= max {
                 Decision::Wait(settling(None).unwrap_or(Reason::BudgetFull { used, max }))
             } else {
                 used += 1;
-                if let Some(d) = &domain {
-                    domains.entry(d.clone()).or_default().0 += 1;
+                if let Some(d) = domain {
+                    domains.entry(d).or_default().0 += 1;
                 }
                 Decision::Grant
             };
@@ -1060,11 +1059,13 @@ pub fn plan(view: &ClusterView, now: Timestamp) -> Plan {
                 failed_nodes: failed,
                 new_cycles,
                 cycle_estimate,
-                topology: p
-                    .spec
-                    .max_unavailable_per_topology
-                    .as_ref()
-                    .map(|t| (t.key.clone(), domains)),
+                topology: p.spec.max_unavailable_per_topology.as_ref().map(|t| {
+                    let owned = domains
+                        .into_iter()
+                        .map(|(d, v)| (d.to_owned(), v))
+                        .collect();
+                    (t.key.clone(), owned)
+                }),
                 settle_until,
                 closed_gates: p.checks.closed_gates.clone(),
             },
