@@ -48,7 +48,9 @@ struct Answer {
 
 /// The gates' HTTP client and the Prometheus answers kept between evaluations.
 pub struct Gates {
-    http: reqwest::Client,
+    /// The client, or why there is none (e.g. no CA certificates where the operator runs): then
+    /// every gate counts as unreachable (its `onError` decides), and the operator runs on.
+    http: Result<reqwest::Client, String>,
     settings: GateSettings,
     prometheus: Mutex<BTreeMap<(String, String), Answer>>,
 }
@@ -60,12 +62,19 @@ impl Gates {
             .timeout(settings.timeout)
             .connect_timeout(settings.timeout)
             .build()
-            .unwrap_or_default();
+            .map_err(|e| format!("no HTTP client for the gates: {}", error_chain(&e)));
+        if let Err(e) = &http {
+            warn!(error = %e, "gates that ask Prometheus or OPA will count as unreachable");
+        }
         Self {
             http,
             settings,
             prometheus: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, String> {
+        self.http.as_ref().map_err(Clone::clone)
     }
 
     /// The interval at which Prometheus gates are asked again (the operator evaluates at least
@@ -93,7 +102,7 @@ impl Gates {
             })
             .collect();
         let answers = futures::future::join_all(stale.iter().map(|(policy, g)| async move {
-            let closed = match query_prometheus(&self.http, g).await {
+            let closed = match query_prometheus(self.client(), g).await {
                 Ok(series) if series.is_empty() => None,
                 Ok(series) => Some(GateVerdict {
                     gate: g.name.clone(),
@@ -146,7 +155,7 @@ impl Gates {
             let verdicts = futures::future::join_all(policy.spec.gates.opa.iter().map(|g| {
                 let input = &input;
                 async move {
-                    match ask_opa(&self.http, g, input).await {
+                    match ask_opa(self.client(), g, input).await {
                         Ok(None) => None,
                         Ok(Some(reason)) => Some(GateVerdict {
                             gate: g.name.clone(),
@@ -252,9 +261,10 @@ fn on_error(gate: &str, on_error: GateOnError, error: &str, policy: &str) -> Opt
 
 /// Runs the gate's instant query; the series it returned (`name{label="value",...}`).
 async fn query_prometheus(
-    http: &reqwest::Client,
+    http: Result<&reqwest::Client, String>,
     g: &PrometheusGate,
 ) -> Result<Vec<String>, String> {
+    let http = http?;
     let url = format!("{}/api/v1/query", g.url.trim_end_matches('/'));
     let with_query = reqwest::Url::parse_with_params(&url, &[("query", g.query.as_str())])
         .map_err(|e| format!("{url}: {e}"))?;
@@ -375,10 +385,11 @@ pub fn opa_input(
 /// Asks OPA's Data API for the decision at the gate's path: `Ok(None)` allowed, `Ok(Some(
 /// reason))` denied. A decision that is undefined or not `{allow: bool}` is an error.
 async fn ask_opa(
-    http: &reqwest::Client,
+    http: Result<&reqwest::Client, String>,
     g: &OpaGate,
     input: &Value,
 ) -> Result<Option<String>, String> {
+    let http = http?;
     let url = format!("{}/v1/data/{}", g.url.trim_end_matches('/'), g.path);
     let response = http
         .post(&url)

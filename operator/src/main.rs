@@ -188,7 +188,8 @@ async fn main() -> Result<()> {
                 cluster: args.cluster_name.clone(),
                 interval: Duration::from_secs(2),
                 refresh: Duration::from_secs(60),
-            });
+            })
+            .map_err(anyhow::Error::msg)?;
         tracing::info!(server = %url, cluster = %args.cluster_name, "reporting the cluster to the update server");
         tokio::spawn(reporter.run(op.clone(), shutdown_signal()));
     }

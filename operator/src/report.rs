@@ -106,13 +106,14 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// A reporter with these settings.
-    pub fn new(settings: ReportSettings) -> Self {
+    /// A reporter with these settings; an error if no HTTP client can be made (e.g. no CA
+    /// certificates where the operator runs), which the caller reports instead of panicking.
+    pub fn new(settings: ReportSettings) -> Result<Self, String> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
-            .unwrap_or_default();
-        Self { settings, http }
+            .map_err(|e| format!("no HTTP client for reporting to the update server: {e}"))?;
+        Ok(Self { settings, http })
     }
 
     /// Sends one report; Ok if the server took it.
