@@ -64,20 +64,69 @@ impl Exporter {
     }
 }
 
-/// A Prometheus server on loopback scraping `target` every second, with the alert
-/// `ClusterTrouble` firing while `slipway_test_trouble > 0`.
-struct Prometheus {
+/// A server this test starts on a free loopback port (Prometheus, OPA), logging into its own
+/// directory; killed on `stop` or drop.
+struct Daemon {
     child: Child,
     url: String,
+    /// Held so the directory (config, data, log) lives as long as the daemon.
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Prometheus {
+impl Drop for Daemon {
     fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl Daemon {
+    /// A fresh directory for the daemon's files, and a free port.
+    fn prepare() -> (tempfile::TempDir, u16) {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        (tempfile::tempdir().unwrap(), port)
+    }
+
+    /// Runs `cmd` (given `dir` and `port` from [`Self::prepare`]) until `ready_path` answers 2xx.
+    async fn start(mut cmd: Command, dir: tempfile::TempDir, port: u16, ready_path: &str) -> Self {
+        let log = std::fs::File::create(dir.path().join("daemon.log")).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let ready = format!("{url}{ready_path}");
+        wait_until_async(
+            &format!("{ready} ready"),
+            Duration::from_secs(60),
+            async || {
+                reqwest::get(&ready)
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            },
+        )
+        .await;
+        Self {
+            child,
+            url,
+            _dir: dir,
+        }
+    }
+
+    fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
+
+/// A Prometheus server on loopback scraping `target` every second, with the alert
+/// `ClusterTrouble` firing while `slipway_test_trouble > 0`.
+struct Prometheus(Daemon);
 
 impl Prometheus {
     async fn start(target: SocketAddr) -> Self {
@@ -85,7 +134,7 @@ impl Prometheus {
             Path::new(PROMETHEUS).exists(),
             "{PROMETHEUS} is missing: scripts/setup.sh installs Debian's prometheus package"
         );
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, port) = Daemon::prepare();
         let rules = dir.path().join("rules.yml");
         std::fs::write(
             &rules,
@@ -101,43 +150,20 @@ impl Prometheus {
             ),
         )
         .unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-        let child = Command::new(PROMETHEUS)
-            .arg(format!("--config.file={}", config.display()))
+        let mut cmd = Command::new(PROMETHEUS);
+        cmd.arg(format!("--config.file={}", config.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 PathBuf::from(dir.path()).join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let ready = format!("{url}/-/ready");
-        wait_until_async("Prometheus ready", Duration::from_secs(60), async || {
-            reqwest::get(&ready)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        Self {
-            child,
-            url,
-            _dir: dir,
-        }
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        Self(Daemon::start(cmd, dir, port, "/-/ready").await)
     }
 
     /// The number of series `query` returns now.
     async fn count(&self, query: &str) -> usize {
         let url = reqwest::Url::parse_with_params(
-            &format!("{}/api/v1/query", self.url),
+            &format!("{}/api/v1/query", self.0.url),
             &[("query", query)],
         )
         .unwrap();
@@ -150,9 +176,12 @@ impl Prometheus {
             .map_or(0, Vec::len)
     }
 
+    fn url(&self) -> &str {
+        &self.0.url
+    }
+
     fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.stop();
     }
 }
 
@@ -197,7 +226,7 @@ async fn a_firing_alert_holds_the_rollout_until_it_clears_and_a_down_prometheus_
     kube.apply_policy(
         "workers",
         json!({"channel": "stable", "maxUnavailable": 1, "gates": {"prometheus": [
-            {"name": "alerts", "url": prometheus.url, "query": r#"ALERTS{alertstate="firing"}"#}
+            {"name": "alerts", "url": prometheus.url(), "query": r#"ALERTS{alertstate="firing"}"#}
         ]}}),
     )
     .await;
@@ -264,7 +293,7 @@ async fn a_firing_alert_holds_the_rollout_until_it_clears_and_a_down_prometheus_
         .apply_policy(
             "closed",
             json!({"channel": "stable", "gates": {"prometheus": [
-                {"name": "alerts", "url": prometheus.url, "query": "ALERTS"}
+                {"name": "alerts", "url": prometheus.url(), "query": "ALERTS"}
             ]}}),
         )
         .await;
@@ -292,7 +321,7 @@ async fn a_firing_alert_holds_the_rollout_until_it_clears_and_a_down_prometheus_
         .apply_policy(
             "open",
             json!({"channel": "stable", "gates": {"prometheus": [
-                {"name": "alerts", "url": prometheus.url, "query": "ALERTS", "onError": "Open"}
+                {"name": "alerts", "url": prometheus.url(), "query": "ALERTS", "onError": "Open"}
             ]}}),
         )
         .await;
@@ -559,18 +588,7 @@ decision := {"allow": false, "reason": sprintf("rack %s is frozen", [rack])} if 
 "#;
 
 /// `opa run --server` on loopback with [`REGO`].
-struct Opa {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Opa {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+struct Opa(Daemon);
 
 impl Opa {
     async fn start() -> Self {
@@ -580,48 +598,28 @@ impl Opa {
             "{} is missing: scripts/setup.sh builds it (scripts/build-opa.sh)",
             bin.display()
         );
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, port) = Daemon::prepare();
         let policy = dir.path().join("slipway.rego");
         std::fs::write(&policy, REGO).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let log = std::fs::File::create(dir.path().join("opa.log")).unwrap();
-        let child = Command::new(bin)
-            .args([
-                "run",
-                "--server",
-                "--disable-telemetry",
-                "--log-level",
-                "error",
-            ])
-            .arg(format!("--addr=127.0.0.1:{port}"))
-            .arg(&policy)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let url = format!("http://127.0.0.1:{port}");
-        let health = format!("{url}/health");
-        wait_until_async("OPA ready", Duration::from_secs(60), async || {
-            reqwest::get(&health)
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        })
-        .await;
-        Self {
-            child,
-            url,
-            _dir: dir,
-        }
+        let mut cmd = Command::new(bin);
+        cmd.args([
+            "run",
+            "--server",
+            "--disable-telemetry",
+            "--log-level",
+            "error",
+        ])
+        .arg(format!("--addr=127.0.0.1:{port}"))
+        .arg(&policy);
+        Self(Daemon::start(cmd, dir, port, "/health").await)
+    }
+
+    fn url(&self) -> &str {
+        &self.0.url
     }
 
     fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.0.stop();
     }
 }
 
@@ -638,7 +636,7 @@ async fn opa_denies_a_frozen_rack_and_a_busy_one_and_a_down_opa_closes_the_gate(
     kube.apply_policy(
         "workers",
         json!({"channel": "stable", "maxUnavailable": 4, "gates": {"opa": [
-            {"name": "racks", "url": opa.url, "path": "slipway/decision"}
+            {"name": "racks", "url": opa.url(), "path": "slipway/decision"}
         ]}}),
     )
     .await;
@@ -703,7 +701,7 @@ async fn opa_denies_a_frozen_rack_and_a_busy_one_and_a_down_opa_closes_the_gate(
         .apply_policy(
             "workers",
             json!({"channel": "stable", "gates": {"opa": [
-                {"name": "racks", "url": opa.url, "path": "slipway/decision"}
+                {"name": "racks", "url": opa.url(), "path": "slipway/decision"}
             ]}}),
         )
         .await;
