@@ -1,39 +1,28 @@
 //! Block size for delta updates, measured: for an old and a new slot image, at each candidate
 //! block size, the index's size, the share of the new image a node holding the old one would
-//! fetch, the local lookup's memory (both slots hashed into a map), and the indexing speed.
+//! fetch, the memory the engine holds for it (the index and the lookup), and the indexing speed.
 //!
 //! `cargo bench -p slipway-api --bench blockindex -- OLD.img NEW.img` (without paths: the
 //! vm-tests' cached 1.0.0 and 2.0.0 slot images, if built). Under `cargo test` (no `--bench`)
 //! it checks itself on two small generated images.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use slipway_api::blockindex::{BlockIndex, DeltaPlan, LocalBlock};
+use slipway_api::blockindex::{BlockIndex, DeltaPlan, Lookup, RUNNING};
 
 fn measure(old: &[u8], new: &[u8], block_size: u32) -> (usize, f64, usize, f64) {
     let t = Instant::now();
     let (new_index, _) = BlockIndex::build(new, block_size).unwrap();
     let secs = t.elapsed().as_secs_f64();
     let (old_index, _) = BlockIndex::build(old, block_size).unwrap();
-    let local: HashMap<[u8; 32], LocalBlock> = old_index
-        .digests
-        .iter()
-        .enumerate()
-        .map(|(i, d)| {
-            (
-                *d,
-                LocalBlock {
-                    source: 0,
-                    offset: i as u64 * u64::from(block_size),
-                },
-            )
-        })
-        .collect();
-    let plan = DeltaPlan::new(&new_index, &local, 8 << 20);
-    // A map entry: 32-byte key, 16-byte value, and hashbrown's control byte, for both slots.
-    let lookup = 2 * old_index.digests.len() * (32 + 16 + 1);
+    let mut lookup = Lookup::wanting(&new_index);
+    for (i, d) in old_index.digests.iter().enumerate() {
+        lookup.offer(RUNNING, i as u32, d);
+    }
+    let plan = DeltaPlan::new(&new_index, |_, d, at| lookup.locate(d, at), 8 << 20);
+    // What the engine keeps while applying: the index and the lookup.
+    let lookup = new_index.digests.len() * 32 + lookup.heap_bytes();
     (
         new_index.to_bytes().len(),
         plan.fetch_ratio(),
@@ -92,7 +81,7 @@ fn main() {
     );
     println!(
         "{:>10} {:>12} {:>10} {:>14} {:>12}",
-        "block", "index bytes", "fetched", "lookup MiB", "index MB/s"
+        "block", "index bytes", "fetched", "held MiB", "index MB/s"
     );
     for bs in [4096u32, 16 << 10, 64 << 10, 256 << 10] {
         let (index, ratio, lookup, speed) = measure(&old, &new, bs);

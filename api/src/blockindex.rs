@@ -12,7 +12,6 @@
 //! [`DeltaPlan`] is the pure half of applying a delta: given which blocks the node has locally,
 //! which to copy from where and which byte ranges to fetch (adjacent blocks coalesced).
 
-use std::collections::HashMap;
 use std::io::Read;
 
 use sha2::{Digest as _, Sha256};
@@ -62,6 +61,11 @@ fn check_block_size(block_size: u32) -> Result<(), IndexError> {
         )));
     }
     Ok(())
+}
+
+/// Bytes of the index of an image of `image_size` bytes in blocks of `block_size`.
+pub fn index_len(image_size: u64, block_size: u32) -> u64 {
+    HEADER_LEN as u64 + 32 * block_count(image_size, block_size)
 }
 
 /// Blocks in an image of `image_size` bytes.
@@ -179,6 +183,107 @@ pub struct LocalBlock {
     pub offset: u64,
 }
 
+/// The source that is the running slot: read only, any block may be copied from it.
+pub const RUNNING: u8 = 0;
+/// The source that is the slot being written: the new image overwrites it in order, so a block
+/// of it may only be copied to the same or an earlier offset.
+pub const TARGET: u8 = 1;
+
+/// Where the node holds each block a new image needs, learnt by hashing its slots block by
+/// block ([`Lookup::offer`]). Its memory follows the new image's block count, not the slots':
+/// for each distinct digest of the index, a 4-byte position in a sorted order and 8 bytes of
+/// where it was found, plus a fixed 256 KiB table of where each 16-bit digest prefix starts
+/// (so a search takes a step or two instead of seventeen). A 4 GiB image in 16 KiB blocks:
+/// 262,144 blocks, 8 MiB of index and 3 MiB here.
+#[derive(Debug)]
+pub struct Lookup<'a> {
+    index: &'a BlockIndex,
+    /// Block numbers of the index with distinct digests, sorted by digest.
+    order: Vec<u32>,
+    /// `order[starts[p]..starts[p + 1]]` have the prefix `p` (the digest's first two bytes).
+    starts: Vec<u32>,
+    /// Per entry of `order`: 1 + the block number where each source holds it (0: nowhere).
+    found: Vec<[u32; 2]>,
+}
+
+impl<'a> Lookup<'a> {
+    /// An empty lookup for the blocks `index` needs.
+    pub fn wanting(index: &'a BlockIndex) -> Self {
+        let mut order: Vec<u32> = (0..index.digests.len() as u32).collect();
+        order.sort_unstable_by(|a, b| index.digests[*a as usize].cmp(&index.digests[*b as usize]));
+        order.dedup_by(|a, b| index.digests[*a as usize] == index.digests[*b as usize]);
+        order.shrink_to_fit();
+        let mut starts = vec![0u32; (1 << 16) + 1];
+        for &i in &order {
+            let d = &index.digests[i as usize];
+            starts[usize::from(u16::from_be_bytes([d[0], d[1]])) + 1] += 1;
+        }
+        for p in 0..1 << 16 {
+            starts[p + 1] += starts[p];
+        }
+        let found = vec![[0u32; 2]; order.len()];
+        Lookup {
+            index,
+            order,
+            starts,
+            found,
+        }
+    }
+
+    fn position(&self, digest: &[u8; 32]) -> Option<usize> {
+        let p = usize::from(u16::from_be_bytes([digest[0], digest[1]]));
+        let (lo, hi) = (self.starts[p] as usize, self.starts[p + 1] as usize);
+        self.order[lo..hi]
+            .binary_search_by(|&i| self.index.digests[i as usize].cmp(digest))
+            .ok()
+            .map(|k| lo + k)
+    }
+
+    /// Says that `source` holds a block with `digest` at block number `block` (offset
+    /// `block * block_size`); returns whether the new image needs it. The running slot's first
+    /// copy is kept; the target's last (the one the writing reaches last).
+    pub fn offer(&mut self, source: u8, block: u32, digest: &[u8; 32]) -> bool {
+        let Some(k) = self.position(digest) else {
+            return false;
+        };
+        let slot = &mut self.found[k][usize::from(source.min(1))];
+        if source == RUNNING && *slot != 0 {
+            return true;
+        }
+        *slot = block + 1;
+        true
+    }
+
+    /// Where to copy the block with `digest` from, for offset `at` of the new image: the
+    /// running slot if it has it, else the target if its copy is at `at` or later.
+    pub fn locate(&self, digest: &[u8; 32], at: u64) -> Option<LocalBlock> {
+        let k = self.position(digest)?;
+        let bs = u64::from(self.index.block_size);
+        let [running, target] = self.found[k];
+        if running != 0 {
+            return Some(LocalBlock {
+                source: RUNNING,
+                offset: u64::from(running - 1) * bs,
+            });
+        }
+        let offset = u64::from(target.checked_sub(1)?) * bs;
+        (offset >= at).then_some(LocalBlock {
+            source: TARGET,
+            offset,
+        })
+    }
+
+    /// Distinct digests the new image needs.
+    pub fn distinct(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Bytes this lookup holds (not counting the index).
+    pub fn heap_bytes(&self) -> usize {
+        self.order.capacity() * 4 + self.starts.capacity() * 4 + self.found.capacity() * 8
+    }
+}
+
 /// One step of building the new image, in image order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -212,17 +317,22 @@ pub struct DeltaPlan {
 }
 
 impl DeltaPlan {
-    /// The plan for `index` given the blocks the node has (`local`: digest → where), fetching
-    /// every block it does not have. Adjacent fetched blocks become one range, but no range
-    /// grows past `max_fetch` bytes (so one request's loss costs little and resumes are fine
-    /// grained); adjacent copies from consecutive local offsets of one source become one copy.
-    pub fn new(index: &BlockIndex, local: &HashMap<[u8; 32], LocalBlock>, max_fetch: u64) -> Self {
+    /// The plan for `index`, asking `locate(block, digest, offset)` where the node holds each
+    /// block, and fetching every block it does not have. Adjacent fetched blocks become one
+    /// range, but no range grows past `max_fetch` bytes (so one request's loss costs little and
+    /// resumes are fine grained); adjacent copies from consecutive local offsets of one source
+    /// become one copy.
+    pub fn new(
+        index: &BlockIndex,
+        mut locate: impl FnMut(usize, &[u8; 32], u64) -> Option<LocalBlock>,
+        max_fetch: u64,
+    ) -> Self {
         let mut plan = DeltaPlan::default();
         for (i, d) in index.digests.iter().enumerate() {
             let at = i as u64 * u64::from(index.block_size);
             let len = index.block_len(i);
-            match local.get(d) {
-                Some(&from) => {
+            match locate(i, d, at) {
+                Some(from) => {
                     plan.local_bytes += len;
                     if let Some(Step::Copy {
                         at: a,
@@ -285,22 +395,17 @@ mod tests {
         BlockIndex::build(img, B).unwrap().0
     }
 
-    /// Every block of `img` as a local source 0 (what a node would hash from a slot).
-    fn lookup(img: &[u8], source: u8) -> HashMap<[u8; 32], LocalBlock> {
-        let idx = index_of(img);
-        idx.digests
-            .iter()
-            .enumerate()
-            .map(|(i, d)| {
-                (
-                    *d,
-                    LocalBlock {
-                        source,
-                        offset: i as u64 * u64::from(B),
-                    },
-                )
-            })
-            .collect()
+    /// The plan for `new` given local sources, each offered block by block as a node hashes
+    /// its slots.
+    fn plan_for(new: &[u8], sources: &[(&[u8], u8)], max_fetch: u64) -> DeltaPlan {
+        let idx = index_of(new);
+        let mut lookup = Lookup::wanting(&idx);
+        for (img, source) in sources {
+            for (i, d) in index_of(img).digests.iter().enumerate() {
+                lookup.offer(*source, i as u32, d);
+            }
+        }
+        DeltaPlan::new(&idx, |_, d, at| lookup.locate(d, at), max_fetch)
     }
 
     /// Applies `plan` from `sources` and the served `new` image.
@@ -357,7 +462,7 @@ mod tests {
     #[test]
     fn an_identical_image_fetches_nothing() {
         let img = image(&[1, 2, 3, 4], 10);
-        let plan = DeltaPlan::new(&index_of(&img), &lookup(&img, 0), 1 << 20);
+        let plan = plan_for(&img, &[(&img, RUNNING)], 1 << 20);
         assert_eq!(plan.fetch_bytes, 0);
         assert_eq!(plan.local_bytes, img.len() as u64);
         // One copy: the blocks are consecutive in the source.
@@ -369,7 +474,7 @@ mod tests {
     fn one_changed_block_is_the_only_fetch() {
         let old = image(&[1, 2, 3, 4, 5], 0);
         let new = image(&[1, 2, 9, 4, 5], 0);
-        let plan = DeltaPlan::new(&index_of(&new), &lookup(&old, 0), 1 << 20);
+        let plan = plan_for(&new, &[(&old, RUNNING)], 1 << 20);
         assert_eq!(plan.fetch_bytes, u64::from(B));
         assert_eq!(
             plan.steps
@@ -388,15 +493,11 @@ mod tests {
     #[test]
     fn moved_blocks_are_found_at_their_new_offsets_in_either_source() {
         // The new image shifts everything by one block and takes one block from the inactive
-        // slot's leftovers (source 1).
+        // slot's leftovers (the target, at a later offset than it is needed at).
         let running = image(&[1, 2, 3, 4], 0);
-        let leftover = image(&[7, 7], 0);
+        let leftover = image(&[6, 6, 6, 6, 6, 6, 7], 0);
         let new = image(&[8, 1, 2, 3, 4, 7], 0);
-        let mut local = lookup(&running, 0);
-        for (d, b) in lookup(&leftover, 1) {
-            local.entry(d).or_insert(b);
-        }
-        let plan = DeltaPlan::new(&index_of(&new), &local, 1 << 20);
+        let plan = plan_for(&new, &[(&running, RUNNING), (&leftover, TARGET)], 1 << 20);
         assert_eq!(plan.fetch_bytes, u64::from(B), "only block 8 is new");
         assert_eq!(apply(&plan, &[&running, &leftover], &new), new);
     }
@@ -405,7 +506,7 @@ mod tests {
     fn fetches_coalesce_up_to_the_cap_and_an_unrelated_image_fetches_everything() {
         let old = image(&[1, 2], 0);
         let new = image(&[10, 11, 12, 13, 14], 0);
-        let plan = DeltaPlan::new(&index_of(&new), &lookup(&old, 0), 2 * u64::from(B));
+        let plan = plan_for(&new, &[(&old, RUNNING)], 2 * u64::from(B));
         let fetches: Vec<u64> = plan
             .steps
             .iter()
@@ -417,5 +518,62 @@ mod tests {
         assert_eq!(fetches, vec![2, 2, 1]);
         assert_eq!(plan.fetch_ratio(), 1.0);
         assert_eq!(apply(&plan, &[&old], &new), new);
+    }
+
+    #[test]
+    fn the_target_slot_only_lends_blocks_the_writing_has_not_reached() {
+        // The target (the slot being written) holds blocks 5 and 6 at block offsets 0 and 3.
+        // The new image wants 6 at block 1 (its copy at 3 is still intact then) and 5 at
+        // block 2 (its copy at 0 is overwritten by then): fetched.
+        let target = image(&[5, 0, 0, 6], 0);
+        let new = image(&[1, 6, 5], 0);
+        let plan = plan_for(&new, &[(&target, TARGET)], 1 << 20);
+        assert_eq!(plan.local_bytes, u64::from(B));
+        assert!(plan.steps.contains(&Step::Copy {
+            at: u64::from(B),
+            from: LocalBlock {
+                source: TARGET,
+                offset: 3 * u64::from(B)
+            },
+            len: u64::from(B)
+        }));
+        // The running slot wins where both have a block.
+        let running = image(&[9, 5], 0);
+        let plan = plan_for(&new, &[(&target, TARGET), (&running, RUNNING)], 1 << 20);
+        assert_eq!(plan.local_bytes, 2 * u64::from(B));
+        assert!(plan.steps.contains(&Step::Copy {
+            at: 2 * u64::from(B),
+            from: LocalBlock {
+                source: RUNNING,
+                offset: u64::from(B)
+            },
+            len: u64::from(B)
+        }));
+        assert_eq!(apply(&plan, &[&running, &target], &new), new);
+    }
+
+    #[test]
+    fn the_lookup_holds_each_distinct_digest_once_and_finds_every_prefix() {
+        // 5000 blocks with 1000 distinct contents: many share a 16-bit prefix bucket edge.
+        let fills: Vec<u8> = (0..5000u32).map(|i| (i % 250) as u8).collect();
+        let mut img = Vec::new();
+        for (i, f) in fills.iter().enumerate() {
+            let mut block = vec![*f; B as usize];
+            block[0] = (i % 1000 / 250) as u8;
+            img.extend(block);
+        }
+        let idx = index_of(&img);
+        let mut lookup = Lookup::wanting(&idx);
+        assert_eq!(lookup.distinct(), 1000);
+        assert!(idx.digests.iter().all(|d| lookup.locate(d, 0).is_none()));
+        for (i, d) in idx.digests.iter().enumerate() {
+            assert!(lookup.offer(RUNNING, i as u32, d));
+        }
+        for d in &idx.digests {
+            assert!(lookup.locate(d, 0).is_some());
+        }
+        assert!(!lookup.offer(RUNNING, 0, &[7u8; 32]));
+        // 1000 distinct: 4 + 8 bytes each, plus the fixed prefix table.
+        assert_eq!(lookup.heap_bytes(), 1000 * 12 + ((1 << 16) + 1) * 4);
     }
 }

@@ -55,6 +55,37 @@ pub struct OsImage {
     /// How the served bytes encode the slot image.
     #[serde(default)]
     pub format: PayloadFormat,
+    /// What a node needs to build the image from blocks it already holds and fetch only the
+    /// rest (see [`crate::blockindex`]); absent: every update is a full download. Engines built
+    /// before this field existed refuse a manifest that has it (`deny_unknown_fields`), so a
+    /// fleet still running one gets a release without it first (`slipway sign --no-delta`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaSource>,
+}
+
+/// The signed parts of a delta update.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeltaSource {
+    /// Bytes per indexed block.
+    pub block_size: u32,
+    /// The block index ([`crate::blockindex`] format): one SHA-256 per block of the image.
+    pub index: Blob,
+    /// The uncompressed slot image, served with HTTP `Range`: the bytes the index describes
+    /// and the digest the finished slot must have. For a raw payload, the payload itself.
+    pub image: Blob,
+}
+
+/// A file on the server: where, how big, and its digest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Blob {
+    /// Where to fetch it: absolute, or relative to the update server.
+    pub url: String,
+    /// Exact size in bytes.
+    pub size: u64,
+    /// SHA-256 of the bytes.
+    pub sha256: Sha256Digest,
 }
 
 /// The encoding of a served payload; the slot receives the decoded bytes.
@@ -93,6 +124,46 @@ pub struct RuntimeImage {
     pub size: u64,
     /// SHA-256 of the bytes.
     pub sha256: Sha256Digest,
+}
+
+impl DeltaSource {
+    /// The rules a delta source must meet, given its OS image: a valid block size, an index as
+    /// long as the image's block count says, and for a raw payload the payload itself as image.
+    fn validate(&self, os: &OsImage) -> std::result::Result<(), String> {
+        use crate::blockindex;
+        if !self.block_size.is_power_of_two()
+            || !(blockindex::MIN_BLOCK_SIZE..=blockindex::MAX_BLOCK_SIZE).contains(&self.block_size)
+        {
+            return Err(format!(
+                "blockSize {} is not a power of two from {} to {}",
+                self.block_size,
+                blockindex::MIN_BLOCK_SIZE,
+                blockindex::MAX_BLOCK_SIZE
+            ));
+        }
+        if self.index.url.is_empty() || self.image.url.is_empty() {
+            return Err("index.url and image.url must not be empty".into());
+        }
+        if self.image.size == 0 {
+            return Err("image.size is 0".into());
+        }
+        let expected = blockindex::index_len(self.image.size, self.block_size);
+        if self.index.size != expected {
+            return Err(format!(
+                "index.size is {}, but an index of a {}-byte image in {}-byte blocks has {expected} bytes",
+                self.index.size, self.image.size, self.block_size
+            ));
+        }
+        if os.format == PayloadFormat::Raw
+            && (self.image.sha256 != os.sha256 || self.image.size != os.size)
+        {
+            return Err(
+                "the payload is raw, so image must be the payload itself (same size and sha256)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
 }
 
 /// An advisory fixed by a release.
@@ -176,7 +247,12 @@ impl Manifest {
         match &self.os {
             Some(os) if os.url.is_empty() => return Err(invalid("os.url is empty".into())),
             Some(os) if os.size == 0 => return Err(invalid("os.size is 0".into())),
-            Some(_) => {}
+            Some(os) => {
+                if let Some(d) = &os.delta {
+                    d.validate(os)
+                        .map_err(|r| invalid(format!("os.delta: {r}")))?;
+                }
+            }
             None if self.runtime.is_empty() => {
                 return Err(invalid(
                     "neither an os image nor runtime images: nothing to install".into(),
@@ -266,4 +342,79 @@ pub fn check_expiry(manifest: &Manifest, now: jiff::Timestamp) -> Result<()> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blockindex::index_len;
+
+    fn release_with(format: PayloadFormat, delta: DeltaSource) -> Manifest {
+        let payload = Sha256Digest([1; 32]);
+        Manifest {
+            kind: RELEASE_TYPE.into(),
+            channel: "stable".into(),
+            version: Version::new(2, 0, 0),
+            expires: "2099-01-01T00:00:00Z".parse().unwrap(),
+            os: Some(OsImage {
+                url: "/v1/payloads/a".into(),
+                size: 100_000,
+                sha256: payload,
+                format,
+                delta: Some(delta),
+            }),
+            runtime: vec![],
+            min_from_version: None,
+            advisories: vec![],
+        }
+    }
+
+    fn delta(block_size: u32, image_size: u64, image_sha: [u8; 32]) -> DeltaSource {
+        DeltaSource {
+            block_size,
+            index: Blob {
+                url: "/v1/payloads/i".into(),
+                size: index_len(image_size, block_size),
+                sha256: Sha256Digest([2; 32]),
+            },
+            image: Blob {
+                url: "/v1/payloads/a".into(),
+                size: image_size,
+                sha256: Sha256Digest(image_sha),
+            },
+        }
+    }
+
+    #[test]
+    fn a_delta_source_must_agree_with_its_image_and_payload() {
+        let ok = release_with(PayloadFormat::Raw, delta(16384, 100_000, [1; 32]));
+        ok.validate().unwrap();
+        // Round trip through JSON: camelCase, nothing lost.
+        let json = serde_json::to_string(&ok).unwrap();
+        assert!(json.contains(r#""blockSize":16384"#), "{json}");
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), ok);
+        let refused = |m: Manifest, why: &str| {
+            let e = m.validate().unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        };
+        refused(
+            release_with(PayloadFormat::Raw, delta(3000, 100_000, [1; 32])),
+            "power of two",
+        );
+        let mut short = delta(16384, 100_000, [1; 32]);
+        short.index.size -= 32;
+        refused(release_with(PayloadFormat::Raw, short), "index.size");
+        // A raw payload is its own image.
+        refused(
+            release_with(PayloadFormat::Raw, delta(16384, 100_000, [9; 32])),
+            "the payload itself",
+        );
+        // A compressed payload's image is another file.
+        release_with(PayloadFormat::Zstd, delta(16384, 400_000, [9; 32]))
+            .validate()
+            .unwrap();
+        // An unknown field inside `delta` is refused like anywhere in a signed document.
+        let odd = json.replace(r#""blockSize":16384"#, r#""blockSize":16384,"algo":"x""#);
+        assert!(serde_json::from_str::<Manifest>(&odd).is_err());
+    }
 }

@@ -47,6 +47,27 @@ pub struct EventReport {
     /// Human-readable detail (an error message for `failed` / `rolled-back`).
     #[serde(default)]
     pub detail: String,
+    /// How the OS image came to the slot (on `staged`): bytes fetched against the image's size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
+}
+
+/// How a machine got an OS image into its slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Transfer {
+    /// Bytes of the image written into the slot.
+    pub image_bytes: u64,
+    /// Bytes downloaded for it: the payload, or the block index and the blocks fetched.
+    pub fetched_bytes: u64,
+    /// Bytes copied from the machine's own slots.
+    pub local_bytes: u64,
+    /// Whether the image was built as a delta.
+    pub delta: bool,
+    /// Why a delta that the release offered was not used or was given up (empty: it was used,
+    /// or none was offered).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fallback: String,
 }
 
 /// The steps a machine reports.

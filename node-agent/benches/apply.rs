@@ -319,6 +319,7 @@ fn setup_node(dir: &Path, slot_b: &Path, server: &Server, len: u64, digest: Sha2
             size: len,
             sha256: digest,
             format: PayloadFormat::Raw,
+            delta: None,
         }),
         runtime: vec![],
         min_from_version: None,

@@ -8,6 +8,7 @@ pub mod api_error;
 pub mod auth;
 pub mod config;
 pub mod dashboard;
+pub mod deltafiles;
 pub mod error;
 pub mod files;
 pub mod magic;

@@ -350,6 +350,56 @@ impl Draft {
         Ok(())
     }
 
+    /// Sets `os.delta` from the delta files made of the OS payload (after [`Self::set_os`]).
+    pub fn set_delta(
+        &mut self,
+        files: &crate::deltafiles::DeltaFiles,
+        url_template: Option<&str>,
+    ) -> Result<()> {
+        let Some(Value::Object(os)) = self.doc.get_mut("os") else {
+            return Err(field("os", "missing", "pass --os FILE"));
+        };
+        let old = os.get("delta").cloned();
+        let old_url = |part: &str| {
+            old.as_ref()
+                .and_then(|d| d.get(part))
+                .and_then(|p| p.get("url"))
+        };
+        let image_url = if files.image.sha256.to_hex()
+            == os.get("sha256").and_then(Value::as_str).unwrap_or("")
+        {
+            // A raw payload is its own image.
+            os.get("url").cloned().unwrap_or(Value::Null)
+        } else {
+            payload_url(old_url("image"), &files.image.sha256, url_template).into()
+        };
+        let index_url = payload_url(old_url("index"), &files.index.sha256, url_template);
+        os.insert(
+            "delta".into(),
+            serde_json::json!({
+                "blockSize": files.block_size,
+                "index": {
+                    "url": index_url,
+                    "size": files.index.size,
+                    "sha256": files.index.sha256.to_hex(),
+                },
+                "image": {
+                    "url": image_url,
+                    "size": files.image.size,
+                    "sha256": files.image.sha256.to_hex(),
+                },
+            }),
+        );
+        Ok(())
+    }
+
+    /// Removes `os.delta` (`--no-delta`): every node downloads the whole payload.
+    pub fn clear_delta(&mut self) {
+        if let Some(Value::Object(os)) = self.doc.get_mut("os") {
+            os.remove("delta");
+        }
+    }
+
     /// Creates or completes the `runtime` entry `name` from the image file: size, sha256 and
     /// url. Runtime images are installed as served, so a compressed one is refused.
     pub fn set_runtime(
@@ -432,6 +482,7 @@ impl Draft {
             size: 1,
             sha256: Sha256Digest([0; 32]),
             format: PayloadFormat::Raw,
+            delta: None,
         });
         judged
             .validate()

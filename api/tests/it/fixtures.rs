@@ -40,6 +40,7 @@ pub fn manifest(version: &str) -> Manifest {
             size: 1 << 20,
             sha256: Sha256Digest::of(b"os image"),
             format: PayloadFormat::Zstd,
+            delta: None,
         }),
         runtime: vec![],
         min_from_version: None,

@@ -201,6 +201,9 @@ struct Pipeline {
     checkpoint_bytes: u64,
     tx: SyncSender<Msg>,
     progress: Progress,
+    /// Set by a delta apply: checkpoints say so, and how many bytes were fetched.
+    delta: bool,
+    fetched: u64,
 }
 
 impl Pipeline {
@@ -344,6 +347,8 @@ impl Pipeline {
             } else {
                 String::new()
             },
+            delta: self.delta,
+            fetched: self.fetched,
         };
         self.send(Msg::Checkpoint(cp))
     }
@@ -428,55 +433,19 @@ pub async fn run(
         )));
     }
 
-    let file = OpenOptions::new()
-        .write(true)
-        .open(&job.slot_path)
-        .map_err(|e| Error::io(&job.slot_path, e))?;
-    let (tx, rx) = sync_channel::<Msg>(QUEUE_DEPTH);
-    let (vtx, vrx) = std::sync::mpsc::channel::<u64>();
-    let slot_path = job.slot_path.clone();
-    let start = from.written;
-    // The bytes written before a resume are re-read first.
-    let _ = vtx.send(start);
-    let writer = std::thread::Builder::new()
-        .name("slot-writer".into())
-        .spawn(move || write_slot(file, slot_path, start, rx, vtx, on_checkpoint))
-        .map_err(|e| Error::io(&job.slot_path, e))?;
-    let vpath = job.slot_path.clone();
-    let verifier = std::thread::Builder::new()
-        .name("slot-verifier".into())
-        .spawn(move || reread_slot(vpath, vrx))
-        .map_err(|e| Error::io(&job.slot_path, e))?;
-
     let compressed = job.format != PayloadFormat::Raw;
-    let mut pipe = Pipeline {
-        url: url.clone(),
-        size: job.size,
-        compressed,
-        served: from.served,
-        served_hash,
-        written: from.written,
-        written_hash,
-        decoder: Decoder::new(job.format, &url)?,
-        at_boundary: true,
-        // The decode buffers only for compressed payloads (raw chunks go to the batch as is).
-        buf: if compressed {
-            Vec::with_capacity(WRITE_BUF)
-        } else {
-            Vec::new()
-        },
-        batch: Vec::with_capacity(BATCH_PARTS),
-        batch_len: 0,
-        scratch: if compressed {
-            vec![0u8; DECODE_BUF]
-        } else {
-            Vec::new()
-        },
-        last_checkpoint: from.written,
-        checkpoint_bytes: job.checkpoint_bytes,
-        tx,
+    let mut sink = Sink::open(
+        &job.slot_path,
+        &url,
+        job.size,
+        job.format,
+        &from,
+        (served_hash, written_hash),
+        job.checkpoint_bytes,
         progress,
-    };
+        on_checkpoint,
+    )?;
+    let pipe = &mut sink.pipe;
     let streamed: Result<()> = async {
         loop {
             let chunk = tokio::time::timeout(job.idle_timeout, resp.chunk())
@@ -521,42 +490,185 @@ pub async fn run(
     }
     .await;
     let written_digest = if compressed {
-        Sha256Digest::from_hasher(pipe.written_hash.clone())
+        Sha256Digest::from_hasher(sink.pipe.written_hash.clone())
     } else {
         job.sha256
     };
-    let written = pipe.written;
-    drop(pipe); // hang up, so a writer waiting for more stops
-    let (wrote, reread) = tokio::task::spawn_blocking(move || (writer.join(), verifier.join()))
-        .await
-        .map_err(|e| payload_err(format!("writer task: {e}")))?;
-    let wrote = wrote.map_err(|_| payload_err("slot writer panicked".into()))?;
-    let reread = reread.map_err(|_| payload_err("slot verifier panicked".into()))?;
-    match (streamed, wrote) {
-        // The writer's own failure (e.g. disk full) explains a "writer stopped" on our side.
-        (_, Err(e)) => Err(e),
-        (Err(e), Ok(_)) => Err(e),
-        (Ok(()), Ok((total, finished))) => {
-            let (reread_len, reread_digest) = reread?;
-            if !finished || total != written || reread_len != written {
-                return Err(Error::Verify {
-                    slot: job.slot_path.display().to_string(),
-                    reason: format!("wrote {total} and re-read {reread_len} of {written} bytes"),
-                });
+    sink.close(
+        streamed,
+        written_digest,
+        (!compressed).then_some(job.sha256),
+    )
+    .await
+}
+
+/// The slot side of a download or delta apply: the network-side pipeline feeding a writer
+/// thread and a verifier thread.
+pub(super) struct Sink {
+    pipe: Pipeline,
+    writer: std::thread::JoinHandle<Result<(u64, bool)>>,
+    verifier: std::thread::JoinHandle<Result<(u64, Sha256Digest)>>,
+    slot_path: PathBuf,
+}
+
+impl Sink {
+    /// Opens `slot_path` for writing from checkpoint `from` (whose hash states are `hashes`),
+    /// and starts the writer and the verifier (which first re-reads what `from` says was
+    /// written).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn open(
+        slot_path: &std::path::Path,
+        url: &str,
+        size: u64,
+        format: PayloadFormat,
+        from: &Checkpoint,
+        hashes: (Sha256, Sha256),
+        checkpoint_bytes: u64,
+        progress: Progress,
+        on_checkpoint: impl Fn(Checkpoint) + Send + 'static,
+    ) -> Result<Self> {
+        let file = OpenOptions::new()
+            .write(true)
+            .open(slot_path)
+            .map_err(|e| Error::io(slot_path, e))?;
+        let (tx, rx) = sync_channel::<Msg>(QUEUE_DEPTH);
+        let (vtx, vrx) = std::sync::mpsc::channel::<u64>();
+        let start = from.written;
+        // The bytes written before a resume are re-read first.
+        let _ = vtx.send(start);
+        let wpath = slot_path.to_path_buf();
+        let writer = std::thread::Builder::new()
+            .name("slot-writer".into())
+            .spawn(move || write_slot(file, wpath, start, rx, vtx, on_checkpoint))
+            .map_err(|e| Error::io(slot_path, e))?;
+        let vpath = slot_path.to_path_buf();
+        let verifier = std::thread::Builder::new()
+            .name("slot-verifier".into())
+            .spawn(move || reread_slot(vpath, vrx))
+            .map_err(|e| Error::io(slot_path, e))?;
+
+        let compressed = format != PayloadFormat::Raw;
+        let pipe = Pipeline {
+            url: url.to_owned(),
+            size,
+            compressed,
+            served: from.served,
+            served_hash: hashes.0,
+            written: from.written,
+            written_hash: hashes.1,
+            decoder: Decoder::new(format, url)?,
+            at_boundary: true,
+            // The decode buffers only for compressed payloads (raw chunks go to the batch as is).
+            buf: if compressed {
+                Vec::with_capacity(WRITE_BUF)
+            } else {
+                Vec::new()
+            },
+            batch: Vec::with_capacity(BATCH_PARTS),
+            batch_len: 0,
+            scratch: if compressed {
+                vec![0u8; DECODE_BUF]
+            } else {
+                Vec::new()
+            },
+            last_checkpoint: from.written,
+            checkpoint_bytes,
+            tx,
+            progress,
+            delta: false,
+            fetched: 0,
+        };
+        Ok(Sink {
+            pipe,
+            writer,
+            verifier,
+            slot_path: slot_path.to_path_buf(),
+        })
+    }
+
+    /// Marks this sink as a delta apply's: its checkpoints say so and count fetched bytes
+    /// (from `fetched`, the count at the checkpoint resumed from).
+    pub(super) fn start_delta(&mut self, fetched: u64) {
+        self.pipe.delta = true;
+        self.pipe.fetched = fetched;
+    }
+
+    /// Writes the next `bytes` of a delta apply (whole blocks, so checkpoints fall between
+    /// blocks); `fetched` says they came from the server.
+    pub(super) fn push_delta(&mut self, bytes: Bytes, fetched: bool) -> Result<()> {
+        if fetched {
+            self.pipe.fetched += bytes.len() as u64;
+        }
+        self.pipe.push(bytes)
+    }
+
+    /// Bytes written so far (including those before the checkpoint resumed from).
+    pub(super) fn position(&self) -> u64 {
+        self.pipe.written
+    }
+
+    /// Flushes and tells the writer everything was sent.
+    pub(super) fn finish(&mut self) -> Result<()> {
+        self.pipe.flush()?;
+        self.pipe.send(Msg::Finish)
+    }
+
+    /// Waits for the writer and the verifier after the network side ended with `streamed`
+    /// (having sent `Finish` when it succeeded), and checks that everything written was
+    /// re-read, and, where `expect_reread` is given, that the re-read has that digest.
+    pub(super) async fn close(
+        self,
+        streamed: Result<()>,
+        written_digest: Sha256Digest,
+        expect_reread: Option<Sha256Digest>,
+    ) -> Result<Outcome> {
+        let Sink {
+            pipe,
+            writer,
+            verifier,
+            slot_path,
+        } = self;
+        let url = pipe.url.clone();
+        let payload_err = |reason: String| Error::Payload {
+            url: url.clone(),
+            reason,
+        };
+        let written = pipe.written;
+        drop(pipe); // hang up, so a writer waiting for more stops
+        let (wrote, reread) = tokio::task::spawn_blocking(move || (writer.join(), verifier.join()))
+            .await
+            .map_err(|e| payload_err(format!("writer task: {e}")))?;
+        let wrote = wrote.map_err(|_| payload_err("slot writer panicked".into()))?;
+        let reread = reread.map_err(|_| payload_err("slot verifier panicked".into()))?;
+        match (streamed, wrote) {
+            // The writer's own failure (e.g. disk full) explains a "writer stopped" on our side.
+            (_, Err(e)) => Err(e),
+            (Err(e), Ok(_)) => Err(e),
+            (Ok(()), Ok((total, finished))) => {
+                let (reread_len, reread_digest) = reread?;
+                if !finished || total != written || reread_len != written {
+                    return Err(Error::Verify {
+                        slot: slot_path.display().to_string(),
+                        reason: format!(
+                            "wrote {total} and re-read {reread_len} of {written} bytes"
+                        ),
+                    });
+                }
+                if let Some(expected) = expect_reread
+                    && reread_digest != expected
+                {
+                    // The only hash of a raw payload or a delta: what was written, read back.
+                    return Err(payload_err(format!(
+                        "sha256 digest mismatch: signed {expected}, the bytes written to the slot \
+                         and read back hash to {reread_digest}"
+                    )));
+                }
+                Ok(Outcome {
+                    written,
+                    written_digest,
+                    reread_digest,
+                })
             }
-            if !compressed && reread_digest != job.sha256 {
-                // The raw payload's only hash: what was served, written and read back.
-                return Err(payload_err(format!(
-                    "sha256 digest mismatch: signed {}, served bytes (as written to the slot and \
-                     read back) hash to {reread_digest}",
-                    job.sha256
-                )));
-            }
-            Ok(Outcome {
-                written,
-                written_digest,
-                reread_digest,
-            })
         }
     }
 }

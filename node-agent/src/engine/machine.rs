@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use semver::Version;
 use serde::{Deserialize, Serialize};
-use slipway_api::wire::EventKind;
+use slipway_api::wire::{EventKind, Transfer};
 use slipway_api::{EnginePhase, Envelope, Manifest, Sha256Digest};
 
 use super::slot::Slot;
@@ -40,6 +40,18 @@ pub struct Checkpoint {
     pub served_hash: String,
     /// Serialized SHA-256 state over the first `written` slot bytes (hex).
     pub written_hash: String,
+    /// The slot is being built by a delta apply (blocks copied from the node's slots, the rest
+    /// fetched from the uncompressed image): `served` and `written` are both the position in
+    /// the image, and a resume continues the delta (a full download starts over).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
+    /// Bytes fetched from the server so far by a delta apply (the rest came from the slots).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fetched: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The engine's phase, with the data each phase needs. Persisted across restarts.
@@ -74,6 +86,9 @@ pub enum State {
         written: u64,
         /// SHA-256 of the bytes written into the slot.
         written_digest: Sha256Digest,
+        /// How the bytes came.
+        #[serde(default)]
+        transfer: Transfer,
     },
     /// A runtime-only release (no OS image): installing its sysext images and restarting the
     /// runtime units, without touching the slots or rebooting.
@@ -231,6 +246,8 @@ pub enum Input {
         written: u64,
         /// SHA-256 of the bytes written.
         written_digest: Sha256Digest,
+        /// How the bytes came (reported with `staged`).
+        transfer: Transfer,
     },
     /// The slot re-read matches.
     Verified,
@@ -342,6 +359,8 @@ pub enum Effect {
         version: Version,
         /// Detail.
         detail: String,
+        /// How the OS image came (with `staged`).
+        transfer: Option<Transfer>,
     },
 }
 
@@ -360,6 +379,7 @@ fn report(event: EventKind, version: &Version, detail: impl Into<String>) -> Eff
         event,
         version: version.clone(),
         detail: detail.into(),
+        transfer: None,
     }
 }
 
@@ -481,6 +501,7 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
             Input::Downloaded {
                 written,
                 written_digest,
+                transfer,
             },
         ) => {
             fx.push(Effect::Verify {
@@ -493,6 +514,7 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
                 slot: *slot,
                 written,
                 written_digest,
+                transfer,
             };
         }
         // Resume verification after a restart (the crash-between-write-and-flip case).
@@ -529,12 +551,36 @@ pub fn step(mem: &Memory, input: Input, policy: &Policy) -> Result<(Memory, Vec<
                 tries: policy.boot_tries,
             });
         }
-        (State::Verifying { release, slot, .. }, Input::TrialSet { boot_id }) => {
-            fx.push(report(
-                EventKind::Staged,
-                release.version(),
-                format!("slot {slot}"),
-            ));
+        (
+            State::Verifying {
+                release,
+                slot,
+                transfer,
+                ..
+            },
+            Input::TrialSet { boot_id },
+        ) => {
+            let how = if transfer.image_bytes == 0 {
+                String::new()
+            } else if transfer.delta {
+                format!(
+                    "; delta: fetched {} of {} bytes, {} from the slots",
+                    transfer.fetched_bytes, transfer.image_bytes, transfer.local_bytes
+                )
+            } else if transfer.fallback.is_empty() {
+                format!("; fetched {} bytes", transfer.fetched_bytes)
+            } else {
+                format!(
+                    "; fetched {} bytes (no delta: {})",
+                    transfer.fetched_bytes, transfer.fallback
+                )
+            };
+            fx.push(Effect::Report {
+                event: EventKind::Staged,
+                version: release.version().clone(),
+                detail: format!("slot {slot}{how}"),
+                transfer: (transfer.image_bytes > 0).then(|| transfer.clone()),
+            });
             next.state = State::Staged {
                 release: release.clone(),
                 slot: *slot,
@@ -762,6 +808,7 @@ mod tests {
                 size: 10,
                 sha256: Sha256Digest::of(b"x"),
                 format: PayloadFormat::Raw,
+                delta: None,
             }),
             runtime: vec![],
             min_from_version: None,
@@ -813,6 +860,7 @@ mod tests {
                 Input::Downloaded {
                     written: 10,
                     written_digest: digest,
+                    transfer: Transfer::default(),
                 },
                 Input::Verified,
                 Input::TrialSet {
@@ -821,6 +869,55 @@ mod tests {
             ],
         )
         .0
+    }
+
+    #[test]
+    fn the_staged_report_says_how_the_image_came() {
+        let delta = Transfer {
+            image_bytes: 100,
+            fetched_bytes: 7,
+            local_bytes: 95,
+            delta: true,
+            fallback: String::new(),
+        };
+        let (m, _) = run(
+            &fresh(),
+            vec![Input::Check, Input::Found(Box::new(release("2.0.0")))],
+        );
+        let (m, _) = run(
+            &m,
+            vec![Input::Downloaded {
+                written: 100,
+                written_digest: Sha256Digest::of(b"x"),
+                transfer: delta.clone(),
+            }],
+        );
+        let (_, fx) = run(
+            &m,
+            vec![
+                Input::Verified,
+                Input::TrialSet {
+                    boot_id: "b".into(),
+                },
+            ],
+        );
+        let staged = fx
+            .iter()
+            .find_map(|e| match e {
+                Effect::Report {
+                    event: EventKind::Staged,
+                    detail,
+                    transfer,
+                    ..
+                } => Some((detail.clone(), transfer.clone())),
+                _ => None,
+            })
+            .expect("a staged report");
+        assert_eq!(staged.1, Some(delta));
+        assert_eq!(
+            staged.0,
+            "slot B; delta: fetched 7 of 100 bytes, 95 from the slots"
+        );
     }
 
     #[test]
@@ -855,6 +952,7 @@ mod tests {
             vec![Input::Downloaded {
                 written: 10,
                 written_digest: digest,
+                transfer: Transfer::default(),
             }],
         );
         assert_eq!(
@@ -898,6 +996,7 @@ mod tests {
                 slot: Slot::B,
                 written: 10,
                 written_digest: Sha256Digest::of(b"x"),
+                transfer: Transfer::default(),
             },
             ..fresh()
         };
@@ -1319,7 +1418,8 @@ mod tests {
             Just(Input::Progress(Checkpoint::default())),
             Just(Input::Downloaded {
                 written: 1,
-                written_digest: Sha256Digest::of(b"x")
+                written_digest: Sha256Digest::of(b"x"),
+                transfer: Transfer::default(),
             }),
             Just(Input::Verified),
             Just(Input::RuntimeInstalled),

@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod dbus;
+pub mod delta;
 pub mod download;
 pub mod machine;
 pub mod runner;

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use semver::Version;
-use slipway_api::wire::{CheckRequest, CheckResponse, EventKind, EventReport};
+use slipway_api::wire::{CheckRequest, CheckResponse, EventKind, EventReport, Transfer};
 use slipway_api::{EnginePhase, TrustedRoot, admit};
 use tokio::sync::watch;
 
 use super::boot::BootBackend;
+use super::delta;
 use super::download::{self, Job, Progress};
 use super::machine::{Effect, Input, Memory, Policy, Release, State, step};
 use super::settings::Settings;
@@ -157,6 +158,7 @@ impl Shared {
                     event,
                     version,
                     detail,
+                    transfer,
                 } => {
                     if candidate.outbox.len() >= self.outbox_limit {
                         candidate.outbox.pop_front();
@@ -167,6 +169,7 @@ impl Shared {
                         version,
                         event,
                         detail,
+                        transfer,
                     });
                 }
                 other => rest.push(other),
@@ -196,6 +199,8 @@ pub struct Engine {
     /// a check) would both send the report at the head of the queue.
     flushing: tokio::sync::Mutex<()>,
     progress: Progress,
+    /// What `progress` counts up to (the payload's size, or the image's for a delta).
+    progress_total: Arc<AtomicU64>,
     /// The re-read digest of the last download, (slot, bytes, digest): lets the Verify effect
     /// that follows a download skip a second full read.
     reread: Mutex<Option<(Slot, u64, slipway_api::Sha256Digest)>>,
@@ -252,6 +257,7 @@ impl Engine {
             op: tokio::sync::Mutex::new(()),
             flushing: tokio::sync::Mutex::new(()),
             progress: Arc::new(AtomicU64::new(0)),
+            progress_total: Arc::new(AtomicU64::new(0)),
             reread: Mutex::new(None),
             clock: Arc::new(slipway_runtime::SystemClock),
             units,
@@ -363,9 +369,14 @@ impl Engine {
         };
         let os_size = |r: &Release| r.manifest.os.as_ref().map_or(0, |os| os.size);
         let (downloaded_bytes, total_bytes) = match &mem.state {
-            State::Downloading { release, .. } => {
-                (self.progress.load(Ordering::Relaxed), os_size(release))
-            }
+            // A delta's progress is through the image, a download's through the payload.
+            State::Downloading { release, .. } => (
+                self.progress.load(Ordering::Relaxed),
+                match self.progress_total.load(Ordering::Relaxed) {
+                    0 => os_size(release),
+                    n => n,
+                },
+            ),
             State::Verifying { release, .. } | State::Staged { release, .. } => {
                 (os_size(release), os_size(release))
             }
@@ -437,12 +448,13 @@ impl Engine {
                 slot,
                 from,
             } => Some(match self.download(&release, slot, from).await {
-                Ok(done) => {
+                Ok((done, transfer)) => {
                     *self.reread.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some((slot, done.written, done.reread_digest));
                     Input::Downloaded {
                         written: done.written,
                         written_digest: done.written_digest,
+                        transfer,
                     }
                 }
                 Err(e @ Error::Interrupted { .. }) => {
@@ -558,7 +570,7 @@ impl Engine {
         release: &Release,
         slot: Slot,
         from: super::machine::Checkpoint,
-    ) -> Result<download::Outcome> {
+    ) -> Result<(download::Outcome, Transfer)> {
         let slot_path = self.slot_path_for_write(slot)?;
         let os = release.manifest.os.as_ref().ok_or_else(|| {
             Error::Refused(format!(
@@ -566,7 +578,62 @@ impl Engine {
                 release.version()
             ))
         })?;
+        let shared = self.shared.clone();
+        let machine_id = self.facts.machine_id.clone();
+        let persist = move |cp| {
+            if let Err(e) = shared.step(Input::Progress(cp), &machine_id) {
+                tracing::warn!(error = %e, "could not persist a download checkpoint");
+            }
+        };
+        let mut from = from;
+        let mut fallback = String::new();
+        match &os.delta {
+            Some(source) if self.settings.delta && (from.delta || from.written == 0) => {
+                self.progress.store(from.written, Ordering::Relaxed);
+                self.progress_total
+                    .store(source.image.size, Ordering::Relaxed);
+                let job = delta::DeltaJob {
+                    source: source.clone(),
+                    index_url: self.resolve(&source.index.url)?,
+                    image_url: self.resolve(&source.image.url)?,
+                    payload_size: os.size,
+                    running: self
+                        .settings
+                        .slot_path(self.facts.booted_slot)
+                        .to_path_buf(),
+                    slot_path: slot_path.clone(),
+                    from: from.clone(),
+                    checkpoint_bytes: self.settings.checkpoint_bytes,
+                    idle_timeout: self.settings.http_timeout,
+                    max_fetch: self.settings.delta_max_fetch,
+                };
+                match delta::run(&self.http, job, self.progress.clone(), persist.clone()).await? {
+                    delta::Applied::Done(outcome, transfer) => {
+                        tracing::info!(
+                            fetched = transfer.fetched_bytes,
+                            local = transfer.local_bytes,
+                            image = transfer.image_bytes,
+                            "delta applied"
+                        );
+                        return Ok((outcome, transfer));
+                    }
+                    delta::Applied::Fallback(reason) => {
+                        tracing::warn!(%reason, "no delta; downloading the whole payload");
+                        fallback = reason;
+                        from = super::machine::Checkpoint::default();
+                    }
+                }
+            }
+            Some(_) if !self.settings.delta => fallback = "delta = false".into(),
+            Some(_) => {} // resuming a full download
+            None => {}
+        }
+        if from.delta {
+            // A delta's checkpoint, but no delta now (turned off, or the release changed).
+            from = super::machine::Checkpoint::default();
+        }
         self.progress.store(from.served, Ordering::Relaxed);
+        self.progress_total.store(os.size, Ordering::Relaxed);
         let job = Job {
             url: self.resolve(&os.url)?,
             size: os.size,
@@ -577,14 +644,15 @@ impl Engine {
             checkpoint_bytes: self.settings.checkpoint_bytes,
             idle_timeout: self.settings.http_timeout,
         };
-        let shared = self.shared.clone();
-        let machine_id = self.facts.machine_id.clone();
-        download::run(&self.http, job, self.progress.clone(), move |cp| {
-            if let Err(e) = shared.step(Input::Progress(cp), &machine_id) {
-                tracing::warn!(error = %e, "could not persist a download checkpoint");
-            }
-        })
-        .await
+        let outcome = download::run(&self.http, job, self.progress.clone(), persist).await?;
+        let transfer = Transfer {
+            image_bytes: outcome.written,
+            fetched_bytes: os.size,
+            local_bytes: 0,
+            delta: false,
+            fallback,
+        };
+        Ok((outcome, transfer))
     }
 
     async fn install_runtime(&self, release: &Release) -> Result<()> {

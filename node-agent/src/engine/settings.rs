@@ -61,6 +61,16 @@ pub struct Settings {
     /// Bytes between durable download checkpoints.
     #[serde(default = "defaults::checkpoint_bytes")]
     pub checkpoint_bytes: u64,
+    /// Build the new OS image from blocks the machine's slots already hold and fetch only the
+    /// rest, where the release offers a block index (`delta = false`: always download the
+    /// whole payload).
+    #[serde(default = "defaults::yes")]
+    pub delta: bool,
+    /// Give up a delta, and download the whole payload, when the delta would fetch more than
+    /// this share of the payload's size (0 to 1; the slots are read and hashed for a delta,
+    /// which a near-full fetch does not repay).
+    #[serde(default = "defaults::delta_max_fetch")]
+    pub delta_max_fetch: f64,
     /// HTTP timeouts (connect, and idle between received bytes).
     #[serde(default = "defaults::http_timeout", deserialize_with = "duration")]
     pub http_timeout: Duration,
@@ -150,6 +160,9 @@ mod defaults {
     }
     pub fn yes() -> bool {
         true
+    }
+    pub fn delta_max_fetch() -> f64 {
+        0.75
     }
     pub fn boot_tries() -> u32 {
         1
@@ -262,6 +275,12 @@ impl Settings {
             return Err(Error::Config(
                 "slots.a and slots.b are the same path".into(),
             ));
+        }
+        if !(0.0..=1.0).contains(&self.delta_max_fetch) {
+            return Err(Error::Config(format!(
+                "delta-max-fetch must be from 0 to 1 (a share of the payload), not {}",
+                self.delta_max_fetch
+            )));
         }
         if self.checkpoint_bytes < 1 << 20 {
             return Err(Error::Config(

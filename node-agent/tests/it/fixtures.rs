@@ -49,6 +49,7 @@ pub fn manifest(version: &str, served: &[u8], url: &str, format: PayloadFormat) 
             size: served.len() as u64,
             sha256: sha(served),
             format,
+            delta: None,
         }),
         runtime: vec![],
         min_from_version: None,

@@ -7,6 +7,7 @@ mod server;
 mod apply;
 mod attacks;
 mod dbus;
+mod delta;
 mod drain;
 mod health;
 mod node_side;

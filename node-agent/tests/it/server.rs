@@ -26,6 +26,11 @@ pub enum Mode {
     Oversize,
     /// Send bytes forever, without a Content-Length.
     Endless,
+    /// Ignore `Range`: always the whole payload with 200, as RFC 9110 allows a server to.
+    NoRange,
+    /// Cut the connection before any byte of the `nth` (from 1) request for payload `name`;
+    /// honest otherwise.
+    DropRequest { name: String, nth: usize },
 }
 
 #[derive(Default)]
@@ -35,6 +40,8 @@ pub struct Recorded {
     pub mode: Mode,
     pub checks: Vec<CheckRequest>,
     pub ranges: Vec<Option<String>>,
+    /// Every payload request: the payload's name and its `Range` header.
+    pub requests: Vec<(String, Option<String>)>,
     pub bytes_served: u64,
     pub events: Vec<EventReport>,
     pub events_down: bool,
@@ -104,14 +111,21 @@ async fn events(
     StatusCode::NO_CONTENT
 }
 
-fn parse_range(h: &HeaderMap) -> Option<u64> {
-    h.get(header::RANGE)?
+/// One range `bytes=START-` or `bytes=START-END` (inclusive), as the update server takes it.
+fn parse_range(h: &HeaderMap) -> Option<(u64, Option<u64>)> {
+    let spec = h
+        .get(header::RANGE)?
         .to_str()
         .ok()?
-        .strip_prefix("bytes=")?
-        .strip_suffix('-')?
-        .parse()
-        .ok()
+        .strip_prefix("bytes=")?;
+    let (start, end) = spec.split_once('-')?;
+    let start = start.parse().ok()?;
+    let end = if end.is_empty() {
+        None
+    } else {
+        Some(end.parse().ok()?)
+    };
+    Some((start, end))
 }
 
 async fn payload(
@@ -121,25 +135,42 @@ async fn payload(
 ) -> Response {
     let (bytes, mode) = {
         let mut r = rec.lock().unwrap();
-        r.ranges.push(
-            headers
-                .get(header::RANGE)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned),
-        );
+        let range = headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        r.ranges.push(range.clone());
+        r.requests.push((name.clone(), range));
         let Some(bytes) = r.payloads.get(&name).cloned() else {
             return StatusCode::NOT_FOUND.into_response();
         };
-        let mode = (r.mode.clone(), r.chunk.unwrap_or(64 << 10));
+        let mut mode = (r.mode.clone(), r.chunk.unwrap_or(64 << 10));
         if matches!(mode.0, Mode::DropAfter(_)) {
             r.mode = Mode::Honest;
+        }
+        if let Mode::DropRequest { name: n, nth } = &mode.0 {
+            let seen = r.requests.iter().filter(|(p, _)| p == n).count();
+            mode.0 = if *n == name && seen == *nth {
+                Mode::DropAfter(0)
+            } else {
+                Mode::Honest
+            };
         }
         (bytes, mode)
     };
     let (mode, chunk) = mode;
     let total = bytes.len() as u64;
-    let start = parse_range(&headers).unwrap_or(0).min(total);
-    let body = bytes.slice(start as usize..);
+    let range = match mode {
+        Mode::NoRange => None,
+        _ => parse_range(&headers),
+    };
+    let (start, end) = match range {
+        Some((start, end)) if start < total => (start, end.unwrap_or(total - 1).min(total - 1)),
+        _ => (0, total.saturating_sub(1)),
+    };
+    let partial = range.is_some() && (start, end) != (0, total.saturating_sub(1))
+        || range.is_some_and(|(s, _)| s > 0);
+    let body = bytes.slice(start as usize..(end + 1).min(total) as usize);
     let rec2 = rec.clone();
     let limit = match mode {
         Mode::DropAfter(n) => Some(n),
@@ -167,15 +198,13 @@ async fn payload(
     });
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
-    if matches!(mode, Mode::Honest | Mode::DropAfter(_)) {
-        h.insert(header::CONTENT_LENGTH, (total - start).into());
-        if start > 0 {
+    if matches!(mode, Mode::Honest | Mode::DropAfter(_) | Mode::NoRange) {
+        h.insert(header::CONTENT_LENGTH, (end + 1 - start).into());
+        if partial {
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
             resp.headers_mut().insert(
                 header::CONTENT_RANGE,
-                format!("bytes {start}-{}/{total}", total - 1)
-                    .parse()
-                    .unwrap(),
+                format!("bytes {start}-{end}/{total}").parse().unwrap(),
             );
         }
     }

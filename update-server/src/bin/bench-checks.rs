@@ -69,6 +69,7 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
                 size: payload.len() as u64,
                 sha256: sha,
                 format: PayloadFormat::Zstd,
+                delta: None,
             }),
             runtime: Vec::new(),
             min_from_version: None,

@@ -115,7 +115,8 @@ struct PublishArgs {
     /// Verify the envelope and the payload files against this root before uploading.
     #[arg(long)]
     root: Option<PathBuf>,
-    /// The OS payload file.
+    /// The OS payload file; its delta files (FILE.blockidx, FILE.raw) are uploaded too where
+    /// `slipway sign` wrote them.
     #[arg(long)]
     os: Option<PathBuf>,
     /// A runtime image payload, NAME=FILE.
@@ -322,6 +323,16 @@ struct PayloadArgs {
     /// uploads to.
     #[arg(long, value_name = "TEMPLATE", value_parser = parse_url_template)]
     payload_url: Option<String>,
+    /// Sign the release without a block index (`os.delta`): every node downloads the whole
+    /// payload. Needed while nodes run an engine older than delta updates, which refuses a
+    /// manifest with `os.delta`.
+    #[arg(long)]
+    no_delta: bool,
+    /// Bytes per block of the block index (a power of two from 4096 to 16 MiB). With --os,
+    /// the index (FILE.blockidx) and, for a compressed FILE, the uncompressed image (FILE.raw)
+    /// are written beside FILE; `slipway publish --os FILE` uploads them.
+    #[arg(long, value_name = "BYTES", default_value_t = slipway_server::deltafiles::DEFAULT_BLOCK_SIZE)]
+    block_size: u32,
 }
 
 #[derive(Args)]
@@ -669,6 +680,33 @@ fn build_manifest(
         let measured = measure_payload(os)?;
         draft.set_os(&measured, url).map_err(in_file)?;
         notes.push(describe_payload("os", &measured));
+        if !payloads.no_delta {
+            let Magic::Format(format) = measured.magic else {
+                unreachable!("set_os refuses formats nodes cannot decode")
+            };
+            eprintln!(
+                "indexing {} in {}-byte blocks for delta updates...",
+                os.display(),
+                payloads.block_size
+            );
+            let files = slipway_server::deltafiles::make(&measured, format, payloads.block_size)
+                .with_context(|| format!("indexing {} for delta updates", os.display()))?;
+            draft.set_delta(&files, url).map_err(in_file)?;
+            if format != slipway_api::manifest::PayloadFormat::Raw {
+                notes.push(describe_payload("uncompressed os image", &files.image));
+            }
+            notes.push(format!(
+                "block index: {}, {} bytes ({} blocks of {}), sha256 {}",
+                files.index.name,
+                files.index.size,
+                files.index.size.saturating_sub(20) / 32,
+                files.block_size,
+                files.index.sha256
+            ));
+        }
+    }
+    if payloads.no_delta {
+        draft.clear_delta();
     }
     for (name, path) in &payloads.runtime {
         let measured = measure_payload(path)?;
@@ -734,8 +772,9 @@ fn manifest_new(args: ManifestNewArgs) -> Result<()> {
 }
 
 fn sign(args: SignArgs) -> Result<()> {
-    let manifest = build_manifest(args.manifest.as_deref(), &args.fields, &args.payloads, true)?;
+    // Keys first: a wrong path fails before large payloads are hashed and indexed.
     let keys = load_private_keys(&args.keys)?;
+    let manifest = build_manifest(args.manifest.as_deref(), &args.fields, &args.payloads, true)?;
     let refs: Vec<&PrivateKey> = keys.iter().collect();
     let env = manifest.sign(&refs);
     eprintln!(
@@ -1011,9 +1050,22 @@ mod admin {
                 .with_context(|| format!("{}", args.envelope.display()))?;
             check_payloads(&manifest, args.os.as_deref(), &args.runtime)?;
         }
+        // The delta files `slipway sign --os FILE` wrote beside FILE, if there.
+        let delta: Vec<PathBuf> = args
+            .os
+            .iter()
+            .flat_map(|f| {
+                [
+                    slipway_server::deltafiles::index_path(f),
+                    slipway_server::deltafiles::raw_path(f),
+                ]
+            })
+            .filter(|p| p.exists())
+            .collect();
         let files: Vec<&PathBuf> = args
             .os
             .iter()
+            .chain(delta.iter())
             .chain(args.runtime.iter().map(|(_, f)| f))
             .collect();
         runtime()?.block_on(async {

@@ -210,6 +210,21 @@ pub async fn publish(
         .iter()
         .map(|os| ("os".to_owned(), &os.url, os.size, os.sha256))
         .collect();
+    // A delta source's index and uncompressed image are served like payloads.
+    if let Some(d) = manifest.os.as_ref().and_then(|os| os.delta.as_ref()) {
+        payloads.push((
+            "block index".to_owned(),
+            &d.index.url,
+            d.index.size,
+            d.index.sha256,
+        ));
+        payloads.push((
+            "uncompressed os image (for deltas)".to_owned(),
+            &d.image.url,
+            d.image.size,
+            d.image.sha256,
+        ));
+    }
     for r in &manifest.runtime {
         payloads.push((
             format!("runtime image {}", r.name),

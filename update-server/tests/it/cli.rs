@@ -721,7 +721,68 @@ fn manifest_new_then_sign_raw_zstd_and_xz_images() {
         ] {
             assert_eq!(m[f], draft[f], "{f}");
         }
+        // The block index of the uncompressed image, written beside the payload, and for a
+        // compressed payload the uncompressed image itself.
+        let delta = &m["os"]["delta"];
+        assert_eq!(delta["blockSize"], 16384, "{file}");
+        let index_file = d.join(format!("{file}.blockidx"));
+        let index = fs::read(&index_file).unwrap();
+        assert_eq!(delta["index"]["size"], index.len());
+        assert_eq!(delta["index"]["sha256"], sha256_hex(&index_file));
+        let served = fs::read(d.join(file)).unwrap();
+        let image = match format {
+            "zstd" => zstd::decode_all(served.as_slice()).unwrap(),
+            "xz" => {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut liblzma::read::XzDecoder::new_multi_decoder(served.as_slice()),
+                    &mut out,
+                )
+                .unwrap();
+                out
+            }
+            _ => served,
+        };
+        let (expected, image_digest) =
+            slipway_api::blockindex::BlockIndex::build(image.as_slice(), 16384).unwrap();
+        assert!(
+            index == expected.to_bytes(),
+            "{file}: the index is not of the uncompressed image"
+        );
+        assert_eq!(delta["image"]["sha256"], image_digest.to_hex());
+        assert_eq!(delta["image"]["size"], image.len());
+        if format == "raw" {
+            assert_eq!(delta["image"]["url"], m["os"]["url"]);
+            assert!(!d.join("os.img.raw").exists());
+        } else {
+            assert!(
+                fs::read(d.join(format!("{file}.raw"))).unwrap() == image,
+                "{file}.raw"
+            );
+            assert_eq!(
+                delta["image"]["url"],
+                format!("/v1/payloads/{}", image_digest.to_hex())
+            );
+        }
     }
+    // --no-delta: no index in the release.
+    ok(
+        &d,
+        &[
+            "sign",
+            "--key",
+            "k.key",
+            "--os",
+            "os.img",
+            "--no-delta",
+            "--out",
+            "plain.json",
+            "manifest.json",
+        ],
+    );
+    let plain = ok(&d, &["verify", "--root", "root.json", "plain.json"]);
+    let plain: serde_json::Value = serde_json::from_str(&plain.stdout).unwrap();
+    assert!(plain["os"].get("delta").is_none(), "{plain}");
     // Signing reads the manifest file; it never rewrites it.
     assert_eq!(
         fs::read_to_string(d.join("manifest.json")).unwrap(),

@@ -195,3 +195,107 @@ async fn admin_subcommands_drive_a_server() {
     );
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[tokio::test]
+async fn a_compressed_release_publishes_its_block_index_and_uncompressed_image() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    std::fs::write(dir.join("admin.token"), format!("{TOKEN}\n")).unwrap();
+    std::fs::write(dir.join("root.json"), root_json()).unwrap();
+    std::fs::write(dir.join("release.key"), release_key().to_pem()).unwrap();
+    let image: Vec<u8> = (0..(1u32 << 20) + 5000).map(|i| (i % 251) as u8).collect();
+    std::fs::write(
+        dir.join("os.img.zst"),
+        zstd::encode_all(image.as_slice(), 3).unwrap(),
+    )
+    .unwrap();
+    let d = dir.to_path_buf();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        slipway(
+            &d,
+            [
+                "sign",
+                "--key",
+                "release.key",
+                "--channel",
+                "stable",
+                "--version",
+                "2.0.0",
+                "--expires",
+                "2099-01-01T00:00:00Z",
+                "--os",
+                "os.img.zst",
+                "--out",
+                "release.json",
+            ]
+            .map(String::from)
+            .to_vec(),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{err}");
+
+    // Without the index uploaded the server refuses the release and names it.
+    let index = std::fs::read(dir.join("os.img.zst.blockidx")).unwrap();
+    std::fs::rename(dir.join("os.img.zst.blockidx"), dir.join("elsewhere")).unwrap();
+    let mut all: Vec<String> = ["publish", "--os", "os.img.zst", "release.json"]
+        .map(String::from)
+        .to_vec();
+    all.extend([
+        "--server".into(),
+        s.url.clone(),
+        "--token-file".into(),
+        "admin.token".into(),
+    ]);
+    let d = dir.to_path_buf();
+    let (code, _, err) = tokio::task::spawn_blocking(move || slipway(&d, all))
+        .await
+        .unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("block index payload"), "{err}");
+    std::fs::rename(dir.join("elsewhere"), dir.join("os.img.zst.blockidx")).unwrap();
+
+    let v = ok(
+        dir,
+        &s.url,
+        &[
+            "publish",
+            "--root",
+            "root.json",
+            "--os",
+            "os.img.zst",
+            "release.json",
+        ],
+    )
+    .await;
+    assert_eq!(v["created"], true);
+    // The index and the uncompressed image are served like payloads, the image with Range.
+    let idx_url = format!(
+        "{}/v1/payloads/{}",
+        s.url,
+        slipway_api::Sha256Digest::of(&index).to_hex()
+    );
+    let got = s.client.get(&idx_url).send().await.unwrap();
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.unwrap().as_ref(), index.as_slice());
+    let img_url = format!(
+        "{}/v1/payloads/{}",
+        s.url,
+        slipway_api::Sha256Digest::of(&image).to_hex()
+    );
+    let got = s
+        .client
+        .get(&img_url)
+        .header("range", "bytes=16384-32767")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 206);
+    assert_eq!(
+        got.headers()["content-range"],
+        format!("bytes 16384-32767/{}", image.len()).as_str()
+    );
+    assert_eq!(got.bytes().await.unwrap().as_ref(), &image[16384..32768]);
+}

@@ -309,6 +309,7 @@ pub fn manifest(channel: &str, version: &str, payload: &[u8], sha256: Sha256Dige
             size: payload.len() as u64,
             sha256,
             format: PayloadFormat::Raw,
+            delta: None,
         }),
         runtime: Vec::new(),
         min_from_version: None,
