@@ -7,6 +7,7 @@
 //! it checks itself on two small generated images.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use slipway_api::blockindex::{BlockIndex, DeltaPlan, Lookup, RUNNING};
@@ -16,13 +17,15 @@ fn measure(old: &[u8], new: &[u8], block_size: u32) -> (usize, f64, usize, f64) 
     let (new_index, _) = BlockIndex::build(new, block_size).unwrap();
     let secs = t.elapsed().as_secs_f64();
     let (old_index, _) = BlockIndex::build(old, block_size).unwrap();
-    let mut lookup = Lookup::wanting(&new_index);
+    let new_index = Arc::new(new_index);
+    let mut lookup = Lookup::wanting(new_index.clone());
     for (i, d) in old_index.digests.iter().enumerate() {
         lookup.offer(RUNNING, i as u32, d);
     }
     let plan = DeltaPlan::new(&new_index, |_, d, at| lookup.locate(d, at), 8 << 20);
     // What the engine keeps while applying: the index and the lookup.
-    let lookup = new_index.digests.len() * 32 + lookup.heap_bytes();
+    let lookup =
+        new_index.digests.len() * slipway_api::blockindex::DIGEST_LEN + lookup.heap_bytes();
     (
         new_index.to_bytes().len(),
         plan.fetch_ratio(),

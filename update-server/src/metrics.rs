@@ -61,6 +61,9 @@ pub struct Metrics {
     pub events: Family<EventLabels, Counter>,
     /// Payload bytes sent.
     pub payload_bytes: Counter,
+    /// Image bytes machines did not download thanks to deltas (image size less bytes fetched,
+    /// as their `staged` reports say).
+    pub delta_saved_bytes: Counter,
     /// Request latency by route, method and code.
     pub requests: Family<RequestLabels, Histogram, HistogramCtor>,
     /// The CloudEvents emitter's (`slipway_server_cloudevents_*`), by sink.
@@ -98,6 +101,13 @@ impl Default for Metrics {
             Unit::Bytes,
             payload_bytes.clone(),
         );
+        let delta_saved_bytes = Counter::default();
+        registry.register_with_unit(
+            "delta_saved",
+            "OS image bytes machines built from their own slots instead of downloading (delta updates)",
+            Unit::Bytes,
+            delta_saved_bytes.clone(),
+        );
         let requests = Family::<RequestLabels, Histogram, HistogramCtor>::new_with_constructor(
             latency_histogram as HistogramCtor,
         );
@@ -114,6 +124,7 @@ impl Default for Metrics {
             offers,
             events,
             payload_bytes,
+            delta_saved_bytes,
             requests,
             cloudevents,
         }

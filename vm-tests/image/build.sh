@@ -137,9 +137,35 @@ fakeroot -i "$FR" -s "$FR" -- bash -euo pipefail -c '
     "$TREE/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
 ' _ "$TREE" "$HERE" "$REPO" "$AGENT" "$ROOT_JSON" "$WORK" "$KVER"
 
+# --- packages a version adds (packages-VERSION: one Debian package name per line) ----------------
+# Fetched with apt-get download into a cache beside the base tarball; installed with dpkg into the
+# tree when that version is built (and so kept by every later version). 2.0.0 adds one package, so
+# the 1.0.0 -> 2.0.0 update is the delta scenario's "one package added".
+DEBS="$(dirname "$BASE_TAR")/debs"
+mkdir -p "$DEBS"
+for list in "$HERE"/packages-*; do
+  [ -e "$list" ] || continue
+  for p in $(grep -v '^#' "$list"); do
+    if ! ls "$DEBS/${p}"_*.deb >/dev/null 2>&1; then
+      log "downloading $p"
+      (cd "$DEBS" && apt-get download -q "$p" 2>&1 | grep -v "couldn't be accessed by user '_apt'" >&2 || true)
+      ls "$DEBS/${p}"_*.deb >/dev/null 2>&1 || { log "apt-get download $p failed"; exit 1; }
+    fi
+  done
+done
+
 # --- one ext4 slot image and payload per version --------------------------------------------------
 for v in "${VERSIONS[@]}"; do
   log "slot image $v"
+  if [ -f "$HERE/packages-$v" ]; then
+    for p in $(grep -v '^#' "$HERE/packages-$v"); do
+      log "$v adds the Debian package $p"
+      # No maintainer scripts run in a chroot (--force-script-chrootless), triggers (e.g.
+      # initramfs-tools', which this image does not use) stay pending.
+      fakeroot -i "$FR" -s "$FR" -- dpkg --root="$TREE" --force-not-root \
+        --force-script-chrootless --no-triggers -i "$DEBS/${p}"_*.deb >/dev/null
+    done
+  fi
   fakeroot -i "$FR" -s "$FR" -- bash -euo pipefail -c '
     TREE=$1 v=$2
     sed -i "/^SLIPWAY_VERSION=/d" "$TREE/etc/os-release"
@@ -152,9 +178,12 @@ for v in "${VERSIONS[@]}"; do
     chmod 0755 "$TREE/usr/lib/slipway/health-check"
   ' _ "$TREE" "$v"
   img="$OUT/slot-$v.img"
-  fakeroot -i "$FR" -- mke2fs -q -t ext4 -O ^orphan_file,^metadata_csum_seed -L "slipway-$v" \
-    -E root_owner=0:0 -d "$TREE" "$img" "${SLOT_MIB}M" 2>/dev/null ||
-    fakeroot -i "$FR" -- mke2fs -q -t ext4 -L "slipway-$v" -d "$TREE" "$img" "${SLOT_MIB}M"
+  # 4 KiB file system blocks (mke2fs would pick 1 KiB for a file system this small): file data
+  # then sits at 4 KiB boundaries, as on any production-sized root file system, so a delta
+  # finds the blocks of files that moved when another file was added before them.
+  fakeroot -i "$FR" -- mke2fs -q -t ext4 -b 4096 -O ^orphan_file,^metadata_csum_seed \
+    -L "slipway-$v" -E root_owner=0:0 -d "$TREE" "$img" "${SLOT_MIB}M" 2>/dev/null ||
+    fakeroot -i "$FR" -- mke2fs -q -t ext4 -b 4096 -L "slipway-$v" -d "$TREE" "$img" "${SLOT_MIB}M"
   e2fsck -fy "$img" >/dev/null 2>&1 || true
   resize2fs -M "$img" >/dev/null 2>&1
   # Independent zstd frames of 8 MiB: a download can resume at any frame boundary.

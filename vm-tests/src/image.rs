@@ -51,6 +51,17 @@ impl Images {
         std::fs::create_dir_all(work)?;
         server.release(&self.keys, work, version, &self.payload(version))
     }
+
+    /// As [`Self::release`], signed with a block index so that nodes apply it as a delta.
+    pub fn release_delta(
+        &self,
+        server: &crate::server::Server,
+        work: &Path,
+        version: &str,
+    ) -> Result<()> {
+        std::fs::create_dir_all(work)?;
+        server.release_delta(&self.keys, work, version, &self.payload(version))
+    }
 }
 
 /// SHA-256 of a file, hex.

@@ -99,6 +99,8 @@ impl Server {
             .arg(keys.root_json())
             .arg("--admin-tokens")
             .arg(&token_file)
+            // Every payload request in the log: the delta scenario reads its ranges there.
+            .env("RUST_LOG", "info,slipway_server::routes::machine=debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
@@ -135,7 +137,20 @@ impl Server {
     /// Signs a manifest for `version` whose OS payload is `payload` (multi-frame zstd) with
     /// the real CLI, publishes it and promotes it to everyone on `stable`.
     pub fn release(&self, keys: &Keys, work: &Path, version: &str, payload: &Path) -> Result<()> {
-        self.publish(keys, work, version, Some(payload), &[])
+        self.publish(keys, work, version, Some(payload), &[], false)
+    }
+
+    /// As [`Self::release`], with the block index that lets nodes apply it as a delta (what
+    /// `slipway sign` writes by default; the other scenarios sign `--no-delta` to exercise the
+    /// full download).
+    pub fn release_delta(
+        &self,
+        keys: &Keys,
+        work: &Path,
+        version: &str,
+        payload: &Path,
+    ) -> Result<()> {
+        self.publish(keys, work, version, Some(payload), &[], true)
     }
 
     /// As [`Self::release`] for a runtime-only release: no OS image, only the sysext images
@@ -147,7 +162,7 @@ impl Server {
         version: &str,
         runtime: &[(&str, &Path)],
     ) -> Result<()> {
-        self.publish(keys, work, version, None, runtime)
+        self.publish(keys, work, version, None, runtime, false)
     }
 
     fn publish(
@@ -157,6 +172,7 @@ impl Server {
         version: &str,
         os: Option<&Path>,
         runtime: &[(&str, &Path)],
+        delta: bool,
     ) -> Result<()> {
         // No manifest file: `slipway sign` builds the manifest from flags and the payload
         // entries (size, digest, format, url) from the files.
@@ -187,6 +203,9 @@ impl Server {
             &env_s,
         ];
         sign.extend(&payload_args);
+        if !delta {
+            sign.push("--no-delta");
+        }
         slipway(work, &sign)?;
         let token = self.token_file.to_string_lossy().into_owned();
         let mut publish = vec!["publish", "--server", &self.url, "--token-file", &token];
@@ -208,6 +227,11 @@ impl Server {
             ],
         )?;
         Ok(())
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// The event kinds the server recorded for `machine`, oldest first.

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
-use slipway_api::blockindex::{BlockIndex, DeltaPlan, Lookup, RUNNING, Step, TARGET};
+use slipway_api::blockindex::{BlockIndex, Lookup, RUNNING, Step, TARGET, block_digest};
 use slipway_api::manifest::{DeltaSource, PayloadFormat};
 use slipway_api::wire::Transfer;
 
@@ -122,39 +122,47 @@ async fn apply(
 
     // 2. Where the node holds each block.
     let started = std::time::Instant::now();
-    let (index, plan) = {
+    let lookup = {
         let running = job.running.clone();
         let target = job.slot_path.clone();
         let skip_target = from.written;
-        tokio::task::spawn_blocking(move || -> Result<(BlockIndex, DeltaPlan)> {
-            let plan = {
-                let mut lookup = Lookup::wanting(&index);
-                offer_slot(&mut lookup, &index, RUNNING, &running, 0)?;
-                // The part of the target already rewritten holds new blocks at their own
-                // offsets, before where writing resumes: of no use.
-                offer_slot(&mut lookup, &index, TARGET, &target, skip_target)?;
-                DeltaPlan::new(&index, |_, d, at| lookup.locate(d, at), MAX_FETCH)
-            };
-            Ok((index, plan))
+        let index = Arc::new(index);
+        tokio::task::spawn_blocking(move || -> Result<Lookup> {
+            let mut lookup = Lookup::wanting(index);
+            offer_slot(&mut lookup, RUNNING, &running, 0)?;
+            // The part of the target already rewritten holds new blocks at their own
+            // offsets, before where writing resumes: of no use.
+            offer_slot(&mut lookup, TARGET, &target, skip_target)?;
+            Ok(lookup)
         })
         .await
         .map_err(|e| Error::Refused(format!("hashing the slots: {e}")))??
     };
-    let index = Arc::new(index);
+    let index = lookup.index().clone();
+    // The plan is walked twice (to size it, then to apply it), never held whole.
+    let (mut local_bytes, mut fetch_bytes) = (0u64, 0u64);
+    for step in lookup.steps(MAX_FETCH) {
+        match step {
+            Step::Copy { len, .. } => local_bytes += len,
+            Step::Fetch { len, .. } => fetch_bytes += len,
+        }
+    }
     let index_bytes = job.source.index.size;
     tracing::info!(
-        local = plan.local_bytes,
-        fetch = plan.fetch_bytes,
+        local = local_bytes,
+        fetch = fetch_bytes,
         image = src.image.size,
+        distinct_blocks = lookup.distinct(),
+        lookup_bytes = lookup.heap_bytes(),
         secs = started.elapsed().as_secs_f64(),
         "delta planned"
     );
     let limit = job.max_fetch * job.payload_size as f64;
-    if from.written == 0 && (plan.fetch_bytes + index_bytes) as f64 > limit {
+    if from.written == 0 && (fetch_bytes + index_bytes) as f64 > limit {
         return Err(Stop::Fallback(format!(
             "the delta would fetch {} bytes (index included), more than {:.0}% of the {}-byte \
              payload",
-            plan.fetch_bytes + index_bytes,
+            fetch_bytes + index_bytes,
             job.max_fetch * 100.0,
             job.payload_size
         )));
@@ -182,16 +190,14 @@ async fn apply(
         fetched: from.fetched,
     };
     let streamed: std::result::Result<(), Stop> = async {
-        for step in &plan.steps {
-            let (at, len) = match *step {
-                Step::Copy { at, len, .. } | Step::Fetch { at, len } => (at, len),
-            };
+        for step in lookup.steps(MAX_FETCH) {
+            let (at, len) = step.span();
             if at + len <= from.written {
                 continue;
             }
             // Steps are whole blocks and checkpoints fall between blocks.
             let skip = from.written.saturating_sub(at);
-            match *step {
+            match step {
                 Step::Copy { from: local, .. } => {
                     applier
                         .copy(
@@ -304,15 +310,10 @@ fn read_len(block_size: u32) -> u64 {
 }
 
 /// Hashes the slot at `path` block by block, from block-aligned offset `skip`, offering each
-/// block to the lookup. A slot shorter than its device is read to its end (a file) or the
-/// device's end.
-fn offer_slot(
-    lookup: &mut Lookup<'_>,
-    index: &BlockIndex,
-    source: u8,
-    path: &Path,
-    skip: u64,
-) -> Result<()> {
+/// block to the lookup: up to the end of the file or device, but no further than a quarter
+/// past the new image's size (a slot partition is often much larger than the image it holds,
+/// and what lies that far past the image's end is left over, not moved).
+fn offer_slot(lookup: &mut Lookup, source: u8, path: &Path, skip: u64) -> Result<()> {
     use std::io::{Seek, SeekFrom};
     use std::os::unix::fs::FileExt;
     let io = |e| Error::io(path, e);
@@ -323,9 +324,13 @@ fn offer_slot(
         Err(e) => return Err(io(e)),
     };
     // Block devices report no length in their metadata; seeking to the end does.
-    let size = file.seek(SeekFrom::End(0)).map_err(io)?;
-    let bs = u64::from(index.block_size);
-    let mut buf = vec![0u8; read_len(index.block_size) as usize];
+    let (image_size, block_size) = (lookup.index().image_size, lookup.index().block_size);
+    let size = file
+        .seek(SeekFrom::End(0))
+        .map_err(io)?
+        .min(image_size.saturating_add(image_size / 4));
+    let bs = u64::from(block_size);
+    let mut buf = vec![0u8; read_len(block_size) as usize];
     let mut at = skip - skip % bs;
     while at < size {
         let want = (size - at).min(buf.len() as u64) as usize;
@@ -340,7 +345,7 @@ fn offer_slot(
             filled += n;
         }
         for (i, block) in buf[..filled].chunks(bs as usize).enumerate() {
-            let digest: [u8; 32] = Sha256::digest(block).into();
+            let digest = block_digest(block);
             let number = at / bs + i as u64;
             if let Ok(number) = u32::try_from(number) {
                 lookup.offer(source, number, &digest);
@@ -406,8 +411,7 @@ impl Applier<'_> {
                 if check {
                     for (i, block) in buf.chunks(bs as usize).enumerate() {
                         let number = (piece_at / bs) as usize + i;
-                        let digest: [u8; 32] = Sha256::digest(block).into();
-                        if index.digests.get(number) != Some(&digest) {
+                        if index.digests.get(number) != Some(&block_digest(block)) {
                             bad.push(i as u64);
                         }
                     }
@@ -515,8 +519,7 @@ impl Applier<'_> {
                 block.extend_from_slice(&chunk[..take]);
                 chunk = chunk.slice(take..);
                 if block.len() as u64 == block_len {
-                    let digest: [u8; 32] = Sha256::digest(&block).into();
-                    if self.index.digests.get(number as usize) != Some(&digest) {
+                    if self.index.digests.get(number as usize) != Some(&block_digest(&block)) {
                         return Err(Stop::Fallback(format!(
                             "block {number} of {url} does not match the signed block index"
                         )));

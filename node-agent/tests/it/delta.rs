@@ -114,7 +114,7 @@ async fn an_identical_image_is_built_from_the_running_slot_without_fetching_a_bl
         "nothing fetched from the image"
     );
     assert_eq!(requests_for(&server, "idx"), vec![None]);
-    let index_len = 20 + 32 * (image.len() / B) as u64;
+    let index_len = slipway_api::blockindex::index_len(image.len() as u64, BS);
     assert_eq!(
         t,
         Transfer {

@@ -1042,7 +1042,18 @@ mod admin {
         let token = token(&args.server)?;
         let bytes = read_limited(&args.envelope, SMALL_FILE_LIMIT)
             .with_context(|| format!("reading {}", args.envelope.display()))?;
-        Envelope::from_json(&bytes).with_context(|| format!("{}", args.envelope.display()))?;
+        let envelope =
+            Envelope::from_json(&bytes).with_context(|| format!("{}", args.envelope.display()))?;
+        // Which delta files the release names (read without verifying: the server verifies,
+        // and --root below too): only those are uploaded.
+        let named: Vec<slipway_api::Sha256Digest> = envelope
+            .payload_bytes()
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Manifest>(&b).ok())
+            .and_then(|m| m.os)
+            .and_then(|os| os.delta)
+            .map(|d| vec![d.index.sha256, d.image.sha256])
+            .unwrap_or_default();
         if let Some(root) = &args.root {
             let root = load_root(root)?;
             let manifest = root
@@ -1060,7 +1071,7 @@ mod admin {
                     slipway_server::deltafiles::raw_path(f),
                 ]
             })
-            .filter(|p| p.exists())
+            .filter(|p| p.exists() && digest_file(p).is_ok_and(|(_, d)| named.contains(&d)))
             .collect();
         let files: Vec<&PathBuf> = args
             .os

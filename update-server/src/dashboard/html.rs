@@ -368,7 +368,7 @@ pub fn releases(rows: &[ReleaseRow], now: Timestamp) -> String {
     }
     h.push_str(
         "<table id=\"releases\"><thead><tr><th>channel</th><th>version</th><th>published</th><th>running</th>\
-         <th>advisory</th></tr></thead><tbody>",
+         <th>download</th><th>advisory</th></tr></thead><tbody>",
     );
     for r in rows {
         let advised_running = r.advisory.is_some() && r.running > 0;
@@ -408,7 +408,7 @@ pub fn releases(rows: &[ReleaseRow], now: Timestamp) -> String {
         };
         let _ = write!(
             h,
-            "<tr class=\"{cls}\"><td>{ch}</td><td>{v}{marks}</td><td>{at}</td><td><a href=\"/machines?channel={chq}&amp;version={vq}\">{n}</a></td><td>{advisory}</td></tr>",
+            "<tr class=\"{cls}\"><td>{ch}</td><td>{v}{marks}</td><td>{at}</td><td><a href=\"/machines?channel={chq}&amp;version={vq}\">{n}</a></td><td class=\"transfer\">{download}</td><td>{advisory}</td></tr>",
             cls = if advised_running {
                 "advised-running"
             } else {
@@ -420,10 +420,45 @@ pub fn releases(rows: &[ReleaseRow], now: Timestamp) -> String {
             chq = url_part(&r.channel),
             vq = url_part(&r.version.to_string()),
             n = r.running,
+            download = download(r),
         );
     }
     h.push_str("</tbody></table>");
     h
+}
+
+/// How the machines that staged a release got its image: deltas, share fetched, bytes saved.
+fn download(r: &ReleaseRow) -> String {
+    let Some(t) = &r.transfer else {
+        return "—".to_owned();
+    };
+    let share = if t.image_bytes == 0 {
+        0.0
+    } else {
+        t.fetched_bytes as f64 / t.image_bytes as f64 * 100.0
+    };
+    format!(
+        "{staged} staged, {deltas} as deltas; fetched {share:.1}% of the image, saved {saved}",
+        staged = t.staged,
+        deltas = t.deltas,
+        saved = bytes(r.saved_bytes()),
+    )
+}
+
+/// A byte count for people (binary units).
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 /// What the operators of each cluster last reported.

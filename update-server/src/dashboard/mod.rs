@@ -264,7 +264,8 @@ async fn machine_api(
 async fn releases_data(state: &AppState) -> Result<Vec<view::ReleaseRow>, ApiError> {
     let records = state.store().releases().await?;
     let (rows, channels) = rows(state).await?;
-    Ok(view::releases(&records, &channels, &rows))
+    let transfers = state.store().transfer_totals().await?;
+    Ok(view::releases(&records, &channels, &rows, &transfers))
 }
 
 async fn releases_page(

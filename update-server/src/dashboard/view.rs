@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use slipway_api::wire::EventKind;
 
 use crate::rollout::{self, Wave};
-use crate::store::{AdvisoryMark, ChannelRecord, MachineRecord, ReleaseRecord};
+use crate::store::{AdvisoryMark, ChannelRecord, MachineRecord, ReleaseRecord, TransferTotals};
 
 /// How long a machine may stay silent before the dashboard calls it stale. Engines check every
 /// few minutes to hours; an hour without a word is worth a look.
@@ -388,6 +388,19 @@ pub struct ReleaseRow {
     pub running: u64,
     /// Ids of the machines still running it when it carries an advisory (at most 50).
     pub advised_machines: Vec<String>,
+    /// How machines that staged this version got its image (deltas, bytes fetched), over the
+    /// events kept; absent when none reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferTotals>,
+}
+
+impl ReleaseRow {
+    /// Bytes the machines that staged it did not download, thanks to deltas.
+    pub fn saved_bytes(&self) -> u64 {
+        self.transfer
+            .as_ref()
+            .map_or(0, |t| t.image_bytes.saturating_sub(t.fetched_bytes))
+    }
 }
 
 /// Most machine ids listed under an advised release.
@@ -398,6 +411,7 @@ pub fn releases(
     records: &[ReleaseRecord],
     channels: &[ChannelRecord],
     rows: &[MachineRow],
+    transfers: &[TransferTotals],
 ) -> Vec<ReleaseRow> {
     let targets = targets(channels);
     let mut running: BTreeMap<(&str, &Version), Vec<&str>> = BTreeMap::new();
@@ -429,6 +443,7 @@ pub fn releases(
                 } else {
                     Vec::new()
                 },
+                transfer: transfers.iter().find(|t| t.version == r.version).cloned(),
             }
         })
         .collect();
@@ -646,7 +661,7 @@ mod tests {
             &channels,
             now,
         );
-        let out = releases(&records, &channels, &rows);
+        let out = releases(&records, &channels, &rows, &[]);
         assert_eq!(out[0].version, v("2.0.0"));
         assert!(out[0].target);
         assert!(out[0].advised_machines.is_empty());

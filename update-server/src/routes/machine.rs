@@ -12,7 +12,7 @@ use futures::StreamExt;
 use serde::Serialize;
 use slipway_api::Sha256Digest;
 use slipway_api::manifest::is_valid_name;
-use slipway_api::wire::{CheckRequest, EventReport, is_valid_machine_id};
+use slipway_api::wire::{CheckRequest, EventKind, EventReport, is_valid_machine_id};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
@@ -141,6 +141,15 @@ pub async fn event(
         }
         report.detail.truncate(cut);
     }
+    // Transfers are reported with `staged`; elsewhere they mean nothing and are dropped.
+    let transfer = report
+        .transfer
+        .take()
+        .filter(|_| report.event == EventKind::Staged);
+    let saved = transfer
+        .as_ref()
+        .filter(|t| t.delta)
+        .map_or(0, |t| t.image_bytes.saturating_sub(t.fetched_bytes));
     let id = state
         .store()
         .record_event(&EventRecord {
@@ -149,9 +158,11 @@ pub async fn event(
             version: report.version,
             event: report.event,
             detail: report.detail,
+            transfer,
             at: state.0.clock.now(),
         })
         .await?;
+    state.metrics().delta_saved_bytes.inc_by(saved);
     state.changed();
     state
         .metrics()
@@ -309,6 +320,14 @@ pub async fn payload(
             return Ok(resp);
         }
     };
+    // One line per request at debug (a delta is many Range requests per machine).
+    tracing::debug!(
+        payload = %digest,
+        range = header_str(header::RANGE).unwrap_or("-"),
+        status = status.as_u16(),
+        bytes = count,
+        "payload request"
+    );
     if start > 0 {
         file.seek(SeekFrom::Start(start))
             .await

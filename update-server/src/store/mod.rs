@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use semver::Version;
 use serde::{Deserialize, Serialize};
-use slipway_api::wire::EventKind;
+use slipway_api::wire::{EventKind, Transfer};
 
 use crate::error::{Error, Result};
 use crate::rollout::Wave;
@@ -138,8 +138,28 @@ pub struct EventRecord {
     pub event: EventKind,
     /// Detail.
     pub detail: String,
+    /// How the OS image came to the machine's slot (on `staged`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<Transfer>,
     /// When the server received it.
     pub at: Timestamp,
+}
+
+/// What the machines that staged one version reported about their downloads, over the events
+/// kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransferTotals {
+    /// The version.
+    pub version: Version,
+    /// Stagings that reported how their image came.
+    pub staged: u64,
+    /// Of those, how many were deltas.
+    pub deltas: u64,
+    /// Bytes of image written, summed.
+    pub image_bytes: u64,
+    /// Bytes downloaded for them, summed.
+    pub fetched_bytes: u64,
 }
 
 /// Event retention: events older than `max_age`, and all but the newest `max_count`, go.
@@ -201,6 +221,8 @@ pub trait Store: Send + Sync + 'static {
     async fn events(&self, machine_id: Option<&str>, limit: u32) -> Result<Vec<EventRecord>>;
     /// Deletes events beyond retention; returns how many went.
     async fn prune_events(&self, retention: Retention, now: Timestamp) -> Result<u64>;
+    /// Per version, what the `staged` events kept say about downloads.
+    async fn transfer_totals(&self) -> Result<Vec<TransferTotals>>;
     /// Finishes pending writes and closes (graceful shutdown).
     async fn close(&self) {}
 }
@@ -232,9 +254,10 @@ pub(crate) struct Migration {
 /// SQLite's `machines` is clustered by id (`WITHOUT ROWID`) and has no secondary index, so
 /// recording a check rewrites one B-tree page, not three (the write rate of checks is bound by
 /// pages written to the WAL); listing by channel scans in id order, which paging needs anyway.
-pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sqlite: "
+pub(crate) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sqlite: "
         CREATE TABLE releases (
             channel TEXT NOT NULL, version TEXT NOT NULL, envelope TEXT NOT NULL,
             manifest TEXT NOT NULL, published_at INTEGER NOT NULL, advisory TEXT,
@@ -252,7 +275,7 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             kind TEXT NOT NULL, detail TEXT NOT NULL, at INTEGER NOT NULL);
         CREATE INDEX events_by_machine ON events (machine_id, id);
         CREATE INDEX events_by_time ON events (at);",
-    postgres: "
+        postgres: "
         CREATE TABLE releases (
             channel TEXT NOT NULL, version TEXT NOT NULL, envelope TEXT NOT NULL,
             manifest TEXT NOT NULL, published_at BIGINT NOT NULL, advisory TEXT,
@@ -270,7 +293,23 @@ pub(crate) const MIGRATIONS: &[Migration] = &[Migration {
             kind TEXT NOT NULL, detail TEXT NOT NULL, at BIGINT NOT NULL);
         CREATE INDEX events_by_machine ON events (machine_id, id);
         CREATE INDEX events_by_time ON events (at);",
-}];
+    },
+    // How a staged image came: downloaded whole or built as a delta.
+    Migration {
+        version: 2,
+        sqlite: "
+        ALTER TABLE events ADD COLUMN image_bytes INTEGER;
+        ALTER TABLE events ADD COLUMN fetched_bytes INTEGER;
+        ALTER TABLE events ADD COLUMN local_bytes INTEGER;
+        ALTER TABLE events ADD COLUMN delta INTEGER;
+        ALTER TABLE events ADD COLUMN fallback TEXT;
+        CREATE INDEX events_staged ON events (version) WHERE kind = 'staged';",
+        postgres: "
+        ALTER TABLE events ADD COLUMN image_bytes BIGINT, ADD COLUMN fetched_bytes BIGINT,
+            ADD COLUMN local_bytes BIGINT, ADD COLUMN delta BOOLEAN, ADD COLUMN fallback TEXT;
+        CREATE INDEX events_staged ON events (version) WHERE kind = 'staged';",
+    },
+];
 
 /// The newest schema version this server knows.
 pub(crate) fn latest_schema() -> i64 {
@@ -305,6 +344,52 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> 
 
 pub(crate) fn to_json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
+}
+
+/// The event columns after `at`, in order: image_bytes, fetched_bytes, local_bytes, delta,
+/// fallback.
+pub(crate) const TRANSFER_COLUMNS: &str =
+    "image_bytes, fetched_bytes, local_bytes, delta, fallback";
+
+/// The transfer columns of an event row.
+pub(crate) fn transfer_of(
+    image: Option<i64>,
+    fetched: Option<i64>,
+    local: Option<i64>,
+    delta: Option<bool>,
+    fallback: Option<String>,
+) -> Option<Transfer> {
+    Some(Transfer {
+        image_bytes: u64::try_from(image?).unwrap_or(0),
+        fetched_bytes: u64::try_from(fetched.unwrap_or(0)).unwrap_or(0),
+        local_bytes: u64::try_from(local.unwrap_or(0)).unwrap_or(0),
+        delta: delta.unwrap_or(false),
+        fallback: fallback.unwrap_or_default(),
+    })
+}
+
+/// The transfer of an event as column values (all NULL without one).
+#[allow(clippy::type_complexity)]
+pub(crate) fn transfer_columns(
+    t: Option<&Transfer>,
+) -> (
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<bool>,
+    Option<String>,
+) {
+    let big = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    match t {
+        None => (None, None, None, None, None),
+        Some(t) => (
+            Some(big(t.image_bytes)),
+            Some(big(t.fetched_bytes)),
+            Some(big(t.local_bytes)),
+            Some(t.delta),
+            Some(t.fallback.clone()),
+        ),
+    }
 }
 
 /// How an event changes the machine's `last_error` and `version`.

@@ -11,8 +11,8 @@ use tokio_postgres::{NoTls, Row};
 use super::sqlite::{UPSERT_CHECK, UPSERT_EVENT_MACHINE};
 use super::{
     AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck, MachineRecord, PutOutcome,
-    ReleaseRecord, Retention, Store, event_effects, event_kind, from_json, latest_schema, ms,
-    to_json, ts, version,
+    ReleaseRecord, Retention, Store, TRANSFER_COLUMNS, TransferTotals, event_effects, event_kind,
+    from_json, latest_schema, ms, to_json, transfer_columns, transfer_of, ts, version,
 };
 use crate::error::{Error, Result};
 
@@ -158,6 +158,7 @@ fn event_row(r: &Row) -> Result<EventRecord> {
         version: version(r.get(2))?,
         event: event_kind(r.get(3))?,
         detail: r.get(4),
+        transfer: transfer_of(r.get(6), r.get(7), r.get(8), r.get(9), r.get(10)),
         at: ts(r.get(5))?,
     })
 }
@@ -330,16 +331,23 @@ impl Store for PostgresStore {
     async fn record_event(&self, e: &EventRecord) -> Result<i64> {
         let mut c = self.conn().await?;
         let tx = c.transaction().await.map_err(pg_err("record event"))?;
+        let (image, fetched, local, delta, fallback) = transfer_columns(e.transfer.as_ref());
         let id: i64 = tx
             .query_one(
-                "INSERT INTO events (machine_id, version, kind, detail, at)
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                "INSERT INTO events (machine_id, version, kind, detail, at, image_bytes,
+                 fetched_bytes, local_bytes, delta, fallback)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
                 &[
                     &e.machine_id,
                     &e.version.to_string(),
                     &e.event.as_str(),
                     &e.detail,
                     &ms(e.at),
+                    &image,
+                    &fetched,
+                    &local,
+                    &delta,
+                    &fallback,
                 ],
             )
             .await
@@ -415,14 +423,40 @@ impl Store for PostgresStore {
     async fn events(&self, machine_id: Option<&str>, limit: u32) -> Result<Vec<EventRecord>> {
         let c = self.conn().await?;
         c.query(
-            "SELECT id, machine_id, version, kind, detail, at FROM events
-             WHERE ($1::text IS NULL OR machine_id = $1) ORDER BY id DESC LIMIT $2",
+            &format!(
+                "SELECT id, machine_id, version, kind, detail, at, {TRANSFER_COLUMNS}
+                 FROM events WHERE ($1::text IS NULL OR machine_id = $1) ORDER BY id DESC LIMIT $2"
+            ),
             &[&machine_id, &i64::from(limit)],
         )
         .await
         .map_err(pg_err("events"))?
         .iter()
         .map(event_row)
+        .collect()
+    }
+
+    async fn transfer_totals(&self) -> Result<Vec<TransferTotals>> {
+        let c = self.conn().await?;
+        c.query(
+            "SELECT version, COUNT(*), SUM(CASE WHEN delta THEN 1 ELSE 0 END)::BIGINT,
+                 SUM(image_bytes)::BIGINT, SUM(fetched_bytes)::BIGINT
+             FROM events WHERE kind = 'staged' AND image_bytes IS NOT NULL GROUP BY version",
+            &[],
+        )
+        .await
+        .map_err(pg_err("transfer totals"))?
+        .iter()
+        .map(|r| {
+            let n = |i| r.get::<_, Option<i64>>(i).unwrap_or(0).max(0) as u64;
+            Ok(TransferTotals {
+                version: version(r.get(0))?,
+                staged: n(1),
+                deltas: n(2),
+                image_bytes: n(3),
+                fetched_bytes: n(4),
+            })
+        })
         .collect()
     }
 

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck, MachineRecord, PutOutcome,
-    ReleaseRecord, Retention, Store, event_effects, event_kind, from_json, latest_schema, ms,
-    to_json, ts, version,
+    ReleaseRecord, Retention, Store, TRANSFER_COLUMNS, TransferTotals, event_effects, event_kind,
+    from_json, latest_schema, ms, to_json, transfer_columns, transfer_of, ts, version,
 };
 use crate::error::{Error, Result};
 
@@ -409,6 +409,7 @@ fn event_row(r: &Row<'_>) -> rusqlite::Result<Result<EventRecord>> {
     let kind: String = r.get(3)?;
     let detail: String = r.get(4)?;
     let at: i64 = r.get(5)?;
+    let transfer = transfer_of(r.get(6)?, r.get(7)?, r.get(8)?, r.get(9)?, r.get(10)?);
     Ok((|| {
         Ok(EventRecord {
             id,
@@ -416,6 +417,7 @@ fn event_row(r: &Row<'_>) -> rusqlite::Result<Result<EventRecord>> {
             version: version(&ver)?,
             event: event_kind(&kind)?,
             detail,
+            transfer,
             at: ts(at)?,
         })
     })())
@@ -625,15 +627,23 @@ impl Store for SqliteStore {
     async fn record_event(&self, e: &EventRecord) -> Result<i64> {
         let e = e.clone();
         self.write("record event", move |c| {
+            let (image, fetched, local, delta, fallback) = transfer_columns(e.transfer.as_ref());
             c.prepare_cached(
-                "INSERT INTO events (machine_id, version, kind, detail, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO events (machine_id, version, kind, detail, at, image_bytes,
+                 fetched_bytes, local_bytes, delta, fallback)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?
             .execute(params![
                 e.machine_id,
                 e.version.to_string(),
                 e.event.as_str(),
                 e.detail,
-                ms(e.at)
+                ms(e.at),
+                image,
+                fetched,
+                local,
+                delta,
+                fallback
             ])?;
             let id = c.last_insert_rowid();
             let (error, clear, set_version) = event_effects(&e);
@@ -706,10 +716,41 @@ impl Store for SqliteStore {
             collect(
                 c,
                 "events",
-                "SELECT id, machine_id, version, kind, detail, at FROM events
-                 WHERE (?1 IS NULL OR machine_id = ?1) ORDER BY id DESC LIMIT ?2",
+                &format!(
+                    "SELECT id, machine_id, version, kind, detail, at, {TRANSFER_COLUMNS}
+                     FROM events WHERE (?1 IS NULL OR machine_id = ?1) ORDER BY id DESC LIMIT ?2"
+                ),
                 params![machine_id, limit],
                 event_row,
+            )
+        })
+        .await
+    }
+
+    async fn transfer_totals(&self) -> Result<Vec<TransferTotals>> {
+        self.flush().await?;
+        self.read("transfer totals", |c| {
+            collect(
+                c,
+                "transfer totals",
+                "SELECT version, COUNT(*), SUM(delta), SUM(image_bytes), SUM(fetched_bytes)
+                 FROM events WHERE kind = 'staged' AND image_bytes IS NOT NULL GROUP BY version",
+                [],
+                |r| {
+                    let ver: String = r.get(0)?;
+                    let n = |i| {
+                        r.get::<_, Option<i64>>(i)
+                            .map(|v| v.unwrap_or(0).max(0) as u64)
+                    };
+                    let (staged, deltas, image, fetched) = (n(1)?, n(2)?, n(3)?, n(4)?);
+                    Ok(version(&ver).map(|version| TransferTotals {
+                        version,
+                        staged,
+                        deltas,
+                        image_bytes: image,
+                        fetched_bytes: fetched,
+                    }))
+                },
             )
         })
         .await

@@ -724,7 +724,7 @@ fn manifest_new_then_sign_raw_zstd_and_xz_images() {
         // The block index of the uncompressed image, written beside the payload, and for a
         // compressed payload the uncompressed image itself.
         let delta = &m["os"]["delta"];
-        assert_eq!(delta["blockSize"], 16384, "{file}");
+        assert_eq!(delta["blockSize"], 4096, "{file}");
         let index_file = d.join(format!("{file}.blockidx"));
         let index = fs::read(&index_file).unwrap();
         assert_eq!(delta["index"]["size"], index.len());
@@ -744,7 +744,7 @@ fn manifest_new_then_sign_raw_zstd_and_xz_images() {
             _ => served,
         };
         let (expected, image_digest) =
-            slipway_api::blockindex::BlockIndex::build(image.as_slice(), 16384).unwrap();
+            slipway_api::blockindex::BlockIndex::build(image.as_slice(), 4096).unwrap();
         assert!(
             index == expected.to_bytes(),
             "{file}: the index is not of the uncompressed image"

@@ -304,3 +304,57 @@ async fn a_browser_filters_the_table_opens_a_timeline_and_sees_a_new_event_live(
     b.goto(&format!("{}/", s.url)).await;
     std::fs::write(out.join("overview.png"), b.screenshot().await).unwrap();
 }
+
+#[tokio::test]
+async fn the_releases_view_and_a_metric_show_what_deltas_saved() {
+    let s = seeded().await;
+    let staged = |machine: &str, image: u64, fetched: u64, delta: bool| {
+        json!({"machineId": machine, "version": "2.0.0", "event": "staged", "detail": "slot B",
+               "transfer": {"imageBytes": image, "fetchedBytes": fetched,
+                            "localBytes": image - fetched, "delta": delta}})
+        .to_string()
+    };
+    for (m, body) in [
+        ("m-new-0", staged("m-new-0", 300 << 20, 9 << 20, true)),
+        ("m-new-1", staged("m-new-1", 300 << 20, 6 << 20, true)),
+        ("m-new-2", staged("m-new-2", 300 << 20, 300 << 20, false)),
+    ] {
+        let (st, b) = s.post_raw("/v1/events", body).await;
+        assert_eq!(st, StatusCode::OK, "{m}: {b}");
+    }
+    // A transfer on another kind of event is not counted.
+    let (st, _) = s
+        .post_raw(
+            "/v1/events",
+            json!({"machineId": "m-new-3", "version": "2.0.0", "event": "healthy",
+                   "transfer": {"imageBytes": 1, "fetchedBytes": 0, "localBytes": 1, "delta": true}})
+            .to_string(),
+        )
+        .await;
+    assert_eq!(st, StatusCode::OK);
+    let releases = get_json(&s, "/api/releases").await;
+    let r = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["version"] == "2.0.0")
+        .unwrap();
+    // m-broken staged 2.0.0 without a transfer (an older engine): not counted.
+    assert_eq!(
+        r["transfer"],
+        json!({"version": "2.0.0", "staged": 3, "deltas": 2,
+               "imageBytes": 900u64 << 20, "fetchedBytes": 315u64 << 20}),
+        "{r}"
+    );
+    let (_, page) = s.get("/releases").await;
+    assert!(
+        page.contains("3 staged, 2 as deltas; fetched 35.0% of the image, saved 585.0 MiB"),
+        "{page}"
+    );
+    let (_, metrics) = s.get("/metrics").await;
+    let saved = (300u64 << 20) * 2 - (15u64 << 20);
+    assert!(
+        metrics.contains(&format!("slipway_server_delta_saved_bytes_total {saved}")),
+        "{metrics}"
+    );
+}

@@ -38,6 +38,7 @@ fn event(machine: &str, kind: EventKind, detail: &str, at: Timestamp) -> EventRe
         version: v("2.0.0"),
         event: kind,
         detail: detail.into(),
+        transfer: None,
         at,
     }
 }
@@ -182,6 +183,42 @@ async fn suite(backend: Backend) {
         [EventKind::Healthy, EventKind::Failed]
     );
 
+    // Staged events carry how the image came; totals per version sum them.
+    let staged = |m: &str, image: u64, fetched: u64, delta: bool| {
+        let mut e = event(m, EventKind::Staged, "slot B", later);
+        e.transfer = Some(slipway_api::wire::Transfer {
+            image_bytes: image,
+            fetched_bytes: fetched,
+            local_bytes: image - fetched.min(image),
+            delta,
+            fallback: if delta {
+                String::new()
+            } else {
+                "no index".into()
+            },
+        });
+        e
+    };
+    s.record_event(&staged("m1", 1000, 30, true)).await.unwrap();
+    s.record_event(&staged("m2", 1000, 1000, false))
+        .await
+        .unwrap();
+    s.record_event(&event("m2", EventKind::Staged, "no transfer", later))
+        .await
+        .unwrap();
+    let back = s.events(Some("m1"), 1).await.unwrap();
+    assert_eq!(back[0].transfer, staged("m1", 1000, 30, true).transfer);
+    assert_eq!(
+        s.transfer_totals().await.unwrap(),
+        vec![store::TransferTotals {
+            version: v("2.0.0"),
+            staged: 2,
+            deltas: 1,
+            image_bytes: 2000,
+            fetched_bytes: 1030,
+        }]
+    );
+
     // Retention: by count, then by age.
     for i in 0..10 {
         s.record_event(&event("m2", EventKind::Checked, &i.to_string(), later))
@@ -192,7 +229,7 @@ async fn suite(backend: Backend) {
         max_age: Duration::from_secs(86_400),
         max_count: 5,
     };
-    assert_eq!(s.prune_events(keep5, later).await.unwrap(), 8);
+    assert_eq!(s.prune_events(keep5, later).await.unwrap(), 11);
     let left = s.events(None, 100).await.unwrap();
     assert_eq!(left.len(), 5);
     assert_eq!(left[0].detail, "9", "the newest are kept");

@@ -345,6 +345,130 @@ fn power_loss_mid_download_resumes_from_the_checkpoint_and_completes() {
     );
 }
 
+/// The payload requests in the server's log: (digest, Range header or "-", bytes sent).
+fn payload_requests(log: &str) -> Vec<(String, String, u64)> {
+    log.lines()
+        .filter(|l| l.contains("payload request"))
+        .map(|l| {
+            let value = |key: &str| {
+                l.split_once(&format!("{key}="))
+                    .map(|(_, rest)| {
+                        rest.trim_start_matches('"')
+                            .split(['"', ' '])
+                            .next()
+                            .unwrap_or("")
+                            .to_owned()
+                    })
+                    .unwrap_or_default()
+            };
+            (
+                value("payload"),
+                value("range"),
+                value("bytes").parse().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_delta_update_fetches_a_small_part_of_the_image_and_resumes_after_a_power_cut() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = Scenario::new("delta").unwrap();
+    // 2.0.0 is 1.0.0 plus one Debian package (vm-tests/image/packages-2.0.0).
+    let image_size = std::fs::metadata(s.images.dir.join("slot-2.0.0.img"))
+        .unwrap()
+        .len();
+    let image_digest = image::sha256_file(&s.images.dir.join("slot-2.0.0.img")).unwrap();
+    let payload_digest = image::sha256_file(&s.images.payload("2.0.0")).unwrap();
+    s.images
+        .release_delta(&s.server, &s.node.dir.join("releases"), "2.0.0")
+        .unwrap();
+    // Slow enough that the fetched blocks take a while, so the plug can be pulled mid-write.
+    s.throttle.set_rate(128 << 10);
+    s.node.power_on().unwrap();
+    s.wait("SLIPWAY-VM: up slot=A version=1.0.0");
+    let cut = image_size * 2 / 5;
+    let at = loop {
+        let line = s.wait("SLIPWAY-VM: phase=Downloading ");
+        let progress = field(&line, "phase=Downloading ");
+        let (done, total) = progress
+            .split_once('/')
+            .and_then(|(a, b)| Some((a.parse::<u64>().ok()?, b.parse::<u64>().ok()?)))
+            .unwrap_or_else(|| panic!("progress in {line:?}"));
+        // A delta's progress runs through the image, not the compressed payload.
+        assert_eq!(total, image_size, "{line}");
+        if done >= cut {
+            break done;
+        }
+    };
+    s.node.power_off().unwrap();
+    let fetched_before = s.throttle.bytes_down();
+    eprintln!(
+        "vm-tests: powered off at byte {at} of the {image_size}-byte image, {fetched_before} bytes through the link"
+    );
+    s.throttle.set_rate(0);
+    s.node.power_on().unwrap();
+    s.wait("slipway: booting slot A trial=0");
+    s.wait("SLIPWAY-VM: up slot=A version=1.0.0");
+    s.wait("SLIPWAY-VM: rebooting into 2.0.0");
+    s.wait("slipway: booting slot B trial=1");
+    s.wait("SLIPWAY-VM: up slot=B version=2.0.0");
+    s.wait("SLIPWAY-VM: marked good slot=B version=2.0.0");
+    let events = s.events_once("healthy", "2.0.0");
+    s.node.power_off().unwrap();
+
+    // The server's log: the compressed payload was never asked for, and every request for the
+    // uncompressed image was a Range request; together a small part of the image.
+    let requests = payload_requests(&s.server.log());
+    assert!(
+        !requests.iter().any(|(p, _, _)| *p == payload_digest),
+        "the full payload was downloaded: {requests:?}"
+    );
+    let image_requests: Vec<_> = requests
+        .iter()
+        .filter(|(p, _, _)| *p == image_digest)
+        .collect();
+    assert!(!image_requests.is_empty(), "{requests:?}");
+    assert!(
+        image_requests
+            .iter()
+            .all(|(_, r, _)| r.starts_with("bytes=")),
+        "{image_requests:?}"
+    );
+    let fetched: u64 = image_requests.iter().map(|(_, _, n)| n).sum();
+    let share = fetched as f64 / image_size as f64;
+    eprintln!(
+        "vm-tests: delta fetched {fetched} of {image_size} image bytes ({:.2}%) in {} Range requests; {} bytes through the link in all",
+        share * 100.0,
+        image_requests.len(),
+        s.throttle.bytes_down()
+    );
+    assert!(share < 0.15, "fetched {:.1}% of the image", share * 100.0);
+    // Resumed from a checkpoint, as a delta: one download from byte 0, one resumed mid-image.
+    let resumed: Vec<u64> = events
+        .iter()
+        .filter(|(e, v, _)| e == "downloading" && v == "2.0.0")
+        .filter_map(|(_, _, d)| d.strip_prefix("resuming at byte ")?.parse().ok())
+        .collect();
+    assert!(
+        resumed.iter().any(|&b| b > 0 && b < image_size),
+        "no resume mid-image: {events:?}"
+    );
+    let staged: Vec<&String> = events
+        .iter()
+        .filter(|(e, _, _)| e == "staged")
+        .map(|(_, _, d)| d)
+        .collect();
+    assert_eq!(staged.len(), 1, "{events:?}");
+    assert!(staged[0].contains("delta: fetched"), "{staged:?}");
+    eprintln!("vm-tests: staged: {}", staged[0]);
+    eprintln!(
+        "vm-tests: scenario delta took {:.1} s over {} boots",
+        s.started.elapsed().as_secs_f64(),
+        s.node.boots
+    );
+}
+
 #[test]
 fn a_runtime_image_is_applied_and_its_unit_restarted_without_a_reboot() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
