@@ -227,6 +227,8 @@ pub struct Lookup {
     starts: Vec<u32>,
     /// Per entry of `order`: 1 + the block number where each source holds it (0: nowhere).
     found: Vec<[u32; 2]>,
+    /// Entries found in some source.
+    found_entries: usize,
 }
 
 impl Lookup {
@@ -251,6 +253,7 @@ impl Lookup {
             order,
             starts,
             found,
+            found_entries: 0,
         }
     }
 
@@ -275,12 +278,20 @@ impl Lookup {
         let Some(k) = self.position(digest) else {
             return false;
         };
+        if self.found[k] == [0, 0] {
+            self.found_entries += 1;
+        }
         let slot = &mut self.found[k][usize::from(source.min(1))];
         if source == RUNNING && *slot != 0 {
             return true;
         }
         *slot = block + 1;
         true
+    }
+
+    /// Distinct entries found in some source so far.
+    pub fn found_entries(&self) -> usize {
+        self.found_entries
     }
 
     /// Where to copy the block with `digest` from, for offset `at` of the new image: the
@@ -666,6 +677,11 @@ mod tests {
         for d in &idx.digests {
             assert!(lookup.locate(d, 0).is_some());
         }
+        assert_eq!(
+            lookup.found_entries(),
+            1000,
+            "each distinct entry counted once"
+        );
         assert!(!lookup.offer(RUNNING, 0, &[7u8; DIGEST_LEN]));
         // 1000 distinct: 4 + 8 bytes each, plus the fixed prefix table.
         assert_eq!(lookup.heap_bytes(), 1000 * 12 + ((1 << 16) + 1) * 4);

@@ -193,6 +193,38 @@ for v in "${VERSIONS[@]}"; do
   cat "$WORK"/chunks/c*.zst > "$OUT/payload-$v.zst"
 done
 
+# --- optional, for the delta benchmark: the last version with another kernel -------------------
+# KERNEL_VARIANT (environment) names a Debian kernel package, e.g. linux-image-6.1.0-50-cloud-amd64:
+# its vmlinuz and modules replace the tree's (only the module directories the trimmed tree kept),
+# into slot-kernel.img: "the kernel replaced" in `cargo bench --bench delta`. Not booted.
+if [ -n "${KERNEL_VARIANT:-}" ]; then
+  log "kernel variant $KERNEL_VARIANT"
+  if ! ls "$DEBS/${KERNEL_VARIANT}"_*.deb >/dev/null 2>&1; then
+    (cd "$DEBS" && apt-get download -q "$KERNEL_VARIANT" 2>&1 | grep -v "couldn't be accessed by user '_apt'" >&2 || true)
+  fi
+  rm -rf "$WORK/kv" && mkdir -p "$WORK/kv"
+  dpkg-deb -x "$DEBS/${KERNEL_VARIANT}"_*.deb "$WORK/kv"
+  NEWMODS=$(ls -d "$WORK"/kv/lib/modules/* "$WORK"/kv/usr/lib/modules/* 2>/dev/null | head -1)
+  fakeroot -i "$FR" -s "$FR" -- bash -euo pipefail -c '
+    TREE=$1 WORK=$2 KVER=$3 NEWMODS=$4
+    NEW=$(basename "$NEWMODS")
+    OLD="$TREE/usr/lib/modules/$KVER"
+    (cd "$OLD" && find . -type d) | sort > "$WORK/kept-dirs"
+    rm -rf "$OLD"
+    cp -a "$NEWMODS" "$TREE/usr/lib/modules/$NEW"
+    (cd "$TREE/usr/lib/modules/$NEW" && find . -mindepth 1 -type d) | sort |
+      comm -23 - "$WORK/kept-dirs" | while read -r d; do rm -rf "$TREE/usr/lib/modules/$NEW/$d"; done
+    cp "$WORK"/kv/boot/vmlinuz-* "$TREE/kernel/vmlinuz"
+    depmod -b "$TREE" "$NEW"
+  ' _ "$TREE" "$WORK" "$KVER" "$NEWMODS"
+  img="$OUT/slot-kernel.img"
+  fakeroot -i "$FR" -- mke2fs -q -t ext4 -b 4096 -O ^orphan_file,^metadata_csum_seed \
+    -L slipway-kernel -E root_owner=0:0 -d "$TREE" "$img" "${SLOT_MIB}M" 2>/dev/null ||
+    fakeroot -i "$FR" -- mke2fs -q -t ext4 -b 4096 -L slipway-kernel -d "$TREE" "$img" "${SLOT_MIB}M"
+  e2fsck -fy "$img" >/dev/null 2>&1 || true
+  resize2fs -M "$img" >/dev/null 2>&1
+fi
+
 # --- boot partition, data partition, disk ----------------------------------------------------------
 log "disk"
 mke2fs -q -t ext2 -L slipway-boot -d "$BOOT_DIR" "$WORK/boot.img" 32M

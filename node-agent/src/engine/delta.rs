@@ -37,6 +37,11 @@ use crate::error::{Error, Result};
 const MAX_FETCH: u64 = 8 << 20;
 /// Bytes read from a slot at a time (rounded to whole blocks).
 const READ_BUF: u64 = 1 << 20;
+/// The least of the running slot hashed before judging whether it is related at all.
+const SAMPLE: u64 = 32 << 20;
+/// A running slot whose sample holds fewer than 1 in this many of the new image's distinct
+/// blocks is unrelated.
+const UNRELATED: usize = 100;
 
 /// One delta apply.
 #[derive(Debug, Clone)]
@@ -127,16 +132,19 @@ async fn apply(
         let target = job.slot_path.clone();
         let skip_target = from.written;
         let index = Arc::new(index);
-        tokio::task::spawn_blocking(move || -> Result<Lookup> {
+        tokio::task::spawn_blocking(move || -> Result<std::result::Result<Lookup, String>> {
             let mut lookup = Lookup::wanting(index);
-            offer_slot(&mut lookup, RUNNING, &running, 0)?;
+            if let Some(unrelated) = offer_slot(&mut lookup, RUNNING, &running, 0, true)? {
+                return Ok(Err(unrelated));
+            }
             // The part of the target already rewritten holds new blocks at their own
             // offsets, before where writing resumes: of no use.
-            offer_slot(&mut lookup, TARGET, &target, skip_target)?;
-            Ok(lookup)
+            offer_slot(&mut lookup, TARGET, &target, skip_target, false)?;
+            Ok(Ok(lookup))
         })
         .await
         .map_err(|e| Error::Refused(format!("hashing the slots: {e}")))??
+        .map_err(Stop::Fallback)?
     };
     let index = lookup.index().clone();
     // The plan is walked twice (to size it, then to apply it), never held whole.
@@ -313,14 +321,26 @@ fn read_len(block_size: u32) -> u64 {
 /// block to the lookup: up to the end of the file or device, but no further than a quarter
 /// past the new image's size (a slot partition is often much larger than the image it holds,
 /// and what lies that far past the image's end is left over, not moved).
-fn offer_slot(lookup: &mut Lookup, source: u8, path: &Path, skip: u64) -> Result<()> {
+///
+/// With `give_up`, hashing stops early when the slot is plainly unrelated to the new image:
+/// once an eighth of it (at least [`SAMPLE`]) is hashed, fewer than 1 in [`UNRELATED`] of the
+/// image's distinct blocks found means the rest would find too few to be worth reading (a
+/// related image shares its blocks throughout, its first eighth included), and the reason is
+/// returned. A delta that cannot pay off then costs a fraction of a slot's read, not two.
+fn offer_slot(
+    lookup: &mut Lookup,
+    source: u8,
+    path: &Path,
+    skip: u64,
+    give_up: bool,
+) -> Result<Option<String>> {
     use std::io::{Seek, SeekFrom};
     use std::os::unix::fs::FileExt;
     let io = |e| Error::io(path, e);
     let mut file = match std::fs::File::open(path) {
         Ok(f) => f,
         // An inactive slot that does not exist yet holds nothing.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && source == TARGET => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && source == TARGET => return Ok(None),
         Err(e) => return Err(io(e)),
     };
     // Block devices report no length in their metadata; seeking to the end does.
@@ -332,7 +352,21 @@ fn offer_slot(lookup: &mut Lookup, source: u8, path: &Path, skip: u64) -> Result
     let bs = u64::from(block_size);
     let mut buf = vec![0u8; read_len(block_size) as usize];
     let mut at = skip - skip % bs;
+    let check_at = (size / 8).max(SAMPLE);
+    let mut checked = !give_up;
     while at < size {
+        if !checked && at >= check_at {
+            checked = true;
+            if lookup.found_entries() * UNRELATED < lookup.distinct() {
+                return Ok(Some(format!(
+                    "the first {} MiB of the running slot hold {} of the new image's {} \
+                     distinct blocks: an unrelated image",
+                    at >> 20,
+                    lookup.found_entries(),
+                    lookup.distinct()
+                )));
+            }
+        }
         let want = (size - at).min(buf.len() as u64) as usize;
         let mut filled = 0;
         while filled < want {
@@ -356,7 +390,7 @@ fn offer_slot(lookup: &mut Lookup, source: u8, path: &Path, skip: u64) -> Result
         }
         at += filled as u64;
     }
-    Ok(())
+    Ok(None)
 }
 
 /// The writing half of a delta apply.

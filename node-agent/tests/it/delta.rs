@@ -376,3 +376,23 @@ async fn an_interrupted_delta_resumes_as_a_delta_in_a_new_engine() {
         "the fetched blocks, counted across the resume"
     );
 }
+
+#[tokio::test]
+async fn an_unrelated_running_slot_is_given_up_after_a_sample_not_read_whole() {
+    let server = TestServer::start().await;
+    let mut node = Node::new(&server);
+    // A 48 MiB running slot: past the 32 MiB sample the engine judges before reading on.
+    node.running_a = bytes(48 << 20, 1);
+    std::fs::write(node.dir.join("slot-a"), &node.running_a).unwrap();
+    let image = bytes(48 << 20, 99);
+    offer_delta(&node, &image);
+    let t = apply_and_stage(&node, &image).await;
+    assert!(!t.delta);
+    assert!(
+        t.fallback
+            .contains("the first 32 MiB of the running slot hold 0 of the new image's"),
+        "{}",
+        t.fallback
+    );
+    assert_eq!(requests_for(&server, "os"), vec![None]);
+}

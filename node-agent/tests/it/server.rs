@@ -67,6 +67,12 @@ impl TestServer {
             .with_state(rec.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        // As the update server does: without TCP_NODELAY a small response's body waits for
+        // the client's delayed ACK of its head (40 ms a request).
+        use axum::serve::ListenerExt as _;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         Self { addr, rec }
     }

@@ -33,6 +33,9 @@ struct Args {
     /// Give up after this many minutes.
     #[arg(long, default_value_t = 30)]
     timeout_mins: u64,
+    /// Only build (or reuse) the node images in target/vm-images, then exit.
+    #[arg(long)]
+    images_only: bool,
 }
 
 fn read_policy(path: &PathBuf) -> Result<RolloutPolicySpec> {
@@ -102,6 +105,10 @@ fn main() -> Result<()> {
     );
     println!("  building (or reusing) the node images…");
     let images = slipway_vm_tests::image::build().context("building the node images")?;
+    if args.images_only {
+        println!("  images in {}", images.dir.display());
+        return Ok(());
+    }
     println!(
         "  images ready in {:.0} s ({})",
         started.elapsed().as_secs_f64(),

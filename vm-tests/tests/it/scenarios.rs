@@ -350,8 +350,9 @@ fn payload_requests(log: &str) -> Vec<(String, String, u64)> {
     log.lines()
         .filter(|l| l.contains("payload request"))
         .map(|l| {
+            // " key=": `bytes=` also starts the value of `range=`.
             let value = |key: &str| {
-                l.split_once(&format!("{key}="))
+                l.split_once(&format!(" {key}="))
                     .map(|(_, rest)| {
                         rest.trim_start_matches('"')
                             .split(['"', ' '])
@@ -436,6 +437,7 @@ fn a_delta_update_fetches_a_small_part_of_the_image_and_resumes_after_a_power_cu
         "{image_requests:?}"
     );
     let fetched: u64 = image_requests.iter().map(|(_, _, n)| n).sum();
+    assert!(fetched > 0, "{image_requests:?}");
     let share = fetched as f64 / image_size as f64;
     eprintln!(
         "vm-tests: delta fetched {fetched} of {image_size} image bytes ({:.2}%) in {} Range requests; {} bytes through the link in all",
