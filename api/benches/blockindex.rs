@@ -1,6 +1,9 @@
 //! Block size for delta updates, measured: for an old and a new slot image, at each candidate
 //! block size, the index's size, the share of the new image a node holding the old one would
-//! fetch, the memory the engine holds for it (the index and the lookup), and the indexing speed.
+//! fetch, what those ranges would be if each were served zstd-compressed (the alternative to
+//! serving blocks from an uncompressed copy), the memory the engine holds for it (the index
+//! and the lookup), and the indexing speed. The whole image as a zstd payload (8 MiB frames,
+//! level 3, as the vm-tests build it) is printed for scale.
 //!
 //! `cargo bench -p slipway-api --bench blockindex -- OLD.img NEW.img` (without paths: the
 //! vm-tests' cached 1.0.0 and 2.0.0 slot images, if built). Under `cargo test` (no `--bench`)
@@ -10,9 +13,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use slipway_api::blockindex::{BlockIndex, DeltaPlan, Lookup, RUNNING};
+use slipway_api::blockindex::{BlockIndex, DeltaPlan, Lookup, RUNNING, Step};
 
-fn measure(old: &[u8], new: &[u8], block_size: u32) -> (usize, f64, usize, f64) {
+fn measure(old: &[u8], new: &[u8], block_size: u32) -> (usize, f64, f64, usize, f64) {
     let t = Instant::now();
     let (new_index, _) = BlockIndex::build(new, block_size).unwrap();
     let secs = t.elapsed().as_secs_f64();
@@ -23,12 +26,26 @@ fn measure(old: &[u8], new: &[u8], block_size: u32) -> (usize, f64, usize, f64) 
         lookup.offer(RUNNING, i as u32, d);
     }
     let plan = DeltaPlan::new(&new_index, |_, d, at| lookup.locate(d, at), 8 << 20);
+    // The fetched ranges, each compressed as one zstd frame.
+    let compressed: usize = plan
+        .steps
+        .iter()
+        .filter_map(|s| match *s {
+            Step::Fetch { at, len } => Some(
+                zstd::bulk::compress(&new[at as usize..(at + len) as usize], 3)
+                    .unwrap()
+                    .len(),
+            ),
+            Step::Copy { .. } => None,
+        })
+        .sum();
     // What the engine keeps while applying: the index and the lookup.
     let lookup =
         new_index.digests.len() * slipway_api::blockindex::DIGEST_LEN + lookup.heap_bytes();
     (
         new_index.to_bytes().len(),
         plan.fetch_ratio(),
+        compressed as f64 / new.len() as f64,
         lookup,
         new.len() as f64 / secs / 1e6,
     )
@@ -82,16 +99,25 @@ fn main() {
         old.len(),
         new.len()
     );
+    let payload: usize = new
+        .chunks(8 << 20)
+        .map(|c| zstd::bulk::compress(c, 3).unwrap().len())
+        .sum();
     println!(
-        "{:>10} {:>12} {:>10} {:>14} {:>12}",
-        "block", "index bytes", "fetched", "held MiB", "index MB/s"
+        "the whole image as a zstd payload: {payload} bytes ({:.1}% of the image)",
+        payload as f64 / new.len() as f64 * 100.0
+    );
+    println!(
+        "{:>10} {:>12} {:>10} {:>13} {:>14} {:>12}",
+        "block", "index bytes", "fetched", "as zstd", "held MiB", "index MB/s"
     );
     for bs in [4096u32, 16 << 10, 64 << 10, 256 << 10] {
-        let (index, ratio, lookup, speed) = measure(&old, &new, bs);
+        let (index, ratio, zstd_ratio, lookup, speed) = measure(&old, &new, bs);
         println!(
-            "{:>10} {index:>12} {:>9.2}% {:>14.1} {speed:>12.0}",
+            "{:>10} {index:>12} {:>9.2}% {:>12.2}% {:>14.1} {speed:>12.0}",
             bs,
             ratio * 100.0,
+            zstd_ratio * 100.0,
             lookup as f64 / (1 << 20) as f64
         );
         if !bench && bs == 4096 {

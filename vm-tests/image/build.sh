@@ -204,7 +204,8 @@ if [ -n "${KERNEL_VARIANT:-}" ]; then
   fi
   rm -rf "$WORK/kv" && mkdir -p "$WORK/kv"
   dpkg-deb -x "$DEBS/${KERNEL_VARIANT}"_*.deb "$WORK/kv"
-  NEWMODS=$(ls -d "$WORK"/kv/lib/modules/* "$WORK"/kv/usr/lib/modules/* 2>/dev/null | head -1)
+  NEWMODS=$( (ls -d "$WORK"/kv/lib/modules/* "$WORK"/kv/usr/lib/modules/* 2>/dev/null || true) | head -1)
+  [ -n "$NEWMODS" ] || { log "$KERNEL_VARIANT has no modules directory"; exit 1; }
   fakeroot -i "$FR" -s "$FR" -- bash -euo pipefail -c '
     TREE=$1 WORK=$2 KVER=$3 NEWMODS=$4
     NEW=$(basename "$NEWMODS")

@@ -134,13 +134,17 @@ async fn apply(
         let index = Arc::new(index);
         tokio::task::spawn_blocking(move || -> Result<std::result::Result<Lookup, String>> {
             let mut lookup = Lookup::wanting(index);
-            if let Some(unrelated) = offer_slot(&mut lookup, RUNNING, &running, 0, true)? {
-                return Ok(Err(unrelated));
-            }
+            let running_unrelated = offer_slot(&mut lookup, RUNNING, &running, 0, true)?;
             // The part of the target already rewritten holds new blocks at their own
-            // offsets, before where writing resumes: of no use.
-            offer_slot(&mut lookup, TARGET, &target, skip_target, false)?;
-            Ok(Ok(lookup))
+            // offsets, before where writing resumes: of no use. When the running slot is
+            // unrelated, the inactive one may still hold a relative (after a rollback), so it
+            // is sampled the same way before the delta is given up.
+            let give_up = running_unrelated.is_some();
+            let target_unrelated = offer_slot(&mut lookup, TARGET, &target, skip_target, give_up)?;
+            match (running_unrelated, target_unrelated) {
+                (Some(why), Some(_)) => Ok(Err(format!("{why}, and the inactive slot too"))),
+                _ => Ok(Ok(lookup)),
+            }
         })
         .await
         .map_err(|e| Error::Refused(format!("hashing the slots: {e}")))??
@@ -359,9 +363,14 @@ fn offer_slot(
             checked = true;
             if lookup.found_entries() * UNRELATED < lookup.distinct() {
                 return Ok(Some(format!(
-                    "the first {} MiB of the running slot hold {} of the new image's {} \
-                     distinct blocks: an unrelated image",
+                    "the first {} MiB of the {} slot hold {} of the new image's {} distinct \
+                     blocks: an unrelated image",
                     at >> 20,
+                    if source == RUNNING {
+                        "running"
+                    } else {
+                        "inactive"
+                    },
                     lookup.found_entries(),
                     lookup.distinct()
                 )));

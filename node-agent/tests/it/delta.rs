@@ -381,18 +381,51 @@ async fn an_interrupted_delta_resumes_as_a_delta_in_a_new_engine() {
 async fn an_unrelated_running_slot_is_given_up_after_a_sample_not_read_whole() {
     let server = TestServer::start().await;
     let mut node = Node::new(&server);
-    // A 48 MiB running slot: past the 32 MiB sample the engine judges before reading on.
+    // A 48 MiB running slot: past the 32 MiB sample the engine judges before reading on; the
+    // inactive slot (zeros) is sampled too.
     node.running_a = bytes(48 << 20, 1);
     std::fs::write(node.dir.join("slot-a"), &node.running_a).unwrap();
+    std::fs::write(node.dir.join("slot-b"), vec![0u8; 48 << 20]).unwrap();
     let image = bytes(48 << 20, 99);
     offer_delta(&node, &image);
     let t = apply_and_stage(&node, &image).await;
     assert!(!t.delta);
     assert!(
         t.fallback
-            .contains("the first 32 MiB of the running slot hold 0 of the new image's"),
+            .contains("the first 32 MiB of the running slot hold 0 of the new image's")
+            && t.fallback.ends_with("and the inactive slot too"),
         "{}",
         t.fallback
     );
+    assert_eq!(requests_for(&server, "os"), vec![None]);
+}
+
+#[tokio::test]
+async fn after_a_rollback_the_inactive_slot_lends_its_blocks_when_the_running_one_cannot() {
+    // The machine runs an old unrelated image from A; B still holds the release it rolled back
+    // from, and the new release changes one block of that.
+    let server = TestServer::start().await;
+    let mut node = Node::new(&server);
+    node.running_a = bytes(48 << 20, 1);
+    std::fs::write(node.dir.join("slot-a"), &node.running_a).unwrap();
+    let previous = bytes(48 << 20, 7);
+    std::fs::write(node.dir.join("slot-b"), &previous).unwrap();
+    let image = with_blocks_changed(&previous, &[2000]);
+    offer_delta(&node, &image);
+    let t = apply_and_stage(&node, &image).await;
+    assert!(t.delta, "{t:?}");
+    assert_eq!(requests_for(&server, "os"), vec![range(2000, 1)]);
+}
+
+#[tokio::test]
+async fn a_missing_index_is_a_full_download() {
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let image = with_blocks_changed(&node.running_a, &[9]);
+    offer_delta(&node, &image);
+    server.with(|r| r.payloads.remove("idx"));
+    let t = apply_and_stage(&node, &image).await;
+    assert!(!t.delta);
+    assert!(t.fallback.contains("HTTP 404"), "{}", t.fallback);
     assert_eq!(requests_for(&server, "os"), vec![None]);
 }
