@@ -14,11 +14,11 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
-use slipway_agent::engine::sysext::UnitManager;
-use slipway_agent::engine::{Engine, Facts, Settings};
-use slipway_api::EnginePhase;
+use common::{field, key, median};
 use slipway_api::manifest::{OsImage, PayloadFormat, RELEASE_TYPE};
-use slipway_api::{Manifest, PrivateKey, Root, Sha256Digest};
+use slipway_api::{Manifest, Sha256Digest};
+
+mod common;
 
 /// Rounds (limits + engine); medians are reported.
 const RUNS: usize = 5;
@@ -26,7 +26,7 @@ const RUNS: usize = 5;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child-apply") {
-        child_apply(Path::new(&args[1]));
+        common::child_apply(Path::new(&args[1]));
         return;
     }
     let sizes: Vec<u64> = args
@@ -73,11 +73,6 @@ fn fill(path: &Path, len: u64) -> Sha256Digest {
     f.flush().unwrap();
     f.get_ref().sync_all().unwrap();
     Sha256Digest::from_hasher(h)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
 }
 
 async fn bench(len: u64) {
@@ -231,13 +226,6 @@ fn engine_rate(
     (len as f64 / apply_secs, hwm_kib / 1024.0)
 }
 
-fn field(out: &str, name: &str) -> f64 {
-    out.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("child printed no {name}: {out}"))
-}
-
 struct Server {
     url: String,
 }
@@ -296,19 +284,8 @@ static OFFER: std::sync::LazyLock<Arc<std::sync::Mutex<Option<String>>>> =
 
 fn setup_node(dir: &Path, slot_b: &Path, server: &Server, len: u64, digest: Sha256Digest) {
     std::fs::create_dir_all(dir).unwrap();
-    let key = PrivateKey::from_seed([1; 32]);
-    let root = Root::new(1, 1, &[key.public()]).sign(&[&key]);
-    std::fs::write(dir.join("root.json"), root.to_json_pretty()).unwrap();
-    std::fs::write(
-        dir.join("machine-id"),
-        "bench0000000000000000000000000000\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("os-release"), "SLIPWAY_VERSION=1.0.0\n").unwrap();
-    std::fs::write(dir.join("cmdline"), "slipway.slot=A\n").unwrap();
-    std::fs::write(dir.join("boot_id"), "bench-boot\n").unwrap();
     std::fs::write(dir.join("slot-a"), b"running").unwrap();
-    slipway_agent::engine::boot::grub::GrubEnv::create(dir.join("grubenv")).unwrap();
+    common::machine(dir, &server.url, &dir.join("slot-a"), slot_b, "");
     let manifest = Manifest {
         kind: RELEASE_TYPE.into(),
         channel: "stable".into(),
@@ -325,69 +302,6 @@ fn setup_node(dir: &Path, slot_b: &Path, server: &Server, len: u64, digest: Sha2
         min_from_version: None,
         advisories: vec![],
     };
-    let answer = serde_json::json!({ "update": manifest.sign(&[&key]) });
+    let answer = serde_json::json!({ "update": manifest.sign(&[&key()]) });
     *OFFER.lock().unwrap() = Some(answer.to_string());
-    let d = dir.display();
-    std::fs::write(
-        dir.join("engine.toml"),
-        format!(
-            r#"server = "{url}"
-root = "{d}/root.json"
-state-dir = "{d}/state"
-machine-id-file = "{d}/machine-id"
-os-release = "{d}/os-release"
-cmdline = "{d}/cmdline"
-boot-id-file = "{d}/boot_id"
-[slots]
-a = "{d}/slot-a"
-b = "{b}"
-[boot]
-backend = "grub"
-grubenv = "{d}/grubenv"
-"#,
-            url = server.url,
-            b = slot_b.display(),
-        ),
-    )
-    .unwrap();
-}
-
-struct NoUnits;
-
-#[async_trait::async_trait]
-impl UnitManager for NoUnits {
-    async fn restart_unit(&self, unit: &str) -> slipway_agent::Result<()> {
-        Err(slipway_agent::Error::Dbus(format!(
-            "no units in the benchmark ({unit})"
-        )))
-    }
-}
-
-/// The child: open the engine, check, apply; print timing and VmHWM.
-fn child_apply(dir: &Path) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let settings = Settings::load(&[], &[dir.join("engine.toml")]).unwrap();
-        let facts = Facts::read(&settings).unwrap();
-        let backend = slipway_agent::engine::boot::open(&settings.boot).unwrap();
-        let engine = Engine::open(settings, facts, backend, Arc::new(NoUnits)).unwrap();
-        engine.start().await.unwrap();
-        let t = Instant::now();
-        engine.check().await.unwrap();
-        let secs = t.elapsed().as_secs_f64();
-        let snap = engine.snapshot();
-        assert_eq!(snap.phase, EnginePhase::Staged, "{}", snap.last_error);
-        println!("apply_secs={secs}");
-    });
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .map(|v| v.trim().trim_end_matches("kB").trim().to_owned())
-        .unwrap();
-    println!("vmhwm_kib={hwm}");
 }

@@ -17,21 +17,20 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
-use slipway_agent::engine::sysext::UnitManager;
-use slipway_agent::engine::{Engine, Facts, Settings};
-use slipway_api::EnginePhase;
+use common::{field, key, median};
 use slipway_api::blockindex::BlockIndex;
 use slipway_api::manifest::{Blob, DeltaSource, OsImage, PayloadFormat, RELEASE_TYPE};
-use slipway_api::{Manifest, PrivateKey, Root, Sha256Digest};
+use slipway_api::{Manifest, Sha256Digest};
+
+mod common;
 
 const BLOCK: u32 = 4096;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child-apply") {
-        child_apply(Path::new(&args[1]));
+        common::child_apply(Path::new(&args[1]));
         return;
     }
     let bench = args.iter().any(|a| a == "--bench");
@@ -316,22 +315,6 @@ async fn measure(dir: &Path, case: &Case, rounds: usize) -> Measured {
     }
 }
 
-fn key() -> PrivateKey {
-    PrivateKey::from_seed([1; 32])
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v[v.len() / 2]
-}
-
-fn field(out: &str, name: &str) -> f64 {
-    out.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("child printed no {name}: {out}"))
-}
-
 /// `len` pseudo-random bytes (xorshift, `seed`) into `path`.
 fn fill(path: &Path, len: u64, seed: u64) {
     let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
@@ -472,85 +455,18 @@ async fn serve(files: Vec<(&'static str, PathBuf)>) -> Server {
     Server { url, sent }
 }
 
+/// A machine whose running slot is `running`, its inactive slot sparse and empty.
 fn setup_node(dir: &Path, running: &Path, image: u64, url: &str, delta: bool) {
     std::fs::create_dir_all(dir).unwrap();
-    let root = Root::new(1, 1, &[key().public()]).sign(&[&key()]);
-    std::fs::write(dir.join("root.json"), root.to_json_pretty()).unwrap();
-    std::fs::write(
-        dir.join("machine-id"),
-        "bench0000000000000000000000000000\n",
-    )
-    .unwrap();
-    std::fs::write(dir.join("os-release"), "SLIPWAY_VERSION=1.0.0\n").unwrap();
-    std::fs::write(dir.join("cmdline"), "slipway.slot=A\n").unwrap();
-    std::fs::write(dir.join("boot_id"), "bench-boot\n").unwrap();
-    // The inactive slot: sparse, the image's size.
     std::fs::File::create(dir.join("slot-b"))
         .unwrap()
         .set_len(image)
         .unwrap();
-    slipway_agent::engine::boot::grub::GrubEnv::create(dir.join("grubenv")).unwrap();
-    let d = dir.display();
-    std::fs::write(
-        dir.join("engine.toml"),
-        format!(
-            r#"server = "{url}"
-root = "{d}/root.json"
-state-dir = "{d}/state"
-machine-id-file = "{d}/machine-id"
-os-release = "{d}/os-release"
-cmdline = "{d}/cmdline"
-boot-id-file = "{d}/boot_id"
-delta = {delta}
-[slots]
-a = "{running}"
-b = "{d}/slot-b"
-[boot]
-backend = "grub"
-grubenv = "{d}/grubenv"
-"#,
-            running = running.display(),
-        ),
-    )
-    .unwrap();
-}
-
-struct NoUnits;
-
-#[async_trait::async_trait]
-impl UnitManager for NoUnits {
-    async fn restart_unit(&self, unit: &str) -> slipway_agent::Result<()> {
-        Err(slipway_agent::Error::Dbus(format!(
-            "no units in the benchmark ({unit})"
-        )))
-    }
-}
-
-/// The child: open the engine, check, apply; print timing and VmHWM.
-fn child_apply(dir: &Path) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let settings = Settings::load(&[], &[dir.join("engine.toml")]).unwrap();
-        let facts = Facts::read(&settings).unwrap();
-        let backend = slipway_agent::engine::boot::open(&settings.boot).unwrap();
-        let engine = Engine::open(settings, facts, backend, Arc::new(NoUnits)).unwrap();
-        engine.start().await.unwrap();
-        let t = Instant::now();
-        engine.check().await.unwrap();
-        let secs = t.elapsed().as_secs_f64();
-        let snap = engine.snapshot();
-        assert_eq!(snap.phase, EnginePhase::Staged, "{}", snap.last_error);
-        println!("apply_secs={secs}");
-    });
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let hwm = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .map(|v| v.trim().trim_end_matches("kB").trim().to_owned())
-        .unwrap();
-    println!("vmhwm_kib={hwm}");
+    common::machine(
+        dir,
+        url,
+        running,
+        &dir.join("slot-b"),
+        &format!("delta = {delta}"),
+    );
 }

@@ -25,6 +25,27 @@ fn slipway(dir: &Path, args: Vec<String>) -> (i32, String, String) {
     )
 }
 
+/// `slipway sign` of release `version` on `stable` from the OS image `os`, into release.json.
+fn sign_args(version: &str, os: &str) -> Vec<String> {
+    [
+        "sign",
+        "--key",
+        "release.key",
+        "--channel",
+        "stable",
+        "--version",
+        version,
+        "--expires",
+        "2099-01-01T00:00:00Z",
+        "--os",
+        os,
+        "--out",
+        "release.json",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 async fn ok(dir: &Path, server: &str, args: &[&str]) -> Value {
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
     all.extend([
@@ -54,30 +75,10 @@ async fn admin_subcommands_drive_a_server() {
         std::fs::write(dir.join("os.img"), format!("image {version}").repeat(1000)).unwrap();
         // The release from flags alone: no manifest file, `os` made from the image.
         let d = dir.to_path_buf();
-        let (code, _, err) = tokio::task::spawn_blocking(move || {
-            slipway(
-                &d,
-                [
-                    "sign",
-                    "--key",
-                    "release.key",
-                    "--channel",
-                    "stable",
-                    "--version",
-                    version,
-                    "--expires",
-                    "2099-01-01T00:00:00Z",
-                    "--os",
-                    "os.img",
-                    "--out",
-                    "release.json",
-                ]
-                .map(String::from)
-                .to_vec(),
-            )
-        })
-        .await
-        .unwrap();
+        let (code, _, err) =
+            tokio::task::spawn_blocking(move || slipway(&d, sign_args(version, "os.img")))
+                .await
+                .unwrap();
         assert_eq!(code, 0, "{err}");
         let v = ok(
             dir,
@@ -211,30 +212,10 @@ async fn a_compressed_release_publishes_its_block_index_and_uncompressed_image()
     )
     .unwrap();
     let d = dir.to_path_buf();
-    let (code, _, err) = tokio::task::spawn_blocking(move || {
-        slipway(
-            &d,
-            [
-                "sign",
-                "--key",
-                "release.key",
-                "--channel",
-                "stable",
-                "--version",
-                "2.0.0",
-                "--expires",
-                "2099-01-01T00:00:00Z",
-                "--os",
-                "os.img.zst",
-                "--out",
-                "release.json",
-            ]
-            .map(String::from)
-            .to_vec(),
-        )
-    })
-    .await
-    .unwrap();
+    let (code, _, err) =
+        tokio::task::spawn_blocking(move || slipway(&d, sign_args("2.0.0", "os.img.zst")))
+            .await
+            .unwrap();
     assert_eq!(code, 0, "{err}");
 
     // Without the index uploaded the server refuses the release and names it.

@@ -1,0 +1,111 @@
+//! What the engine benchmarks share: a test machine's files, the engine run in a child process
+//! (its peak RSS its own), and reading the figures the child prints.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use slipway_agent::engine::sysext::UnitManager;
+use slipway_agent::engine::{Engine, Facts, Settings};
+use slipway_api::{EnginePhase, PrivateKey, Root};
+
+/// The release key (and the machine's one-key root of trust).
+pub fn key() -> PrivateKey {
+    PrivateKey::from_seed([1; 32])
+}
+
+/// The median of `v` (sorted in place).
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The value the child printed as `name=value`.
+pub fn field(out: &str, name: &str) -> f64 {
+    out.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("child printed no {name}: {out}"))
+}
+
+/// A machine in `dir` running 1.0.0 from slot A (`slot_a`), writing slot B (`slot_b`), checking
+/// with the server at `url`; `extra` goes into its engine drop-in.
+pub fn machine(dir: &Path, url: &str, slot_a: &Path, slot_b: &Path, extra: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let root = Root::new(1, 1, &[key().public()]).sign(&[&key()]);
+    std::fs::write(dir.join("root.json"), root.to_json_pretty()).unwrap();
+    std::fs::write(
+        dir.join("machine-id"),
+        "bench0000000000000000000000000000\n",
+    )
+    .unwrap();
+    std::fs::write(dir.join("os-release"), "SLIPWAY_VERSION=1.0.0\n").unwrap();
+    std::fs::write(dir.join("cmdline"), "slipway.slot=A\n").unwrap();
+    std::fs::write(dir.join("boot_id"), "bench-boot\n").unwrap();
+    slipway_agent::engine::boot::grub::GrubEnv::create(dir.join("grubenv")).unwrap();
+    let d = dir.display();
+    std::fs::write(
+        dir.join("engine.toml"),
+        format!(
+            r#"server = "{url}"
+root = "{d}/root.json"
+state-dir = "{d}/state"
+machine-id-file = "{d}/machine-id"
+os-release = "{d}/os-release"
+cmdline = "{d}/cmdline"
+boot-id-file = "{d}/boot_id"
+{extra}
+[slots]
+a = "{a}"
+b = "{b}"
+[boot]
+backend = "grub"
+grubenv = "{d}/grubenv"
+"#,
+            a = slot_a.display(),
+            b = slot_b.display(),
+        ),
+    )
+    .unwrap();
+}
+
+struct NoUnits;
+
+#[async_trait::async_trait]
+impl UnitManager for NoUnits {
+    async fn restart_unit(&self, unit: &str) -> slipway_agent::Result<()> {
+        Err(slipway_agent::Error::Dbus(format!(
+            "no units in the benchmark ({unit})"
+        )))
+    }
+}
+
+/// The child: open the engine of the machine in `dir`, check, apply; print `apply_secs=` and
+/// `vmhwm_kib=`.
+pub fn child_apply(dir: &Path) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let settings = Settings::load(&[], &[dir.join("engine.toml")]).unwrap();
+        let facts = Facts::read(&settings).unwrap();
+        let backend = slipway_agent::engine::boot::open(&settings.boot).unwrap();
+        let engine = Engine::open(settings, facts, backend, Arc::new(NoUnits)).unwrap();
+        engine.start().await.unwrap();
+        let t = Instant::now();
+        engine.check().await.unwrap();
+        let secs = t.elapsed().as_secs_f64();
+        let snap = engine.snapshot();
+        assert_eq!(snap.phase, EnginePhase::Staged, "{}", snap.last_error);
+        println!("apply_secs={secs}");
+    });
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .map(|v| v.trim().trim_end_matches("kB").trim().to_owned())
+        .unwrap();
+    println!("vmhwm_kib={hwm}");
+}
