@@ -51,30 +51,6 @@ fn main() {
     }
 }
 
-fn fill(path: &Path, len: u64) -> Sha256Digest {
-    use sha2::Digest as _;
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
-    let mut h = sha2::Sha256::new();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for word in block.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            word.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(block.len() as u64) as usize;
-        f.write_all(&block[..n]).unwrap();
-        h.update(&block[..n]);
-        left -= n as u64;
-    }
-    f.flush().unwrap();
-    f.get_ref().sync_all().unwrap();
-    Sha256Digest::from_hasher(h)
-}
-
 async fn bench(len: u64) {
     let tmp = tempfile::Builder::new()
         .prefix("slipway-bench-")
@@ -87,7 +63,7 @@ async fn bench(len: u64) {
     let dir = tmp.path();
     let payload = dir.join("payload.img");
     eprintln!("bench: writing a {} MiB payload", len >> 20);
-    let digest = fill(&payload, len);
+    let digest = common::fill(&payload, len, 0x2545_F491_4F6C_DD1D);
 
     // The sha2 crate alone, in memory: shows whether its SHA-NI path is in use.
     let mut sha2_rate = Vec::new();

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::{field, key, median};
+use common::{field, fill, key, median};
 use slipway_api::blockindex::BlockIndex;
 use slipway_api::manifest::{Blob, DeltaSource, OsImage, PayloadFormat, RELEASE_TYPE};
 use slipway_api::{Manifest, Sha256Digest};
@@ -313,26 +313,6 @@ async fn measure(dir: &Path, case: &Case, rounds: usize) -> Measured {
         full_rss,
         fell_back,
     }
-}
-
-/// `len` pseudo-random bytes (xorshift, `seed`) into `path`.
-fn fill(path: &Path, len: u64, seed: u64) {
-    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
-    let mut x: u64 = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut block = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        for word in block.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            word.copy_from_slice(&x.to_le_bytes());
-        }
-        let n = left.min(block.len() as u64) as usize;
-        f.write_all(&block[..n]).unwrap();
-        left -= n as u64;
-    }
-    f.flush().unwrap();
 }
 
 /// `old` with one 4 KiB block in every `every` changed, into `new`.

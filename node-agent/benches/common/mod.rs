@@ -7,7 +7,33 @@ use std::time::Instant;
 
 use slipway_agent::engine::sysext::UnitManager;
 use slipway_agent::engine::{Engine, Facts, Settings};
-use slipway_api::{EnginePhase, PrivateKey, Root};
+use slipway_api::{EnginePhase, PrivateKey, Root, Sha256Digest};
+
+/// `len` pseudo-random bytes (xorshift from `seed`) into `path`, fsynced; returns their SHA-256.
+pub fn fill(path: &Path, len: u64, seed: u64) -> Sha256Digest {
+    use sha2::Digest as _;
+    use std::io::Write as _;
+    let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(path).unwrap());
+    let mut h = sha2::Sha256::new();
+    let mut x: u64 = seed | 1;
+    let mut block = vec![0u8; 1 << 20];
+    let mut left = len;
+    while left > 0 {
+        for word in block.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        let n = left.min(block.len() as u64) as usize;
+        f.write_all(&block[..n]).unwrap();
+        h.update(&block[..n]);
+        left -= n as u64;
+    }
+    f.flush().unwrap();
+    f.get_ref().sync_all().unwrap();
+    Sha256Digest::from_hasher(h)
+}
 
 /// The release key (and the machine's one-key root of trust).
 pub fn key() -> PrivateKey {
