@@ -1084,6 +1084,35 @@ mod admin {
             for file in files {
                 let (size, sha256) =
                     digest_file(file).with_context(|| format!("hashing {}", file.display()))?;
+                // Asked first: the server answers a PUT of a payload it has without reading
+                // the body, and a large body still being sent then ends in a broken pipe (and
+                // re-sending a stored image is a waste anyway).
+                let stored = client
+                    .head(format!(
+                        "{}/v1/payloads/{sha256}",
+                        args.server.server.trim_end_matches('/')
+                    ))
+                    .send()
+                    .await
+                    .ok()
+                    .filter(|r| r.status() == reqwest::StatusCode::OK)
+                    // The header itself: a HEAD response's body (what content_length()
+                    // reports) is empty.
+                    .and_then(|r| {
+                        r.headers()
+                            .get(reqwest::header::CONTENT_LENGTH)?
+                            .to_str()
+                            .ok()?
+                            .parse::<u64>()
+                            .ok()
+                    });
+                if stored == Some(size) {
+                    eprintln!(
+                        "{}: {size} bytes, sha256 {sha256}: already there",
+                        file.display()
+                    );
+                    continue;
+                }
                 let f = tokio::fs::File::open(file)
                     .await
                     .with_context(|| format!("opening {}", file.display()))?;
