@@ -72,6 +72,6 @@ printf 'module slipway.dev/etcd-build\n\n%s\n\nrequire go.etcd.io/etcd/server/v3
 (cd "$e" && go mod tidy)
 (cd "$e" && go build -trimpath -ldflags "-s -w" -o "$dest/bin/etcd" go.etcd.io/etcd/server/v3)
 
-for b in "${bins[@]}"; do "$dest/bin/$b" --version 2>&1 | head -1; done
+for b in "${bins[@]}"; do "$dest/bin/$b" --version 2>&1 | sed -n 1p; done
 date -u +%FT%TZ > "$dest/complete"
 echo "build-kube: cold build of Kubernetes $KUBERNETES_VERSION + etcd $ETCD_VERSION took $(( $(date +%s) - start )) s"

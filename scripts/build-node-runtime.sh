@@ -92,7 +92,7 @@ gcc -Os -Wall -Werror -static -DVERSION="v$PAUSE_VERSION-slipway" -o "$dest/bin/
 strip "$dest/bin/pause"
 
 "$dest/bin/containerd" --version
-"$dest/bin/runc" --version | head -1
+"$dest/bin/runc" --version | sed -n 1p
 "$dest/bin/pause" -v
 kubelet_next
 date -u +%FT%TZ > "$dest/complete"

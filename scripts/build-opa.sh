@@ -31,6 +31,6 @@ MOD
 go mod tidy
 go build -trimpath -ldflags "-s -w -X github.com/open-policy-agent/opa/version.Version=${OPA_VERSION#v}" \
   -o "$dest/bin/opa" github.com/open-policy-agent/opa
-"$dest/bin/opa" version | head -1
+"$dest/bin/opa" version | sed -n 1p
 touch "$dest/complete"
 echo "build-opa: done in $(( $(date +%s) - start )) s"
