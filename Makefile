@@ -5,7 +5,7 @@ CARGO ?= cargo
 # alone and rebuild part of the dependency graph (k8s-openapi among it) a second time.
 BIN := $(or $(CARGO_TARGET_DIR),target)/debug
 
-.PHONY: help setup test demo tour vm-test cluster generate lint bench images
+.PHONY: help setup test demo tour vm-test cluster generate lint bench images fuzz
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -39,9 +39,11 @@ generate: ## Regenerate checked-in files: manifests/crds from the Rust CRD types
 	$(BIN)/crdgen --out-dir manifests/crds
 	cp manifests/crds/*.yaml manifests/helm/slipway/crds/
 
-lint: ## cargo fmt --check and clippy with warnings as errors
+lint: ## cargo fmt --check and clippy with warnings as errors (the workspace and fuzz/)
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml --check
+	$(CARGO) clippy --manifest-path fuzz/Cargo.toml --all-targets --locked -- -D warnings
 	$(CARGO) build -q --workspace --bins --locked
 	$(BIN)/crdgen --check --out-dir manifests/crds
 	$(BIN)/crdgen --check --out-dir manifests/helm/slipway/crds
@@ -53,3 +55,6 @@ bench: ## Benchmarks: engine apply vs openssl/copy+fsync, update-server checks/s
 	$(CARGO) bench --locked -p slipway-api --bench blockindex
 	scripts/bench-images.sh
 	$(CARGO) bench --locked -p slipway-agent --bench delta
+
+fuzz: ## Fuzz every parser with cargo-fuzz (FUZZ_SECONDS=600 per target, FUZZ_TARGETS="grubenv gpt"); docs/fuzzing.md
+	@scripts/fuzz.sh

@@ -34,7 +34,7 @@ use crate::reconcile::Operator;
 use crate::writes;
 
 /// Largest FleetLock body accepted.
-const MAX_BODY: usize = 16 * 1024;
+pub const MAX_BODY: usize = 16 * 1024;
 
 /// `Retry-After` (seconds) of a standby's FleetLock refusal: long enough for the leader label
 /// to move and the Service's endpoints to follow, short against a lease's 15 s.
@@ -45,10 +45,13 @@ struct Request {
     client_params: ClientParams,
 }
 
+/// The `client_params` of a FleetLock request.
 #[derive(Debug, Deserialize)]
-struct ClientParams {
-    id: String,
-    group: String,
+pub struct ClientParams {
+    /// The machine's id (Zincati sends its app-specific machine id).
+    pub id: String,
+    /// The group: a `RolloutPolicy` name, optionally `.DOMAIN`.
+    pub group: String,
 }
 
 fn error(status: StatusCode, kind: &str, value: impl Into<String>) -> Response {
@@ -61,9 +64,11 @@ fn error(status: StatusCode, kind: &str, value: impl Into<String>) -> Response {
 }
 
 /// A refused request: status, FleetLock error kind, message.
-type Refusal = (StatusCode, &'static str, String);
+pub type Refusal = (StatusCode, &'static str, String);
 
-fn parse(headers: &HeaderMap, body: &[u8]) -> Result<ClientParams, Refusal> {
+/// Reads a FleetLock request (the `fleet-lock-protocol: true` header and a body of at most
+/// [`MAX_BODY`] bytes naming a non-empty id and group), or says why it is refused.
+pub fn parse_request(headers: &HeaderMap, body: &[u8]) -> Result<ClientParams, Refusal> {
     let proto = headers
         .get("fleet-lock-protocol")
         .and_then(|v| v.to_str().ok());
@@ -266,7 +271,7 @@ fn count(op: &Operator, name: &'static str, result: &Response) {
 }
 
 async fn pre_reboot(State(op): State<Arc<Operator>>, headers: HeaderMap, body: Bytes) -> Response {
-    let resp = match parse(&headers, &body) {
+    let resp = match parse_request(&headers, &body) {
         Err((status, kind, value)) => error(status, kind, value),
         Ok(p) => match op.fleetlock_lock(&p.group, &p.id).await {
             Ok(()) => (
@@ -287,7 +292,7 @@ async fn steady_state(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let resp = match parse(&headers, &body) {
+    let resp = match parse_request(&headers, &body) {
         Err((status, kind, value)) => error(status, kind, value),
         Ok(p) => match op.fleetlock_unlock(&p.group, &p.id).await {
             Ok(()) => (

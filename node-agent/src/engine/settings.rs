@@ -204,15 +204,18 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
+        let secs = |per: u64| n.checked_mul(per).map(Duration::from_secs);
         let unit = match &rest[..unit_len] {
-            "ms" => Duration::from_millis(n),
-            "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n * 60),
-            "h" => Duration::from_secs(n * 3600),
-            "d" => Duration::from_secs(n * 86400),
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => Some(Duration::from_secs(n)),
+            "m" => secs(60),
+            "h" => secs(3600),
+            "d" => secs(86400),
             _ => return Err(bad()),
         };
-        total += unit;
+        total = unit
+            .and_then(|u| total.checked_add(u))
+            .ok_or_else(|| format!("duration {s:?} is too long"))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -251,9 +254,21 @@ impl Settings {
                 .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
             merge(&mut merged, table);
         }
+        Self::from_table(merged, &describe(&sources))
+    }
+
+    /// The settings of one drop-in's text, as [`Settings::load`] reads it (for tools and tests
+    /// that hold the text rather than files).
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| Error::Config(format!("settings: {e}")))?;
+        Self::from_table(table, "settings")
+    }
+
+    fn from_table(merged: toml::Table, sources: &str) -> Result<Self> {
         let settings: Settings = merged
             .try_into()
-            .map_err(|e| Error::Config(format!("{}: {e}", describe(&sources))))?;
+            .map_err(|e| Error::Config(format!("{sources}: {e}")))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -331,6 +346,28 @@ mod tests {
         for bad in ["", "h", "10", "10x", "1.5h", "-1s"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_duration_past_what_fits_is_an_error_not_a_panic() {
+        // Both overflowed (a panic in debug builds, a wrong value in release) before.
+        for long in ["213503982334602d", "18446744073709551615s1s"] {
+            let e = parse_duration(long).unwrap_err();
+            assert!(e.contains("too long"), "{long}: {e}");
+        }
+        assert_eq!(
+            parse_duration("18446744073709551615s").unwrap(),
+            Duration::from_secs(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn one_drop_in_parses_from_text_with_the_same_checks() {
+        let e = Settings::from_toml("server = \"http://127.0.0.1:1/\"\nmax-attempts = 0\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("max-attempts"), "{e}");
+        let e = Settings::from_toml("no-such-key = 1").unwrap_err();
+        assert!(e.to_string().contains("no-such-key"), "{e}");
     }
 
     #[test]

@@ -18,8 +18,13 @@ enum Line {
     /// A `#` line other than the trailing padding, kept byte for byte (grub-editenv writes a
     /// warning comment we must not drop).
     Comment(Vec<u8>),
-    /// `NAME=VALUE`, value unescaped.
-    Var { name: Vec<u8>, value: Vec<u8> },
+    /// `NAME=VALUE`: the value unescaped, and as the file spells it (GRUB reads `\x` as `x`
+    /// for any `x`, so one value has several spellings; an untouched line keeps its own).
+    Var {
+        name: Vec<u8>,
+        value: Vec<u8>,
+        raw: Vec<u8>,
+    },
 }
 
 /// A parsed GRUB environment block that keeps every line it does not touch, so that rewriting it
@@ -98,6 +103,7 @@ impl EnvBlock {
             lines.push(Line::Var {
                 name: body[p..eq].to_vec(),
                 value: unescape(&body[eq + 1..end]),
+                raw: body[eq + 1..end].to_vec(),
             });
             p = end + 1;
         }
@@ -111,15 +117,10 @@ impl EnvBlock {
         for line in &self.lines {
             match line {
                 Line::Comment(raw) => out.extend_from_slice(raw),
-                Line::Var { name, value } => {
+                Line::Var { name, raw, .. } => {
                     out.extend_from_slice(name);
                     out.push(b'=');
-                    for &b in value {
-                        if b == b'\\' || b == b'\n' {
-                            out.push(b'\\');
-                        }
-                        out.push(b);
-                    }
+                    out.extend_from_slice(raw);
                     out.push(b'\n');
                 }
             }
@@ -137,7 +138,7 @@ impl EnvBlock {
     /// The value of `name` as GRUB's `load_env` sees it (the last one if repeated).
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.lines.iter().rev().find_map(|l| match l {
-            Line::Var { name: n, value } if n == name.as_bytes() => Some(value.as_slice()),
+            Line::Var { name: n, value, .. } if n == name.as_bytes() => Some(value.as_slice()),
             _ => None,
         })
     }
@@ -145,7 +146,7 @@ impl EnvBlock {
     /// Every variable in file order, values unescaped.
     pub fn vars(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.lines.iter().filter_map(|l| match l {
-            Line::Var { name, value } => Some((name.as_slice(), value.as_slice())),
+            Line::Var { name, value, .. } => Some((name.as_slice(), value.as_slice())),
             Line::Comment(_) => None,
         })
     }
@@ -161,12 +162,17 @@ impl EnvBlock {
         }
         let mut seen = false;
         self.lines.retain_mut(|l| match l {
-            Line::Var { name: n, value: v } if n == name.as_bytes() => {
+            Line::Var {
+                name: n,
+                value: v,
+                raw,
+            } if n == name.as_bytes() => {
                 if seen {
                     return false;
                 }
                 seen = true;
                 *v = value.to_vec();
+                *raw = escape(value);
                 true
             }
             _ => true,
@@ -175,10 +181,23 @@ impl EnvBlock {
             self.lines.push(Line::Var {
                 name: name.as_bytes().to_vec(),
                 value: value.to_vec(),
+                raw: escape(value),
             });
         }
         Ok(())
     }
+}
+
+/// A value as grub-editenv writes it: `\` and newline escaped with `\`.
+fn escape(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len());
+    for &b in value {
+        if b == b'\\' || b == b'\n' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out
 }
 
 /// Index of the `\n` ending the line that starts at `from`, skipping `\x` escapes; `None` if the
@@ -353,6 +372,21 @@ mod tests {
         let needle = b"x=a\\\\b\\\nc\\\\\\\\\\\n\n";
         assert!(bytes.windows(needle.len()).any(|w| w == needle));
         assert_eq!(EnvBlock::parse(&bytes).unwrap(), b);
+    }
+
+    #[test]
+    fn an_untouched_variable_keeps_its_own_spelling_of_an_escape() {
+        // Found by the grubenv fuzz target: `\,` reads as `,` (GRUB drops the backslash before
+        // any character), and a rewrite used to spell it `,`, changing another tool's line.
+        let bytes = block(b"other=a\\,b\\\nc\nslipway_slot=A\n");
+        let mut env = EnvBlock::parse(&bytes).unwrap();
+        assert_eq!(env.get("other"), Some(&b"a,b\nc"[..]));
+        assert_eq!(env.to_bytes().unwrap(), bytes);
+        env.set("slipway_slot", b"B").unwrap();
+        assert_eq!(
+            env.to_bytes().unwrap(),
+            block(b"other=a\\,b\\\nc\nslipway_slot=B\n")
+        );
     }
 
     proptest::proptest! {

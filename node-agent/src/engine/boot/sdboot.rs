@@ -55,16 +55,26 @@ pub fn entry_stem(slot: Slot) -> &'static str {
 
 /// A boot counter from an entry's file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counter {
-    left: u32,
-    done: u32,
+pub struct Counter {
+    /// Tries left.
+    pub left: u32,
+    /// Tries done.
+    pub done: u32,
 }
 
-/// Splits `name` (already known to end in `.conf`) like systemd-boot: the counter is after the
-/// last `+`, `LEFT` or `LEFT-DONE`, directly before `.conf`. Returns the name without counter and
-/// suffix, and the counter; a malformed counter means no counter (the `+` is part of the name).
-fn split_counter(name: &str) -> (&str, Option<Counter>) {
-    let base = &name[..name.len() - ".conf".len()];
+/// Splits an entry's file name like systemd-boot: the counter is after the last `+`, `LEFT` or
+/// `LEFT-DONE`, directly before `.conf` (any case). Returns the name without counter and suffix,
+/// and the counter; a malformed counter means no counter (the `+` is part of the name). A name
+/// without the suffix has no counter.
+pub fn split_counter(name: &str) -> (&str, Option<Counter>) {
+    let cut = name.len().wrapping_sub(".conf".len());
+    let Some(base) = name
+        .get(cut..)
+        .filter(|suffix| suffix.eq_ignore_ascii_case(".conf"))
+        .map(|_| &name[..cut])
+    else {
+        return (name, None);
+    };
     let Some(plus) = base.rfind('+') else {
         return (base, None);
     };
@@ -147,7 +157,7 @@ fn compare(a: &Entry, b: &Entry) -> Ordering {
 /// A close approximation of systemd's `strverscmp_improved`: digit runs compare as numbers and
 /// sort above letters, letter runs compare as text, `~` sorts below everything (even the end),
 /// other punctuation only separates. It only decides ties between equal sort keys.
-fn verscmp(a: &str, b: &str) -> Ordering {
+pub fn verscmp(a: &str, b: &str) -> Ordering {
     let (mut a, mut b) = (a.as_bytes(), b.as_bytes());
     let skip = |s: &[u8]| -> usize {
         s.iter()
@@ -202,35 +212,65 @@ fn verscmp(a: &str, b: &str) -> Ordering {
 }
 
 /// A shell-style glob as systemd-boot's `efi_fnmatch` applies it: `*`, `?`, `[...]` sets with
-/// ranges, `\` escapes.
-fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
-    match pattern.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob_match(rest, &s[i..])),
-        Some((b'?', rest)) => !s.is_empty() && glob_match(rest, &s[1..]),
-        Some((b'[', rest)) => {
+/// ranges, `\` escapes. Every token but `*` matches exactly one character, so a star is retried
+/// only from the last one seen: time is at most pattern × name, never exponential (loader.conf is
+/// read on every status).
+pub fn glob_match(pattern: &[u8], s: &[u8]) -> bool {
+    let (mut p, mut i) = (0, 0);
+    // After the last `*`: where the pattern goes on, and where in `s` that try started.
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if p < pattern.len() {
+            if pattern[p] == b'*' {
+                p += 1;
+                star = Some((p, i));
+                continue;
+            }
+            if let Some(n) = match_one(&pattern[p..], s[i]) {
+                p += n;
+                i += 1;
+                continue;
+            }
+        }
+        match star {
+            Some((after, from)) => {
+                p = after;
+                i = from + 1;
+                star = Some((after, i));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Whether the token at the start of `pattern` (not `*`) matches `c`; how many pattern bytes it
+/// spans if it does.
+fn match_one(pattern: &[u8], c: u8) -> Option<usize> {
+    match pattern {
+        [b'?', ..] => Some(1),
+        [b'[', rest @ ..] => {
+            // `]` right after `[` is a member, not the end.
             let Some(close) = rest.iter().skip(1).position(|&c| c == b']').map(|i| i + 1) else {
-                return s.first() == Some(&b'[') && glob_match(rest, &s[1..]);
+                return (c == b'[').then_some(1);
             };
-            let Some(&c) = s.first() else { return false };
             let set = &rest[..close];
             let mut hit = false;
-            let mut i = 0;
-            while i < set.len() {
-                if i + 2 < set.len() && set[i + 1] == b'-' {
-                    hit |= (set[i]..=set[i + 2]).contains(&c);
-                    i += 3;
+            let mut k = 0;
+            while k < set.len() {
+                if k + 2 < set.len() && set[k + 1] == b'-' {
+                    hit |= (set[k]..=set[k + 2]).contains(&c);
+                    k += 3;
                 } else {
-                    hit |= set[i] == c;
-                    i += 1;
+                    hit |= set[k] == c;
+                    k += 1;
                 }
             }
-            hit && glob_match(&rest[close + 1..], &s[1..])
+            hit.then_some(close + 2)
         }
-        Some((b'\\', rest)) if !rest.is_empty() => {
-            s.first() == Some(&rest[0]) && glob_match(&rest[1..], &s[1..])
-        }
-        Some((&p, rest)) => s.first() == Some(&p) && glob_match(rest, &s[1..]),
+        [b'\\', escaped, ..] => (*escaped == c).then_some(2),
+        [literal, ..] => (*literal == c).then_some(1),
+        [] => None,
     }
 }
 
@@ -914,7 +954,53 @@ mod tests {
         ));
     }
 
+    /// The recursive matcher the linear one replaced: the reference for its results.
+    fn glob_reference(pattern: &[u8], s: &[u8]) -> bool {
+        match pattern.split_first() {
+            None => s.is_empty(),
+            Some((b'*', rest)) => (0..=s.len()).any(|i| glob_reference(rest, &s[i..])),
+            Some((_, _)) => s
+                .first()
+                .and_then(|&c| match_one(pattern, c))
+                .is_some_and(|n| glob_reference(&pattern[n..], &s[1..])),
+        }
+    }
+
+    #[test]
+    fn a_glob_of_many_stars_takes_linear_time() {
+        // Exponential for a backtracking matcher: 30 stars against 60 characters never ends.
+        let pattern = "*a".repeat(30) + "b";
+        let name = "a".repeat(60);
+        assert!(!glob_match(pattern.as_bytes(), name.as_bytes()));
+        assert!(glob_match(pattern.as_bytes(), (name + "b").as_bytes()));
+        assert!(glob_match(b"[]x]*\\*", b"]abc*"));
+        assert!(!glob_match(b"[]x]*\\*", b"]abc"));
+        assert!(glob_match(b"a[", b"a["));
+        assert!(glob_match(b"***", b""));
+    }
+
+    #[test]
+    fn split_counter_of_a_name_without_the_suffix_is_no_counter() {
+        assert_eq!(split_counter("x+3"), ("x+3", None));
+        assert_eq!(split_counter("é"), ("é", None));
+        assert_eq!(
+            split_counter("x+1-2.CONF").1,
+            Some(Counter { left: 1, done: 2 })
+        );
+    }
+
     proptest::proptest! {
+        #[test]
+        fn the_linear_glob_agrees_with_the_recursive_one(
+            pattern in "[ab*?\\\\\\[\\]-]{0,10}",
+            name in "[ab\\[\\]*?-]{0,10}",
+        ) {
+            proptest::prop_assert_eq!(
+                glob_match(pattern.as_bytes(), name.as_bytes()),
+                glob_reference(pattern.as_bytes(), name.as_bytes())
+            );
+        }
+
         #[test]
         fn entry_parsing_never_panics(
             name in "[a-zA-Z+0-9.-]{0,24}",
