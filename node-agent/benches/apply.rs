@@ -52,14 +52,7 @@ fn main() {
 }
 
 async fn bench(len: u64) {
-    let tmp = tempfile::Builder::new()
-        .prefix("slipway-bench-")
-        .tempdir_in(
-            std::env::var_os("BENCH_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(std::env::temp_dir),
-        )
-        .unwrap();
+    let tmp = common::bench_dir("slipway-bench-");
     let dir = tmp.path();
     let payload = dir.join("payload.img");
     eprintln!("bench: writing a {} MiB payload", len >> 20);

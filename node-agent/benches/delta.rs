@@ -52,14 +52,7 @@ struct Case {
 }
 
 async fn run(bench: bool) {
-    let tmp = tempfile::Builder::new()
-        .prefix("slipway-delta-bench-")
-        .tempdir_in(
-            std::env::var_os("BENCH_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(std::env::temp_dir),
-        )
-        .unwrap();
+    let tmp = common::bench_dir("slipway-delta-bench-");
     let dir = tmp.path();
     let mut cases = Vec::new();
     let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target");

@@ -36,6 +36,19 @@ pub fn fill(path: &Path, len: u64, seed: u64) -> Sha256Digest {
 }
 
 /// The release key (and the machine's one-key root of trust).
+/// A temporary directory for a bench's files, under `BENCH_DIR` if set (a disk rather than the
+/// tmpfs of /tmp, for sizes that do not fit in memory).
+pub fn bench_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(
+            std::env::var_os("BENCH_DIR")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(std::env::temp_dir),
+        )
+        .unwrap()
+}
+
 pub fn key() -> PrivateKey {
     PrivateKey::from_seed([1; 32])
 }

@@ -92,6 +92,22 @@ impl Scenario {
     /// The server's event log for the node once it holds `event` for `version` (reports are
     /// sent after the console line that announces them, so a test that reads the log right
     /// after that line would race the report); the log as it is after 60 s otherwise.
+    /// Powers the node on again after a cut mid-update: the old slot boots untouched, the engine
+    /// finishes the update to 2.0.0, the node reboots into it and marks it good. Returns the
+    /// `healthy` events of 2.0.0 (each reported once) and powers the node off.
+    fn resume_after_power_cut(&mut self) -> Vec<(String, String, String)> {
+        self.node.power_on().unwrap();
+        self.wait("slipway: booting slot A trial=0");
+        self.wait("SLIPWAY-VM: up slot=A version=1.0.0");
+        self.wait("SLIPWAY-VM: rebooting into 2.0.0");
+        self.wait("slipway: booting slot B trial=1");
+        self.wait("SLIPWAY-VM: up slot=B version=2.0.0");
+        self.wait("SLIPWAY-VM: marked good slot=B version=2.0.0");
+        let events = self.events_once("healthy", "2.0.0");
+        self.node.power_off().unwrap();
+        events
+    }
+
     fn events_once(&self, event: &str, version: &str) -> Vec<(String, String, String)> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -296,15 +312,7 @@ fn power_loss_mid_download_resumes_from_the_checkpoint_and_completes() {
     );
     s.throttle.set_rate(0);
     // The next boot is the old slot, untouched; the engine resumes and finishes the update.
-    s.node.power_on().unwrap();
-    s.wait("slipway: booting slot A trial=0");
-    s.wait("SLIPWAY-VM: up slot=A version=1.0.0");
-    s.wait("SLIPWAY-VM: rebooting into 2.0.0");
-    s.wait("slipway: booting slot B trial=1");
-    s.wait("SLIPWAY-VM: up slot=B version=2.0.0");
-    s.wait("SLIPWAY-VM: marked good slot=B version=2.0.0");
-    let events = s.events_once("healthy", "2.0.0");
-    s.node.power_off().unwrap();
+    let events = s.resume_after_power_cut();
     // The engine reports where it resumed: from its last durable checkpoint, not from 0.
     let resumed: Vec<u64> = events
         .iter()
@@ -408,15 +416,7 @@ fn a_delta_update_fetches_a_small_part_of_the_image_and_resumes_after_a_power_cu
         "vm-tests: powered off at byte {at} of the {image_size}-byte image, {fetched_before} bytes through the link"
     );
     s.throttle.set_rate(0);
-    s.node.power_on().unwrap();
-    s.wait("slipway: booting slot A trial=0");
-    s.wait("SLIPWAY-VM: up slot=A version=1.0.0");
-    s.wait("SLIPWAY-VM: rebooting into 2.0.0");
-    s.wait("slipway: booting slot B trial=1");
-    s.wait("SLIPWAY-VM: up slot=B version=2.0.0");
-    s.wait("SLIPWAY-VM: marked good slot=B version=2.0.0");
-    let events = s.events_once("healthy", "2.0.0");
-    s.node.power_off().unwrap();
+    let events = s.resume_after_power_cut();
 
     // The server's log: the compressed payload was never asked for, and every request for the
     // uncompressed image was a Range request; together a small part of the image.
