@@ -101,7 +101,11 @@ pub async fn serve(
 }
 
 async fn housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let mut refresh = tokio::time::interval(state.0.refresh);
+    // The state loaded its first snapshot when it was built: the first refresh is one period on.
+    let mut refresh = tokio::time::interval_at(
+        tokio::time::Instant::now() + state.0.refresh,
+        state.0.refresh,
+    );
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut prune = tokio::time::interval(Duration::from_secs(600));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

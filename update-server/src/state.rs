@@ -123,6 +123,9 @@ pub(crate) struct Inner {
     pub refresh: Duration,
     pub metrics: Metrics,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// Held from a reload's first read of the store until its snapshot is installed, so a
+    /// reload that read older rows can never install its snapshot over a newer one.
+    reloading: tokio::sync::Mutex<()>,
     /// Serializes admin changes with the snapshot rebuild that follows each.
     pub admin: tokio::sync::Mutex<()>,
     /// Bumped on every change the dashboard shows (an event, a check, an admin change, a
@@ -159,6 +162,7 @@ impl AppState {
             refresh: config.refresh,
             metrics: Metrics::default(),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            reloading: tokio::sync::Mutex::new(()),
             admin: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(0),
             clusters: RwLock::default(),
@@ -213,7 +217,12 @@ impl AppState {
     }
 
     /// Rebuilds the snapshot from the store.
+    ///
+    /// Reloads run one at a time: the periodic refresh and an admin change may overlap, and
+    /// without this the refresh could read the store before the change, finish after it, and
+    /// put back a snapshot without it (until the next refresh).
     pub async fn reload(&self) -> Result<()> {
+        let _one_at_a_time = self.0.reloading.lock().await;
         let releases = self.0.store.releases().await?;
         let channels = self.0.store.channels().await?;
         let snap = Arc::new(Snapshot::build(releases, channels)?);

@@ -2,6 +2,8 @@
 //! advisories and floors, channel state, machines from checks and events, event retention,
 //! and migrations that run once and survive reopening.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
@@ -12,6 +14,13 @@ use slipway_server::store::{
     self, AdvisoryMark, ChannelRecord, EventRecord, MachineCheck, PutOutcome, ReleaseRecord,
     Retention,
 };
+
+use slipway_runtime::ManualClock;
+use slipway_server::AppState;
+use slipway_server::auth::AdminTokens;
+use slipway_server::payloads::PayloadDir;
+use slipway_server::state::{Limits, StateConfig};
+use tokio::sync::Notify;
 
 use crate::harness::{Backend, database_url, t0};
 
@@ -259,4 +268,162 @@ async fn store_suite_postgres() {
 async fn a_bad_database_url_is_refused() {
     let err = store::open("mysql://x", 1).await.err().unwrap();
     assert_eq!(err.kind(), "config");
+}
+
+/// A store that, once armed, holds the next `channels()` call after it has read the rows and
+/// before it returns them, until released: a snapshot rebuild that has read but not installed. No real database can be made to pause
+/// there on demand, so the pause is this wrapper's; the rows are a real SQLite store's.
+struct PausingStore {
+    inner: Arc<dyn store::Store>,
+    armed: AtomicBool,
+    entered: Notify,
+    release: Notify,
+}
+
+#[async_trait::async_trait]
+impl store::Store for PausingStore {
+    fn backend(&self) -> &'static str {
+        self.inner.backend()
+    }
+    async fn ping(&self) -> slipway_server::Result<()> {
+        self.inner.ping().await
+    }
+    async fn put_release(&self, r: &ReleaseRecord) -> slipway_server::Result<PutOutcome> {
+        self.inner.put_release(r).await
+    }
+    async fn releases(&self) -> slipway_server::Result<Vec<ReleaseRecord>> {
+        self.inner.releases().await
+    }
+    async fn set_advisory(
+        &self,
+        channel: &str,
+        version: &Version,
+        advisory: Option<&AdvisoryMark>,
+    ) -> slipway_server::Result<bool> {
+        self.inner.set_advisory(channel, version, advisory).await
+    }
+    async fn set_floor(
+        &self,
+        channel: &str,
+        version: &Version,
+        floor: bool,
+    ) -> slipway_server::Result<bool> {
+        self.inner.set_floor(channel, version, floor).await
+    }
+    async fn put_channel(&self, c: &ChannelRecord) -> slipway_server::Result<()> {
+        self.inner.put_channel(c).await
+    }
+    async fn channels(&self) -> slipway_server::Result<Vec<ChannelRecord>> {
+        let rows = self.inner.channels().await;
+        if self.armed.swap(false, Ordering::SeqCst) {
+            let released = self.release.notified();
+            self.entered.notify_one();
+            released.await;
+        }
+        rows
+    }
+    async fn record_checks(&self, checks: &[MachineCheck]) -> slipway_server::Result<()> {
+        self.inner.record_checks(checks).await
+    }
+    async fn record_event(&self, e: &EventRecord) -> slipway_server::Result<i64> {
+        self.inner.record_event(e).await
+    }
+    async fn machine(&self, id: &str) -> slipway_server::Result<Option<store::MachineRecord>> {
+        self.inner.machine(id).await
+    }
+    async fn machines(
+        &self,
+        channel: Option<&str>,
+        after: Option<&str>,
+        limit: u32,
+    ) -> slipway_server::Result<Vec<store::MachineRecord>> {
+        self.inner.machines(channel, after, limit).await
+    }
+    async fn machine_count(&self) -> slipway_server::Result<u64> {
+        self.inner.machine_count().await
+    }
+    async fn events(
+        &self,
+        machine_id: Option<&str>,
+        limit: u32,
+    ) -> slipway_server::Result<Vec<EventRecord>> {
+        self.inner.events(machine_id, limit).await
+    }
+    async fn prune_events(
+        &self,
+        retention: Retention,
+        now: jiff::Timestamp,
+    ) -> slipway_server::Result<u64> {
+        self.inner.prune_events(retention, now).await
+    }
+    async fn transfer_totals(&self) -> slipway_server::Result<Vec<store::TransferTotals>> {
+        self.inner.transfer_totals().await
+    }
+}
+
+/// The periodic refresh and an admin change overlapping: the refresh read the store before
+/// the change and finishes after it. The newer snapshot must stay (CI once saw a channel
+/// published at start-up vanish until the next refresh an hour later).
+#[tokio::test]
+async fn a_refresh_that_read_older_rows_never_replaces_a_newer_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_url(Backend::Sqlite, &dir).await;
+    let pausing = Arc::new(PausingStore {
+        inner: store::open(&url, 4).await.unwrap(),
+        armed: AtomicBool::new(false),
+        entered: Notify::new(),
+        release: Notify::new(),
+    });
+    let state = AppState::new(StateConfig {
+        store: pausing.clone(),
+        clock: Arc::new(ManualClock::new(t0())),
+        root: None,
+        tokens: AdminTokens::parse(crate::harness::TOKEN).unwrap(),
+        payloads: PayloadDir::open(dir.path()).unwrap(),
+        limits: Limits::default(),
+        retention: Retention {
+            max_age: Duration::from_secs(86_400),
+            max_count: 1000,
+        },
+        refresh: Duration::from_secs(3600),
+    })
+    .await
+    .unwrap();
+    assert!(state.snapshot().channels.is_empty());
+
+    // The refresh starts and stops between reading releases and channels.
+    pausing.armed.store(true, Ordering::SeqCst);
+    let refresh = tokio::spawn({
+        let state = state.clone();
+        async move { state.reload().await }
+    });
+    pausing.entered.notified().await;
+
+    // An admin change lands and reloads.
+    pausing
+        .inner
+        .put_channel(&ChannelRecord {
+            name: "stable".into(),
+            target: None,
+            waves: Vec::new(),
+            promoted_at: None,
+            paused: false,
+            updated_at: t0(),
+        })
+        .await
+        .unwrap();
+    let change = tokio::spawn({
+        let state = state.clone();
+        async move { state.reload().await }
+    });
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    pausing.release.notify_one();
+    refresh.await.unwrap().unwrap();
+    change.await.unwrap().unwrap();
+    assert!(
+        state.snapshot().channels.contains_key("stable"),
+        "the snapshot lost a channel the store holds"
+    );
 }
