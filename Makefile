@@ -34,10 +34,11 @@ cluster: setup ## A real Kubernetes control plane with Slipway applied and the o
 images: setup ## Container images as OCI layouts in target/images, reproducible (REGISTRY=host:port also pushes them)
 	@scripts/images.sh
 
-generate: ## Regenerate checked-in files: manifests/crds from the Rust CRD types, and the Helm chart's copy
+generate: ## Regenerate checked-in files: manifests/crds from the Rust CRD types, the Helm chart's copy, docs/openapi.json
 	$(CARGO) build -q --workspace --bins --locked
 	$(BIN)/crdgen --out-dir manifests/crds
 	cp manifests/crds/*.yaml manifests/helm/slipway/crds/
+	$(BIN)/slipway-server --print-openapi > docs/openapi.json
 
 lint: ## cargo fmt --check and clippy with warnings as errors (the workspace and fuzz/)
 	$(CARGO) fmt --all --check

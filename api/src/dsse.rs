@@ -23,7 +23,7 @@ pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
 pub const MAX_SIGNATURES: usize = 32;
 
 /// A DSSE envelope as it travels in JSON.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Envelope {
     /// What the payload is; bound into every signature by PAE.
@@ -35,7 +35,7 @@ pub struct Envelope {
 }
 
 /// One signature in an envelope.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnvelopeSignature {
     /// The signing key's id (hex sha256 of its raw public key).

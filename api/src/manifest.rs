@@ -194,6 +194,9 @@ pub enum Severity {
     Critical,
 }
 
+/// [`is_valid_name`] as a regular expression (for the API's schema).
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$";
+
 /// A channel, runtime image or advisory name: 1-63 characters of `[A-Za-z0-9._-]`,
 /// starting with an alphanumeric (safe as a file name and in URLs).
 pub fn is_valid_name(s: &str) -> bool {

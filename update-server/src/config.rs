@@ -70,6 +70,9 @@ pub struct Settings {
     /// [default: /slipway/server].
     #[arg(long, env = "SLIPWAY_PUBLIC_URL")]
     pub public_url: Option<url::Url>,
+    /// Print the HTTP API's OpenAPI 3.1 document (what `GET /openapi.json` serves) and exit.
+    #[arg(long)]
+    pub print_openapi: bool,
 }
 
 impl Settings {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod files;
 pub mod magic;
 pub mod metrics;
+pub mod openapi;
 pub mod payloads;
 pub mod release;
 pub mod rollout;

@@ -16,6 +16,13 @@ use tracing_subscriber::EnvFilter;
 #[tokio::main]
 async fn main() -> Result<()> {
     let settings = Settings::parse();
+    if settings.print_openapi {
+        use std::io::Write as _;
+        std::io::stdout()
+            .write_all(&slipway_server::openapi::document_bytes())
+            .context("writing the OpenAPI document")?;
+        return Ok(());
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -12,14 +12,16 @@ use sha2::{Digest as _, Sha256};
 
 /// One step of a wave schedule: `after` the promotion, `fraction` of the machines are offered
 /// the target.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Wave {
     /// Time since promotion at which this step opens (`"0s"`, `"90m"`, `"1h"`, `"1d"`, or a
     /// number of seconds).
     #[serde(with = "duration_text")]
+    #[schemars(schema_with = "duration_text::schema")]
     pub after: Duration,
     /// Fraction of machines in [0, 1] offered the target once this step is open.
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub fraction: f64,
 }
 
@@ -350,6 +352,17 @@ pub mod duration_text {
         }
     }
 
+    /// The schema of what [`deserialize`] takes (for the API's document).
+    pub fn schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A duration: integers with units ms, s, m, h or d (\"90m\", \"1h30m\"), or a number of seconds.",
+            "oneOf": [
+                {"type": "string", "pattern": "^\\s*([0-9]{1,12}(ms|s|m|h|d))+\\s*$"},
+                {"type": "integer", "minimum": 0, "maximum": super::MAX_AFTER.as_secs()},
+            ],
+        })
+    }
+
     /// serde: serialize as text.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format(*d))
@@ -360,7 +373,7 @@ pub mod duration_text {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Text {
-            Secs(u64),
+            Secs(#[serde(deserialize_with = "slipway_api::wire::whole::deserialize")] u64),
             Text(String),
         }
         match Text::deserialize(d)? {

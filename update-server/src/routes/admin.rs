@@ -79,7 +79,7 @@ fn parse_version(s: &str) -> Result<Version, ApiError> {
 }
 
 /// Answer to a payload upload.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PayloadStored {
     /// The payload's digest.
@@ -151,7 +151,7 @@ pub async fn upload_payload(
 }
 
 /// Answer to a publish.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Published {
     /// The release's channel.
@@ -315,7 +315,7 @@ pub async fn publish(
 }
 
 /// A release in admin listings.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ReleaseSummary {
     /// Channel.
@@ -364,7 +364,7 @@ pub async fn list_releases(State(state): State<AppState>) -> Result<Response, Ap
 }
 
 /// A channel's state in admin answers.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ChannelStatus {
     /// Name.
@@ -456,13 +456,14 @@ pub async fn get_channel(
 }
 
 /// Body of a promotion.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PromoteRequest {
     /// The version to roll out (published on the channel).
     pub version: Version,
     /// The wave schedule; default: everyone at once.
     #[serde(default)]
+    #[schemars(length(min = 1, max = 64))]
     pub waves: Option<Vec<Wave>>,
 }
 
@@ -584,13 +585,15 @@ pub async fn resume(
 }
 
 /// Body of `PUT .../advisory`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdvisoryRequest {
     /// Identifier (`CVE-2026-1234`).
+    #[schemars(length(min = 1, max = 128))]
     pub id: String,
     /// One line for humans.
     #[serde(default)]
+    #[schemars(length(max = 1024))]
     pub summary: String,
 }
 
@@ -714,7 +717,7 @@ pub async fn list_machines(
 }
 
 /// A machine with its latest events.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct MachineDetail {
     /// The machine.
     pub machine: MachineRecord,

@@ -121,9 +121,11 @@ pub async fn check(
     Ok(raw_json(StatusCode::OK, body))
 }
 
-#[derive(Serialize)]
-struct EventAccepted {
-    id: i64,
+/// The answer to an event report.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct EventAccepted {
+    /// The event's sequence number on this server.
+    pub id: i64,
 }
 
 /// `POST /v1/events`: records a step a machine reports.

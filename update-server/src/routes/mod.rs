@@ -30,6 +30,7 @@ fn intern(route: &str) -> &'static str {
         "/healthz",
         "/readyz",
         "/metrics",
+        "/openapi.json",
     ];
     ROUTES
         .iter()
@@ -141,6 +142,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))
+        .route("/openapi.json", get(ops::openapi))
         .nest("/v1/admin", admin)
         .merge(dashboard::router())
         .fallback(not_found)

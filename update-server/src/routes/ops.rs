@@ -25,6 +25,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiEr
     Ok("ready\n")
 }
 
+/// `GET /openapi.json`: the API's OpenAPI 3.1 document.
+pub async fn openapi() -> Response {
+    crate::api_error::raw_json(StatusCode::OK, crate::openapi::document_bytes())
+}
+
 /// `GET /metrics`: OpenMetrics text.
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let mut resp = state.metrics().encode().into_response();

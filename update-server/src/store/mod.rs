@@ -36,7 +36,7 @@ pub struct ReleaseRecord {
 }
 
 /// An advisory set on a release: machines running it are offered the channel's target at once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AdvisoryMark {
     /// Identifier (`CVE-2026-1234`).
@@ -97,7 +97,7 @@ pub struct MachineCheck {
 }
 
 /// A machine as the server remembers it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct MachineRecord {
     /// Machine id.
@@ -125,7 +125,7 @@ pub struct MachineRecord {
 }
 
 /// An event a machine reported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EventRecord {
     /// Sequence number (assigned by the store; 0 before).

@@ -7,6 +7,7 @@ mod cloudevents;
 mod dashboard;
 mod harness;
 mod http;
+mod openapi;
 mod pg;
 mod process;
 mod rollout;
