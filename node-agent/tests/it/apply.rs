@@ -181,6 +181,75 @@ async fn an_interrupted_download_resumes_with_range_in_a_new_engine() {
     );
 }
 
+/// The update server dies mid-download (the stand-in, because a real server cannot be made
+/// to stop at a chosen byte): the engine keeps what it verified, touches nothing else while
+/// the server is gone, and resumes with `Range` from its checkpoint once it is back.
+#[tokio::test]
+async fn a_server_that_dies_mid_download_and_comes_back_is_resumed_from() {
+    let server = TestServer::start_killable().await;
+    let node = Node::new(&server);
+    let image = bytes(8 << 20, 6);
+    let m = manifest("2.0.0", &image, "/v1/payloads/os", PayloadFormat::Raw);
+    node.offer("os", image.clone(), sign(&m));
+    let stall_at = image.len() as u64 * 4 / 10;
+    server.with(|r| r.mode = Mode::StallAfter(stall_at));
+
+    let engine = node.engine().await;
+    let before = engine.boot().status().unwrap();
+    let kill = async {
+        while server.with(|r| r.bytes_served) < stall_at {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        server.kill();
+    };
+    let (checked, ()) = tokio::join!(engine.check(), kill);
+    checked.unwrap();
+    let snap = engine.snapshot();
+    assert_eq!(snap.phase, EnginePhase::Downloading, "{}", snap.last_error);
+    let State::Downloading { checkpoint, .. } = engine.memory().state else {
+        panic!("not downloading")
+    };
+    assert!(
+        checkpoint.served >= 2 << 20 && checkpoint.served <= stall_at,
+        "checkpointed at {}",
+        checkpoint.served
+    );
+
+    // While the server is down: a check fails to connect and changes nothing.
+    engine.check().await.unwrap();
+    let snap = engine.snapshot();
+    assert_eq!(snap.phase, EnginePhase::Downloading, "{}", snap.last_error);
+    assert!(!snap.last_error.is_empty(), "no error while the server is down");
+    let State::Downloading {
+        checkpoint: still, ..
+    } = engine.memory().state
+    else {
+        panic!("not downloading")
+    };
+    assert_eq!(still.served, checkpoint.served, "the checkpoint moved");
+    assert_eq!(engine.boot().status().unwrap(), before);
+    assert_eq!(node.slot(Slot::A), node.running_a);
+
+    // The server is back (same address, same payloads): the same engine resumes.
+    server.revive().await;
+    engine.check().await.unwrap();
+    let snap = engine.snapshot();
+    assert_eq!(snap.phase, EnginePhase::Staged, "{}", snap.last_error);
+    assert_eq!(&node.slot(Slot::B)[..image.len()], &image[..]);
+    assert_eq!(node.slot(Slot::A), node.running_a);
+    let (ranges, served) = server.with(|r| (r.ranges.clone(), r.bytes_served));
+    assert_eq!(ranges[0], None);
+    assert_eq!(
+        ranges.last().unwrap(),
+        &Some(format!("bytes={}-", checkpoint.served))
+    );
+    assert!(
+        served < image.len() as u64 * 3 / 2,
+        "served {served} for a {} byte payload",
+        image.len()
+    );
+}
+
 /// One check that the server interrupts, then a new engine (as after a restart) that resumes:
 /// slot B ends up holding `image`, slot A untouched. Returns the payload requests' `Range`s.
 async fn interrupted_then_resumed(

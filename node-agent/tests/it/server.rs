@@ -31,6 +31,9 @@ pub enum Mode {
     /// Cut the connection before any byte of the `nth` (from 1) request for payload `name`;
     /// honest otherwise.
     DropRequest { name: String, nth: usize },
+    /// Send this many bytes of the body, then nothing more (the connection stays open), once;
+    /// honest afterwards. With [`TestServer::kill`]: a server that dies mid-download.
+    StallAfter(u64),
 }
 
 #[derive(Default)]
@@ -55,26 +58,100 @@ pub struct Recorded {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub rec: Arc<Mutex<Recorded>>,
+    /// The runtime of a server started with [`TestServer::start_killable`] (none once killed).
+    runtime: Arc<Mutex<Option<OwnRuntime>>>,
+}
+
+/// A server's own runtime, shut down without waiting when dropped (tests drop it from async
+/// code, where a runtime cannot be dropped the blocking way).
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn app(rec: Arc<Mutex<Recorded>>) -> Router {
+    Router::new()
+        .route("/v1/check", post(check))
+        .route("/v1/events", post(events))
+        .route("/v1/payloads/{name}", get(payload))
+        .with_state(rec)
+}
+
+async fn serve(listener: tokio::net::TcpListener, rec: Arc<Mutex<Recorded>>) {
+    // As the update server does: without TCP_NODELAY a small response's body waits for
+    // the client's delayed ACK of its head (40 ms a request).
+    use axum::serve::ListenerExt as _;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, app(rec)).await.unwrap()
 }
 
 impl TestServer {
     pub async fn start() -> Self {
         let rec = Arc::new(Mutex::new(Recorded::default()));
-        let app = Router::new()
-            .route("/v1/check", post(check))
-            .route("/v1/events", post(events))
-            .route("/v1/payloads/{name}", get(payload))
-            .with_state(rec.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        // As the update server does: without TCP_NODELAY a small response's body waits for
-        // the client's delayed ACK of its head (40 ms a request).
-        use axum::serve::ListenerExt as _;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
+        tokio::spawn(serve(listener, rec.clone()));
+        Self {
+            addr,
+            rec,
+            runtime: Arc::default(),
+        }
+    }
+
+    /// A server in a runtime of its own, so that [`Self::kill`] can end it as a crash would:
+    /// the listener and every connection gone at once, mid-response.
+    pub async fn start_killable() -> Self {
+        let rec = Arc::new(Mutex::new(Recorded::default()));
+        let (runtime, addr) = Self::run_on("127.0.0.1:0".parse().unwrap(), rec.clone()).await;
+        Self {
+            addr,
+            rec,
+            runtime: Arc::new(Mutex::new(Some(OwnRuntime(Some(runtime))))),
+        }
+    }
+
+    async fn run_on(
+        addr: SocketAddr,
+        rec: Arc<Mutex<Recorded>>,
+    ) -> (tokio::runtime::Runtime, SocketAddr) {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        runtime.spawn(async move {
+            // SO_REUSEADDR: a revived server takes its port back while the killed one's
+            // connections linger in TIME_WAIT.
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_reuseaddr(true).unwrap();
+            socket.bind(addr).unwrap();
+            let listener = socket.listen(128).unwrap();
+            let _ = tx.send(listener.local_addr().unwrap());
+            serve(listener, rec).await
         });
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-        Self { addr, rec }
+        let addr = rx.await.unwrap();
+        (runtime, addr)
+    }
+
+    /// Ends a [`Self::start_killable`] server at once: connections are cut mid-body and new
+    /// ones refused, until [`Self::revive`].
+    pub fn kill(&self) {
+        let runtime = self.runtime.lock().unwrap().take();
+        drop(runtime.expect("kill: not a running killable server"));
+    }
+
+    /// Starts a killed server again on the same address, with what it recorded and served.
+    pub async fn revive(&self) {
+        let (runtime, _) = Self::run_on(self.addr, self.rec.clone()).await;
+        *self.runtime.lock().unwrap() = Some(OwnRuntime(Some(runtime)));
     }
 
     pub fn url(&self) -> String {
@@ -151,7 +228,7 @@ async fn payload(
             return StatusCode::NOT_FOUND.into_response();
         };
         let mut mode = (r.mode.clone(), r.chunk.unwrap_or(64 << 10));
-        if matches!(mode.0, Mode::DropAfter(_)) {
+        if matches!(mode.0, Mode::DropAfter(_) | Mode::StallAfter(_)) {
             r.mode = Mode::Honest;
         }
         if let Mode::DropRequest { name: n, nth } = &mode.0 {
@@ -176,7 +253,14 @@ async fn payload(
     };
     let partial = range.is_some() && (start, end) != (0, total.saturating_sub(1))
         || range.is_some_and(|(s, _)| s > 0);
-    let body = bytes.slice(start as usize..(end + 1).min(total) as usize);
+    let mut body = bytes.slice(start as usize..(end + 1).min(total) as usize);
+    let stall = match mode {
+        Mode::StallAfter(n) => {
+            body.truncate(n as usize);
+            true
+        }
+        _ => false,
+    };
     let rec2 = rec.clone();
     let limit = match mode {
         Mode::DropAfter(n) => Some(n),
@@ -202,9 +286,17 @@ async fn payload(
         rec2.lock().unwrap().bytes_served += piece.len() as u64;
         Ok::<_, std::io::Error>(piece)
     });
+    let stream = if stall {
+        stream.chain(futures::stream::pending()).boxed()
+    } else {
+        stream.boxed()
+    };
     let mut resp = Response::new(Body::from_stream(stream));
     let h = resp.headers_mut();
-    if matches!(mode, Mode::Honest | Mode::DropAfter(_) | Mode::NoRange) {
+    if matches!(
+        mode,
+        Mode::Honest | Mode::DropAfter(_) | Mode::NoRange | Mode::StallAfter(_)
+    ) {
         h.insert(header::CONTENT_LENGTH, (end + 1 - start).into());
         if partial {
             *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
