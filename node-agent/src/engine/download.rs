@@ -707,6 +707,7 @@ fn write_slot(
         loop {
             match rx.recv() {
                 Ok(Msg::Data(batch)) => {
+                    slot_write_fault(&path, offset).map_err(io)?;
                     offset += write_batch(&file, offset, &batch).map_err(io)?;
                     let _ = verify.send(offset);
                 }
@@ -732,6 +733,28 @@ fn write_slot(
         file.sync_all().map_err(io)?;
     }
     Ok((offset, finished))
+}
+
+/// The slot's device failing (tests; a no-op unless built with the `failpoints` feature).
+/// Configured as `return(PATH@OFFSET)`, writes to the slot at PATH fail with EIO once they
+/// reach OFFSET; other slots (other tests' engines in the same process) are not hit.
+fn slot_write_fault(path: &std::path::Path, offset: u64) -> std::io::Result<()> {
+    let _ = (path, offset);
+    fail::fail_point!("slot-write-eio", |armed: Option<String>| {
+        let hit = armed
+            .as_deref()
+            .and_then(|a| a.rsplit_once('@'))
+            .is_some_and(|(p, at)| {
+                std::path::Path::new(p) == path && at.parse::<u64>().is_ok_and(|at| offset >= at)
+            });
+        if hit {
+            // 5 is EIO on Linux.
+            Err(std::io::Error::from_raw_os_error(5))
+        } else {
+            Ok(())
+        }
+    });
+    Ok(())
 }
 
 /// Writes `batch` at `offset` with vectored writes; returns the bytes written.

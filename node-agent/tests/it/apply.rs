@@ -219,7 +219,10 @@ async fn a_server_that_dies_mid_download_and_comes_back_is_resumed_from() {
     engine.check().await.unwrap();
     let snap = engine.snapshot();
     assert_eq!(snap.phase, EnginePhase::Downloading, "{}", snap.last_error);
-    assert!(!snap.last_error.is_empty(), "no error while the server is down");
+    assert!(
+        !snap.last_error.is_empty(),
+        "no error while the server is down"
+    );
     let State::Downloading {
         checkpoint: still, ..
     } = engine.memory().state
@@ -248,6 +251,110 @@ async fn a_server_that_dies_mid_download_and_comes_back_is_resumed_from() {
         "served {served} for a {} byte payload",
         image.len()
     );
+}
+
+/// A tmpfs of `size` mounted on `dir` (a real file system that really fills up), unmounted
+/// when dropped. The tests run as root (scripts/test.sh); without the right to mount they fail
+/// and say so.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .output()
+            .expect("running mount");
+        assert!(
+            out.status.success(),
+            "mounting a {size} tmpfs on {} (the disk-full test needs root): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir.to_path_buf())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// What a failed update must leave: slot A and the boot selection as they were, the engine
+/// failed with `cause` in its error, and a `failed` report saying so on the server.
+async fn assert_failed_cleanly(
+    engine: &slipway_agent::engine::Engine,
+    node: &Node,
+    server: &TestServer,
+    before: &slipway_agent::engine::boot::BootStatus,
+    cause: &str,
+) {
+    let snap = engine.snapshot();
+    assert_eq!(snap.phase, EnginePhase::Failed, "{}", snap.last_error);
+    assert!(snap.last_error.contains(cause), "{}", snap.last_error);
+    assert_eq!(&engine.boot().status().unwrap(), before);
+    assert_eq!(node.slot(Slot::A), node.running_a);
+    engine.flush_reports().await;
+    let reported = server.with(|r| {
+        r.events
+            .iter()
+            .any(|e| e.event == EventKind::Failed && e.detail.contains(cause))
+    });
+    assert!(reported, "no failed report naming {cause:?}");
+}
+
+/// Slot B's disk fills up part-way through the write: a real ENOSPC from a 4 MiB tmpfs under
+/// an 8 MiB image.
+#[tokio::test]
+async fn a_slot_disk_that_fills_up_mid_write_fails_cleanly_and_is_reported() {
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let disk = SmallDisk::mount(&node.dir.join("small-disk"), "4m");
+    let b = disk.0.join("slot-b");
+    std::fs::File::create(&b)
+        .unwrap()
+        .set_len(SLOT_SIZE as u64)
+        .unwrap();
+    std::fs::remove_file(node.dir.join("slot-b")).unwrap();
+    std::os::unix::fs::symlink(&b, node.dir.join("slot-b")).unwrap();
+
+    let image = bytes(SLOT_SIZE, 7);
+    let m = manifest("2.0.0", &image, "/v1/payloads/os", PayloadFormat::Raw);
+    node.offer("os", image.clone(), sign(&m));
+    let engine = node.engine().await;
+    let before = engine.boot().status().unwrap();
+    engine.check().await.unwrap();
+    assert_failed_cleanly(&engine, &node, &server, &before, "No space left on device").await;
+    drop(engine);
+    drop(disk);
+}
+
+/// Slot B's device returns EIO part-way through the write (injected: no device here can be
+/// made to fail on demand).
+#[tokio::test]
+async fn a_slot_device_that_returns_io_errors_mid_write_fails_cleanly_and_is_reported() {
+    let scenario = fail::FailScenario::setup();
+    let server = TestServer::start().await;
+    let node = Node::new(&server);
+    let image = bytes(SLOT_SIZE, 8);
+    let m = manifest("2.0.0", &image, "/v1/payloads/os", PayloadFormat::Raw);
+    node.offer("os", image.clone(), sign(&m));
+    fail::cfg(
+        "slot-write-eio",
+        &format!("return({}@{})", node.dir.join("slot-b").display(), 3 << 20),
+    )
+    .unwrap();
+    let engine = node.engine().await;
+    let before = engine.boot().status().unwrap();
+    engine.check().await.unwrap();
+    assert_failed_cleanly(&engine, &node, &server, &before, "Input/output error").await;
+    drop(engine);
+    scenario.teardown();
 }
 
 /// One check that the server interrupts, then a new engine (as after a restart) that resumes:
