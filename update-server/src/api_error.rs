@@ -48,7 +48,7 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         tracing::error!(error = %e, kind = e.kind(), "request failed inside the server");
         match e {
-            Error::Closed | Error::Pool(_) => Self::new(
+            e if e.is_unavailable() => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "the database is unavailable; retry later",

@@ -82,6 +82,26 @@ impl Error {
         }
     }
 
+    /// Whether the database is away rather than the request wrong: the store closed, no
+    /// connection from the pool, or a PostgreSQL session lost mid-query (the connection
+    /// closed, SQLSTATE class 08 "connection exception", or 57P01-57P03: the server shutting
+    /// down or starting). Worth retrying later.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Error::Closed | Error::Pool(_) => true,
+            Error::Postgres { source, .. } => {
+                source.is_closed()
+                    || source.code().is_some_and(|c| {
+                        let c = c.code();
+                        c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03")
+                    })
+                    || std::error::Error::source(source)
+                        .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),

@@ -14,6 +14,38 @@ pub struct PgCluster {
     socket_dir: PathBuf,
     port: u16,
     next_db: AtomicU32,
+    ctl: Ctl,
+}
+
+/// What `pg_ctl` needs to start and stop a cluster.
+#[derive(Clone)]
+struct Ctl {
+    pg_ctl: PathBuf,
+    data: String,
+    opts: String,
+    log: String,
+    as_postgres: bool,
+}
+
+impl Ctl {
+    fn start(&self) -> Result<(), String> {
+        run(
+            self.as_postgres,
+            &self.pg_ctl,
+            &[
+                "-D", &self.data, "-l", &self.log, "-w", "-t", "60", "-o", &self.opts, "start",
+            ],
+        )
+    }
+
+    /// `-m fast`: sessions are disconnected, as in a restart for an upgrade or a failover.
+    fn stop(&self) -> Result<(), String> {
+        run(
+            self.as_postgres,
+            &self.pg_ctl,
+            &["-D", &self.data, "-m", "fast", "-w", "stop"],
+        )
+    }
 }
 
 static CLUSTER: OnceLock<Result<PgCluster, String>> = OnceLock::new();
@@ -139,27 +171,20 @@ fn start() -> Result<PgCluster, String> {
         let opts = format!(
             "-k {dir_s} -p {port} -c listen_addresses='' -c fsync=off -c synchronous_commit=off -c max_connections=200"
         );
-        match run(
-            root,
-            &pg_ctl,
-            &[
-                "-D",
-                &data,
-                "-l",
-                &format!("{dir_s}/log"),
-                "-w",
-                "-t",
-                "60",
-                "-o",
-                &opts,
-                "start",
-            ],
-        ) {
+        let ctl = Ctl {
+            pg_ctl: pg_ctl.clone(),
+            data: data.clone(),
+            opts,
+            log: format!("{dir_s}/log"),
+            as_postgres: root,
+        };
+        match ctl.start() {
             Ok(()) => {
                 return Ok(PgCluster {
                     socket_dir: dir.clone(),
                     port,
                     next_db: AtomicU32::new(0),
+                    ctl,
                 });
             }
             Err(e) => {
@@ -171,6 +196,12 @@ fn start() -> Result<PgCluster, String> {
     Err(last_err)
 }
 
+/// A cluster of the caller's own (for a test that stops and starts it), stopped and deleted
+/// when the test process exits. Panics (failing the test) if it cannot run.
+pub fn own_cluster() -> PgCluster {
+    start().unwrap_or_else(|e| panic!("PostgreSQL tests cannot run: a cluster did not start: {e}"))
+}
+
 /// The process's cluster, started on first use. Panics (failing the test) if it cannot run.
 pub fn cluster() -> &'static PgCluster {
     match CLUSTER.get_or_init(start) {
@@ -180,6 +211,22 @@ pub fn cluster() -> &'static PgCluster {
 }
 
 impl PgCluster {
+    /// Stops the server (sessions disconnected) and, after `down`, starts it again on the
+    /// same socket.
+    pub async fn restart(&self, down: std::time::Duration) {
+        let ctl = self.ctl.clone();
+        tokio::task::spawn_blocking(move || ctl.stop())
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("stopping PostgreSQL: {e}"));
+        tokio::time::sleep(down).await;
+        let ctl = self.ctl.clone();
+        tokio::task::spawn_blocking(move || ctl.start())
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("starting PostgreSQL again: {e}"));
+    }
+
     fn url(&self, db: &str) -> String {
         let host = self.socket_dir.to_str().unwrap().replace('/', "%2F");
         format!("postgres://postgres@{host}:{}/{db}", self.port)

@@ -155,3 +155,108 @@ async fn process_restarts_sqlite() {
 async fn process_restarts_postgres() {
     process_restarts(Backend::Postgres).await;
 }
+
+/// PostgreSQL restarted (sessions cut, 2 s down) while 20 machines report events, each
+/// retrying a refused report as the engine's outbox does: every report is stored, the server
+/// says "unavailable" (503, not 500) while the database is away, and recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_while_machines_report_loses_no_report() {
+    let pg = crate::pg::own_cluster();
+    let database = pg.new_database().await;
+    let s = crate::harness::TestServer::start_with(
+        tempfile::tempdir().unwrap(),
+        database,
+        std::sync::Arc::new(slipway_runtime::ManualClock::new(crate::harness::t0())),
+        slipway_server::state::Limits::default(),
+    )
+    .await;
+    s.publish("stable", "1.0.0").await;
+
+    let (machines, per) = (20, 15);
+    let reporters: Vec<_> = (0..machines)
+        .map(|m| {
+            let (client, url) = (s.client.clone(), s.url.clone());
+            tokio::spawn(async move {
+                let mut refused = 0u32;
+                for i in 0..per {
+                    let ev = json!({"machineId": format!("m{m}"), "version": "1.0.0",
+                        "event": "checked", "detail": format!("{m}-{i}")});
+                    loop {
+                        match client
+                            .post(format!("{url}/v1/events"))
+                            .json(&ev)
+                            .send()
+                            .await
+                        {
+                            Ok(r) if r.status() == StatusCode::OK => break,
+                            Ok(r) => {
+                                let status = r.status();
+                                let body = r.text().await.unwrap_or_default();
+                                assert_eq!(
+                                    status,
+                                    StatusCode::SERVICE_UNAVAILABLE,
+                                    "a report refused with {status}: {body}"
+                                );
+                                refused += 1;
+                            }
+                            Err(e) => panic!("the server stopped answering: {e}"),
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                refused
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let watch = {
+        let (client, url) = (s.client.clone(), s.url.clone());
+        tokio::spawn(async move {
+            // Until the database is back: did readiness say it was away?
+            let mut saw_unready = false;
+            for _ in 0..200 {
+                let r = client.get(format!("{url}/readyz")).send().await.unwrap();
+                saw_unready |= r.status() == StatusCode::SERVICE_UNAVAILABLE;
+                if saw_unready && r.status() == StatusCode::OK {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            saw_unready
+        })
+    };
+    pg.restart(Duration::from_secs(2)).await;
+    let mut refused = 0;
+    for r in reporters {
+        refused += r.await.unwrap();
+    }
+    assert!(watch.await.unwrap(), "/readyz never said the database was away");
+    assert!(refused > 0, "no report was refused: the restart was not felt");
+
+    // Every report is there.
+    let (status, body) = s
+        .admin(reqwest::Method::GET, "/events?limit=1000", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let events: Vec<serde_json::Value> = serde_json::from_value(body).unwrap();
+    let stored: std::collections::BTreeSet<String> = events
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap().to_owned())
+        .collect();
+    for m in 0..machines {
+        for i in 0..per {
+            assert!(stored.contains(&format!("{m}-{i}")), "report {m}-{i} was lost");
+        }
+    }
+    println!(
+        "{} reports, {refused} refused during the restart and sent again, {} stored",
+        machines * per,
+        events.len()
+    );
+    // Without a restart of its own, the server answers from the database again.
+    let (status, _) = s.get("/readyz").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(s.check("m0", "stable", "1.0.0").await, None);
+}

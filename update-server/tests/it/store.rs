@@ -427,3 +427,44 @@ async fn a_refresh_that_read_older_rows_never_replaces_a_newer_snapshot() {
         "the snapshot lost a channel the store holds"
     );
 }
+
+/// A PostgreSQL session cut mid-use (`pg_terminate_backend`, what a restart or failover does
+/// to it) is "unavailable" (503, retry), not an internal error; a query PostgreSQL refuses
+/// is not.
+#[tokio::test]
+async fn a_lost_postgres_session_is_unavailable_not_internal() {
+    let url = crate::pg::cluster().new_database().await;
+    let (victim, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (admin, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    admin
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    let lost = victim.query_one("SELECT 1", &[]).await.unwrap_err();
+    let e = slipway_server::Error::Postgres {
+        what: "test".into(),
+        source: lost,
+    };
+    assert!(e.is_unavailable(), "{e}");
+
+    let refused = admin
+        .query_one("SELECT * FROM no_such_table", &[])
+        .await
+        .unwrap_err();
+    let e = slipway_server::Error::Postgres {
+        what: "test".into(),
+        source: refused,
+    };
+    assert!(!e.is_unavailable(), "{e}");
+}
