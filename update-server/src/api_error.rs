@@ -106,8 +106,29 @@ pub(crate) fn raw_json(status: StatusCode, body: Bytes) -> Response {
     resp
 }
 
-/// Reads a whole body of at most `limit` bytes (413 beyond, without reading further).
+/// Reads a whole body of at most `limit` bytes (413 beyond, without reading further) within
+/// `deadline` (408 after: a client dripping its body must not hold a connection and a task).
 pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+    deadline: std::time::Duration,
+) -> Result<Bytes, ApiError> {
+    tokio::time::timeout(deadline, read_body_unbounded(headers, body, limit))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "body-timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    deadline.as_secs_f64()
+                ),
+            ))
+        })
+}
+
+async fn read_body_unbounded(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -161,7 +182,8 @@ pub(crate) async fn json_body<T: DeserializeOwned>(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
+    deadline: std::time::Duration,
 ) -> Result<T, ApiError> {
-    let bytes = read_body(headers, body, limit).await?;
+    let bytes = read_body(headers, body, limit, deadline).await?;
     parse_json(&bytes)
 }

@@ -10,6 +10,13 @@ fn duration(s: &str) -> Result<Duration, String> {
     crate::rollout::duration_text::parse(s)
 }
 
+fn timeout(s: &str) -> Result<Duration, String> {
+    match duration(s)? {
+        d if d.is_zero() => Err(format!("a timeout of {s:?} would refuse every request")),
+        d => Ok(d),
+    }
+}
+
 /// The update server's settings.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -51,6 +58,17 @@ pub struct Settings {
     /// Largest payload upload, in bytes.
     #[arg(long, env = "SLIPWAY_MAX_PAYLOAD_BYTES", default_value_t = 64 << 30)]
     pub max_payload_bytes: u64,
+    /// How long a client may take to send a request's headers, and how long an idle
+    /// keep-alive connection is kept open.
+    #[arg(long, env = "SLIPWAY_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = timeout)]
+    pub header_read_timeout: Duration,
+    /// How long a JSON request body (check, event, admin command) may take to arrive (408
+    /// after).
+    #[arg(long, env = "SLIPWAY_BODY_DEADLINE", default_value = "60s", value_parser = timeout)]
+    pub body_deadline: Duration,
+    /// How long a payload upload may go without sending a byte (408 after).
+    #[arg(long, env = "SLIPWAY_BODY_IDLE_TIMEOUT", default_value = "30s", value_parser = timeout)]
+    pub body_idle_timeout: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SLIPWAY_LOG_JSON")]
     pub log_json: bool,

@@ -56,8 +56,9 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(state.0.limits.header_read);
     builder.http2().timer(TokioTimer::new());
+    let builder = std::sync::Arc::new(builder);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -76,12 +77,24 @@ pub async fn serve(
         // Small JSON answers on keep-alive connections: no Nagle delay.
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let first_byte = state.0.limits.header_read;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // hyper's header-read timeout starts with the first request's first byte (the
+            // automatic HTTP/1-or-2 detection reads it without a timer): a client that
+            // connects and sends nothing would hold its connection forever.
+            let mut first = [0u8; 1];
+            if !matches!(
+                tokio::time::timeout(first_byte, stream.peek(&mut first)).await,
+                Ok(Ok(1))
+            ) {
+                return;
+            }
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

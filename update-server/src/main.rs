@@ -68,6 +68,9 @@ async fn main() -> Result<()> {
         payloads: PayloadDir::open(&settings.data_dir)?,
         limits: Limits {
             payload: settings.max_payload_bytes,
+            header_read: settings.header_read_timeout,
+            body_deadline: settings.body_deadline,
+            body_idle: settings.body_idle_timeout,
             ..Limits::default()
         },
         retention: Retention {

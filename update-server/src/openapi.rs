@@ -59,6 +59,7 @@ const UNPROCESSABLE: Status = (
     "The body is JSON of the wrong shape, or refused on its content.",
 );
 const UNAVAILABLE: Status = (503, "The database does not answer; retry later.");
+const BODY_TIMEOUT: Status = (408, "The body did not arrive in time (`body-timeout`).");
 
 impl Builder {
     fn schema<T: JsonSchema>(&mut self) -> Value {
@@ -204,6 +205,7 @@ pub fn document() -> Value {
         BAD_REQUEST,
         NOT_FOUND,
         TOO_LARGE,
+        BODY_TIMEOUT,
         UNPROCESSABLE,
         UNAVAILABLE,
     ]));
@@ -220,7 +222,13 @@ pub fn document() -> Value {
 
     let body = b.json_body::<EventReport>();
     let mut responses = vec![b.ok::<EventAccepted>(200, "Recorded.")];
-    responses.extend(b.errors(&[BAD_REQUEST, TOO_LARGE, UNPROCESSABLE, UNAVAILABLE]));
+    responses.extend(b.errors(&[
+        BAD_REQUEST,
+        TOO_LARGE,
+        BODY_TIMEOUT,
+        UNPROCESSABLE,
+        UNAVAILABLE,
+    ]));
     b.op(
         "post",
         "/v1/events",
@@ -289,6 +297,7 @@ pub fn document() -> Value {
     responses.extend(b.errors(&[
         BAD_REQUEST,
         TOO_LARGE,
+        BODY_TIMEOUT,
         (422, "The bytes do not hash to the name."),
         UNAVAILABLE,
     ]));
@@ -318,6 +327,7 @@ pub fn document() -> Value {
             "No root of trust, a payload not uploaded, or another envelope under this version.",
         ),
         TOO_LARGE,
+        BODY_TIMEOUT,
         (
             422,
             "Not signed by the root's release keys, expired, or a payload of the wrong size.",
@@ -380,6 +390,7 @@ pub fn document() -> Value {
         BAD_REQUEST,
         (404, "The version is not published on the channel."),
         TOO_LARGE,
+        BODY_TIMEOUT,
         (
             422,
             "The body's shape, or a wave schedule that is not valid.",
@@ -426,6 +437,7 @@ pub fn document() -> Value {
         BAD_REQUEST,
         (404, "No such release on the channel."),
         TOO_LARGE,
+        BODY_TIMEOUT,
         UNPROCESSABLE,
         UNAVAILABLE,
     ]));
@@ -540,7 +552,7 @@ pub fn document() -> Value {
         "204".to_owned(),
         json!({"description": "Kept as the cluster's newest report."}),
     )];
-    responses.extend(b.errors(&[BAD_REQUEST, TOO_LARGE, UNPROCESSABLE]));
+    responses.extend(b.errors(&[BAD_REQUEST, TOO_LARGE, BODY_TIMEOUT, UNPROCESSABLE]));
     b.op(
         "post",
         "/v1/admin/cluster",

@@ -35,6 +35,8 @@ pub enum UploadError {
     },
     /// The client's body failed mid-way (disconnect).
     Body(String),
+    /// The client sent nothing for this long.
+    Idle(std::time::Duration),
     /// The server could not write.
     Io(Error),
 }
@@ -78,6 +80,7 @@ impl PayloadDir {
         expected: &Sha256Digest,
         mut body: S,
         limit: u64,
+        idle: std::time::Duration,
     ) -> std::result::Result<u64, UploadError>
     where
         S: Stream<Item = std::result::Result<Bytes, E>> + Unpin,
@@ -94,7 +97,10 @@ impl PayloadDir {
             let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
             let mut hasher = Sha256::new();
             let mut size = 0u64;
-            while let Some(chunk) = body.next().await {
+            while let Some(chunk) = tokio::time::timeout(idle, body.next())
+                .await
+                .map_err(|_| UploadError::Idle(idle))?
+            {
                 let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
                 size += chunk.len() as u64;
                 if size > limit {

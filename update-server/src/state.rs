@@ -27,6 +27,13 @@ pub struct Limits {
     pub envelope_body: usize,
     /// Largest payload accepted on upload.
     pub payload: u64,
+    /// How long a client may take to send a request's headers; also how long an idle
+    /// keep-alive connection is kept.
+    pub header_read: Duration,
+    /// How long a whole JSON body (check, event, admin command) may take to arrive.
+    pub body_deadline: Duration,
+    /// How long an upload may go without a byte.
+    pub body_idle: Duration,
 }
 
 impl Default for Limits {
@@ -35,6 +42,9 @@ impl Default for Limits {
             json_body: 64 << 10,
             envelope_body: slipway_api::dsse::MAX_ENVELOPE_BYTES,
             payload: 64 << 30,
+            header_read: crate::HEADER_READ_TIMEOUT,
+            body_deadline: Duration::from_secs(60),
+            body_idle: Duration::from_secs(30),
         }
     }
 }

@@ -317,7 +317,13 @@ pub async fn cluster_report(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let report: ClusterReport = json_body(&headers, body, state.0.limits.envelope_body).await?;
+    let report: ClusterReport = json_body(
+        &headers,
+        body,
+        state.0.limits.envelope_body,
+        state.0.limits.body_deadline,
+    )
+    .await?;
     if report.cluster.is_empty() || report.cluster.len() > 253 {
         return Err(ApiError::bad_request(
             "bad-cluster",

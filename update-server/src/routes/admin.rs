@@ -118,7 +118,12 @@ pub async fn upload_payload(
     match state
         .0
         .payloads
-        .store(&digest, stream, state.0.limits.payload)
+        .store(
+            &digest,
+            stream,
+            state.0.limits.payload,
+            state.0.limits.body_idle,
+        )
         .await
     {
         Ok(size) => {
@@ -145,6 +150,11 @@ pub async fn upload_payload(
         Err(UploadError::Body(e)) => Err(ApiError::bad_request(
             "bad-body",
             format!("reading the upload: {e}"),
+        )),
+        Err(UploadError::Idle(after)) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body-timeout",
+            format!("the upload sent nothing for {} s", after.as_secs_f64()),
         )),
         Err(UploadError::Io(e)) => Err(e.into()),
     }
@@ -186,7 +196,13 @@ pub async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(&headers, body, state.0.limits.envelope_body).await?;
+    let bytes = read_body(
+        &headers,
+        body,
+        state.0.limits.envelope_body,
+        state.0.limits.body_deadline,
+    )
+    .await?;
     let Some(root) = &state.0.root else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -485,7 +501,13 @@ pub async fn promote(
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(path_err)?;
     channel_name(&name)?;
-    let req: PromoteRequest = json_body(&headers, body, state.0.limits.json_body).await?;
+    let req: PromoteRequest = json_body(
+        &headers,
+        body,
+        state.0.limits.json_body,
+        state.0.limits.body_deadline,
+    )
+    .await?;
     let waves = req.waves.unwrap_or_else(rollout::immediate);
     validate_waves(&waves).map_err(|e| {
         ApiError::new(
@@ -628,7 +650,13 @@ pub async fn set_advisory(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req: AdvisoryRequest = json_body(&headers, body, state.0.limits.json_body).await?;
+    let req: AdvisoryRequest = json_body(
+        &headers,
+        body,
+        state.0.limits.json_body,
+        state.0.limits.body_deadline,
+    )
+    .await?;
     if req.id.is_empty() || req.id.len() > 128 || req.summary.len() > 1024 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

@@ -55,7 +55,13 @@ pub async fn check(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req: CheckRequest = json_body(&headers, body, state.0.limits.json_body).await?;
+    let req: CheckRequest = json_body(
+        &headers,
+        body,
+        state.0.limits.json_body,
+        state.0.limits.body_deadline,
+    )
+    .await?;
     check_machine_id(&req.machine_id)?;
     if !is_valid_name(&req.channel) {
         return Err(ApiError::bad_request(
@@ -134,7 +140,13 @@ pub async fn event(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut report: EventReport = json_body(&headers, body, state.0.limits.json_body).await?;
+    let mut report: EventReport = json_body(
+        &headers,
+        body,
+        state.0.limits.json_body,
+        state.0.limits.body_deadline,
+    )
+    .await?;
     check_machine_id(&report.machine_id)?;
     if report.detail.len() > MAX_DETAIL {
         let mut cut = MAX_DETAIL;

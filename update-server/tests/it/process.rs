@@ -18,10 +18,15 @@ struct Server {
 }
 
 fn spawn(dir: &Path, database: &str) -> Server {
+    spawn_with(dir, database, &[])
+}
+
+fn spawn_with(dir: &Path, database: &str, args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_slipway-server"))
         .args(["--listen", "127.0.0.1:0", "--database", database])
         .arg("--data-dir")
         .arg(dir)
+        .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -232,8 +237,14 @@ async fn postgres_restarted_while_machines_report_loses_no_report() {
     for r in reporters {
         refused += r.await.unwrap();
     }
-    assert!(watch.await.unwrap(), "/readyz never said the database was away");
-    assert!(refused > 0, "no report was refused: the restart was not felt");
+    assert!(
+        watch.await.unwrap(),
+        "/readyz never said the database was away"
+    );
+    assert!(
+        refused > 0,
+        "no report was refused: the restart was not felt"
+    );
 
     // Every report is there.
     let (status, body) = s
@@ -247,7 +258,10 @@ async fn postgres_restarted_while_machines_report_loses_no_report() {
         .collect();
     for m in 0..machines {
         for i in 0..per {
-            assert!(stored.contains(&format!("{m}-{i}")), "report {m}-{i} was lost");
+            assert!(
+                stored.contains(&format!("{m}-{i}")),
+                "report {m}-{i} was lost"
+            );
         }
     }
     println!(
@@ -259,4 +273,263 @@ async fn postgres_restarted_while_machines_report_loses_no_report() {
     let (status, _) = s.get("/readyz").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(s.check("m0", "stable", "1.0.0").await, None);
+}
+
+/// A server process with a root and an admin token, on SQLite, with `args`.
+fn spawn_fresh(args: &[&str]) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("root.json"), root_json()).unwrap();
+    std::fs::write(dir.path().join("admin-tokens"), format!("{TOKEN}\n")).unwrap();
+    let database = format!("sqlite://{}/db.sqlite", dir.path().display());
+    let s = spawn_with(dir.path(), &database, args);
+    (dir, s)
+}
+
+fn addr(s: &Server) -> std::net::SocketAddr {
+    s.url.trim_start_matches("http://").parse().unwrap()
+}
+
+/// Reads until the server closes the connection; what it sent.
+async fn read_to_close(c: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got).await;
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Clients that take too long (headers dripped a byte at a time, a JSON body dripped, an
+/// upload that stops sending) are cut off once their timeout passes, with a 408 where a
+/// request was under way, while a well-behaved machine's checks keep being answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off_and_others_keep_being_served() {
+    use tokio::io::AsyncWriteExt as _;
+    let (_dir, s) = spawn_fresh(&[
+        "--header-read-timeout",
+        "2s",
+        "--body-deadline",
+        "2s",
+        "--body-idle-timeout",
+        "2s",
+    ]);
+    let at = addr(&s);
+    let started = std::time::Instant::now();
+    let drip = |request: String, then: &'static [u8]| async move {
+        let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
+        c.write_all(request.as_bytes()).await.unwrap();
+        let (mut rd, mut wr) = c.into_split();
+        let writer = tokio::spawn(async move {
+            // One byte every 300 ms, far more slowly than any timeout allows for.
+            for b in then.iter().cycle() {
+                if wr.write_all(&[*b]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        });
+        let answer = tokio::time::timeout(Duration::from_secs(30), async {
+            use tokio::io::AsyncReadExt as _;
+            let mut got = Vec::new();
+            let _ = rd.read_to_end(&mut got).await;
+            String::from_utf8_lossy(&got).into_owned()
+        })
+        .await
+        .expect("a slow client was never cut off");
+        writer.abort();
+        (answer, started.elapsed())
+    };
+    let mut slow = Vec::new();
+    for _ in 0..30 {
+        // Headers that never end.
+        slow.push(tokio::spawn(drip(
+            "POST /v1/check HTTP/1.1\r\nHost: x\r\nX-Slow: ".into(),
+            b"a",
+        )));
+        // A JSON body that never ends.
+        slow.push(tokio::spawn(drip(
+            "POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n".into(),
+            b" ",
+        )));
+    }
+    // Uploads that stop after a few bytes.
+    let mut stalled = Vec::new();
+    for i in 0..10 {
+        let mut c = tokio::net::TcpStream::connect(at).await.unwrap();
+        let sha = slipway_api::Sha256Digest::of(format!("upload {i}").as_bytes());
+        c.write_all(
+            format!(
+                "PUT /v1/admin/payloads/{sha} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 1000000\r\n\r\nfirst bytes"
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        stalled.push(c);
+    }
+
+    // Meanwhile a machine checks every 100 ms and is answered every time.
+    let client = reqwest::Client::new();
+    let mut answered = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let r = client
+            .post(format!("{}/v1/check", s.url))
+            .json(&json!({"machineId": "m1", "channel": "stable", "version": "1.0.0", "arch": "x86_64"}))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .expect("a well-behaved machine was not answered");
+        assert_eq!(
+            r.status(),
+            StatusCode::NOT_FOUND,
+            "unknown channel, as expected"
+        );
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered >= 20, "only {answered} checks answered in 4 s");
+
+    let mut slowest = Duration::ZERO;
+    for (i, t) in slow.into_iter().enumerate() {
+        let (answer, when) = t.await.unwrap();
+        slowest = slowest.max(when);
+        if i % 2 == 1 {
+            assert!(
+                answer.starts_with("HTTP/1.1 408"),
+                "a dripped body got: {answer:?}"
+            );
+            assert!(answer.contains("body-timeout"), "{answer}");
+        }
+    }
+    for mut c in stalled {
+        let answer = tokio::time::timeout(Duration::from_secs(30), read_to_close(&mut c))
+            .await
+            .expect("a stalled upload was never cut off");
+        assert!(
+            answer.starts_with("HTTP/1.1 408"),
+            "a stalled upload got: {answer:?}"
+        );
+    }
+    // 2 s timeouts; generous room for a loaded machine, far from "never".
+    assert!(
+        slowest < Duration::from_secs(15),
+        "the slowest cut-off took {slowest:?}"
+    );
+    println!(
+        "slow clients cut off after at most {slowest:?}; {answered} checks answered meanwhile"
+    );
+    sigterm(s);
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// 10,000 connections opened and left idle: the server keeps serving machines meanwhile,
+/// and closes every one of them once the idle timeout passes, giving back their descriptors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_idle_connections_are_held_then_closed() {
+    const IDLE: usize = 10_000;
+    // This process holds the client ends: raise its descriptor limit to the hard limit (the
+    // server, a child started after, inherits it).
+    let me = std::process::id().to_string();
+    let out = Command::new("prlimit")
+        .args(["--pid", &me, "--nofile=unlimited:"])
+        .output();
+    if !out.as_ref().is_ok_and(|o| o.status.success()) {
+        let hard = Command::new("prlimit")
+            .args([
+                "--pid",
+                &me,
+                "--nofile",
+                "--raw",
+                "--noheadings",
+                "--output=HARD",
+            ])
+            .output()
+            .expect("prlimit (util-linux) is needed to raise the descriptor limit");
+        let hard = String::from_utf8_lossy(&hard.stdout).trim().to_owned();
+        let status = Command::new("prlimit")
+            .args(["--pid", &me, &format!("--nofile={hard}:")])
+            .status()
+            .unwrap();
+        assert!(status.success(), "raising the descriptor limit to {hard}");
+        assert!(
+            hard == "unlimited" || hard.parse::<usize>().unwrap() > IDLE + 500,
+            "the hard descriptor limit {hard} is too low to hold {IDLE} connections"
+        );
+    }
+    let (_dir, s) = spawn_fresh(&["--header-read-timeout", "8s"]);
+    let pid = s.child.id();
+    let at = addr(&s);
+    let (fds_before, rss_before) = (open_fds(pid), rss_kib(pid));
+
+    let opened = std::time::Instant::now();
+    let mut conns = Vec::with_capacity(IDLE);
+    for _ in 0..IDLE {
+        conns.push(tokio::net::TcpStream::connect(at).await.unwrap());
+    }
+    let open_time = opened.elapsed();
+    // Every connection accepted: the server holds a descriptor for each.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while open_fds(pid) < fds_before + IDLE && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (fds_held, rss_held) = (open_fds(pid), rss_kib(pid));
+    assert!(
+        fds_held >= fds_before + IDLE,
+        "the server holds {fds_held} descriptors"
+    );
+
+    // Machines are still served.
+    let client = reqwest::Client::new();
+    for _ in 0..20 {
+        let r = client
+            .post(format!("{}/v1/check", s.url))
+            .json(&json!({"machineId": "m1", "channel": "stable", "version": "1.0.0", "arch": "x86_64"}))
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .expect("a machine was not answered beside 10,000 idle connections");
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    }
+
+    // Once idle for the timeout, every connection is closed by the server.
+    let closers: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                tokio::time::timeout(Duration::from_secs(60), read_to_close(&mut c))
+                    .await
+                    .is_ok()
+            })
+        })
+        .collect();
+    for c in closers {
+        assert!(c.await.unwrap(), "an idle connection was never closed");
+    }
+    let closed_after = opened.elapsed();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while open_fds(pid) > fds_before + 50 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let fds_after = open_fds(pid);
+    assert!(
+        fds_after <= fds_before + 50,
+        "the server still holds {fds_after} descriptors (before: {fds_before})"
+    );
+    println!(
+        "{IDLE} idle connections: opened in {open_time:?}; server RSS {rss_before} KiB -> {rss_held} KiB ({:.1} KiB per connection); all closed by the server {closed_after:?} after opening; descriptors {fds_before} -> {fds_held} -> {fds_after}",
+        (rss_held.saturating_sub(rss_before)) as f64 / IDLE as f64
+    );
+    sigterm(s);
 }
