@@ -796,6 +796,101 @@ async fn nothing_is_granted_before_the_window_opens_and_short_windows_are_skippe
     agents2.abort();
 }
 
+/// The nodes ever granted a reboot, from the API server's history.
+async fn ever_granted(kube: &Kube) -> BTreeSet<String> {
+    let mut granted = BTreeSet::new();
+    for change in kube.history().await {
+        if change.kind == "NodeUpdate" && !change.deleted {
+            let nu: NodeUpdate = serde_json::from_value(change.object).unwrap();
+            if nu.spec.reboot_granted {
+                granted.insert(nu.name_any());
+            }
+        }
+    }
+    granted
+}
+
+/// The clock of the operator's node jumps (NTP stepping it, a VM resumed): over a whole
+/// window, back into one, and back out of it. The operator grants by the clock it reads now,
+/// never by a time it worked out before the jump: nothing in a window it jumped over, grants
+/// in the window it jumped back into, none once it jumped out again.
+#[tokio::test]
+async fn a_clock_jumping_across_window_edges_grants_only_inside_windows() {
+    let kube = cluster().await;
+    kube.add_nodes(&kube.names("node", 3)).await;
+    // t0 is 12:00; the window is 12:02 to 13:02, every day.
+    kube.apply_policy(
+        "workers",
+        json!({"channel": "stable", "maxUnavailable": 1, "windows": [{"schedule": "2 12 * * *", "duration": "1h", "timeZone": "UTC"}]}),
+    )
+    .await;
+    let clock = ManualClock::new(t0());
+    let (_tx, rx) = leading();
+    let _op = start_operator(&kube, &clock, rx).await;
+    let agents = spawn_agents(&kube, BTreeMap::new());
+    let waiting_for = async |when: &'static str| {
+        wait_until_async(
+            "every node waiting for the next window",
+            Duration::from_secs(30),
+            async || {
+                let all = kube.updates().await;
+                all.len() == 3
+                    && all.iter().all(|u| {
+                        u.spec.waiting_reason.as_deref() == Some("WindowClosed")
+                            && u.spec
+                                .waiting_message
+                                .as_deref()
+                                .is_some_and(|m| m.contains(when))
+                    })
+            },
+        )
+        .await;
+    };
+    waiting_for("2026-03-02T12:02:00Z").await;
+
+    // Forward over the whole window, to 13:30: nothing is granted, the next window is
+    // tomorrow's.
+    clock.set("2026-03-02T13:30:00Z".parse().unwrap());
+    waiting_for("2026-03-03T12:02:00Z").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        ever_granted(&kube).await.is_empty(),
+        "granted in a window the clock jumped over"
+    );
+
+    // Back into the window, to 12:30: grants follow.
+    clock.set("2026-03-02T12:30:00Z".parse().unwrap());
+    wait_until_async(
+        "a grant in the window the clock jumped back into",
+        Duration::from_secs(30),
+        async || !ever_granted(&kube).await.is_empty(),
+    )
+    .await;
+
+    // Back out of it, to 11:00: no node is granted after that.
+    clock.set("2026-03-02T11:00:00Z".parse().unwrap());
+    // Once every node not granted waits for the window, the operator plans with the new
+    // time (a cycle already under way when the clock moved may have granted one more).
+    wait_until_async(
+        "the nodes not granted wait for the window",
+        Duration::from_secs(30),
+        async || {
+            let granted = ever_granted(&kube).await;
+            kube.updates().await.iter().all(|u| {
+                granted.contains(&u.name_any())
+                    || u.spec.waiting_reason.as_deref() == Some("WindowClosed")
+            })
+        },
+    )
+    .await;
+    let before = ever_granted(&kube).await;
+    assert!(before.len() < 3, "every node was granted: {before:?}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = ever_granted(&kube).await;
+    assert_eq!(after, before, "granted after the clock left the window");
+    agents.abort();
+}
+
 #[tokio::test]
 async fn an_operator_killed_mid_rollout_and_restarted_never_over_grants() {
     let kube = cluster().await;
