@@ -1,20 +1,39 @@
 //! Stopping cleanly on SIGTERM (systemd, the kubelet) or Ctrl-C.
 
-/// Completes on the first SIGTERM or SIGINT. If the SIGTERM handler cannot be installed, says
-/// so and waits for Ctrl-C alone.
-pub async fn shutdown_signal() {
+/// Completes on the first SIGTERM or SIGINT. The handlers are installed by this call, not when
+/// the future is first polled: a SIGTERM sent any time after it (say, right after a server
+/// logged that it listens) stops gracefully instead of killing the process by the signal's
+/// default action. Call it inside the Tokio runtime. If a handler cannot be installed, says so
+/// and waits for the other.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; Ctrl-C only");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate())
+        .map_err(|e| tracing::error!(error = %e, "cannot listen for SIGTERM; Ctrl-C only"))
+        .ok();
+    let int = signal(SignalKind::interrupt())
+        .map_err(|e| tracing::error!(error = %e, "cannot listen for SIGINT"))
+        .ok();
+    async move {
+        let term = async {
+            match term {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let int = async {
+            match int {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = term => tracing::info!("SIGTERM received: stopping"),
+            () = int => tracing::info!("interrupted: stopping"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted: stopping"),
     }
 }
 
@@ -25,10 +44,9 @@ mod tests {
 
     #[tokio::test]
     async fn sigterm_completes_the_signal() {
-        let waiter = tokio::spawn(shutdown_signal());
-        // Let the handler install before the signal is sent.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        assert!(!waiter.is_finished());
+        // Installed by the call itself: a signal sent before the future is ever polled still
+        // completes it, and does not kill the test process.
+        let waiter = shutdown_signal();
         let sent = std::process::Command::new("kill")
             .args(["-TERM", &std::process::id().to_string()])
             .status()
@@ -36,7 +54,6 @@ mod tests {
         assert!(sent.success());
         tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
-            .expect("woke on SIGTERM")
-            .unwrap();
+            .expect("woke on SIGTERM");
     }
 }

@@ -258,7 +258,8 @@ fn main() -> Result<()> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(slipway_runtime::shutdown_signal());
+        // Inside the runtime: the handlers install as shutdown_signal is called.
+        rt.block_on(async { slipway_runtime::shutdown_signal().await });
     }
     println!("Stopping the nodes, the operator and the server…");
     fleet.shutdown()?;
