@@ -108,7 +108,7 @@ pub(crate) fn raw_json(status: StatusCode, body: Bytes) -> Response {
 
 /// Reads a whole body of at most `limit` bytes (413 beyond, without reading further) within
 /// `deadline` (408 after: a client dripping its body must not hold a connection and a task).
-pub(crate) async fn read_body(
+async fn read_body(
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -177,13 +177,33 @@ pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiErro
     })
 }
 
-/// Reads and parses a JSON body.
-pub(crate) async fn json_body<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-    deadline: std::time::Duration,
-) -> Result<T, ApiError> {
-    let bytes = read_body(headers, body, limit, deadline).await?;
-    parse_json(&bytes)
+impl crate::state::Limits {
+    /// Reads and parses a JSON request (check, event, admin command): at most `json_body`
+    /// bytes within `body_deadline`.
+    pub(crate) async fn json<T: DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<T, ApiError> {
+        parse_json(&read_body(headers, body, self.json_body, self.body_deadline).await?)
+    }
+
+    /// Reads and parses a JSON body as large as a release envelope (an operator's cluster
+    /// report).
+    pub(crate) async fn envelope_json<T: DeserializeOwned>(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<T, ApiError> {
+        parse_json(&self.envelope_bytes(headers, body).await?)
+    }
+
+    /// Reads a body as large as a release envelope, unparsed.
+    pub(crate) async fn envelope_bytes(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Bytes, ApiError> {
+        read_body(headers, body, self.envelope_body, self.body_deadline).await
+    }
 }

@@ -69,6 +69,10 @@ pub struct Settings {
     /// How long a payload upload may go without sending a byte (408 after).
     #[arg(long, env = "SLIPWAY_BODY_IDLE_TIMEOUT", default_value = "30s", value_parser = timeout)]
     pub body_idle_timeout: Duration,
+    /// How long a response (a payload download) may wait for a client that stopped reading
+    /// before the connection is dropped.
+    #[arg(long, env = "SLIPWAY_WRITE_STALL_TIMEOUT", default_value = "60s", value_parser = timeout)]
+    pub write_stall_timeout: Duration,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SLIPWAY_LOG_JSON")]
     pub log_json: bool,

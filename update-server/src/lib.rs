@@ -7,6 +7,7 @@
 pub mod api_error;
 pub mod auth;
 pub mod config;
+pub mod conn;
 pub mod dashboard;
 pub mod deltafiles;
 pub mod error;
@@ -80,6 +81,7 @@ pub async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let first_byte = state.0.limits.header_read;
+        let write_stall = state.0.limits.write_stall;
         tokio::spawn(async move {
             // hyper's header-read timeout starts with the first request's first byte (the
             // automatic HTTP/1-or-2 detection reads it without a timer): a client that
@@ -91,6 +93,7 @@ pub async fn serve(
             ) {
                 return;
             }
+            let stream = conn::WriteProgress::new(stream, write_stall);
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .into_owned();

@@ -71,6 +71,7 @@ async fn main() -> Result<()> {
             header_read: settings.header_read_timeout,
             body_deadline: settings.body_deadline,
             body_idle: settings.body_idle_timeout,
+            write_stall: settings.write_stall_timeout,
             ..Limits::default()
         },
         retention: Retention {

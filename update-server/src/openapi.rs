@@ -37,7 +37,7 @@ pub fn document_bytes() -> Bytes {
     .clone()
 }
 
-/// Collects the schemas that operations refer to.
+/// Collects the operations and the schemas they refer to.
 struct Builder {
     generator: SchemaGenerator,
     paths: Map<String, Value>,
@@ -53,134 +53,158 @@ const FORBIDDEN: Status = (
     "The server has no admin tokens configured: the admin API is off.",
 );
 const NOT_FOUND: Status = (404, "No such resource (see the error's kind).");
+const BODY_TIMEOUT: Status = (408, "The body did not arrive in time (`body-timeout`).");
 const TOO_LARGE: Status = (413, "The body is larger than the server's limit.");
 const UNPROCESSABLE: Status = (
     422,
     "The body is JSON of the wrong shape, or refused on its content.",
 );
 const UNAVAILABLE: Status = (503, "The database does not answer; retry later.");
-const BODY_TIMEOUT: Status = (408, "The body did not arrive in time (`body-timeout`).");
+/// What every operation with a JSON body may also answer.
+const BODY_ERRORS: [Status; 3] = [BAD_REQUEST, BODY_TIMEOUT, TOO_LARGE];
 
 impl Builder {
     fn schema<T: JsonSchema>(&mut self) -> Value {
         self.generator.subschema_for::<T>().to_value()
     }
 
-    fn json_content<T: JsonSchema>(&mut self) -> Value {
-        json!({"application/json": {"schema": self.schema::<T>()}})
+    /// Starts an operation; [`Op::add`] puts it in the document.
+    fn op(&mut self, method: &str, path: &str, id: &str, summary: &str, tag: &str) -> Op<'_> {
+        Op {
+            b: self,
+            method: method.to_owned(),
+            path: path.to_owned(),
+            op: json!({"operationId": id, "summary": summary, "tags": [tag]}),
+            responses: Map::new(),
+            admin: tag == "admin",
+        }
+    }
+}
+
+/// One operation being described.
+struct Op<'a> {
+    b: &'a mut Builder,
+    method: String,
+    path: String,
+    op: Value,
+    responses: Map<String, Value>,
+    admin: bool,
+}
+
+impl Op<'_> {
+    fn param(mut self, param: Value) -> Self {
+        match self.op["parameters"].as_array_mut() {
+            Some(list) => list.push(param),
+            None => self.op["parameters"] = json!([param]),
+        }
+        self
     }
 
-    fn ok<T: JsonSchema>(&mut self, status: u16, description: &str) -> (String, Value) {
-        (
-            status.to_string(),
-            json!({"description": description, "content": self.json_content::<T>()}),
+    fn path_param(self, name: &str, description: &str, schema: Value) -> Self {
+        self.param(json!({"name": name, "in": "path", "required": true, "description": description, "schema": schema}))
+    }
+
+    fn query_param(self, name: &str, description: &str, schema: Value) -> Self {
+        self.param(json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema}))
+    }
+
+    fn header_param(self, name: &str, description: &str) -> Self {
+        self.param(json!({"name": name, "in": "header", "required": false, "description": description, "schema": {"type": "string"}}))
+    }
+
+    fn channel(self) -> Self {
+        self.path_param(
+            "channel",
+            "The channel's name.",
+            json!({"type": "string", "pattern": NAME_PATTERN}),
         )
     }
 
-    fn errors(&mut self, statuses: &[Status]) -> Vec<(String, Value)> {
-        let content = self.json_content::<ErrorBody>();
-        statuses
-            .iter()
-            .map(|(code, description)| {
-                (
-                    code.to_string(),
-                    json!({"description": description, "content": content}),
-                )
-            })
-            .collect()
+    fn version(self) -> Self {
+        let schema = self.b.schema::<semver::Version>();
+        self.path_param("version", "A release's version (SemVer).", schema)
     }
 
-    /// Adds an operation. Admin operations take the bearer token and may answer 401 and 403.
-    #[allow(clippy::too_many_arguments)]
-    fn op(
-        &mut self,
-        method: &str,
-        path: &str,
-        id: &str,
-        summary: &str,
-        tag: &str,
-        parameters: Vec<Value>,
-        body: Option<Value>,
-        mut responses: Vec<(String, Value)>,
-    ) {
-        let admin = tag == "admin";
-        if admin {
-            responses.extend(self.errors(&[UNAUTHORIZED, FORBIDDEN]));
-        }
-        responses.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut op = json!({
-            "operationId": id,
-            "summary": summary,
-            "tags": [tag],
-            "responses": responses.into_iter().collect::<Map<_, _>>(),
+    fn digest(self) -> Self {
+        self.path_param(
+            "sha256",
+            "The payload's SHA-256, 64 lowercase hex digits.",
+            json!({"type": "string", "pattern": "^[0-9a-f]{64}$"}),
+        )
+    }
+
+    fn limit(self, what: &str) -> Self {
+        self.query_param(
+            "limit",
+            &format!("At most this many {what} (default 100, at most 1000)."),
+            json!({"type": "integer", "minimum": 0, "maximum": u32::MAX}),
+        )
+    }
+
+    /// A required JSON body of type `T`; the body's own errors (400, 408, 413) come with it.
+    fn body<T: JsonSchema>(mut self) -> Self {
+        let schema = self.b.schema::<T>();
+        self.op["requestBody"] =
+            json!({"required": true, "content": {"application/json": {"schema": schema}}});
+        self.errors(&BODY_ERRORS)
+    }
+
+    fn raw_body(mut self, media: &str) -> Self {
+        self.op["requestBody"] = json!({
+            "required": true,
+            "content": {media: {"schema": {"type": "string", "format": "binary"}}},
         });
-        if !parameters.is_empty() {
-            op["parameters"] = Value::Array(parameters);
-        }
-        if let Some(body) = body {
-            op["requestBody"] = body;
-        }
-        if admin {
-            op["security"] = json!([{"adminToken": []}]);
-        }
-        let item = self
-            .paths
-            .entry(path.to_owned())
-            .or_insert_with(|| json!({}));
-        item[method] = op;
+        self.errors(&BODY_ERRORS)
     }
 
-    fn json_body<T: JsonSchema>(&mut self) -> Option<Value> {
-        Some(json!({"required": true, "content": self.json_content::<T>()}))
+    fn response(mut self, status: u16, response: Value) -> Self {
+        self.responses.insert(status.to_string(), response);
+        self
     }
-}
 
-fn path_param(name: &str, description: &str, schema: Value) -> Value {
-    json!({"name": name, "in": "path", "required": true, "description": description, "schema": schema})
-}
+    fn ok<T: JsonSchema>(self, status: u16, description: &str) -> Self {
+        let schema = self.b.schema::<T>();
+        self.response(
+            status,
+            json!({"description": description, "content": {"application/json": {"schema": schema}}}),
+        )
+    }
 
-fn query_param(name: &str, description: &str, schema: Value) -> Value {
-    json!({"name": name, "in": "query", "required": false, "description": description, "schema": schema})
-}
+    fn text(self, status: u16, description: &str, media: &str) -> Self {
+        self.response(
+            status,
+            json!({"description": description, "content": {media: {"schema": {"type": "string"}}}}),
+        )
+    }
 
-fn header_param(name: &str, description: &str) -> Value {
-    json!({"name": name, "in": "header", "required": false, "description": description, "schema": {"type": "string"}})
-}
+    fn empty(self, status: u16, description: &str) -> Self {
+        self.response(status, json!({"description": description}))
+    }
 
-fn text(status: u16, description: &str, media: &str) -> (String, Value) {
-    (
-        status.to_string(),
-        json!({"description": description, "content": {media: {"schema": {"type": "string"}}}}),
-    )
-}
+    /// Error answers (`{kind, message}`); a later entry for the same status replaces an
+    /// earlier one, so that an operation can say what a status means for it.
+    fn errors(mut self, statuses: &[Status]) -> Self {
+        let schema = self.b.schema::<ErrorBody>();
+        for (code, description) in statuses {
+            self = self.response(
+                *code,
+                json!({"description": description, "content": {"application/json": {"schema": schema}}}),
+            );
+        }
+        self
+    }
 
-fn channel_param() -> Value {
-    path_param(
-        "channel",
-        "The channel's name.",
-        json!({"type": "string", "pattern": NAME_PATTERN}),
-    )
-}
-
-fn version_param(b: &mut Builder) -> Value {
-    let schema = b.schema::<semver::Version>();
-    path_param("version", "A release's version (SemVer).", schema)
-}
-
-fn digest_param() -> Value {
-    path_param(
-        "sha256",
-        "The payload's SHA-256, 64 lowercase hex digits.",
-        json!({"type": "string", "pattern": "^[0-9a-f]{64}$"}),
-    )
-}
-
-fn limit_param(what: &str) -> Value {
-    query_param(
-        "limit",
-        &format!("At most this many {what} (default 100, at most 1000)."),
-        json!({"type": "integer", "minimum": 0, "maximum": u32::MAX}),
-    )
+    /// Adds the operation to the document. Admin operations take the bearer token and may
+    /// answer 401 and 403.
+    fn add(mut self) {
+        if self.admin {
+            self = self.errors(&[UNAUTHORIZED, FORBIDDEN]);
+            self.op["security"] = json!([{"adminToken": []}]);
+        }
+        self.op["responses"] = Value::Object(std::mem::take(&mut self.responses));
+        let item = self.b.paths.entry(self.path).or_insert_with(|| json!({}));
+        item[self.method.as_str()] = self.op;
+    }
 }
 
 /// The whole document.
@@ -195,51 +219,31 @@ pub fn document() -> Value {
     };
 
     // What machines call.
-    let body = b.json_body::<CheckRequest>();
-    let ok = b.ok::<CheckResponse>(
-        200,
-        "The release to apply (a signed envelope the machine verifies), or `{\"update\": null}`.",
-    );
-    let mut responses = vec![ok];
-    responses.extend(b.errors(&[
-        BAD_REQUEST,
-        NOT_FOUND,
-        TOO_LARGE,
-        BODY_TIMEOUT,
-        UNPROCESSABLE,
-        UNAVAILABLE,
-    ]));
     b.op(
         "post",
         "/v1/check",
         "check",
         "A machine asks whether an update is due",
         "machine",
-        vec![],
-        body,
-        responses,
-    );
-
-    let body = b.json_body::<EventReport>();
-    let mut responses = vec![b.ok::<EventAccepted>(200, "Recorded.")];
-    responses.extend(b.errors(&[
-        BAD_REQUEST,
-        TOO_LARGE,
-        BODY_TIMEOUT,
-        UNPROCESSABLE,
-        UNAVAILABLE,
-    ]));
+    )
+    .body::<CheckRequest>()
+    .ok::<CheckResponse>(
+        200,
+        "The release to apply (a signed envelope the machine verifies), or `{\"update\": null}`.",
+    )
+    .errors(&[NOT_FOUND, UNPROCESSABLE, UNAVAILABLE])
+    .add();
     b.op(
         "post",
         "/v1/events",
         "reportEvent",
         "A machine reports a step of its update",
         "machine",
-        vec![],
-        body,
-        responses,
-    );
-
+    )
+    .body::<EventReport>()
+    .ok::<EventAccepted>(200, "Recorded.")
+    .errors(&[UNPROCESSABLE, UNAVAILABLE])
+    .add();
     for (method, id, summary) in [
         (
             "get",
@@ -252,206 +256,148 @@ pub fn document() -> Value {
             "Whether a payload is here, and its size",
         ),
     ] {
-        let mut responses = vec![
-            text(200, "The whole payload.", "application/octet-stream"),
-            text(
-                206,
-                "The range asked for (`Content-Range` says which).",
-                "application/octet-stream",
-            ),
-            (
-                "304".to_owned(),
-                json!({"description": "`If-None-Match` matched the payload's ETag."}),
-            ),
-        ];
-        responses.extend(b.errors(&[
-            BAD_REQUEST,
-            NOT_FOUND,
-            (416, "The range starts past the payload's end."),
-        ]));
-        b.op(
-            method,
-            "/v1/payloads/{sha256}",
-            id,
-            summary,
-            "machine",
-            vec![
-                digest_param(),
-                header_param(
-                    "Range",
-                    "One range: `bytes=A-B`, `bytes=A-` or `bytes=-N` (anything else: the whole payload).",
-                ),
-                header_param("If-Range", "Apply `Range` only if this ETag matches."),
-                header_param("If-None-Match", "Answer 304 if this ETag matches."),
-            ],
-            None,
-            responses,
-        );
+        b.op(method, "/v1/payloads/{sha256}", id, summary, "machine")
+            .digest()
+            .header_param(
+                "Range",
+                "One range: `bytes=A-B`, `bytes=A-` or `bytes=-N` (anything else: the whole payload).",
+            )
+            .header_param("If-Range", "Apply `Range` only if this ETag matches.")
+            .header_param("If-None-Match", "Answer 304 if this ETag matches.")
+            .text(200, "The whole payload.", "application/octet-stream")
+            .text(206, "The range asked for (`Content-Range` says which).", "application/octet-stream")
+            .empty(304, "`If-None-Match` matched the payload's ETag.")
+            .errors(&[BAD_REQUEST, NOT_FOUND, (416, "The range starts past the payload's end.")])
+            .add();
     }
 
     // Admin.
-    let mut responses = vec![
-        b.ok::<PayloadStored>(200, "Already stored."),
-        b.ok::<PayloadStored>(201, "Stored."),
-    ];
-    responses.extend(b.errors(&[
-        BAD_REQUEST,
-        TOO_LARGE,
-        BODY_TIMEOUT,
-        (422, "The bytes do not hash to the name."),
-        UNAVAILABLE,
-    ]));
     b.op(
         "put",
         "/v1/admin/payloads/{sha256}",
         "uploadPayload",
         "Uploads a payload, kept only if its bytes hash to its name",
         "admin",
-        vec![digest_param()],
-        Some(json!({
-            "required": true,
-            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
-        })),
-        responses,
-    );
-
-    let body = b.json_body::<Envelope>();
-    let mut responses = vec![
-        b.ok::<Published>(200, "This exact envelope was already published."),
-        b.ok::<Published>(201, "Published."),
-    ];
-    responses.extend(b.errors(&[
-        BAD_REQUEST,
+    )
+    .digest()
+    .raw_body("application/octet-stream")
+    .ok::<PayloadStored>(200, "Already stored.")
+    .ok::<PayloadStored>(201, "Stored.")
+    .errors(&[
         (
-            409,
-            "No root of trust, a payload not uploaded, or another envelope under this version.",
+            408,
+            "The upload sent nothing for too long (`body-timeout`).",
         ),
-        TOO_LARGE,
-        BODY_TIMEOUT,
-        (
-            422,
-            "Not signed by the root's release keys, expired, or a payload of the wrong size.",
-        ),
+        (422, "The bytes do not hash to the name."),
         UNAVAILABLE,
-    ]));
+    ])
+    .add();
     b.op(
         "post",
         "/v1/admin/releases",
         "publishRelease",
         "Publishes a signed release",
         "admin",
-        vec![],
-        body,
-        responses,
-    );
-
-    let mut responses = vec![b.ok::<Vec<ReleaseSummary>>(200, "Every release.")];
-    responses.extend(b.errors(&[UNAVAILABLE]));
+    )
+    .body::<Envelope>()
+    .ok::<Published>(200, "This exact envelope was already published.")
+    .ok::<Published>(201, "Published.")
+    .errors(&[
+        (
+            409,
+            "No root of trust, a payload not uploaded, or another envelope under this version.",
+        ),
+        (
+            422,
+            "Not signed by the root's release keys, expired, or a payload of the wrong size.",
+        ),
+        UNAVAILABLE,
+    ])
+    .add();
     b.op(
         "get",
         "/v1/admin/releases",
         "listReleases",
         "Lists releases by channel and version",
         "admin",
-        vec![],
-        None,
-        responses,
-    );
-
-    let mut responses = vec![b.ok::<Vec<ChannelStatus>>(200, "Every channel.")];
-    responses.extend(b.errors(&[UNAVAILABLE]));
+    )
+    .ok::<Vec<ReleaseSummary>>(200, "Every release.")
+    .errors(&[UNAVAILABLE])
+    .add();
     b.op(
         "get",
         "/v1/admin/channels",
         "listChannels",
         "Lists channels with their rollout state",
         "admin",
-        vec![],
-        None,
-        responses,
-    );
-
-    let mut responses = vec![b.ok::<ChannelStatus>(200, "The channel.")];
-    responses.extend(b.errors(&[BAD_REQUEST, NOT_FOUND, UNAVAILABLE]));
+    )
+    .ok::<Vec<ChannelStatus>>(200, "Every channel.")
+    .errors(&[UNAVAILABLE])
+    .add();
     b.op(
         "get",
         "/v1/admin/channels/{channel}",
         "getChannel",
         "A channel's rollout state",
         "admin",
-        vec![channel_param()],
-        None,
-        responses,
-    );
-
-    let body = b.json_body::<PromoteRequest>();
-    let mut responses = vec![b.ok::<ChannelStatus>(200, "Promoted; the channel's new state.")];
-    responses.extend(b.errors(&[
-        BAD_REQUEST,
-        (404, "The version is not published on the channel."),
-        TOO_LARGE,
-        BODY_TIMEOUT,
-        (
-            422,
-            "The body's shape, or a wave schedule that is not valid.",
-        ),
-        UNAVAILABLE,
-    ]));
+    )
+    .channel()
+    .ok::<ChannelStatus>(200, "The channel.")
+    .errors(&[BAD_REQUEST, NOT_FOUND, UNAVAILABLE])
+    .add();
     b.op(
         "post",
         "/v1/admin/channels/{channel}/promote",
         "promote",
         "Starts rolling out a published release in waves",
         "admin",
-        vec![channel_param()],
-        body,
-        responses,
-    );
-
-    for (verb, id, summary) in [
-        ("pause", "pause", "Stops offering anything on the channel"),
+    )
+    .channel()
+    .body::<PromoteRequest>()
+    .ok::<ChannelStatus>(200, "Promoted; the channel's new state.")
+    .errors(&[
+        (404, "The version is not published on the channel."),
         (
-            "resume",
+            422,
+            "The body's shape, or a wave schedule that is not valid.",
+        ),
+        UNAVAILABLE,
+    ])
+    .add();
+    for (verb, summary) in [
+        ("pause", "Stops offering anything on the channel"),
+        (
             "resume",
             "Offers again (the waves kept running while paused)",
         ),
     ] {
-        let mut responses = vec![b.ok::<ChannelStatus>(200, "The channel's new state.")];
-        responses.extend(b.errors(&[BAD_REQUEST, NOT_FOUND, UNAVAILABLE]));
         b.op(
             "post",
             &format!("/v1/admin/channels/{{channel}}/{verb}"),
-            id,
+            verb,
             summary,
             "admin",
-            vec![channel_param()],
-            None,
-            responses,
-        );
+        )
+        .channel()
+        .ok::<ChannelStatus>(200, "The channel's new state.")
+        .errors(&[BAD_REQUEST, NOT_FOUND, UNAVAILABLE])
+        .add();
     }
-
-    let body = b.json_body::<AdvisoryRequest>();
-    let params = vec![channel_param(), version_param(&mut b)];
-    let mut responses = vec![b.ok::<ChannelStatus>(200, "The channel's new state.")];
-    responses.extend(b.errors(&[
-        BAD_REQUEST,
-        (404, "No such release on the channel."),
-        TOO_LARGE,
-        BODY_TIMEOUT,
-        UNPROCESSABLE,
-        UNAVAILABLE,
-    ]));
+    let no_release: Status = (404, "No such release on the channel.");
     b.op(
         "put",
         "/v1/admin/channels/{channel}/releases/{version}/advisory",
         "setAdvisory",
         "Marks a release as advised against: machines running it get the target at once",
         "admin",
-        params,
-        body,
-        responses,
-    );
-    for (method, path, id, summary) in [
+    )
+    .channel()
+    .version()
+    .body::<AdvisoryRequest>()
+    .ok::<ChannelStatus>(200, "The channel's new state.")
+    .errors(&[no_release, UNPROCESSABLE, UNAVAILABLE])
+    .add();
+    for (method, what, id, summary) in [
         (
             "delete",
             "advisory",
@@ -466,103 +412,77 @@ pub fn document() -> Value {
         ),
         ("delete", "floor", "clearFloor", "Clears a release's floor"),
     ] {
-        let params = vec![channel_param(), version_param(&mut b)];
-        let mut responses = vec![b.ok::<ChannelStatus>(200, "The channel's new state.")];
-        responses.extend(b.errors(&[
-            BAD_REQUEST,
-            (404, "No such release on the channel."),
-            UNAVAILABLE,
-        ]));
-        b.op(
-            method,
-            &format!("/v1/admin/channels/{{channel}}/releases/{{version}}/{path}"),
-            id,
-            summary,
-            "admin",
-            params,
-            None,
-            responses,
-        );
+        let path = format!("/v1/admin/channels/{{channel}}/releases/{{version}}/{what}");
+        b.op(method, &path, id, summary, "admin")
+            .channel()
+            .version()
+            .ok::<ChannelStatus>(200, "The channel's new state.")
+            .errors(&[BAD_REQUEST, no_release, UNAVAILABLE])
+            .add();
     }
-
-    let mut responses = vec![b.ok::<Vec<MachineRecord>>(200, "Machines, by id.")];
-    responses.extend(b.errors(&[BAD_REQUEST, UNAVAILABLE]));
     b.op(
         "get",
         "/v1/admin/machines",
         "listMachines",
         "Lists machines by id, a page at a time",
         "admin",
-        vec![
-            query_param(
-                "channel",
-                "Only machines following this channel.",
-                json!({"type": "string"}),
-            ),
-            query_param(
-                "after",
-                "Only ids after this one (the last id of the previous page).",
-                json!({"type": "string"}),
-            ),
-            limit_param("machines"),
-        ],
-        None,
-        responses,
-    );
-
-    let mut responses = vec![b.ok::<MachineDetail>(200, "The machine and its newest events.")];
-    responses.extend(b.errors(&[BAD_REQUEST, NOT_FOUND, UNAVAILABLE]));
+    )
+    .query_param(
+        "channel",
+        "Only machines following this channel.",
+        json!({"type": "string"}),
+    )
+    .query_param(
+        "after",
+        "Only ids after this one (the last id of the previous page).",
+        json!({"type": "string"}),
+    )
+    .limit("machines")
+    .ok::<Vec<MachineRecord>>(200, "Machines, by id.")
+    .errors(&[BAD_REQUEST, UNAVAILABLE])
+    .add();
     b.op(
         "get",
         "/v1/admin/machines/{id}",
         "getMachine",
         "One machine, with its newest 100 events",
         "admin",
-        vec![path_param(
-            "id",
-            "The machine's id.",
-            json!({"type": "string", "pattern": MACHINE_ID_PATTERN}),
-        )],
-        None,
-        responses,
-    );
-
-    let mut responses = vec![b.ok::<Vec<EventRecord>>(200, "Events, newest first.")];
-    responses.extend(b.errors(&[BAD_REQUEST, UNAVAILABLE]));
+    )
+    .path_param(
+        "id",
+        "The machine's id.",
+        json!({"type": "string", "pattern": MACHINE_ID_PATTERN}),
+    )
+    .ok::<MachineDetail>(200, "The machine and its newest events.")
+    .errors(&[BAD_REQUEST, NOT_FOUND, UNAVAILABLE])
+    .add();
     b.op(
         "get",
         "/v1/admin/events",
         "listEvents",
         "Lists the newest events",
         "admin",
-        vec![
-            query_param(
-                "machine",
-                "Only this machine's events.",
-                json!({"type": "string"}),
-            ),
-            limit_param("events"),
-        ],
-        None,
-        responses,
-    );
-
-    let body = b.json_body::<ClusterReport>();
-    let mut responses = vec![(
-        "204".to_owned(),
-        json!({"description": "Kept as the cluster's newest report."}),
-    )];
-    responses.extend(b.errors(&[BAD_REQUEST, TOO_LARGE, BODY_TIMEOUT, UNPROCESSABLE]));
+    )
+    .query_param(
+        "machine",
+        "Only this machine's events.",
+        json!({"type": "string"}),
+    )
+    .limit("events")
+    .ok::<Vec<EventRecord>>(200, "Events, newest first.")
+    .errors(&[BAD_REQUEST, UNAVAILABLE])
+    .add();
     b.op(
         "post",
         "/v1/admin/cluster",
         "reportCluster",
         "An operator reports what it sees of its cluster (for the dashboard)",
         "admin",
-        vec![],
-        body,
-        responses,
-    );
+    )
+    .body::<ClusterReport>()
+    .empty(204, "Kept as the cluster's newest report.")
+    .errors(&[UNPROCESSABLE])
+    .add();
 
     // Operations.
     b.op(
@@ -571,49 +491,38 @@ pub fn document() -> Value {
         "healthz",
         "Liveness: the process answers",
         "ops",
-        vec![],
-        None,
-        vec![text(200, "Alive.", "text/plain")],
-    );
-    let mut responses = vec![text(200, "The database answers.", "text/plain")];
-    responses.extend(b.errors(&[UNAVAILABLE]));
+    )
+    .text(200, "Alive.", "text/plain")
+    .add();
     b.op(
         "get",
         "/readyz",
         "readyz",
         "Readiness: the database answers",
         "ops",
-        vec![],
-        None,
-        responses,
-    );
+    )
+    .text(200, "The database answers.", "text/plain")
+    .errors(&[UNAVAILABLE])
+    .add();
     b.op(
         "get",
         "/metrics",
         "metrics",
         "Prometheus metrics (OpenMetrics text)",
         "ops",
-        vec![],
-        None,
-        vec![text(
+    )
+    .text(
+        200,
+        "The metrics.",
+        slipway_api::names::OPENMETRICS_CONTENT_TYPE,
+    )
+    .add();
+    b.op("get", "/openapi.json", "openapi", "This document", "ops")
+        .response(
             200,
-            "The metrics.",
-            slipway_api::names::OPENMETRICS_CONTENT_TYPE,
-        )],
-    );
-    b.op(
-        "get",
-        "/openapi.json",
-        "openapi",
-        "This document",
-        "ops",
-        vec![],
-        None,
-        vec![(
-            "200".to_owned(),
             json!({"description": "The OpenAPI document.", "content": {"application/json": {"schema": {"type": "object"}}}}),
-        )],
-    );
+        )
+        .add();
 
     let mut schemas = b.generator.take_definitions(true);
     // The semver crate keeps major, minor and patch as u64: at most 19 digits say so.

@@ -34,6 +34,8 @@ pub struct Limits {
     pub body_deadline: Duration,
     /// How long an upload may go without a byte.
     pub body_idle: Duration,
+    /// How long a response may wait for the client to read (a client that stopped reading).
+    pub write_stall: Duration,
 }
 
 impl Default for Limits {
@@ -45,6 +47,7 @@ impl Default for Limits {
             header_read: crate::HEADER_READ_TIMEOUT,
             body_deadline: Duration::from_secs(60),
             body_idle: Duration::from_secs(30),
+            write_stall: Duration::from_secs(60),
         }
     }
 }

@@ -26,7 +26,7 @@ use axum::routing::get;
 use futures::Stream;
 use slipway_api::wire::ClusterReport;
 
-use crate::api_error::{ApiError, json_body, json_response};
+use crate::api_error::{ApiError, json_response};
 use crate::state::AppState;
 use crate::store::MachineRecord;
 use html::Page;
@@ -317,13 +317,7 @@ pub async fn cluster_report(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let report: ClusterReport = json_body(
-        &headers,
-        body,
-        state.0.limits.envelope_body,
-        state.0.limits.body_deadline,
-    )
-    .await?;
+    let report: ClusterReport = state.0.limits.envelope_json(&headers, body).await?;
     if report.cluster.is_empty() || report.cluster.len() > 253 {
         return Err(ApiError::bad_request(
             "bad-cluster",

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use slipway_api::manifest::is_valid_name;
 use slipway_api::{Envelope, Manifest, Sha256Digest};
 
-use crate::api_error::{ApiError, json_body, json_response, read_body};
+use crate::api_error::{ApiError, json_response};
 use crate::payloads::UploadError;
 use crate::rollout::{self, Wave, fraction_at, validate_waves};
 use crate::state::AppState;
@@ -196,13 +196,7 @@ pub async fn publish(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let bytes = read_body(
-        &headers,
-        body,
-        state.0.limits.envelope_body,
-        state.0.limits.body_deadline,
-    )
-    .await?;
+    let bytes = state.0.limits.envelope_bytes(&headers, body).await?;
     let Some(root) = &state.0.root else {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -501,13 +495,7 @@ pub async fn promote(
 ) -> Result<Response, ApiError> {
     let Path(name) = path.map_err(path_err)?;
     channel_name(&name)?;
-    let req: PromoteRequest = json_body(
-        &headers,
-        body,
-        state.0.limits.json_body,
-        state.0.limits.body_deadline,
-    )
-    .await?;
+    let req: PromoteRequest = state.0.limits.json(&headers, body).await?;
     let waves = req.waves.unwrap_or_else(rollout::immediate);
     validate_waves(&waves).map_err(|e| {
         ApiError::new(
@@ -650,13 +638,7 @@ pub async fn set_advisory(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req: AdvisoryRequest = json_body(
-        &headers,
-        body,
-        state.0.limits.json_body,
-        state.0.limits.body_deadline,
-    )
-    .await?;
+    let req: AdvisoryRequest = state.0.limits.json(&headers, body).await?;
     if req.id.is_empty() || req.id.len() > 128 || req.summary.len() > 1024 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,

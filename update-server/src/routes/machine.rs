@@ -16,7 +16,7 @@ use slipway_api::wire::{CheckRequest, EventKind, EventReport, is_valid_machine_i
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_util::io::ReaderStream;
 
-use crate::api_error::{ApiError, json_body, json_response, raw_json};
+use crate::api_error::{ApiError, json_response, raw_json};
 use crate::metrics::{EventLabel, EventLabels, OfferLabels};
 use crate::rollout::{ChannelPlan, Decision, OfferReason, decide};
 use crate::state::AppState;
@@ -55,13 +55,7 @@ pub async fn check(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let req: CheckRequest = json_body(
-        &headers,
-        body,
-        state.0.limits.json_body,
-        state.0.limits.body_deadline,
-    )
-    .await?;
+    let req: CheckRequest = state.0.limits.json(&headers, body).await?;
     check_machine_id(&req.machine_id)?;
     if !is_valid_name(&req.channel) {
         return Err(ApiError::bad_request(
@@ -140,13 +134,7 @@ pub async fn event(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let mut report: EventReport = json_body(
-        &headers,
-        body,
-        state.0.limits.json_body,
-        state.0.limits.body_deadline,
-    )
-    .await?;
+    let mut report: EventReport = state.0.limits.json(&headers, body).await?;
     check_machine_id(&report.machine_id)?;
     if report.detail.len() > MAX_DETAIL {
         let mut cut = MAX_DETAIL;

@@ -533,3 +533,64 @@ async fn ten_thousand_idle_connections_are_held_then_closed() {
     );
     sigterm(s);
 }
+
+/// A machine that asks for a payload and stops reading (its receive window fills) is cut off
+/// once `--write-stall-timeout` passes without a byte going out, while another download of the
+/// same payload completes meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_whose_client_stops_reading_is_cut_off() {
+    use tokio::io::AsyncWriteExt as _;
+    let (_dir, s) = spawn_fresh(&["--write-stall-timeout", "2s"]);
+    // Larger than what the kernel's socket buffers hold on both sides of a loopback connection.
+    let payload: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+    let sha = slipway_api::Sha256Digest::of(&payload);
+    let client = reqwest::Client::new();
+    let r = client
+        .put(format!("{}/v1/admin/payloads/{sha}", s.url))
+        .bearer_auth(TOKEN)
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let mut stalled = tokio::net::TcpStream::connect(addr(&s)).await.unwrap();
+    stalled
+        .write_all(format!("GET /v1/payloads/{sha} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let whole = client
+        .get(format!("{}/v1/payloads/{sha}", s.url))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(
+        whole.len(),
+        payload.len(),
+        "the other download was cut short"
+    );
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(started.elapsed())).await;
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        use tokio::io::AsyncReadExt as _;
+        let mut got = Vec::new();
+        let _ = stalled.read_to_end(&mut got).await;
+        got
+    })
+    .await
+    .expect("the stalled connection was never closed");
+    assert!(
+        got.len() < payload.len(),
+        "a client that stopped reading got the whole payload ({} bytes)",
+        got.len()
+    );
+    println!(
+        "a client that stopped reading was cut off after {} of {} bytes",
+        got.len(),
+        payload.len()
+    );
+    sigterm(s);
+}
