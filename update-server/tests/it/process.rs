@@ -51,6 +51,20 @@ fn spawn_with(dir: &Path, database: &str, args: &[&str]) -> Server {
     Server { child, url }
 }
 
+/// Uploads `payload` (the admin token); its digest.
+async fn upload(client: &reqwest::Client, s: &Server, payload: &[u8]) -> slipway_api::Sha256Digest {
+    let sha = slipway_api::Sha256Digest::of(payload);
+    let r = client
+        .put(format!("{}/v1/admin/payloads/{sha}", s.url))
+        .bearer_auth(TOKEN)
+        .body(payload.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    sha
+}
+
 fn sigterm(mut s: Server) {
     let status = Command::new("kill")
         .args(["-TERM", &s.child.id().to_string()])
@@ -74,15 +88,7 @@ async fn process_restarts(backend: Backend) {
 
     let s = spawn(dir.path(), &database);
     for (version, payload) in [("1.0.0", b"one".as_slice()), ("1.1.0", b"two".as_slice())] {
-        let sha = slipway_api::Sha256Digest::of(payload);
-        let r = client
-            .put(format!("{}/v1/admin/payloads/{sha}", s.url))
-            .bearer_auth(TOKEN)
-            .body(payload.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), StatusCode::CREATED);
+        let sha = upload(&client, &s, payload).await;
         let env = manifest("stable", version, payload, sha).sign(&[&release_key()]);
         let r = client
             .post(format!("{}/v1/admin/releases", s.url))
@@ -543,16 +549,8 @@ async fn a_download_whose_client_stops_reading_is_cut_off() {
     let (_dir, s) = spawn_fresh(&["--write-stall-timeout", "2s"]);
     // Larger than what the kernel's socket buffers hold on both sides of a loopback connection.
     let payload: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
-    let sha = slipway_api::Sha256Digest::of(&payload);
     let client = reqwest::Client::new();
-    let r = client
-        .put(format!("{}/v1/admin/payloads/{sha}", s.url))
-        .bearer_auth(TOKEN)
-        .body(payload.clone())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    let sha = upload(&client, &s, &payload).await;
 
     let mut stalled = tokio::net::TcpStream::connect(addr(&s)).await.unwrap();
     stalled
