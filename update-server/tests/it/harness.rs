@@ -196,16 +196,8 @@ impl TestServer {
     }
 
     pub async fn upload(&self, bytes: &[u8]) -> Sha256Digest {
-        let sha = Sha256Digest::of(bytes);
-        let resp = self
-            .client
-            .put(format!("{}/v1/admin/payloads/{sha}", self.url))
-            .bearer_auth(TOKEN)
-            .body(bytes.to_vec())
-            .send()
-            .await
-            .unwrap();
-        assert!(resp.status().is_success(), "upload: {}", resp.status());
+        let (sha, status) = upload_to(&self.client, &self.url, bytes).await;
+        assert!(status.is_success(), "upload: {status}");
         sha
     }
 
@@ -296,6 +288,24 @@ impl Drop for TestServer {
             let _ = tx.send(());
         }
     }
+}
+
+/// Uploads `bytes` to the server at `url` with the admin token: their digest and the answer's
+/// status.
+pub async fn upload_to(
+    client: &reqwest::Client,
+    url: &str,
+    bytes: &[u8],
+) -> (Sha256Digest, StatusCode) {
+    let sha = Sha256Digest::of(bytes);
+    let resp = client
+        .put(format!("{url}/v1/admin/payloads/{sha}"))
+        .bearer_auth(TOKEN)
+        .body(bytes.to_vec())
+        .send()
+        .await
+        .unwrap();
+    (sha, resp.status())
 }
 
 pub fn manifest(channel: &str, version: &str, payload: &[u8], sha256: Sha256Digest) -> Manifest {

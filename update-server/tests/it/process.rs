@@ -53,15 +53,8 @@ fn spawn_with(dir: &Path, database: &str, args: &[&str]) -> Server {
 
 /// Uploads `payload` (the admin token); its digest.
 async fn upload(client: &reqwest::Client, s: &Server, payload: &[u8]) -> slipway_api::Sha256Digest {
-    let sha = slipway_api::Sha256Digest::of(payload);
-    let r = client
-        .put(format!("{}/v1/admin/payloads/{sha}", s.url))
-        .bearer_auth(TOKEN)
-        .body(payload.to_vec())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::CREATED);
+    let (sha, status) = crate::harness::upload_to(client, &s.url, payload).await;
+    assert_eq!(status, StatusCode::CREATED);
     sha
 }
 
@@ -75,7 +68,8 @@ fn sigterm(mut s: Server) {
     assert!(exit.success(), "exit after SIGTERM: {exit}");
 }
 
-async fn process_restarts(backend: Backend) {
+/// A data directory with the test root of trust and the admin token.
+fn data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("root.json"), root_json()).unwrap();
     std::fs::write(
@@ -83,6 +77,11 @@ async fn process_restarts(backend: Backend) {
         format!("# test\n{TOKEN}\n"),
     )
     .unwrap();
+    dir
+}
+
+async fn process_restarts(backend: Backend) {
+    let dir = data_dir();
     let database = database_url(backend, &dir).await;
     let client = reqwest::Client::new();
 
@@ -283,9 +282,7 @@ async fn postgres_restarted_while_machines_report_loses_no_report() {
 
 /// A server process with a root and an admin token, on SQLite, with `args`.
 fn spawn_fresh(args: &[&str]) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("root.json"), root_json()).unwrap();
-    std::fs::write(dir.path().join("admin-tokens"), format!("{TOKEN}\n")).unwrap();
+    let dir = data_dir();
     let database = format!("sqlite://{}/db.sqlite", dir.path().display());
     let s = spawn_with(dir.path(), &database, args);
     (dir, s)
