@@ -38,11 +38,16 @@ pub enum EventType {
     ReleasePublished,
     /// An advisory was set on a published release (subject: the version).
     ReleaseAdvised,
+    /// The update server opened the next wave of a health-gated rollout (subject: the channel).
+    RolloutWaveOpened,
+    /// The update server halted a health-gated rollout: failures above its gate (subject: the
+    /// channel).
+    RolloutWaveHalted,
 }
 
 impl EventType {
     /// Every type, in a fixed order.
-    pub const ALL: [Self; 12] = [
+    pub const ALL: [Self; 14] = [
         Self::NodeGranted,
         Self::NodeDrained,
         Self::NodeRebooted,
@@ -55,6 +60,8 @@ impl EventType {
         Self::RolloutGateOpened,
         Self::ReleasePublished,
         Self::ReleaseAdvised,
+        Self::RolloutWaveOpened,
+        Self::RolloutWaveHalted,
     ];
 
     /// The CloudEvents `type` attribute.
@@ -72,6 +79,8 @@ impl EventType {
             Self::RolloutGateOpened => "dev.slipway.rollout.gate-opened",
             Self::ReleasePublished => "dev.slipway.release.published",
             Self::ReleaseAdvised => "dev.slipway.release.advised",
+            Self::RolloutWaveOpened => "dev.slipway.rollout.wave-opened",
+            Self::RolloutWaveHalted => "dev.slipway.rollout.wave-halted",
         }
     }
 }
@@ -175,6 +184,8 @@ mod tests {
                 "dev.slipway.rollout.gate-opened",
                 "dev.slipway.release.published",
                 "dev.slipway.release.advised",
+                "dev.slipway.rollout.wave-opened",
+                "dev.slipway.rollout.wave-halted",
             ]
         );
     }

@@ -48,6 +48,7 @@ static SERVER: LazyLock<Server> = LazyLock::new(|| {
                 max_count: 1000,
             },
             refresh: Duration::from_secs(3600),
+            gate_interval: Duration::from_secs(3600),
         })
         .await
         .expect("state");

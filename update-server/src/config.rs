@@ -55,6 +55,9 @@ pub struct Settings {
     /// through other replicas).
     #[arg(long, env = "SLIPWAY_REFRESH", default_value = "5s", value_parser = duration)]
     pub refresh: Duration,
+    /// How often the health gates of gated rollouts are evaluated (opening waves, halting).
+    #[arg(long, env = "SLIPWAY_GATE_INTERVAL", default_value = "10s", value_parser = timeout)]
+    pub gate_interval: Duration,
     /// Largest payload upload, in bytes.
     #[arg(long, env = "SLIPWAY_MAX_PAYLOAD_BYTES", default_value_t = 64 << 30)]
     pub max_payload_bytes: u64,

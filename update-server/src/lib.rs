@@ -12,6 +12,8 @@ pub mod dashboard;
 pub mod deltafiles;
 pub mod error;
 pub mod files;
+pub mod gate;
+pub mod gatekeeper;
 pub mod magic;
 pub mod metrics;
 pub mod openapi;
@@ -124,6 +126,8 @@ async fn housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
         state.0.refresh,
     );
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut gates = tokio::time::interval(state.0.gate_interval);
+    gates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut prune = tokio::time::interval(Duration::from_secs(600));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -132,6 +136,11 @@ async fn housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
             _ = refresh.tick() => {
                 if let Err(e) = state.reload().await {
                     tracing::warn!(error = %e, "refreshing releases and channels failed");
+                }
+            }
+            _ = gates.tick() => {
+                if let Err(e) = gatekeeper::tick(&state).await {
+                    tracing::warn!(error = %e, "evaluating health gates failed");
                 }
             }
             _ = prune.tick() => {

@@ -79,6 +79,7 @@ async fn main() -> Result<()> {
             max_count: settings.events_max_count,
         },
         refresh: settings.refresh,
+        gate_interval: settings.gate_interval,
     })
     .await?;
     let cloudevents = slipway_events::Emitter::start(

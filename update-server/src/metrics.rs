@@ -66,6 +66,10 @@ pub struct Metrics {
     pub delta_saved_bytes: Counter,
     /// Request latency by route, method and code.
     pub requests: Family<RequestLabels, Histogram, HistogramCtor>,
+    /// Waves of health-gated rollouts this replica opened.
+    pub gate_waves_opened: Counter,
+    /// Health-gated rollouts this replica halted.
+    pub gate_halts: Counter,
     /// The CloudEvents emitter's (`slipway_server_cloudevents_*`), by sink.
     pub cloudevents: slipway_events::Metrics,
 }
@@ -117,8 +121,22 @@ impl Default for Metrics {
             Unit::Seconds,
             requests.clone(),
         );
+        let gate_waves_opened = Counter::default();
+        registry.register(
+            "gate_waves_opened",
+            "Waves of health-gated rollouts opened by this replica",
+            gate_waves_opened.clone(),
+        );
+        let gate_halts = Counter::default();
+        registry.register(
+            "gate_halts",
+            "Health-gated rollouts halted by this replica (failures above the gate)",
+            gate_halts.clone(),
+        );
         let cloudevents = slipway_events::Metrics::registered_in(&mut registry);
         Self {
+            gate_waves_opened,
+            gate_halts,
             registry,
             checks,
             offers,

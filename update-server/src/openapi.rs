@@ -349,7 +349,7 @@ pub fn document() -> Value {
         "post",
         "/v1/admin/channels/{channel}/promote",
         "promote",
-        "Starts rolling out a published release in waves",
+        "Starts rolling out a published release in waves, optionally behind a health gate",
         "admin",
     )
     .channel()
@@ -359,7 +359,7 @@ pub fn document() -> Value {
         (404, "The version is not published on the channel."),
         (
             422,
-            "The body's shape, or a wave schedule that is not valid.",
+            "The body's shape, a wave schedule that is not valid (`invalid-waves`), or a gate that is not (`invalid-gate`).",
         ),
         UNAVAILABLE,
     ])

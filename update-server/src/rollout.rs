@@ -10,6 +10,8 @@ use semver::Version;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest as _, Sha256};
 
+use crate::gate::Gating;
+
 /// One step of a wave schedule: `after` the promotion, `fraction` of the machines are offered
 /// the target.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -23,6 +25,15 @@ pub struct Wave {
     /// Fraction of machines in [0, 1] offered the target once this step is open.
     #[schemars(range(min = 0.0, max = 1.0))]
     pub fraction: f64,
+    /// With a health gate: how long this wave soaks before the next may open, and how long
+    /// each of its machines has to report healthy (default: the gate's).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "duration_text::option"
+    )]
+    #[schemars(schema_with = "duration_text::schema")]
+    pub soak: Option<Duration>,
 }
 
 /// The schedule used when a promotion names none: everyone, at once.
@@ -30,6 +41,7 @@ pub fn immediate() -> Vec<Wave> {
     vec![Wave {
         after: Duration::ZERO,
         fraction: 1.0,
+        soak: None,
     }]
 }
 
@@ -58,6 +70,9 @@ pub fn validate_waves(waves: &[Wave]) -> Result<(), InvalidWaves> {
                 "wave {i}: fraction {} is not within [0, 1]",
                 w.fraction
             )));
+        }
+        if w.soak.is_some_and(|s| s > MAX_AFTER) {
+            return Err(InvalidWaves(format!("wave {i}: soak is more than a year")));
         }
         if w.after > MAX_AFTER {
             return Err(InvalidWaves(format!(
@@ -146,10 +161,22 @@ pub struct ChannelPlan<'a> {
     pub waves: &'a [Wave],
     /// When the target was promoted.
     pub promoted_at: Timestamp,
+    /// A health-gated rollout's progress: its open waves, not the clock, set the fraction.
+    pub gating: Option<&'a Gating>,
     /// A paused channel offers nothing.
     pub paused: bool,
     /// Every release published on the channel.
     pub releases: &'a [ReleaseInfo],
+}
+
+impl ChannelPlan<'_> {
+    /// The fraction of machines offered the target at `now`.
+    pub fn fraction(&self, now: Timestamp) -> f64 {
+        match self.gating {
+            Some(g) => g.open_fraction(self.waves),
+            None => fraction_at(self.waves, self.promoted_at, now),
+        }
+    }
 }
 
 /// What a machine is told.
@@ -250,7 +277,7 @@ pub fn decide(
         OfferReason::Advisory
     } else {
         let place = place(machine_id, target);
-        let fraction = fraction_at(plan.waves, plan.promoted_at, now);
+        let fraction = plan.fraction(now);
         if !in_wave(place, fraction) {
             return Decision::Stay(StayReason::NotYet { place, fraction });
         }
@@ -363,6 +390,24 @@ pub mod duration_text {
         })
     }
 
+    /// serde for `Option<Duration>`: text when set.
+    pub mod option {
+        use super::*;
+
+        /// serde: serialize as text.
+        pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+            match d {
+                Some(d) => super::serialize(d, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        /// serde: text or a non-negative number of seconds.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+    }
+
     /// serde: serialize as text.
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format(*d))
@@ -399,6 +444,7 @@ mod tests {
         let w = |secs, fraction| Wave {
             after: Duration::from_secs(secs),
             fraction,
+            soak: None,
         };
         vec![w(0, 0.01), w(3600, 0.1), w(4 * 3600, 0.5), w(86_400, 1.0)]
     }
@@ -430,6 +476,7 @@ mod tests {
         let w = [Wave {
             after: Duration::from_secs(60),
             fraction: 1.0,
+            soak: None,
         }];
         assert_eq!(fraction_at(&w, p, p + SignedDuration::from_secs(59)), 0.0);
         assert_eq!(fraction_at(&w, p, p + SignedDuration::from_secs(60)), 1.0);
@@ -475,6 +522,7 @@ mod tests {
         let none = [Wave {
             after: Duration::ZERO,
             fraction: 0.0,
+            soak: None,
         }];
         let mut advised = rel("1.0.0");
         advised.advised = true;
@@ -633,6 +681,7 @@ mod tests {
                 target: Some(&target),
                 waves,
                 promoted_at: t("2026-01-01T00:00:00Z"),
+                gating: None,
                 paused,
                 releases,
             };
@@ -659,6 +708,7 @@ mod tests {
             target: None,
             waves: &[],
             promoted_at: t("2026-01-01T00:00:00Z"),
+            gating: None,
             paused: false,
             releases: &releases,
         };
@@ -676,11 +726,13 @@ mod tests {
             let w = [Wave {
                 after: Duration::ZERO,
                 fraction,
+                soak: None,
             }];
             let plan = ChannelPlan {
                 target: Some(&target),
                 waves: &w,
                 promoted_at: now,
+                gating: None,
                 paused: false,
                 releases: &releases,
             };

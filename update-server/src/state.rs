@@ -119,6 +119,8 @@ pub struct StateConfig {
     pub retention: Retention,
     /// How often the snapshot is rebuilt from the store.
     pub refresh: Duration,
+    /// How often health gates are evaluated.
+    pub gate_interval: Duration,
 }
 
 /// The shared state (cheap to clone).
@@ -134,6 +136,7 @@ pub(crate) struct Inner {
     pub limits: Limits,
     pub retention: Retention,
     pub refresh: Duration,
+    pub gate_interval: Duration,
     pub metrics: Metrics,
     snapshot: RwLock<Arc<Snapshot>>,
     /// Held from a reload's first read of the store until its snapshot is installed, so a
@@ -173,6 +176,7 @@ impl AppState {
             limits: config.limits,
             retention: config.retention,
             refresh: config.refresh,
+            gate_interval: config.gate_interval,
             metrics: Metrics::default(),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             reloading: tokio::sync::Mutex::new(()),

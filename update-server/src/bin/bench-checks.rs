@@ -97,9 +97,11 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
             waves: vec![Wave {
                 after: Duration::ZERO,
                 fraction: 0.5,
+                soak: None,
             }],
             promoted_at: Some(now),
             paused: false,
+            gating: None,
             updated_at: now,
         })
         .await?;
@@ -136,6 +138,7 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
             max_count: 1_000_000,
         },
         refresh: Duration::from_secs(3600),
+        gate_interval: Duration::from_secs(3600),
     })
     .await?;
     Ok(state)

@@ -145,9 +145,20 @@ struct PromoteArgs {
     /// The version to roll out (already published on the channel).
     #[arg(long)]
     version: Version,
-    /// A wave, AFTER=FRACTION (e.g. `0s=0.01 1h=0.1 4h=0.5 1d=1`); default: everyone now.
-    #[arg(long = "wave", value_name = "AFTER=FRACTION", value_parser = parse_wave)]
+    /// A wave, AFTER=FRACTION[,soak=DURATION] (e.g. `0s=0.01 1h=0.1 4h=0.5 1d=1`); default:
+    /// everyone now. A soak (with --gate) overrides --soak for that wave.
+    #[arg(long = "wave", value_name = "AFTER=FRACTION[,soak=DURATION]", value_parser = parse_wave)]
     waves: Vec<slipway_server::rollout::Wave>,
+    /// A health gate, `failure-rate<=N%`: each wave opens only when the failures among the open
+    /// waves' machines that reached the target are at most N% (and its time has come); above
+    /// it the server halts the rollout (pauses the channel) and names the failing machines.
+    #[arg(long, value_name = "failure-rate<=N%")]
+    gate: Option<String>,
+    /// With --gate: how long each wave soaks before the next may open, and how long a machine
+    /// has from its first event on the target to report healthy (else it counts as failed).
+    #[arg(long, value_name = "DURATION", default_value = "1h", requires = "gate",
+          value_parser = slipway_server::rollout::duration_text::parse)]
+    soak: Duration,
 }
 
 #[derive(Args)]
@@ -193,10 +204,132 @@ struct StatusArgs {
     /// Only this channel.
     #[arg(long)]
     channel: Option<String>,
+    /// Print the server's JSON instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A channel's status for people: the rollout, each wave's state and why, the gate's counts and
+/// a halt's failing machines, the releases.
+fn status_text(c: &slipway_server::routes::admin::ChannelStatus, now: Timestamp) -> String {
+    use slipway_server::gate::{WaveState, percent};
+    use slipway_server::rollout::duration_text;
+    use std::fmt::Write as _;
+    let ago = |t: Timestamp| {
+        let secs = now.duration_since(t).as_secs();
+        match secs {
+            s if s < 0 => format!(
+                "in {}",
+                duration_text::format(Duration::from_secs(s.unsigned_abs()))
+            ),
+            s => format!(
+                "{} ago",
+                duration_text::format(Duration::from_secs(s as u64))
+            ),
+        }
+    };
+    let mut h = String::new();
+    let _ = write!(h, "{}", c.name);
+    match &c.target {
+        Some(t) => {
+            let _ = write!(h, ": target {t}");
+        }
+        None => h.push_str(": no target"),
+    }
+    if let Some(at) = c.promoted_at {
+        let _ = write!(h, ", promoted {at} ({})", ago(at));
+    }
+    if c.paused {
+        h.push_str(", PAUSED");
+    }
+    h.push('\n');
+    if let Some(g) = &c.gate {
+        let _ = writeln!(h, "  gate: {g}");
+    }
+    if c.target.is_some() {
+        let _ = writeln!(h, "  offered to {}% of machines", percent(c.fraction_now));
+    }
+    for (i, (w, st)) in c.waves.iter().zip(&c.wave_states).enumerate() {
+        let state = match st {
+            WaveState::Open { since } => format!("open since {since}"),
+            WaveState::Soaking { until, .. } => format!("soaking until {until} ({})", ago(*until)),
+            WaveState::WaitingOnTime { at } => {
+                format!("waiting on time: opens {at} ({})", ago(*at))
+            }
+            WaveState::Gated { why } => format!("gated: {why}"),
+            WaveState::Halted { since } => format!("halted (open since {since})"),
+            WaveState::Later => "later".to_owned(),
+        };
+        let soak = w
+            .soak
+            .map(|s| format!(", soak {}", duration_text::format(s)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            h,
+            "  wave {}: +{} {:>5}%{soak}  {state}",
+            i + 1,
+            duration_text::format(w.after),
+            percent(w.fraction)
+        );
+    }
+    if let Some(n) = &c.gate_counts {
+        let _ = writeln!(
+            h,
+            "  open waves: {} reached the target, {} healthy, {} failed, {} overdue, {} updating",
+            n.reached, n.healthy, n.failed, n.overdue, n.updating
+        );
+    }
+    if let Some(halt) = &c.halt {
+        let _ = writeln!(h, "  HALTED {}: {}", halt.at, halt.reason);
+        let _ = writeln!(
+            h,
+            "  (resume with `slipway resume --channel {}`: failures so far are accepted)",
+            c.name
+        );
+    }
+    for f in &c.failing {
+        let _ = writeln!(h, "    {}  {}", f.id, f.why);
+    }
+    let releases: Vec<String> = c
+        .releases
+        .iter()
+        .map(|r| {
+            let mut s = r.version.to_string();
+            if r.floor {
+                s.push_str(" (floor)");
+            }
+            if let Some(a) = &r.advisory {
+                let _ = write!(s, " (advisory {})", a.id);
+            }
+            s
+        })
+        .collect();
+    let _ = writeln!(
+        h,
+        "  releases: {}",
+        if releases.is_empty() {
+            "none".to_owned()
+        } else {
+            releases.join(", ")
+        }
+    );
+    h
 }
 
 fn parse_wave(s: &str) -> Result<slipway_server::rollout::Wave, String> {
-    let (after, fraction) = s
+    let (wave, soak) = match s.split_once(',') {
+        Some((wave, option)) => {
+            let soak = option
+                .strip_prefix("soak=")
+                .ok_or_else(|| format!("expected AFTER=FRACTION,soak=DURATION, got {s:?}"))?;
+            (
+                wave,
+                Some(slipway_server::rollout::duration_text::parse(soak)?),
+            )
+        }
+        None => (s, None),
+    };
+    let (after, fraction) = wave
         .split_once('=')
         .ok_or_else(|| format!("expected AFTER=FRACTION, got {s:?}"))?;
     Ok(slipway_server::rollout::Wave {
@@ -204,6 +337,7 @@ fn parse_wave(s: &str) -> Result<slipway_server::rollout::Wave, String> {
         fraction: fraction
             .parse()
             .map_err(|_| format!("fraction {fraction:?} is not a number"))?,
+        soak,
     })
 }
 
@@ -444,7 +578,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Publish(args) => admin::publish(args),
         Command::Promote(args) => {
             let waves = (!args.waves.is_empty()).then_some(&args.waves);
-            let body = serde_json::json!({"version": args.version, "waves": waves});
+            let gate = args
+                .gate
+                .as_deref()
+                .map(|g| slipway_server::gate::Gate::parse(g, args.soak))
+                .transpose()
+                .map_err(|e| anyhow!("--gate: {e}"))?;
+            let body = serde_json::json!({"version": args.version, "waves": waves, "gate": gate});
             admin::call(
                 &args.server,
                 "POST",
@@ -489,7 +629,26 @@ fn run(cli: Cli) -> Result<()> {
                 Some(c) => format!("/channels/{c}"),
                 None => "/channels".to_owned(),
             };
-            admin::call(&args.server, "GET", &path, None)
+            let value = admin::request(&args.server, "GET", &path, None)?;
+            if args.json {
+                let mut text = serde_json::to_string_pretty(&value)?;
+                text.push('\n');
+                return print_stdout(&text);
+            }
+            let list = match value {
+                serde_json::Value::Array(list) => list,
+                one => vec![one],
+            };
+            let mut text = String::new();
+            for c in list {
+                let c: slipway_server::routes::admin::ChannelStatus = serde_json::from_value(c)
+                    .context("the server's channel status is not what this CLI expects")?;
+                text.push_str(&status_text(&c, Timestamp::now()));
+            }
+            if text.is_empty() {
+                text.push_str("no channel yet: publish a release with `slipway publish`\n");
+            }
+            print_stdout(&text)
         }
     }
 }
@@ -1020,9 +1179,20 @@ mod admin {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> Result<()> {
+        let value = request(args, method, path, body)?;
+        print_json(&value)
+    }
+
+    /// Sends an admin request; the answer's JSON.
+    pub(super) fn request(
+        args: &ServerArgs,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value> {
         let token = token(args)?;
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
-        let value = runtime()?.block_on(async {
+        runtime()?.block_on(async {
             let mut req = reqwest::Client::new()
                 .request(method.clone(), url(args, path))
                 .bearer_auth(token);
@@ -1034,8 +1204,7 @@ mod admin {
                 .await
                 .with_context(|| format!("{method} {}", url(args, path)))?;
             answer(resp, &format!("{method} {path}")).await
-        })?;
-        print_json(&value)
+        })
     }
 
     pub(super) fn publish(args: PublishArgs) -> Result<()> {

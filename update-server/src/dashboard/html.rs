@@ -186,25 +186,63 @@ pub fn overview(o: &Overview) -> String {
             );
         }
         h.push_str("</tbody></table>");
-        if !c.waves.is_empty() {
-            h.push_str("<table class=\"waves\"><thead><tr><th>wave</th><th>opens</th><th>covers</th><th>updated</th><th></th></tr></thead><tbody>");
-            for (i, w) in c.waves.iter().enumerate() {
-                let opens = w.opens_at.map_or("—".to_owned(), |t| when(t, o.at));
-                let state = if c.paused {
-                    "paused"
-                } else if w.open {
-                    "open"
-                } else {
-                    "waiting"
-                };
+        if let Some(g) = &c.gate {
+            let _ = write!(
+                h,
+                "<p class=\"gate\">Health gate: <strong>{}</strong>",
+                esc(g)
+            );
+            if let Some(n) = &c.gate_counts {
                 let _ = write!(
                     h,
-                    "<tr><td>{n} (+{after}, {pct:.0}%)</td><td>{opens}</td><td>{m}</td><td>{u} of {m}</td><td><span class=\"badge w-{state}\">{state}</span></td></tr>",
+                    " &middot; open waves: {} reached the target, {} healthy, {} failed, {} overdue, {} updating",
+                    n.reached, n.healthy, n.failed, n.overdue, n.updating
+                );
+            }
+            h.push_str("</p>");
+        }
+        if let Some(halt) = &c.halt {
+            let _ = write!(
+                h,
+                "<p class=\"halt\"><span class=\"badge s-failed\">halted</span> {at}: {reason}. \
+                 Resume with <code>slipway resume --channel {name}</code> (failures so far are accepted).</p>",
+                at = when(halt.at, o.at),
+                reason = esc(&halt.reason),
+                name = esc(&c.name),
+            );
+        }
+        if !c.failing.is_empty() {
+            h.push_str("<table class=\"failing\"><thead><tr><th>failing machine</th><th>why</th></tr></thead><tbody>");
+            for f in &c.failing {
+                let _ = write!(
+                    h,
+                    "<tr><td><a href=\"/machines/{id}\">{name}</a></td><td>{why}</td></tr>",
+                    id = url_part(&f.id),
+                    name = esc(&f.id),
+                    why = esc(&f.why),
+                );
+            }
+            h.push_str("</tbody></table>");
+        }
+        if !c.waves.is_empty() {
+            h.push_str("<table class=\"waves\"><thead><tr><th>wave</th><th>opens</th><th>covers</th><th>updated</th><th>state</th></tr></thead><tbody>");
+            for (i, w) in c.waves.iter().enumerate() {
+                let opens = w.opens_at.map_or("—".to_owned(), |t| when(t, o.at));
+                let why = w
+                    .why
+                    .as_deref()
+                    .map(|y| format!(" <small class=\"why\">{}</small>", esc(y)))
+                    .unwrap_or_default();
+                let _ = write!(
+                    h,
+                    "<tr id=\"wave-{id}-{n}\"><td>{n} (+{after}, {pct:.0}%)</td><td>{opens}</td><td>{m}</td><td>{u} of {m}</td><td><span class=\"badge w-{state}\">{state}</span>{why}</td></tr>",
+                    id = esc(&c.name),
                     n = i + 1,
                     after = esc(&w.after),
                     pct = w.fraction * 100.0,
                     m = w.machines,
                     u = w.updated,
+                    state = esc(&w.state),
                 );
             }
             h.push_str("</tbody></table>");

@@ -118,7 +118,14 @@ fn error_page(headers: &HeaderMap, status: StatusCode, current: Page, message: &
 
 async fn overview_data(state: &AppState) -> Result<view::Overview, ApiError> {
     let (rows, channels) = rows(state).await?;
-    Ok(view::overview(&rows, &channels, state.0.clock.now()))
+    let now = state.0.clock.now();
+    let mut gates = std::collections::BTreeMap::new();
+    for c in &channels {
+        if let Some(v) = crate::gatekeeper::view(state, c, now).await? {
+            gates.insert(c.name.clone(), v);
+        }
+    }
+    Ok(view::overview(&rows, &channels, &gates, now))
 }
 
 async fn overview_page(

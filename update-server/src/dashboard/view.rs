@@ -11,6 +11,8 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 use slipway_api::wire::EventKind;
 
+use crate::gate::{FailingMachine, Halt, WaveCounts, WaveState};
+use crate::gatekeeper::GateView;
 use crate::rollout::{self, Wave};
 use crate::store::{AdvisoryMark, ChannelRecord, MachineRecord, ReleaseRecord, TransferTotals};
 
@@ -223,6 +225,11 @@ pub struct WaveProgress {
     pub machines: u64,
     /// Of which already on the target (or newer).
     pub updated: u64,
+    /// Its state: `open`, `soaking`, `waiting-on-time`, `gated`, `halted`, `later`, `paused`.
+    pub state: String,
+    /// Why, for a gated wave; until when, for a soaking one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// One channel in the overview.
@@ -245,6 +252,18 @@ pub struct ChannelOverview {
     pub versions: Vec<VersionCount>,
     /// The wave schedule and how far each step has gone.
     pub waves: Vec<WaveProgress>,
+    /// The rollout's health gate, for people (`failure-rate<=2%, soak 1h`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
+    /// With a gate: the open waves' machines that reached the target, by outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_counts: Option<WaveCounts>,
+    /// With a gate: the failing machines of the open waves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<FailingMachine>,
+    /// Why the gate halted the rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halt: Option<Halt>,
 }
 
 /// Machines on one version.
@@ -270,8 +289,14 @@ pub struct Overview {
     pub channels: Vec<ChannelOverview>,
 }
 
-/// Computes the overview.
-pub fn overview(rows: &[MachineRow], channels: &[ChannelRecord], now: Timestamp) -> Overview {
+/// Computes the overview; `gates` holds the gated channels' gate views (see
+/// [`crate::gatekeeper::view`]).
+pub fn overview(
+    rows: &[MachineRow],
+    channels: &[ChannelRecord],
+    gates: &BTreeMap<String, GateView>,
+    now: Timestamp,
+) -> Overview {
     let mut states: BTreeMap<MachineState, u64> =
         MachineState::ALL.iter().map(|s| (*s, 0)).collect();
     let mut by_channel: BTreeMap<&str, Vec<&MachineRow>> = BTreeMap::new();
@@ -294,10 +319,19 @@ pub fn overview(rows: &[MachineRow], channels: &[ChannelRecord], now: Timestamp)
             *versions.entry(&r.machine.version).or_default() += 1;
         }
         let done = |r: &MachineRow| target.as_ref().is_some_and(|t| r.machine.version >= *t);
+        let gate_view = gates.get(name);
         let waves = match (record, &target) {
-            (Some(c), Some(t)) => wave_progress(&c.waves, c.promoted_at, t, &members, now),
+            (Some(c), Some(t)) => {
+                let states = match (gate_view, c.promoted_at) {
+                    (Some(v), _) => v.verdict.waves.clone(),
+                    (None, Some(p)) => crate::gatekeeper::timed_states(&c.waves, p, now),
+                    (None, None) => Vec::new(),
+                };
+                wave_progress(&c.waves, c.promoted_at, t, &members, &states, c.paused)
+            }
             _ => Vec::new(),
         };
+        let gating = record.and_then(|c| c.gating.as_ref());
         out.push(ChannelOverview {
             name: name.to_owned(),
             paused: record.is_some_and(|c| c.paused),
@@ -314,6 +348,10 @@ pub fn overview(rows: &[MachineRow], channels: &[ChannelRecord], now: Timestamp)
                 .collect(),
             waves,
             target,
+            gate: gating.map(|g| g.gate.to_string()),
+            gate_counts: gate_view.map(|v| v.verdict.totals),
+            failing: gate_view.map(|v| v.failing.clone()).unwrap_or_default(),
+            halt: gating.and_then(|g| g.halt.clone()),
         });
     }
     Overview {
@@ -329,7 +367,8 @@ fn wave_progress(
     promoted_at: Option<Timestamp>,
     target: &Version,
     members: &[&MachineRow],
-    now: Timestamp,
+    states: &[WaveState],
+    paused: bool,
 ) -> Vec<WaveProgress> {
     let places: Vec<(f64, bool)> = members
         .iter()
@@ -340,10 +379,10 @@ fn wave_progress(
             )
         })
         .collect();
-    let open_fraction = promoted_at.map_or(0.0, |p| rollout::fraction_at(waves, p, now));
     waves
         .iter()
-        .map(|w| {
+        .enumerate()
+        .map(|(i, w)| {
             let covered = places
                 .iter()
                 .filter(|(p, _)| rollout::in_wave(*p, w.fraction));
@@ -352,17 +391,38 @@ fn wave_progress(
                 machines += 1;
                 updated += u64::from(*done);
             }
-            let opens_at = promoted_at.and_then(|p| {
+            let scheduled = promoted_at.and_then(|p| {
                 let after = SignedDuration::try_from(w.after).ok()?;
                 p.checked_add(after).ok()
             });
+            let st = states.get(i);
+            let opens_at = match st {
+                Some(WaveState::Open { since })
+                | Some(WaveState::Soaking { since, .. })
+                | Some(WaveState::Halted { since }) => Some(*since),
+                _ => scheduled,
+            };
+            let open = matches!(st, Some(WaveState::Open { .. } | WaveState::Soaking { .. }));
+            let (state, why) = match st {
+                _ if paused && !matches!(st, Some(WaveState::Halted { .. })) => {
+                    ("paused".to_owned(), None)
+                }
+                Some(WaveState::Gated { why }) => ("gated".to_owned(), Some(why.clone())),
+                Some(WaveState::Soaking { until, .. }) => {
+                    ("soaking".to_owned(), Some(format!("until {until}")))
+                }
+                Some(other) => (other.label().to_owned(), None),
+                None => ("later".to_owned(), None),
+            };
             WaveProgress {
                 after: rollout::duration_text::format(w.after),
                 opens_at,
                 fraction: w.fraction,
-                open: opens_at.is_some_and(|t| t <= now) && w.fraction <= open_fraction,
+                open: open && !paused,
                 machines,
                 updated,
+                state,
+                why,
             }
         })
         .collect()
@@ -486,6 +546,7 @@ mod tests {
             waves,
             promoted_at: Some(promoted),
             paused: false,
+            gating: None,
             updated_at: promoted,
         }
     }
@@ -594,10 +655,12 @@ mod tests {
             Wave {
                 after: Duration::ZERO,
                 fraction: 0.25,
+                soak: None,
             },
             Wave {
                 after: Duration::from_secs(7200),
                 fraction: 1.0,
+                soak: None,
             },
         ];
         let target = v("2.0.0");
@@ -611,7 +674,7 @@ mod tests {
         }
         let channels = [channel("stable", "2.0.0", waves, promoted)];
         let rows = rows(machines, &channels, now);
-        let o = overview(&rows, &channels, now);
+        let o = overview(&rows, &channels, &BTreeMap::new(), now);
         assert_eq!(o.machines, 200);
         let c = &o.channels[0];
         let first = c.waves[0].machines;

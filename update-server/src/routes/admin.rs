@@ -14,8 +14,10 @@ use slipway_api::manifest::is_valid_name;
 use slipway_api::{Envelope, Manifest, Sha256Digest};
 
 use crate::api_error::{ApiError, json_response};
+use crate::gate::{FailingMachine, Gate, Gating, Halt, WaveCounts, WaveState};
+use crate::gatekeeper;
 use crate::payloads::UploadError;
-use crate::rollout::{self, Wave, fraction_at, validate_waves};
+use crate::rollout::{self, ChannelPlan, Wave, validate_waves};
 use crate::state::AppState;
 use crate::store::{AdvisoryMark, ChannelRecord, EventRecord, MachineRecord, PutOutcome};
 
@@ -389,6 +391,22 @@ pub struct ChannelStatus {
     pub paused: bool,
     /// Fraction of machines offered the target now (0 while paused).
     pub fraction_now: f64,
+    /// The rollout's health gate, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
+    /// Each wave's state (`open`, `soaking`, `waiting-on-time`, `gated` with why, `halted`,
+    /// `later`); empty without a target.
+    #[serde(default)]
+    pub wave_states: Vec<WaveState>,
+    /// With a gate: the open waves' machines that reached the target, by outcome.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_counts: Option<WaveCounts>,
+    /// With a gate: the failing machines of the open waves (at most 20).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<FailingMachine>,
+    /// Why the gate halted the rollout, if it did (the channel is paused until resumed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halt: Option<Halt>,
     /// Releases on the channel.
     pub releases: Vec<ReleaseSummary>,
 }
@@ -417,18 +435,40 @@ async fn channel_status(state: &AppState, name: &str) -> Result<ChannelStatus, A
     }
     let now = state.0.clock.now();
     Ok(match record {
-        Some(c) => ChannelStatus {
-            fraction_now: match (c.paused, c.target.is_some(), c.promoted_at) {
-                (false, true, Some(at)) => fraction_at(&c.waves, at, now),
+        Some(c) => {
+            let gate_view = gatekeeper::view(state, &c, now).await?;
+            let wave_states = match (&gate_view, c.target.is_some(), c.promoted_at) {
+                (Some(v), _, _) => v.verdict.waves.clone(),
+                (None, true, Some(at)) => gatekeeper::timed_states(&c.waves, at, now),
+                _ => Vec::new(),
+            };
+            let fraction_now = match (c.paused, &c.target, c.promoted_at) {
+                (false, Some(target), Some(at)) => ChannelPlan {
+                    target: Some(target),
+                    waves: &c.waves,
+                    promoted_at: at,
+                    gating: c.gating.as_ref(),
+                    paused: false,
+                    releases: &[],
+                }
+                .fraction(now),
                 _ => 0.0,
-            },
-            name: c.name,
-            target: c.target,
-            waves: c.waves,
-            promoted_at: c.promoted_at,
-            paused: c.paused,
-            releases,
-        },
+            };
+            ChannelStatus {
+                fraction_now,
+                gate: c.gating.as_ref().map(|g| g.gate),
+                halt: c.gating.as_ref().and_then(|g| g.halt.clone()),
+                gate_counts: gate_view.as_ref().map(|v| v.verdict.totals),
+                failing: gate_view.map(|v| v.failing).unwrap_or_default(),
+                wave_states,
+                name: c.name,
+                target: c.target,
+                waves: c.waves,
+                promoted_at: c.promoted_at,
+                paused: c.paused,
+                releases,
+            }
+        }
         None => ChannelStatus {
             name: name.to_owned(),
             target: None,
@@ -436,6 +476,11 @@ async fn channel_status(state: &AppState, name: &str) -> Result<ChannelStatus, A
             promoted_at: None,
             paused: false,
             fraction_now: 0.0,
+            gate: None,
+            wave_states: Vec::new(),
+            gate_counts: None,
+            failing: Vec::new(),
+            halt: None,
             releases,
         },
     })
@@ -475,6 +520,10 @@ pub struct PromoteRequest {
     #[serde(default)]
     #[schemars(length(min = 1, max = 64))]
     pub waves: Option<Vec<Wave>>,
+    /// A health gate: each wave opens only when the open waves' failures are at most its rate,
+    /// and the rollout halts above it.
+    #[serde(default)]
+    pub gate: Option<Gate>,
 }
 
 async fn current_channel(state: &AppState, name: &str) -> Result<Option<ChannelRecord>, ApiError> {
@@ -504,6 +553,16 @@ pub async fn promote(
             e.to_string(),
         )
     })?;
+    if let Some(gate) = &req.gate {
+        gate.validate()
+            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-gate", e))?;
+    } else if let Some(i) = waves.iter().position(|w| w.soak.is_some()) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-waves",
+            format!("wave {i}: a soak time needs a gate (`gate`)"),
+        ));
+    }
     let _guard = state.0.admin.lock().await;
     let published = state
         .snapshot()
@@ -529,11 +588,12 @@ pub async fn promote(
         waves,
         promoted_at: Some(now),
         paused,
+        gating: req.gate.map(|g| Gating::new(g, now)),
         updated_at: now,
     };
     state.store().put_channel(&record).await?;
     state.reload().await?;
-    tracing::info!(channel = %name, version = %req.version, paused, "promoted");
+    tracing::info!(channel = %name, version = %req.version, paused, gate = ?record.gating.as_ref().map(|g| g.gate.to_string()), "promoted");
     drop(_guard);
     Ok(json_response(
         StatusCode::OK,
@@ -552,17 +612,27 @@ async fn set_paused(state: AppState, name: String, paused: bool) -> Result<Respo
     }
     let now = state.0.clock.now();
     let record = match current_channel(&state, &name).await? {
-        Some(c) => ChannelRecord {
-            paused,
-            updated_at: now,
-            ..c
-        },
+        Some(mut c) => {
+            // Resuming a rollout its gate halted: the admin accepts the failures so far, and
+            // the gate counts outcomes from now on.
+            if let Some(g) = c.gating.as_mut().filter(|g| !paused && g.halt.is_some()) {
+                tracing::info!(channel = %name, halt = ?g.halt.as_ref().map(|h| &h.reason), "halted rollout resumed");
+                g.halt = None;
+                g.counted_from = now;
+            }
+            ChannelRecord {
+                paused,
+                updated_at: now,
+                ..c
+            }
+        }
         None => ChannelRecord {
             name: name.clone(),
             target: None,
             waves: Vec::new(),
             promoted_at: None,
             paused,
+            gating: None,
             updated_at: now,
         },
     };
@@ -585,7 +655,8 @@ pub async fn pause(
     set_paused(state, name, true).await
 }
 
-/// `POST /v1/admin/channels/{channel}/resume`: offer again (the waves kept running).
+/// `POST /v1/admin/channels/{channel}/resume`: offer again (the waves kept running; a rollout
+/// its gate halted goes on, counting outcomes from now).
 pub async fn resume(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

@@ -80,6 +80,7 @@ pub async fn check(
                 target: s.target.as_ref(),
                 waves: &s.waves,
                 promoted_at: s.promoted_at.unwrap_or(s.updated_at),
+                gating: s.gating.as_ref(),
                 paused: s.paused,
                 releases: &view.releases,
             },

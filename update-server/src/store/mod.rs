@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use slipway_api::wire::{EventKind, Transfer};
 
 use crate::error::{Error, Result};
+use crate::gate::{Gating, MachineOutcome, Outcome};
 use crate::rollout::Wave;
 
 /// A published release, as stored.
@@ -73,6 +74,9 @@ pub struct ChannelRecord {
     pub promoted_at: Option<Timestamp>,
     /// Paused channels offer nothing.
     pub paused: bool,
+    /// A health-gated rollout's gate and progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gating: Option<Gating>,
     /// Last change.
     pub updated_at: Timestamp,
 }
@@ -162,6 +166,51 @@ pub struct TransferTotals {
     pub fetched_bytes: u64,
 }
 
+/// One event in a rollout, as a health gate reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolloutEvent {
+    /// Reporting machine.
+    pub machine_id: String,
+    /// What happened.
+    pub event: EventKind,
+    /// Detail.
+    pub detail: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+/// Each machine's outcome from its rollout events (in the order stored): the latest of
+/// `healthy`, `failed` and `rolled-back` decides; a machine with only progress events is
+/// updating. `checked` events say nothing about the target and are skipped.
+pub fn outcomes(events: &[RolloutEvent]) -> Vec<MachineOutcome> {
+    let mut by_machine: std::collections::BTreeMap<&str, MachineOutcome> =
+        std::collections::BTreeMap::new();
+    for e in events {
+        if e.event == EventKind::Checked {
+            continue;
+        }
+        let m = by_machine
+            .entry(e.machine_id.as_str())
+            .or_insert_with(|| MachineOutcome {
+                machine_id: e.machine_id.clone(),
+                first_at: e.at,
+                outcome: Outcome::Updating,
+            });
+        m.first_at = m.first_at.min(e.at);
+        match e.event {
+            EventKind::Healthy => m.outcome = Outcome::Healthy,
+            EventKind::Failed | EventKind::RolledBack => {
+                m.outcome = Outcome::Failed {
+                    rolled_back: e.event == EventKind::RolledBack,
+                    detail: e.detail.clone(),
+                }
+            }
+            _ => {}
+        }
+    }
+    by_machine.into_values().collect()
+}
+
 /// Event retention: events older than `max_age`, and all but the newest `max_count`, go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
@@ -193,8 +242,20 @@ pub trait Store: Send + Sync + 'static {
     async fn set_floor(&self, channel: &str, version: &Version, floor: bool) -> Result<bool>;
     /// Writes a channel's state.
     async fn put_channel(&self, channel: &ChannelRecord) -> Result<()>;
+    /// Writes a channel's state only if its stored `updated_at` is still `expected` (another
+    /// replica's gate or an admin may have changed it since it was read); returns whether it
+    /// was written.
+    async fn put_channel_if(&self, channel: &ChannelRecord, expected: Timestamp) -> Result<bool>;
     /// Every channel's state.
     async fn channels(&self) -> Result<Vec<ChannelRecord>>;
+    /// The events about `version` since `since` of the machines following `channel`, in order
+    /// (for a health gate, see [`outcomes`]).
+    async fn rollout_events(
+        &self,
+        channel: &str,
+        version: &Version,
+        since: Timestamp,
+    ) -> Result<Vec<RolloutEvent>>;
     /// Records checks (creating machines), durably, before returning.
     async fn record_checks(&self, checks: &[MachineCheck]) -> Result<()>;
     /// Records a check without making the caller wait for the commit: the write is queued
@@ -308,6 +369,16 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         ALTER TABLE events ADD COLUMN image_bytes BIGINT, ADD COLUMN fetched_bytes BIGINT,
             ADD COLUMN local_bytes BIGINT, ADD COLUMN delta BOOLEAN, ADD COLUMN fallback TEXT;
         CREATE INDEX events_staged ON events (version) WHERE kind = 'staged';",
+    },
+    // Health-gated rollouts: the gate and its progress, JSON; the gate reads a version's events.
+    Migration {
+        version: 3,
+        sqlite: "
+        ALTER TABLE channels ADD COLUMN gating TEXT;
+        CREATE INDEX events_by_version ON events (version, id);",
+        postgres: "
+        ALTER TABLE channels ADD COLUMN gating TEXT;
+        CREATE INDEX events_by_version ON events (version, id);",
     },
 ];
 

@@ -11,8 +11,8 @@ use tokio_postgres::{NoTls, Row};
 use super::sqlite::{UPSERT_CHECK, UPSERT_EVENT_MACHINE};
 use super::{
     AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck, MachineRecord, PutOutcome,
-    ReleaseRecord, Retention, Store, TRANSFER_COLUMNS, TransferTotals, event_effects, event_kind,
-    from_json, latest_schema, ms, to_json, transfer_columns, transfer_of, ts, version,
+    ReleaseRecord, Retention, RolloutEvent, Store, TRANSFER_COLUMNS, TransferTotals, event_effects,
+    event_kind, from_json, latest_schema, ms, to_json, transfer_columns, transfer_of, ts, version,
 };
 use crate::error::{Error, Result};
 
@@ -258,11 +258,12 @@ impl Store for PostgresStore {
     async fn put_channel(&self, ch: &ChannelRecord) -> Result<()> {
         let c = self.conn().await?;
         c.execute(
-            "INSERT INTO channels (name, target, waves, promoted_at, paused, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6)
+            "INSERT INTO channels (name, target, waves, promoted_at, paused, updated_at, gating)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (name) DO UPDATE SET target = excluded.target,
                waves = excluded.waves, promoted_at = excluded.promoted_at,
-               paused = excluded.paused, updated_at = excluded.updated_at",
+               paused = excluded.paused, updated_at = excluded.updated_at,
+               gating = excluded.gating",
             &[
                 &ch.name,
                 &ch.target.as_ref().map(|v| v.to_string()),
@@ -270,6 +271,7 @@ impl Store for PostgresStore {
                 &ch.promoted_at.map(ms),
                 &ch.paused,
                 &ms(ch.updated_at),
+                &ch.gating.as_ref().map(to_json),
             ],
         )
         .await
@@ -277,11 +279,63 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn put_channel_if(&self, ch: &ChannelRecord, expected: Timestamp) -> Result<bool> {
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "UPDATE channels SET target = $2, waves = $3, promoted_at = $4, paused = $5,
+                   updated_at = $6, gating = $7
+                 WHERE name = $1 AND updated_at = $8",
+                &[
+                    &ch.name,
+                    &ch.target.as_ref().map(|v| v.to_string()),
+                    &to_json(&ch.waves),
+                    &ch.promoted_at.map(ms),
+                    &ch.paused,
+                    &ms(ch.updated_at),
+                    &ch.gating.as_ref().map(to_json),
+                    &ms(expected),
+                ],
+            )
+            .await
+            .map_err(pg_err("put channel"))?;
+        Ok(n > 0)
+    }
+
+    async fn rollout_events(
+        &self,
+        channel: &str,
+        version: &Version,
+        since: Timestamp,
+    ) -> Result<Vec<RolloutEvent>> {
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT e.machine_id, e.kind, e.detail, e.at FROM events e
+                 JOIN machines m ON m.id = e.machine_id
+                 WHERE e.version = $1 AND e.at >= $2 AND m.channel = $3 ORDER BY e.id",
+                &[&version.to_string(), &ms(since), &channel],
+            )
+            .await
+            .map_err(pg_err("rollout events"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(RolloutEvent {
+                    machine_id: r.get(0),
+                    event: event_kind(r.get(1))?,
+                    detail: r.get(2),
+                    at: ts(r.get(3))?,
+                })
+            })
+            .collect()
+    }
+
     async fn channels(&self) -> Result<Vec<ChannelRecord>> {
         let c = self.conn().await?;
         let rows = c
             .query(
-                "SELECT name, target, waves, promoted_at, paused, updated_at FROM channels ORDER BY name",
+                "SELECT name, target, waves, promoted_at, paused, updated_at, gating FROM channels
+                 ORDER BY name",
                 &[],
             )
             .await
@@ -290,7 +344,9 @@ impl Store for PostgresStore {
             .map(|r| {
                 let target: Option<String> = r.get(1);
                 let promoted_at: Option<i64> = r.get(3);
+                let gating: Option<&str> = r.get(6);
                 Ok(ChannelRecord {
+                    gating: gating.map(|g| from_json("gating", g)).transpose()?,
                     name: r.get(0),
                     target: target.as_deref().map(version).transpose()?,
                     waves: from_json("waves", r.get(2))?,

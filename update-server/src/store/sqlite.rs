@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck, MachineRecord, PutOutcome,
-    ReleaseRecord, Retention, Store, TRANSFER_COLUMNS, TransferTotals, event_effects, event_kind,
-    from_json, latest_schema, ms, to_json, transfer_columns, transfer_of, ts, version,
+    ReleaseRecord, Retention, RolloutEvent, Store, TRANSFER_COLUMNS, TransferTotals, event_effects,
+    event_kind, from_json, latest_schema, ms, to_json, transfer_columns, transfer_of, ts, version,
 };
 use crate::error::{Error, Result};
 
@@ -554,21 +554,80 @@ impl Store for SqliteStore {
         let ch = ch.clone();
         self.write("put channel", move |c| {
             c.execute(
-                "INSERT INTO channels (name, target, waves, promoted_at, paused, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO channels (name, target, waves, promoted_at, paused, updated_at, gating)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT (name) DO UPDATE SET target = excluded.target,
                    waves = excluded.waves, promoted_at = excluded.promoted_at,
-                   paused = excluded.paused, updated_at = excluded.updated_at",
+                   paused = excluded.paused, updated_at = excluded.updated_at,
+                   gating = excluded.gating",
                 params![
                     ch.name,
                     ch.target.as_ref().map(|v| v.to_string()),
                     to_json(&ch.waves),
                     ch.promoted_at.map(ms),
                     ch.paused,
-                    ms(ch.updated_at)
+                    ms(ch.updated_at),
+                    ch.gating.as_ref().map(to_json)
                 ],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn put_channel_if(&self, ch: &ChannelRecord, expected: Timestamp) -> Result<bool> {
+        let ch = ch.clone();
+        self.write("put channel", move |c| {
+            let n = c.execute(
+                "UPDATE channels SET target = ?2, waves = ?3, promoted_at = ?4, paused = ?5,
+                   updated_at = ?6, gating = ?7
+                 WHERE name = ?1 AND updated_at = ?8",
+                params![
+                    ch.name,
+                    ch.target.as_ref().map(|v| v.to_string()),
+                    to_json(&ch.waves),
+                    ch.promoted_at.map(ms),
+                    ch.paused,
+                    ms(ch.updated_at),
+                    ch.gating.as_ref().map(to_json),
+                    ms(expected)
+                ],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    async fn rollout_events(
+        &self,
+        channel: &str,
+        version: &Version,
+        since: Timestamp,
+    ) -> Result<Vec<RolloutEvent>> {
+        let (channel, version) = (channel.to_owned(), version.to_string());
+        self.read("rollout events", move |c| {
+            collect(
+                c,
+                "rollout events",
+                "SELECT e.machine_id, e.kind, e.detail, e.at FROM events e
+                 JOIN machines m ON m.id = e.machine_id
+                 WHERE e.version = ?1 AND e.at >= ?2 AND m.channel = ?3 ORDER BY e.id",
+                params![version, ms(since), channel],
+                |r| {
+                    let machine_id: String = r.get(0)?;
+                    let kind: String = r.get(1)?;
+                    let detail: String = r.get(2)?;
+                    let at: i64 = r.get(3)?;
+                    Ok((|| {
+                        Ok(RolloutEvent {
+                            machine_id,
+                            event: event_kind(&kind)?,
+                            detail,
+                            at: ts(at)?,
+                        })
+                    })())
+                },
+            )
         })
         .await
     }
@@ -581,6 +640,7 @@ impl Store for SqliteStore {
             let promoted_at: Option<i64> = r.get(3)?;
             let paused: bool = r.get(4)?;
             let updated_at: i64 = r.get(5)?;
+            let gating: Option<String> = r.get(6)?;
             Ok((|| {
                 Ok(ChannelRecord {
                     name,
@@ -588,6 +648,10 @@ impl Store for SqliteStore {
                     waves: from_json("waves", &waves)?,
                     promoted_at: promoted_at.map(ts).transpose()?,
                     paused,
+                    gating: gating
+                        .as_deref()
+                        .map(|g| from_json("gating", g))
+                        .transpose()?,
                     updated_at: ts(updated_at)?,
                 })
             })())
@@ -596,7 +660,8 @@ impl Store for SqliteStore {
             collect(
                 c,
                 "channels",
-                "SELECT name, target, waves, promoted_at, paused, updated_at FROM channels ORDER BY name",
+                "SELECT name, target, waves, promoted_at, paused, updated_at, gating FROM channels
+                 ORDER BY name",
                 [],
                 row,
             )

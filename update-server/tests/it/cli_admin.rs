@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::harness::{Backend, TOKEN, TestServer, release_key, root_json};
 
-fn slipway(dir: &Path, args: Vec<String>) -> (i32, String, String) {
+pub(crate) fn slipway(dir: &Path, args: Vec<String>) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_slipway"))
         .args(&args)
         .current_dir(dir)
@@ -163,7 +163,7 @@ async fn admin_subcommands_drive_a_server() {
     )
     .await;
     assert_eq!(v["releases"][0]["floor"], true);
-    let v = ok(dir, &s.url, &["status"]).await;
+    let v = ok(dir, &s.url, &["status", "--json"]).await;
     assert_eq!(v[0]["name"], "stable");
     assert_eq!(v[0]["releases"].as_array().unwrap().len(), 2);
 

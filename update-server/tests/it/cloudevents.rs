@@ -16,7 +16,7 @@ use crate::harness::{Backend, TestServer, t0};
 const SOURCE: &str = "https://updates.example.test/";
 
 #[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<(HeaderMap, Value)>>>);
+pub(crate) struct Sink(pub(crate) Arc<Mutex<Vec<(HeaderMap, Value)>>>);
 
 async fn receive(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> StatusCode {
     let data = serde_json::from_slice(&body).unwrap();
@@ -24,7 +24,7 @@ async fn receive(State(sink): State<Sink>, headers: HeaderMap, body: Bytes) -> S
     StatusCode::NO_CONTENT
 }
 
-async fn start_sink(sink: &Sink) -> url::Url {
+pub(crate) async fn start_sink(sink: &Sink) -> url::Url {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/ce", listener.local_addr().unwrap());
     let app = Router::new()

@@ -93,6 +93,7 @@ impl TestServer {
                 max_count: 1_000_000,
             },
             refresh: Duration::from_secs(3600),
+            gate_interval: Duration::from_millis(100),
         })
         .await
         .expect("state");

@@ -5,6 +5,7 @@ mod cli;
 mod cli_admin;
 mod cloudevents;
 mod dashboard;
+mod gates;
 mod harness;
 mod http;
 mod openapi;

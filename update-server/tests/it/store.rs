@@ -9,6 +9,7 @@ use std::time::Duration;
 use jiff::{SignedDuration, Timestamp};
 use semver::Version;
 use slipway_api::wire::EventKind;
+use slipway_server::gate::{Gate, Gating};
 use slipway_server::rollout::Wave;
 use slipway_server::store::{
     self, AdvisoryMark, ChannelRecord, EventRecord, MachineCheck, PutOutcome, ReleaseRecord,
@@ -123,14 +124,36 @@ async fn suite(backend: Backend) {
         waves: vec![Wave {
             after: Duration::from_secs(3600),
             fraction: 0.25,
+            soak: Some(Duration::from_secs(600)),
         }],
         promoted_at: Some(t0()),
         paused: false,
+        gating: None,
         updated_at: t0(),
     };
     s.put_channel(&ch).await.unwrap();
     ch.paused = true;
     s.put_channel(&ch).await.unwrap();
+    assert_eq!(s.channels().await.unwrap(), vec![ch.clone()]);
+    // A gate's progress round-trips; a conditional write lands only on the state it read.
+    let mut gating = Gating::new(
+        Gate {
+            max_failure_rate: 0.02,
+            soak: Duration::from_secs(1800),
+        },
+        t0(),
+    );
+    gating.opened.push(t0());
+    let read_at = ch.updated_at;
+    ch.gating = Some(gating);
+    ch.updated_at = t0() + SignedDuration::from_millis(1);
+    assert!(s.put_channel_if(&ch, read_at).await.unwrap());
+    let stale = ChannelRecord {
+        paused: false,
+        updated_at: t0() + SignedDuration::from_millis(2),
+        ..ch.clone()
+    };
+    assert!(!s.put_channel_if(&stale, read_at).await.unwrap());
     assert_eq!(s.channels().await.unwrap(), vec![ch]);
 
     // Machines from checks: created, then updated in place.
@@ -190,6 +213,37 @@ async fn suite(backend: Backend) {
     assert_eq!(
         evs.iter().map(|e| e.event).collect::<Vec<_>>(),
         [EventKind::Healthy, EventKind::Failed]
+    );
+    // A gate reads the events about one version of one channel's machines, in order.
+    let rollout = s.rollout_events("stable", &v("2.0.0"), t0()).await.unwrap();
+    assert_eq!(
+        rollout
+            .iter()
+            .map(|e| (e.machine_id.as_str(), e.event, e.detail.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            ("m1", EventKind::Failed, "disk full"),
+            ("m1", EventKind::Healthy, "")
+        ]
+    );
+    let after = later + SignedDuration::from_millis(1);
+    assert!(
+        s.rollout_events("stable", &v("2.0.0"), after)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.rollout_events("stable", &v("1.1.0"), t0())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        s.rollout_events("beta", &v("2.0.0"), t0())
+            .await
+            .unwrap()
+            .is_empty()
     );
 
     // Staged events carry how the image came; totals per version sum them.
@@ -313,6 +367,21 @@ impl store::Store for PausingStore {
     async fn put_channel(&self, c: &ChannelRecord) -> slipway_server::Result<()> {
         self.inner.put_channel(c).await
     }
+    async fn put_channel_if(
+        &self,
+        c: &ChannelRecord,
+        expected: Timestamp,
+    ) -> slipway_server::Result<bool> {
+        self.inner.put_channel_if(c, expected).await
+    }
+    async fn rollout_events(
+        &self,
+        channel: &str,
+        version: &Version,
+        since: Timestamp,
+    ) -> slipway_server::Result<Vec<store::RolloutEvent>> {
+        self.inner.rollout_events(channel, version, since).await
+    }
     async fn channels(&self) -> slipway_server::Result<Vec<ChannelRecord>> {
         let rows = self.inner.channels().await;
         if self.armed.swap(false, Ordering::SeqCst) {
@@ -386,6 +455,7 @@ async fn a_refresh_that_read_older_rows_never_replaces_a_newer_snapshot() {
             max_count: 1000,
         },
         refresh: Duration::from_secs(3600),
+        gate_interval: Duration::from_secs(3600),
     })
     .await
     .unwrap();
@@ -408,6 +478,7 @@ async fn a_refresh_that_read_older_rows_never_replaces_a_newer_snapshot() {
             waves: Vec::new(),
             promoted_at: None,
             paused: false,
+            gating: None,
             updated_at: t0(),
         })
         .await
