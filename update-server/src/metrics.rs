@@ -66,6 +66,8 @@ pub struct Metrics {
     pub delta_saved_bytes: Counter,
     /// Request latency by route, method and code.
     pub requests: Family<RequestLabels, Histogram, HistogramCtor>,
+    /// Cincinnati graph requests answered.
+    pub graph_requests: Counter,
     /// Waves of health-gated rollouts this replica opened.
     pub gate_waves_opened: Counter,
     /// Health-gated rollouts this replica halted.
@@ -121,6 +123,12 @@ impl Default for Metrics {
             Unit::Seconds,
             requests.clone(),
         );
+        let graph_requests = Counter::default();
+        registry.register(
+            "graph_requests",
+            "Cincinnati update-graph requests answered (GET /v1/graph)",
+            graph_requests.clone(),
+        );
         let gate_waves_opened = Counter::default();
         registry.register(
             "gate_waves_opened",
@@ -135,6 +143,7 @@ impl Default for Metrics {
         );
         let cloudevents = slipway_events::Metrics::registered_in(&mut registry);
         Self {
+            graph_requests,
             gate_waves_opened,
             gate_halts,
             registry,

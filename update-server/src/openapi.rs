@@ -271,6 +271,32 @@ pub fn document() -> Value {
             .add();
     }
 
+    {
+        let text = |max: u32| json!({"type": "string", "maxLength": max, "pattern": slipway_api::wire::NO_CONTROL_PATTERN});
+        let graph_error = b.schema::<crate::routes::graph::GraphError>();
+        let refusal = |description: &str| json!({"description": description, "content": {"application/json": {"schema": graph_error.clone()}}});
+        b.op(
+            "get",
+            "/v1/graph",
+            "getGraph",
+            "A channel as a Cincinnati update graph (Fedora CoreOS Zincati's protocol), for the asking host",
+            "machine",
+        )
+        .param(json!({"name": "stream", "in": "query", "required": true, "description": "The channel.", "schema": {"type": "string", "pattern": NAME_PATTERN}}))
+        .param(json!({"name": "basearch", "in": "query", "required": true, "description": "The host's architecture (recorded).", "schema": {"type": "string", "minLength": 1, "maxLength": 253, "pattern": slipway_api::wire::NO_CONTROL_PATTERN}}))
+        .query_param("node_uuid", "The host's id: its place in the rollout, and how the dashboard counts it.", json!({"type": "string", "pattern": MACHINE_ID_PATTERN}))
+        .query_param("os_checksum", "The SHA-256 of the OS image the host runs (finds its node).", text(253))
+        .query_param("os_version", "The version the host runs, if its checksum is not in the graph.", text(253))
+        .query_param("group", "The host's group (recorded).", text(253))
+        .query_param("platform", "The host's platform (ignored).", text(253))
+        .query_param("rollout_wariness", "The host's place in rollouts, 0 (eager) to 1 (wary); default: that of node_uuid.", json!({"type": "number", "minimum": 0, "maximum": 1}))
+        .ok::<crate::routes::graph::Graph>(200, "The graph: releases oldest first, edges as [from, to] indexes.")
+        .response(400, refusal("A mandatory parameter is missing (`missing_params`) or one is not valid (`invalid_params`)."))
+        .response(404, refusal("No such stream (`unknown_stream`)."))
+        .response(406, refusal("`Accept` is set and names no JSON type: neither `application/json`, `application/*` nor `*/*` (`invalid_content_type`)."))
+        .add();
+    }
+
     // Admin.
     b.op(
         "put",

@@ -257,6 +257,17 @@ pub fn decide(
     running: &Version,
     now: Timestamp,
 ) -> Decision {
+    decide_placed(plan, |target| place(machine_id, target), running, now)
+}
+
+/// [`decide`] for a machine whose place in the rollout of a target is `place_of(target)`
+/// (a Cincinnati client may state its own, as `rollout_wariness`).
+pub fn decide_placed(
+    plan: &ChannelPlan<'_>,
+    place_of: impl FnOnce(&Version) -> f64,
+    running: &Version,
+    now: Timestamp,
+) -> Decision {
     if plan.paused {
         return Decision::Stay(StayReason::Paused);
     }
@@ -276,7 +287,7 @@ pub fn decide(
     let why = if advised {
         OfferReason::Advisory
     } else {
-        let place = place(machine_id, target);
+        let place = place_of(target);
         let fraction = plan.fraction(now);
         if !in_wave(place, fraction) {
             return Decision::Stay(StayReason::NotYet { place, fraction });

@@ -61,6 +61,17 @@ pub struct ChannelView {
     pub releases: Vec<ReleaseInfo>,
     /// The answer to a check offering each release: `{"update": <envelope>}`.
     pub offers: HashMap<Version, Bytes>,
+    /// Each release's OS image and advisory, for the Cincinnati graph.
+    pub details: HashMap<Version, ReleaseDetail>,
+}
+
+/// What the Cincinnati graph says about a release besides its version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReleaseDetail {
+    /// Its OS image, if it has one.
+    pub os: Option<slipway_api::manifest::OsImage>,
+    /// The advisory set on it.
+    pub advisory: Option<crate::store::AdvisoryMark>,
 }
 
 /// Releases and channel state, rebuilt from the store after every admin change and
@@ -91,6 +102,13 @@ impl Snapshot {
                 floor: r.floor,
             });
             let body = format!("{{\"update\":{}}}", r.envelope);
+            view.details.insert(
+                r.version.clone(),
+                ReleaseDetail {
+                    os: m.os.clone(),
+                    advisory: r.advisory.clone(),
+                },
+            );
             view.offers.insert(r.version, Bytes::from(body));
         }
         for c in channels {

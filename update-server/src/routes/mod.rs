@@ -4,6 +4,7 @@
 //! JSON errors and bodies are [`crate::api_error`]'s.
 
 pub mod admin;
+pub mod graph;
 pub mod machine;
 pub mod ops;
 
@@ -27,6 +28,7 @@ fn intern(route: &str) -> &'static str {
         "/v1/check",
         "/v1/events",
         "/v1/payloads/{sha256}",
+        "/v1/graph",
         "/healthz",
         "/readyz",
         "/metrics",
@@ -139,6 +141,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/check", post(machine::check))
         .route("/v1/events", post(machine::event))
         .route("/v1/payloads/{sha256}", get(machine::payload))
+        .route("/v1/graph", get(graph::graph))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

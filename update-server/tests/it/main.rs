@@ -6,6 +6,7 @@ mod cli_admin;
 mod cloudevents;
 mod dashboard;
 mod gates;
+mod graph;
 mod harness;
 mod http;
 mod openapi;
