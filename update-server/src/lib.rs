@@ -16,6 +16,7 @@ pub mod gate;
 pub mod gatekeeper;
 pub mod magic;
 pub mod metrics;
+pub mod mirror;
 pub mod openapi;
 pub mod payloads;
 pub mod release;

@@ -411,6 +411,18 @@ pub fn document() -> Value {
     }
     let no_release: Status = (404, "No such release on the channel.");
     b.op(
+        "get",
+        "/v1/admin/channels/{channel}/releases/{version}",
+        "getRelease",
+        "A release's signed envelope, exactly as published",
+        "admin",
+    )
+    .channel()
+    .version()
+    .ok::<slipway_api::Envelope>(200, "The DSSE envelope.")
+    .errors(&[BAD_REQUEST, no_release, UNAVAILABLE])
+    .add();
+    b.op(
         "put",
         "/v1/admin/channels/{channel}/releases/{version}/advisory",
         "setAdvisory",

@@ -96,6 +96,52 @@ enum Command {
     Floor(FloorArgs),
     /// Show channels (rollout state, releases) on an update server.
     Status(StatusArgs),
+    /// Copy channels' signed releases and their payloads from a server or a mirror directory to
+    /// another server or directory (for sites without internet access). Every envelope is
+    /// verified against --root and every payload against its signed digest before it moves;
+    /// payloads the destination has are skipped, interrupted downloads resume: rerun to finish.
+    #[command(after_help = "Examples:\n  \
+        slipway mirror --from https://updates.example --from-token-file src.token \\\n      \
+        --to-dir /media/usb/slipway --root root.json --channel stable\n  \
+        slipway mirror --from-dir /media/usb/slipway --to http://127.0.0.1:8080 \\\n      \
+        --to-token-file admin.token --root root.json")]
+    Mirror(MirrorArgs),
+}
+
+#[derive(Args)]
+struct MirrorArgs {
+    /// The source server's base URL.
+    #[arg(
+        long,
+        required_unless_present = "from_dir",
+        conflicts_with = "from_dir"
+    )]
+    from: Option<String>,
+    /// File holding an admin token of the source server (listing releases needs one).
+    #[arg(long, requires = "from")]
+    from_token_file: Option<PathBuf>,
+    /// A mirror directory to import from.
+    #[arg(long)]
+    from_dir: Option<PathBuf>,
+    /// The destination server's base URL.
+    #[arg(long, required_unless_present = "to_dir", conflicts_with = "to_dir")]
+    to: Option<String>,
+    /// File holding an admin token of the destination server.
+    #[arg(long, requires = "to")]
+    to_token_file: Option<PathBuf>,
+    /// A mirror directory to write (created if missing; a server imports it with --from-dir).
+    #[arg(long)]
+    to_dir: Option<PathBuf>,
+    /// The root of trust every release must verify against.
+    #[arg(long)]
+    root: PathBuf,
+    /// Only this channel (repeat for several; default: every channel).
+    #[arg(long = "channel")]
+    channels: Vec<String>,
+    /// Where downloads in progress are kept, to resume an interrupted mirror
+    /// [default: TO_DIR/.work, or slipway-mirror in the temporary directory].
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -624,6 +670,7 @@ fn run(cli: Cli) -> Result<()> {
             let method = if args.clear { "DELETE" } else { "PUT" };
             admin::call(&args.server, method, &path, None)
         }
+        Command::Mirror(args) => mirror(args),
         Command::Status(args) => {
             let path = match &args.channel {
                 Some(c) => format!("/channels/{c}"),
@@ -651,6 +698,69 @@ fn run(cli: Cli) -> Result<()> {
             print_stdout(&text)
         }
     }
+}
+
+fn mirror(args: MirrorArgs) -> Result<()> {
+    use slipway_server::mirror::{Options, Place, run};
+    let token = |file: &Option<PathBuf>, flag: &str| -> Result<String> {
+        let file = file
+            .as_ref()
+            .ok_or_else(|| anyhow!("{flag} is needed with a server"))?;
+        let text = read_text(file)?;
+        slipway_api::wire::token_lines(&text)
+            .next()
+            .map(|(_, t)| t.to_owned())
+            .ok_or_else(|| anyhow!("{}: no token in the file", file.display()))
+    };
+    let from = match (&args.from, &args.from_dir) {
+        (Some(url), _) => Place::Server {
+            url: url.clone(),
+            token: token(&args.from_token_file, "--from-token-file")?,
+        },
+        (None, Some(dir)) => Place::Dir(dir.clone()),
+        (None, None) => bail!("--from or --from-dir is needed"),
+    };
+    let to = match (&args.to, &args.to_dir) {
+        (Some(url), _) => Place::Server {
+            url: url.clone(),
+            token: token(&args.to_token_file, "--to-token-file")?,
+        },
+        (None, Some(dir)) => Place::Dir(dir.clone()),
+        (None, None) => bail!("--to or --to-dir is needed"),
+    };
+    let root_json = read_limited(&args.root, SMALL_FILE_LIMIT)
+        .with_context(|| format!("reading {}", args.root.display()))?;
+    let root = load_root(&args.root)?;
+    let work_dir = args.work_dir.clone().unwrap_or_else(|| match &args.to_dir {
+        Some(d) => d.join(".work"),
+        None => std::env::temp_dir().join("slipway-mirror"),
+    });
+    let opts = Options {
+        from,
+        to,
+        root,
+        root_json,
+        channels: args.channels,
+        work_dir,
+    };
+    let summary = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(&opts, &mut |line| eprintln!("{line}")))?;
+    eprintln!(
+        "mirrored {} into {}: {} releases published ({} already there), {} payloads copied ({} already there), {} bytes downloaded",
+        opts.from,
+        opts.to,
+        summary.releases_copied,
+        summary.releases_present,
+        summary.payloads_copied,
+        summary.payloads_present,
+        summary.bytes_downloaded
+    );
+    let mut text = serde_json::to_string_pretty(&summary)?;
+    text.push('\n');
+    print_stdout(&text)
 }
 
 fn keygen(dir: &Path, name: &str) -> Result<()> {

@@ -701,6 +701,33 @@ async fn release_change(
     ))
 }
 
+/// `GET /v1/admin/channels/{channel}/releases/{version}`: the release's signed envelope,
+/// exactly as published (for `slipway mirror`, and to inspect what machines are offered).
+pub async fn get_release(
+    State(state): State<AppState>,
+    path: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path((channel, version)) = path.map_err(path_err)?;
+    channel_name(&channel)?;
+    let version = parse_version(&version)?;
+    let found = state
+        .store()
+        .releases()
+        .await?
+        .into_iter()
+        .find(|r| r.channel == channel && r.version == version);
+    match found {
+        Some(r) => Ok(crate::api_error::raw_json(
+            StatusCode::OK,
+            bytes::Bytes::from(r.envelope),
+        )),
+        None => Err(ApiError::not_found(
+            "unknown-release",
+            format!("release {version} is not published on channel {channel:?}"),
+        )),
+    }
+}
+
 /// `PUT /v1/admin/channels/{channel}/releases/{version}/advisory` `{id, summary}`: machines
 /// running this release are offered the channel's target at once, bypassing waves.
 pub async fn set_advisory(

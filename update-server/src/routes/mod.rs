@@ -122,6 +122,10 @@ pub fn router(state: AppState) -> Router {
         .route("/channels/{channel}/pause", post(admin::pause))
         .route("/channels/{channel}/resume", post(admin::resume))
         .route(
+            "/channels/{channel}/releases/{version}",
+            get(admin::get_release),
+        )
+        .route(
             "/channels/{channel}/releases/{version}/advisory",
             put(admin::set_advisory).delete(admin::clear_advisory),
         )
