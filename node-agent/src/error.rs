@@ -95,6 +95,22 @@ impl From<slipway_api::Error> for Error {
     }
 }
 
+/// An error with its causes, `outer: inner: innermost` (an HTTP client error's own text says
+/// only "error sending request"; the cause says why: a certificate, a refused connection).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text.push_str(": ");
+            text.push_str(&c);
+        }
+        next = cause.source();
+    }
+    text
+}
+
 impl Error {
     /// An I/O error on `path`.
     pub fn io(path: impl AsRef<Path>, source: std::io::Error) -> Self {

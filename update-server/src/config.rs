@@ -76,6 +76,16 @@ pub struct Settings {
     /// before the connection is dropped.
     #[arg(long, env = "SLIPWAY_WRITE_STALL_TIMEOUT", default_value = "60s", value_parser = timeout)]
     pub write_stall_timeout: Duration,
+    /// PEM certificate chain to serve HTTPS with (with --tls-key); re-read on SIGHUP.
+    #[arg(long, env = "SLIPWAY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert; re-read on SIGHUP.
+    #[arg(long, env = "SLIPWAY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on an address other than loopback (behind a TLS-terminating proxy, or a
+    /// network you trust); without it the server refuses to start there without --tls-cert.
+    #[arg(long, env = "SLIPWAY_ALLOW_PLAIN_HTTP")]
+    pub allow_plain_http: bool,
     /// Log as JSON lines instead of text.
     #[arg(long, env = "SLIPWAY_LOG_JSON")]
     pub log_json: bool,

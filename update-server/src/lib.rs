@@ -24,6 +24,7 @@ pub mod rollout;
 pub mod routes;
 pub mod state;
 pub mod store;
+pub mod tls;
 
 use std::future::Future;
 use std::time::Duration;
@@ -49,6 +50,16 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve_with(listener, state, None, shutdown).await
+}
+
+/// [`serve`], over TLS when `tls` is given (see [`tls::Certificates::acceptor`]).
+pub async fn serve_with(
+    listener: TcpListener,
+    state: AppState,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -85,6 +96,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let first_byte = state.0.limits.header_read;
         let write_stall = state.0.limits.write_stall;
+        let tls = tls.clone();
         tokio::spawn(async move {
             // hyper's header-read timeout starts with the first request's first byte (the
             // automatic HTTP/1-or-2 detection reads it without a timer): a client that
@@ -97,10 +109,32 @@ pub async fn serve(
                 return;
             }
             let stream = conn::WriteProgress::new(stream, write_stall);
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .into_owned();
-            if let Err(e) = watcher.watch(conn).await {
+            let result = match tls {
+                None => {
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    watcher.watch(conn).await
+                }
+                Some(acceptor) => {
+                    // The handshake is bounded like the headers: a client that stalls in it
+                    // cannot hold its connection.
+                    let stream =
+                        match tokio::time::timeout(first_byte, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => s,
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => return,
+                        };
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
+                    watcher.watch(conn).await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });

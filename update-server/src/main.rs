@@ -34,6 +34,21 @@ async fn main() -> Result<()> {
         fmt.init();
     }
 
+    // TLS first: a server that would serve plain HTTP to the network is refused before it
+    // opens anything.
+    let certificates = match (&settings.tls_cert, &settings.tls_key) {
+        (Some(cert), Some(key)) => Some(slipway_server::tls::Certificates::load(cert, key)?),
+        _ => {
+            if !slipway_server::tls::is_loopback(&settings.listen) && !settings.allow_plain_http {
+                anyhow::bail!(
+                    "refusing to serve plain HTTP on {}: machines' checks and admin tokens would cross the network unencrypted. \
+                     Give --tls-cert and --tls-key, or --allow-plain-http (SLIPWAY_ALLOW_PLAIN_HTTP=true) behind a TLS-terminating proxy",
+                    settings.listen
+                );
+            }
+            None
+        }
+    };
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating {}", settings.data_dir.display()))?;
     let url = settings.database_url();
@@ -101,8 +116,29 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("binding {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, backend = store.backend(), data_dir = %settings.data_dir.display(), "listening on http://{addr}");
-    slipway_server::serve(listener, state, shutdown_signal()).await?;
+    let acceptor = match &certificates {
+        Some(c) => {
+            // SIGHUP re-reads the certificate and key; connections in progress are not touched.
+            let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("installing the SIGHUP handler")?;
+            let reloading = c.clone();
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    match reloading.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                        Err(e) => {
+                            tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the one in use stays")
+                        }
+                    }
+                }
+            });
+            Some(c.acceptor()?)
+        }
+        None => None,
+    };
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    tracing::info!(%addr, backend = store.backend(), data_dir = %settings.data_dir.display(), "listening on {scheme}://{addr}");
+    slipway_server::serve_with(listener, state, acceptor, shutdown_signal()).await?;
     cloudevents
         .shutdown(std::time::Duration::from_secs(5))
         .await;

@@ -51,6 +51,8 @@ impl std::fmt::Display for Place {
 
 /// What to mirror.
 pub struct Options {
+    /// The HTTP client (its trust anchors are the caller's choice).
+    pub client: reqwest::Client,
     /// The source.
     pub from: Place,
     /// The destination.
@@ -157,10 +159,7 @@ fn human(bytes: u64) -> String {
 
 /// Runs a mirror; `progress` gets one line per step.
 pub async fn run(opts: &Options, progress: &mut (dyn FnMut(String) + Send)) -> Result<Summary> {
-    let client = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(30))
-        .build()
-        .context("building the HTTP client")?;
+    let client = opts.client.clone();
     tokio::fs::create_dir_all(&opts.work_dir)
         .await
         .with_context(|| format!("creating {}", opts.work_dir.display()))?;

@@ -394,7 +394,7 @@ pub async fn run(
     let mut resp = tokio::time::timeout(job.idle_timeout, request.send())
         .await
         .map_err(|_| interrupted(format!("no answer within {:?}", job.idle_timeout)))?
-        .map_err(|e| interrupted(format!("request failed: {e}")))?;
+        .map_err(|e| interrupted(format!("request failed: {}", crate::error::with_causes(&e))))?;
     let status = resp.status();
     let (served_hash, written_hash) = match status.as_u16() {
         206 if from.served > 0 => {

@@ -225,14 +225,28 @@ impl Engine {
             Some(p) => p,
             None => Persisted::new(Memory::new(facts.os_version.clone(), facts.booted_slot)),
         };
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder()
             .connect_timeout(settings.http_timeout)
-            .user_agent(concat!("slipway-agent/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Server {
-                url: settings.server.to_string(),
-                reason: format!("HTTP client: {e}"),
-            })?;
+            .user_agent(concat!("slipway-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &settings.ca {
+            // A private CA: only it is trusted, so a server with any other certificate is
+            // refused before a request is sent.
+            let pem = std::fs::read(ca).map_err(|e| Error::io(ca, e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "ca = \"{}\": no PEM certificate in the file",
+                        ca.display()
+                    ))
+                })?;
+            http = http.tls_certs_only(certs);
+        }
+        let http = http.build().map_err(|e| Error::Server {
+            url: settings.server.to_string(),
+            reason: format!("HTTP client: {e}"),
+        })?;
         let (changed, _) = watch::channel(());
         let shared = Arc::new(Shared {
             store,
@@ -689,7 +703,7 @@ impl Engine {
             .await
             .map_err(|e| Error::Unreachable {
                 url: url.clone(),
-                reason: e.to_string(),
+                reason: crate::error::with_causes(&e),
             })?;
         if !resp.status().is_success() {
             let status = resp.status();

@@ -74,6 +74,14 @@ pub struct Settings {
     /// HTTP timeouts (connect, and idle between received bytes).
     #[serde(default = "defaults::http_timeout", deserialize_with = "duration")]
     pub http_timeout: Duration,
+    /// PEM bundle of the certificate authorities the update server's certificate must chain
+    /// to; when set, only these are trusted (a private CA). Unset: the system's.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Allow `http://` to a server other than loopback (reports, and which release is offered,
+    /// cross the network unencrypted; releases stay verified by their signatures).
+    #[serde(default)]
+    pub allow_plain_http: bool,
     /// Maximum queued reports kept while the server is unreachable.
     #[serde(default = "defaults::outbox_limit")]
     pub outbox_limit: usize,
@@ -297,6 +305,22 @@ impl Settings {
                 self.delta_max_fetch
             )));
         }
+        match self.server.scheme() {
+            "https" => {}
+            "http" if self.allow_plain_http || is_loopback(&self.server) => {}
+            "http" => {
+                return Err(Error::Config(format!(
+                    "server = \"{}\": plain HTTP to another host; use https:// (with `ca` for a private CA) or set allow-plain-http = true",
+                    self.server
+                )));
+            }
+            other => {
+                return Err(Error::Config(format!(
+                    "server = \"{}\": the scheme must be https or http, not {other}",
+                    self.server
+                )));
+            }
+        }
         if self.checkpoint_bytes < 1 << 20 {
             return Err(Error::Config(
                 "checkpoint-bytes must be at least 1 MiB".into(),
@@ -311,6 +335,16 @@ impl Settings {
             Slot::A => &self.slots.a,
             Slot::B => &self.slots.b,
         }
+    }
+}
+
+/// Whether a URL names this machine: `localhost` or a loopback address.
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     }
 }
 
@@ -371,6 +405,37 @@ mod tests {
     }
 
     #[test]
+    fn plain_http_goes_to_loopback_only_unless_allowed() {
+        for (server, extra, ok) in [
+            ("https://updates.example", "", true),
+            ("http://127.0.0.1:8080/", "", true),
+            ("http://localhost/", "", true),
+            ("http://[::1]:8080/", "", true),
+            ("http://10.0.2.100/", "", false),
+            ("http://updates.example/", "", false),
+            ("http://10.0.2.100/", "allow-plain-http = true\n", true),
+            ("ftp://updates.example/", "allow-plain-http = true\n", false),
+        ] {
+            let got = Settings::from_toml(&format!("server = \"{server}\"\n{extra}"));
+            assert_eq!(got.is_ok(), ok, "{server} {extra}: {got:?}");
+            if let Err(e) = got {
+                let e = e.to_string();
+                assert!(e.contains(server), "{e}");
+                if server.starts_with("http:") {
+                    assert!(
+                        e.contains("allow-plain-http = true") && e.contains("`ca`"),
+                        "{e}"
+                    );
+                }
+            }
+        }
+        let s =
+            Settings::from_toml("server = \"https://u.example\"\nca = \"/etc/slipway/ca.pem\"\n")
+                .unwrap();
+        assert_eq!(s.ca.as_deref(), Some(Path::new("/etc/slipway/ca.pem")));
+    }
+
+    #[test]
     fn later_drop_ins_override_and_unknown_keys_fail() {
         let tmp = tempfile::tempdir().unwrap();
         let lib = tmp.path().join("lib");
@@ -379,7 +444,7 @@ mod tests {
         std::fs::create_dir_all(&etc).unwrap();
         std::fs::write(
             lib.join("10-base.toml"),
-            "server = \"http://a\"\nchannel = \"beta\"\n[boot]\nbackend = \"grub\"\ngrubenv = \"/x\"\n",
+            "server = \"https://a\"\nchannel = \"beta\"\n[boot]\nbackend = \"grub\"\ngrubenv = \"/x\"\n",
         )
         .unwrap();
         std::fs::write(

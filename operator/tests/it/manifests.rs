@@ -170,6 +170,8 @@ operator:
   report: {serverUrl: "https://updates.example.net", clusterName: prod-eu, tokenSecret: report}
 server:
   storage: {size: 50Gi, storageClassName: fast}
+  tls: {secretName: slipway-server-tls}
+engine: {ca: /etc/slipway/ca.pem, allowPlainHttp: true}
 rolloutPolicy:
   enabled: true
   name: workers
@@ -597,8 +599,51 @@ async fn the_chart_s_optional_objects_are_what_the_components_expect() {
     let toml = cm["data"]["50-cluster.toml"].as_str().unwrap();
     assert!(
         toml.contains(r#"server = "https://updates.example.net""#)
-            && toml.contains(r#"channel = "beta""#),
+            && toml.contains(r#"channel = "beta""#)
+            && toml.contains(r#"ca = "/etc/slipway/ca.pem""#)
+            && toml.contains("allow-plain-http = true"),
         "{toml}"
+    );
+    // With a TLS Secret the server serves HTTPS from it (probes too) and is not told to allow
+    // plain HTTP; without one it is (it listens on the pod's network, not loopback).
+    let server = object(&objs, "Deployment", "slipway-server").unwrap();
+    let container = &server["spec"]["template"]["spec"]["containers"][0];
+    let env: BTreeMap<String, String> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["value"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        env["SLIPWAY_TLS_CERT"], "/etc/slipway/tls/tls.crt",
+        "{env:?}"
+    );
+    assert_eq!(env["SLIPWAY_TLS_KEY"], "/etc/slipway/tls/tls.key");
+    assert!(!env.contains_key("SLIPWAY_ALLOW_PLAIN_HTTP"));
+    assert_eq!(container["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    let volumes = server["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v["secret"]["secretName"] == "slipway-server-tls"),
+        "{volumes:?}"
+    );
+    let defaults = docs(&helm_template(NAMESPACE, "{}"));
+    let plain = object(&defaults, "Deployment", "slipway-server").unwrap();
+    let env = &plain["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "SLIPWAY_ALLOW_PLAIN_HTTP" && e["value"] == "true"),
+        "{env}"
     );
     // Values reach the workloads.
     for w in kinds(&objs, "Deployment")

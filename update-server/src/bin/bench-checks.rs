@@ -3,7 +3,9 @@
 //! Registers 100,000 machines, promotes a release to half of them, then runs 64 concurrent
 //! keep-alive clients for 10 s against `POST /v1/check` and, in the same run with the same
 //! client, 10 s against `GET /healthz` (the ceiling of this HTTP stack on this machine),
-//! alternating in 2 s slices. Then measures latency at a steady 1,000 checks/s. Build with `--release`:
+//! alternating in 2 s slices. A third slice checks a health-gated channel (10,000 more machines,
+//! 5,000 of which reported on the target, its gate evaluated every second meanwhile). Then
+//! measures latency at a steady 1,000 checks/s. Build with `--release`:
 //! `cargo run --release -p slipway-server --bin bench-checks -- [--seconds 10] [--clients 64]`.
 
 use std::sync::Arc;
@@ -13,14 +15,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use clap::Parser;
 use slipway_api::manifest::{OsImage, PayloadFormat, RELEASE_TYPE};
+use slipway_api::wire::EventKind;
 use slipway_api::{Manifest, PrivateKey, Root, Sha256Digest, TrustedRoot};
 use slipway_runtime::{Clock, SystemClock};
 use slipway_server::auth::AdminTokens;
+use slipway_server::gate::{Gate, Gating};
 use slipway_server::payloads::PayloadDir;
 use slipway_server::rollout::Wave;
 use slipway_server::state::{AppState, Limits, StateConfig};
 use slipway_server::store::{
-    self, ChannelRecord, MachineCheck, ReleaseRecord, Retention, sqlite::SqliteStore,
+    self, ChannelRecord, EventRecord, MachineCheck, ReleaseRecord, Retention, sqlite::SqliteStore,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -49,6 +53,14 @@ fn machine_id(i: usize) -> String {
     format!("bench-machine-{i:06}")
 }
 
+/// The health-gated channel and its machines.
+const GATED: &str = "gated";
+const GATED_MACHINES: usize = 10_000;
+
+fn gated_id(i: usize) -> String {
+    format!("bench-gated-{i:06}")
+}
+
 async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
     let store = Arc::new(SqliteStore::open(&dir.join("slipway.db")).await?);
     let key = PrivateKey::from_seed([42; 32]);
@@ -56,12 +68,17 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
         .sign(&[&key])
         .to_json_pretty();
     let now = SystemClock.now();
-    for version in ["1.0.0", "2.0.0"] {
+    for (channel, version) in [
+        ("stable", "1.0.0"),
+        ("stable", "2.0.0"),
+        (GATED, "1.0.0"),
+        (GATED, "2.0.0"),
+    ] {
         let payload = format!("image {version}");
         let sha = Sha256Digest::of(payload.as_bytes());
         let m = Manifest {
             kind: RELEASE_TYPE.into(),
-            channel: "stable".into(),
+            channel: channel.into(),
             version: version.parse()?,
             expires: "2099-01-01T00:00:00Z".parse()?,
             os: Some(OsImage {
@@ -79,7 +96,7 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
         use slipway_server::store::Store as _;
         store
             .put_release(&ReleaseRecord {
-                channel: "stable".into(),
+                channel: channel.into(),
                 version: m.version.clone(),
                 envelope: serde_json::to_string(&env)?,
                 manifest: String::from_utf8(m.to_json())?,
@@ -105,6 +122,64 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
             updated_at: now,
         })
         .await?;
+    store
+        .put_channel(&ChannelRecord {
+            name: GATED.into(),
+            target: Some("2.0.0".parse()?),
+            waves: vec![
+                Wave {
+                    after: Duration::ZERO,
+                    fraction: 0.5,
+                    soak: None,
+                },
+                Wave {
+                    after: Duration::from_secs(86_400),
+                    fraction: 1.0,
+                    soak: None,
+                },
+            ],
+            promoted_at: Some(now),
+            paused: false,
+            gating: Some(Gating {
+                gate: Gate {
+                    max_failure_rate: 0.5,
+                    soak: Duration::from_secs(86_400),
+                },
+                opened: vec![now],
+                counted_from: now,
+                halt: None,
+            }),
+            updated_at: now,
+        })
+        .await?;
+    let gated_version: semver::Version = "1.0.0".parse()?;
+    let gated: Vec<MachineCheck> = (0..GATED_MACHINES)
+        .map(|i| MachineCheck {
+            id: gated_id(i),
+            channel: GATED.into(),
+            group: "workers".into(),
+            version: gated_version.clone(),
+            arch: "x86_64".into(),
+            boot_id: "boot".into(),
+            at: now,
+        })
+        .collect();
+    store.record_checks(&gated).await?;
+    for i in 0..GATED_MACHINES / 2 {
+        for event in [EventKind::Downloading, EventKind::Healthy] {
+            store
+                .record_event(&EventRecord {
+                    id: 0,
+                    machine_id: gated_id(i),
+                    version: "2.0.0".parse()?,
+                    event,
+                    detail: String::new(),
+                    transfer: None,
+                    at: now,
+                })
+                .await?;
+        }
+    }
     let started = Instant::now();
     let version: semver::Version = "1.0.0".parse()?;
     for chunk in (0..machines).collect::<Vec<_>>().chunks(5000) {
@@ -138,7 +213,7 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
             max_count: 1_000_000,
         },
         refresh: Duration::from_secs(3600),
-        gate_interval: Duration::from_secs(3600),
+        gate_interval: Duration::from_secs(1),
     })
     .await?;
     Ok(state)
@@ -196,10 +271,9 @@ impl Conn {
     }
 }
 
-fn check_request(machine: usize) -> Vec<u8> {
+fn check_request(id: &str, channel: &str) -> Vec<u8> {
     let body = format!(
-        r#"{{"machineId":"{}","channel":"stable","group":"workers","version":"1.0.0","arch":"x86_64","bootId":"boot"}}"#,
-        machine_id(machine)
+        r#"{{"machineId":"{id}","channel":"{channel}","group":"workers","version":"1.0.0","arch":"x86_64","bootId":"boot"}}"#,
     );
     format!(
         "POST /v1/check HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -213,6 +287,7 @@ const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: bench\r\n\r\n";
 #[derive(Clone, Copy)]
 enum Target {
     Check,
+    GatedCheck,
     Healthz,
 }
 
@@ -268,9 +343,15 @@ async fn run(
     let mut tasks = Vec::new();
     // Requests are built up front so the client spends its CPU on sending, not formatting.
     let requests: Arc<Vec<Vec<u8>>> = Arc::new(match target {
-        Target::Check => (0..machines).map(check_request).collect(),
+        Target::Check => (0..machines)
+            .map(|i| check_request(&machine_id(i), "stable"))
+            .collect(),
+        Target::GatedCheck => (0..GATED_MACHINES)
+            .map(|i| check_request(&gated_id(i), GATED))
+            .collect(),
         Target::Healthz => Vec::new(),
     });
+    let machines = requests.len().max(1);
     let start = Instant::now();
     for c in 0..clients {
         let stop = stop.clone();
@@ -294,7 +375,7 @@ async fn run(
                     t.tick().await;
                 }
                 let bytes: &[u8] = match target {
-                    Target::Check => {
+                    Target::Check | Target::GatedCheck => {
                         let r = &requests[m];
                         m = (m + clients) % machines;
                         r
@@ -370,8 +451,20 @@ fn main() -> Result<()> {
         let rounds = 5u32;
         let slice = secs / rounds;
         let mut checks = Phase::empty();
+        let mut gated = Phase::empty();
         let mut health = Phase::empty();
         for _ in 0..rounds {
+            gated.add(
+                run(
+                    addr,
+                    Target::GatedCheck,
+                    args.clients,
+                    args.machines,
+                    slice,
+                    None,
+                )
+                .await?,
+            );
             checks.add(
                 run(
                     addr,
@@ -414,6 +507,14 @@ fn main() -> Result<()> {
             checks.errors
         );
         println!(
+            "gated  : {:>9.0} /s  p50 {:.2} ms  p99 {:.2} ms  ({} requests, {} non-200; a health-gated channel, its gate evaluated every second)",
+            gated.rate(),
+            ms(gated.percentile(0.5)),
+            ms(gated.percentile(0.99)),
+            gated.requests,
+            gated.errors
+        );
+        println!(
             "healthz: {:>9.0} /s  p50 {:.2} ms  p99 {:.2} ms  ({} requests, {} non-200)",
             health.rate(),
             ms(health.percentile(0.5)),
@@ -422,6 +523,10 @@ fn main() -> Result<()> {
             health.errors
         );
         println!("ratio checks/healthz: {ratio:.2}");
+        println!(
+            "ratio gated checks/checks: {:.2}",
+            gated.rate() / checks.rate()
+        );
         println!(
             "at {:.0} checks/s: p50 {:.2} ms  p99 {:.2} ms  ({} non-200)",
             steady.rate(),

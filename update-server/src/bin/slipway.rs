@@ -142,6 +142,8 @@ struct MirrorArgs {
     /// [default: TO_DIR/.work, or slipway-mirror in the temporary directory].
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 #[derive(Args)]
@@ -152,6 +154,59 @@ struct ServerArgs {
     /// File holding an admin bearer token (first non-comment line).
     #[arg(long, env = "SLIPWAY_TOKEN_FILE")]
     token_file: PathBuf,
+    #[command(flatten)]
+    tls: TlsArgs,
+}
+
+#[derive(Args, Clone)]
+struct TlsArgs {
+    /// PEM bundle of the CAs the server's certificate must chain to (only these are trusted);
+    /// default: the system's.
+    #[arg(long, env = "SLIPWAY_CA")]
+    ca: Option<PathBuf>,
+    /// Allow http:// to a server other than loopback (the admin token crosses the network
+    /// unencrypted).
+    #[arg(long, env = "SLIPWAY_ALLOW_PLAIN_HTTP")]
+    allow_plain_http: bool,
+}
+
+/// https://, or http:// to loopback (or anywhere with `allow_plain`).
+fn check_scheme(u: &str, allow_plain: bool) -> Result<()> {
+    let url = url::Url::parse(u).with_context(|| format!("{u}: not a URL"))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback || allow_plain => Ok(()),
+        "http" => bail!(
+            "{u}: plain HTTP to another host would send the admin token unencrypted; use https:// (with --ca for a private CA) or --allow-plain-http"
+        ),
+        other => bail!("{u}: the scheme must be https or http, not {other}"),
+    }
+}
+
+/// The HTTP client for `urls`: refuses http:// to another host unless allowed, and trusts only
+/// `--ca` when given.
+fn http_client(tls: &TlsArgs, urls: &[&str]) -> Result<reqwest::Client> {
+    for u in urls {
+        check_scheme(u, tls.allow_plain_http)?;
+    }
+    let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(30));
+    if let Some(ca) = &tls.ca {
+        let pem = read_limited(ca, SMALL_FILE_LIMIT)
+            .with_context(|| format!("reading {}", ca.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{}: not a PEM certificate bundle", ca.display()))?;
+        if certs.is_empty() {
+            bail!("{}: no certificate in the bundle", ca.display());
+        }
+        builder = builder.tls_certs_only(certs);
+    }
+    builder.build().context("building the HTTP client")
 }
 
 #[derive(Args)]
@@ -735,7 +790,13 @@ fn mirror(args: MirrorArgs) -> Result<()> {
         Some(d) => d.join(".work"),
         None => std::env::temp_dir().join("slipway-mirror"),
     });
+    let urls: Vec<&str> = [args.from.as_deref(), args.to.as_deref()]
+        .into_iter()
+        .flatten()
+        .collect();
+    let client = http_client(&args.tls, &urls)?;
     let opts = Options {
+        client,
         from,
         to,
         root,
@@ -1303,7 +1364,7 @@ mod admin {
         let token = token(args)?;
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
         runtime()?.block_on(async {
-            let mut req = reqwest::Client::new()
+            let mut req = http_client(&args.tls, &[&args.server])?
                 .request(method.clone(), url(args, path))
                 .bearer_auth(token);
             if let Some(b) = body {
@@ -1359,7 +1420,7 @@ mod admin {
             .chain(args.runtime.iter().map(|(_, f)| f))
             .collect();
         runtime()?.block_on(async {
-            let client = reqwest::Client::new();
+            let client = http_client(&args.server.tls, &[&args.server.server])?;
             for file in files {
                 let (size, sha256) =
                     digest_file(file).with_context(|| format!("hashing {}", file.display()))?;
@@ -1436,5 +1497,30 @@ mod admin {
             );
             print_json(&v)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_http_goes_to_loopback_only_unless_allowed() {
+        for (url, allow, ok) in [
+            ("https://updates.example", false, true),
+            ("http://127.0.0.1:8080", false, true),
+            ("http://localhost:8080", false, true),
+            ("http://[::1]:8080", false, true),
+            ("http://updates.example", false, false),
+            ("http://10.1.2.3:8080", false, false),
+            ("http://updates.example", true, true),
+            ("ftp://updates.example", true, false),
+            ("not a url", true, false),
+        ] {
+            let got = check_scheme(url, allow);
+            assert_eq!(got.is_ok(), ok, "{url} {allow}: {got:?}");
+        }
+        let e = check_scheme("http://updates.example", false).unwrap_err();
+        assert!(e.to_string().contains("--allow-plain-http"), "{e}");
     }
 }

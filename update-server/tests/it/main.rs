@@ -15,4 +15,5 @@ mod pg;
 mod process;
 mod rollout;
 mod store;
+mod tls;
 mod webdriver;

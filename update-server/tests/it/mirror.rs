@@ -340,6 +340,11 @@ impl UnitManager for NoUnits {
 
 /// An engine running 1.0.0 from slot A, checking `server`.
 async fn engine(dir: &Path, server: &str) -> Engine {
+    engine_with(dir, server, "").await
+}
+
+/// [`engine`] with `extra` lines in its settings (`ca = "..."`).
+pub(crate) async fn engine_with(dir: &Path, server: &str, extra: &str) -> Engine {
     std::fs::write(dir.join("slot-a"), vec![1u8; 1 << 20]).unwrap();
     std::fs::write(dir.join("slot-b"), vec![0u8; 1 << 20]).unwrap();
     std::fs::write(dir.join("root.json"), root_json()).unwrap();
@@ -362,6 +367,7 @@ os-release = "{d}/os-release"
 cmdline = "{d}/cmdline"
 boot-id-file = "{d}/boot_id"
 http-timeout = "5s"
+{extra}
 [slots]
 a = "{d}/slot-a"
 b = "{d}/slot-b"

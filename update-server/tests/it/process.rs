@@ -12,9 +12,11 @@ use serde_json::json;
 
 use crate::harness::{Backend, TOKEN, database_url, manifest, release_key, root_json};
 
-struct Server {
-    child: Child,
-    url: String,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) url: String,
+    /// Lines the server logged after "listening", as they come.
+    pub(crate) log: mpsc::Receiver<String>,
 }
 
 fn spawn(dir: &Path, database: &str) -> Server {
@@ -22,8 +24,13 @@ fn spawn(dir: &Path, database: &str) -> Server {
 }
 
 fn spawn_with(dir: &Path, database: &str, args: &[&str]) -> Server {
+    spawn_on(dir, database, "127.0.0.1:0", args)
+}
+
+/// Starts the server listening on `listen`; waits until it logs where.
+pub(crate) fn spawn_on(dir: &Path, database: &str, listen: &str, args: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_slipway-server"))
-        .args(["--listen", "127.0.0.1:0", "--database", database])
+        .args(["--listen", listen, "--database", database])
         .arg("--data-dir")
         .arg(dir)
         .args(args)
@@ -35,6 +42,7 @@ fn spawn_with(dir: &Path, database: &str, args: &[&str]) -> Server {
         .expect("start slipway-server");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = mpsc::channel();
+    let (log_tx, log) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
             if let Some(rest) = line.split("listening on ").nth(1) {
@@ -43,12 +51,13 @@ fn spawn_with(dir: &Path, database: &str, args: &[&str]) -> Server {
             }
             assert!(!line.contains(TOKEN), "a token was logged: {line}");
             assert!(!line.contains("panicked"), "{line}");
+            let _ = log_tx.send(line);
         }
     });
     let url = rx
         .recv_timeout(Duration::from_secs(60))
         .expect("slipway-server logs where it listens");
-    Server { child, url }
+    Server { child, url, log }
 }
 
 /// Uploads `payload` (the admin token); its digest.
@@ -58,7 +67,7 @@ async fn upload(client: &reqwest::Client, s: &Server, payload: &[u8]) -> slipway
     sha
 }
 
-fn sigterm(mut s: Server) {
+pub(crate) fn sigterm(mut s: Server) {
     let status = Command::new("kill")
         .args(["-TERM", &s.child.id().to_string()])
         .status()
@@ -69,7 +78,7 @@ fn sigterm(mut s: Server) {
 }
 
 /// A data directory with the test root of trust and the admin token.
-fn data_dir() -> tempfile::TempDir {
+pub(crate) fn data_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("root.json"), root_json()).unwrap();
     std::fs::write(

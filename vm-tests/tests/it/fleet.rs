@@ -426,6 +426,8 @@ spec:
       args: ["--log-json"]
       env:
         - {{name: SLIPWAY_LISTEN, value: "0.0.0.0:8080"}}
+        # The pod's network, not loopback: plain HTTP only when allowed.
+        - {{name: SLIPWAY_ALLOW_PLAIN_HTTP, value: "true"}}
         - {{name: SLIPWAY_DATA_DIR, value: /var/lib/slipway}}
       readinessProbe:
         httpGet: {{path: /readyz, port: 8080}}
