@@ -82,6 +82,14 @@ pub struct Settings {
     /// PEM private key of --tls-cert; re-read on SIGHUP.
     #[arg(long, env = "SLIPWAY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// PEM trust bundle (a SPIFFE X.509 bundle) for machines' client certificates: with it,
+    /// checks and reports must come with a certificate whose SPIFFE ID names the machine (its
+    /// last path segment, `spiffe://DOMAIN/.../MACHINE_ID`). Needs --tls-cert.
+    #[arg(long, env = "SLIPWAY_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// With --client-ca: the SPIFFE trust domain machines' IDs must belong to.
+    #[arg(long, env = "SLIPWAY_SPIFFE_TRUST_DOMAIN", requires = "client_ca")]
+    pub spiffe_trust_domain: Option<String>,
     /// Serve plain HTTP on an address other than loopback (behind a TLS-terminating proxy, or a
     /// network you trust); without it the server refuses to start there without --tls-cert.
     #[arg(long, env = "SLIPWAY_ALLOW_PLAIN_HTTP")]

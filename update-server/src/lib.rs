@@ -91,7 +91,7 @@ pub async fn serve_with(
         };
         // Small JSON answers on keep-alive connections: no Nagle delay.
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
         let first_byte = state.0.limits.header_read;
@@ -109,8 +109,19 @@ pub async fn serve_with(
                 return;
             }
             let stream = conn::WriteProgress::new(stream, write_stall);
+            // Each request of the connection carries the client's verified SPIFFE ID, if any.
+            let with_identity = |identity: tls::ClientIdentity| {
+                TowerToHyperService::new(tower::ServiceExt::map_request(
+                    app,
+                    move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(identity.clone());
+                        req
+                    },
+                ))
+            };
             let result = match tls {
                 None => {
+                    let service = with_identity(tls::ClientIdentity(None));
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -128,6 +139,13 @@ pub async fn serve_with(
                             }
                             Err(_) => return,
                         };
+                    let identity = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| tls::spiffe_id(c));
+                    let service = with_identity(tls::ClientIdentity(identity));
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();

@@ -132,7 +132,17 @@ async fn main() -> Result<()> {
                     }
                 }
             });
-            Some(c.acceptor()?)
+            match &settings.client_ca {
+                Some(bundle) => {
+                    let roots = slipway_server::tls::load_bundle(bundle)?;
+                    state.require_identity(slipway_server::tls::IdentityPolicy {
+                        trust_domain: settings.spiffe_trust_domain.clone(),
+                    });
+                    tracing::info!(bundle = %bundle.display(), trust_domain = ?settings.spiffe_trust_domain, "machines must present a client certificate naming them");
+                    Some(c.acceptor_with(Some(&roots))?)
+                }
+                None => Some(c.acceptor()?),
+            }
         }
         None => None,
     };

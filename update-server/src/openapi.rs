@@ -60,6 +60,16 @@ const UNPROCESSABLE: Status = (
     "The body is JSON of the wrong shape, or refused on its content.",
 );
 const UNAVAILABLE: Status = (503, "The database does not answer; retry later.");
+/// With `--client-ca`: a machine request without a client certificate.
+const NO_SVID: Status = (
+    401,
+    "The server requires machines to present a client certificate (an X.509-SVID) and none came (`client-certificate-required`).",
+);
+/// With `--client-ca`: a client certificate that names another machine or trust domain.
+const WRONG_SVID: Status = (
+    403,
+    "The client certificate's SPIFFE ID names another machine, or another trust domain (`identity-mismatch`).",
+);
 /// What every operation with a JSON body may also answer.
 const BODY_ERRORS: [Status; 3] = [BAD_REQUEST, BODY_TIMEOUT, TOO_LARGE];
 
@@ -231,7 +241,7 @@ pub fn document() -> Value {
         200,
         "The release to apply (a signed envelope the machine verifies), or `{\"update\": null}`.",
     )
-    .errors(&[NOT_FOUND, UNPROCESSABLE, UNAVAILABLE])
+    .errors(&[NOT_FOUND, UNPROCESSABLE, UNAVAILABLE, NO_SVID, WRONG_SVID])
     .add();
     b.op(
         "post",
@@ -242,7 +252,7 @@ pub fn document() -> Value {
     )
     .body::<EventReport>()
     .ok::<EventAccepted>(200, "Recorded.")
-    .errors(&[UNPROCESSABLE, UNAVAILABLE])
+    .errors(&[UNPROCESSABLE, UNAVAILABLE, NO_SVID, WRONG_SVID])
     .add();
     for (method, id, summary) in [
         (

@@ -171,6 +171,8 @@ pub(crate) struct Inner {
     pub clusters: RwLock<std::collections::BTreeMap<String, slipway_api::wire::ClusterReport>>,
     /// Where admin changes are announced as CloudEvents (set once at start-up; unset: nowhere).
     pub cloudevents: std::sync::OnceLock<slipway_events::Emitter>,
+    /// Set when machine requests must carry a client certificate naming the machine.
+    pub identity: std::sync::OnceLock<crate::tls::IdentityPolicy>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -202,6 +204,7 @@ impl AppState {
             generation: std::sync::atomic::AtomicU64::new(0),
             clusters: RwLock::default(),
             cloudevents: std::sync::OnceLock::new(),
+            identity: std::sync::OnceLock::new(),
         }));
         state.reload().await?;
         Ok(state)
@@ -221,6 +224,39 @@ impl AppState {
     /// Only the first call takes effect; returns whether this one did.
     pub fn set_cloudevents(&self, emitter: slipway_events::Emitter) -> bool {
         self.0.cloudevents.set(emitter).is_ok()
+    }
+
+    /// From now on, machine requests must carry a client certificate whose SPIFFE ID names the
+    /// machine (mutual TLS). Only the first call takes effect; returns whether this one did.
+    pub fn require_identity(&self, policy: crate::tls::IdentityPolicy) -> bool {
+        self.0.identity.set(policy).is_ok()
+    }
+
+    /// Refuses a machine request whose client certificate does not name `machine_id`, when
+    /// identities are required.
+    pub fn authorize_machine(
+        &self,
+        identity: Option<&crate::tls::ClientIdentity>,
+        machine_id: &str,
+    ) -> std::result::Result<(), crate::api_error::ApiError> {
+        let Some(policy) = self.0.identity.get() else {
+            return Ok(());
+        };
+        policy
+            .authorize(identity, machine_id)
+            .map_err(|(status, kind, message)| {
+                crate::api_error::ApiError::new(
+                    axum::http::StatusCode::from_u16(status)
+                        .unwrap_or(axum::http::StatusCode::FORBIDDEN),
+                    kind,
+                    message,
+                )
+            })
+    }
+
+    /// Whether machine requests must carry a matching client certificate.
+    pub fn identity_required(&self) -> bool {
+        self.0.identity.get().is_some()
     }
 
     /// Emits `event` if CloudEvents are configured (never waits).

@@ -5,6 +5,7 @@ pub mod boot;
 pub mod dbus;
 pub mod delta;
 pub mod download;
+pub mod http;
 pub mod machine;
 pub mod runner;
 pub mod settings;

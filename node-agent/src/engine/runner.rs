@@ -189,7 +189,7 @@ pub struct Engine {
     facts: Facts,
     root: TrustedRoot,
     boot: Box<dyn BootBackend>,
-    http: reqwest::Client,
+    http: super::http::Http,
     shared: Arc<Shared>,
     sysext: Sysext,
     /// Held while an operation (check, download, verify) runs; requests that would start a
@@ -225,28 +225,7 @@ impl Engine {
             Some(p) => p,
             None => Persisted::new(Memory::new(facts.os_version.clone(), facts.booted_slot)),
         };
-        let mut http = reqwest::Client::builder()
-            .connect_timeout(settings.http_timeout)
-            .user_agent(concat!("slipway-agent/", env!("CARGO_PKG_VERSION")));
-        if let Some(ca) = &settings.ca {
-            // A private CA: only it is trusted, so a server with any other certificate is
-            // refused before a request is sent.
-            let pem = std::fs::read(ca).map_err(|e| Error::io(ca, e))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .ok()
-                .filter(|c| !c.is_empty())
-                .ok_or_else(|| {
-                    Error::Config(format!(
-                        "ca = \"{}\": no PEM certificate in the file",
-                        ca.display()
-                    ))
-                })?;
-            http = http.tls_certs_only(certs);
-        }
-        let http = http.build().map_err(|e| Error::Server {
-            url: settings.server.to_string(),
-            reason: format!("HTTP client: {e}"),
-        })?;
+        let http = super::http::Http::new(&settings)?;
         let (changed, _) = watch::channel(());
         let shared = Arc::new(Shared {
             store,
@@ -621,7 +600,14 @@ impl Engine {
                     idle_timeout: self.settings.http_timeout,
                     max_fetch: self.settings.delta_max_fetch,
                 };
-                match delta::run(&self.http, job, self.progress.clone(), persist.clone()).await? {
+                match delta::run(
+                    &self.http.client(),
+                    job,
+                    self.progress.clone(),
+                    persist.clone(),
+                )
+                .await?
+                {
                     delta::Applied::Done(outcome, transfer) => {
                         tracing::info!(
                             fetched = transfer.fetched_bytes,
@@ -658,7 +644,8 @@ impl Engine {
             checkpoint_bytes: self.settings.checkpoint_bytes,
             idle_timeout: self.settings.http_timeout,
         };
-        let outcome = download::run(&self.http, job, self.progress.clone(), persist).await?;
+        let outcome =
+            download::run(&self.http.client(), job, self.progress.clone(), persist).await?;
         let transfer = Transfer {
             image_bytes: outcome.written,
             fetched_bytes: os.size,
@@ -673,7 +660,7 @@ impl Engine {
         for image in &release.manifest.runtime {
             let url = self.resolve(&image.url)?;
             self.sysext
-                .install(&self.http, &url, image, self.settings.http_timeout)
+                .install(&self.http.client(), &url, image, self.settings.http_timeout)
                 .await?;
         }
         self.sysext.activate(self.units.as_ref()).await
@@ -696,6 +683,7 @@ impl Engine {
         };
         let resp = self
             .http
+            .client()
             .post(&url)
             .json(&req)
             .timeout(self.settings.http_timeout)
@@ -751,6 +739,7 @@ impl Engine {
             };
             let ok = self
                 .http
+                .client()
                 .post(&url)
                 .json(&report)
                 .timeout(self.settings.http_timeout)

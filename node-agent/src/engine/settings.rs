@@ -78,6 +78,13 @@ pub struct Settings {
     /// to; when set, only these are trusted (a private CA). Unset: the system's.
     #[serde(default)]
     pub ca: Option<PathBuf>,
+    /// With `client-key`: a PEM certificate (an X.509-SVID) the engine presents to the server
+    /// (mutual TLS); re-read when it changes, so a rotated certificate needs no restart.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The private key of `client-cert` (PEM).
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
     /// Allow `http://` to a server other than loopback (reports, and which release is offered,
     /// cross the network unencrypted; releases stay verified by their signatures).
     #[serde(default)]
@@ -304,6 +311,11 @@ impl Settings {
                 "delta-max-fetch must be from 0 to 1 (a share of the payload), not {}",
                 self.delta_max_fetch
             )));
+        }
+        if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(Error::Config(
+                "client-cert and client-key go together (a certificate and its key)".into(),
+            ));
         }
         match self.server.scheme() {
             "https" => {}

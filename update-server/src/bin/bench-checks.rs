@@ -4,8 +4,10 @@
 //! keep-alive clients for 10 s against `POST /v1/check` and, in the same run with the same
 //! client, 10 s against `GET /healthz` (the ceiling of this HTTP stack on this machine),
 //! alternating in 2 s slices. A third slice checks a health-gated channel (10,000 more machines,
-//! 5,000 of which reported on the target, its gate evaluated every second meanwhile). Then
-//! measures latency at a steady 1,000 checks/s. Build with `--release`:
+//! 5,000 of which reported on the target, its gate evaluated every second meanwhile), and a
+//! fourth the same checks over TLS (the same server state on a second, HTTPS port; keep-alive
+//! connections, so the figure is TLS's cost per request, not per handshake). Then measures
+//! latency at a steady 1,000 checks/s. Build with `--release`:
 //! `cargo run --release -p slipway-server --bin bench-checks -- [--seconds 10] [--clients 64]`.
 
 use std::sync::Arc;
@@ -219,16 +221,35 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
     Ok(state)
 }
 
+/// A connection: plain TCP or TLS over it.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// Where the clients connect: the plain listener, or the TLS one with a connector trusting the
+/// bench's CA.
+#[derive(Clone)]
+struct Endpoint {
+    addr: std::net::SocketAddr,
+    tls: Option<tokio_rustls::TlsConnector>,
+}
+
 /// A minimal HTTP/1.1 keep-alive client: the bench measures the server, not a client stack.
 struct Conn {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     buf: Vec<u8>,
 }
 
 impl Conn {
-    async fn connect(addr: std::net::SocketAddr) -> Result<Self> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
+    async fn connect(to: &Endpoint) -> Result<Self> {
+        let tcp = TcpStream::connect(to.addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Io> = match &to.tls {
+            None => Box::new(tcp),
+            Some(c) => {
+                let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
+                Box::new(c.connect(name, tcp).await?)
+            }
+        };
         Ok(Self {
             stream,
             buf: Vec::with_capacity(8192),
@@ -332,7 +353,7 @@ impl Phase {
 /// `clients` connections, each sending back to back (or, with `interval`, one request per
 /// interval) for `duration`.
 async fn run(
-    addr: std::net::SocketAddr,
+    to: &Endpoint,
     target: Target,
     clients: usize,
     machines: usize,
@@ -356,8 +377,9 @@ async fn run(
     for c in 0..clients {
         let stop = stop.clone();
         let requests = requests.clone();
+        let to = to.clone();
         tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::connect(addr).await?;
+            let mut conn = Conn::connect(&to).await?;
             let mut lat = Vec::with_capacity(200_000);
             let mut errors = 0usize;
             // Spread clients over the fleet; each walks its own stride of machine ids.
@@ -410,6 +432,30 @@ async fn run(
     Ok(phase)
 }
 
+/// A CA, a server certificate for localhost from it (written under `dir`), the acceptor serving
+/// it and a connector trusting only the CA.
+fn tls_pair(
+    dir: &std::path::Path,
+) -> Result<(tokio_rustls::TlsAcceptor, tokio_rustls::TlsConnector)> {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let key = KeyPair::generate()?;
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])?.signed_by(&key, &ca)?;
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    std::fs::write(&cert_path, cert.pem())?;
+    std::fs::write(&key_path, key.serialize_pem())?;
+    let acceptor = slipway_server::tls::Certificates::load(&cert_path, &key_path)?.acceptor()?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone())?;
+    let config = rustls::ClientConfig::builder_with_provider(slipway_server::tls::provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok((acceptor, tokio_rustls::TlsConnector::from(Arc::new(config))))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
@@ -429,6 +475,24 @@ fn main() -> Result<()> {
     let server = server_rt.spawn(slipway_server::serve(listener, state.clone(), async move {
         let _ = stop_rx.await;
     }));
+    // The same state served over TLS on a second port, with a certificate from a CA made here.
+    let (acceptor, connector) = tls_pair(dir.path())?;
+    let tls_listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let tls_addr = tls_listener.local_addr()?;
+    let (tls_stop_tx, tls_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let tls_server = server_rt.spawn(slipway_server::serve_with(
+        tls_listener,
+        state.clone(),
+        Some(acceptor),
+        async move {
+            let _ = tls_stop_rx.await;
+        },
+    ));
+    let plain = Endpoint { addr, tls: None };
+    let tls = Endpoint {
+        addr: tls_addr,
+        tls: Some(connector),
+    };
 
     // The client gets its own single thread, so it cannot starve the server's workers.
     let client_rt = tokio::runtime::Builder::new_current_thread()
@@ -437,26 +501,40 @@ fn main() -> Result<()> {
     let secs = Duration::from_secs(args.seconds);
     client_rt.block_on(async {
         // Warm-up: connections, statement cache, page cache.
-        run(
-            addr,
-            Target::Check,
-            args.clients,
-            args.machines,
-            Duration::from_secs(1),
-            None,
-        )
-        .await?;
+        for to in [&plain, &tls] {
+            run(
+                to,
+                Target::Check,
+                args.clients,
+                args.machines,
+                Duration::from_secs(1),
+                None,
+            )
+            .await?;
+        }
         // Checks and /healthz alternate in slices, so load from other processes on a shared
         // machine hits both alike and the ratio stays meaningful.
         let rounds = 5u32;
         let slice = secs / rounds;
         let mut checks = Phase::empty();
+        let mut tls_checks = Phase::empty();
         let mut gated = Phase::empty();
         let mut health = Phase::empty();
         for _ in 0..rounds {
+            tls_checks.add(
+                run(
+                    &tls,
+                    Target::Check,
+                    args.clients,
+                    args.machines,
+                    slice,
+                    None,
+                )
+                .await?,
+            );
             gated.add(
                 run(
-                    addr,
+                    &plain,
                     Target::GatedCheck,
                     args.clients,
                     args.machines,
@@ -467,7 +545,7 @@ fn main() -> Result<()> {
             );
             checks.add(
                 run(
-                    addr,
+                    &plain,
                     Target::Check,
                     args.clients,
                     args.machines,
@@ -478,7 +556,7 @@ fn main() -> Result<()> {
             );
             health.add(
                 run(
-                    addr,
+                    &plain,
                     Target::Healthz,
                     args.clients,
                     args.machines,
@@ -489,7 +567,15 @@ fn main() -> Result<()> {
             );
         }
         let interval = Duration::from_secs_f64(16.0 / args.rate as f64);
-        let mut steady = run(addr, Target::Check, 16, args.machines, secs, Some(interval)).await?;
+        let mut steady = run(
+            &plain,
+            Target::Check,
+            16,
+            args.machines,
+            secs,
+            Some(interval),
+        )
+        .await?;
         let ratio = checks.rate() / health.rate();
         println!(
             "machines {}  clients {}  phase {} s  (server on SQLite, loopback, {} CPUs)",
@@ -505,6 +591,14 @@ fn main() -> Result<()> {
             ms(checks.percentile(0.99)),
             checks.requests,
             checks.errors
+        );
+        println!(
+            "tls    : {:>9.0} /s  p50 {:.2} ms  p99 {:.2} ms  ({} requests, {} non-200; the same checks over TLS 1.3, keep-alive)",
+            tls_checks.rate(),
+            ms(tls_checks.percentile(0.5)),
+            ms(tls_checks.percentile(0.99)),
+            tls_checks.requests,
+            tls_checks.errors
         );
         println!(
             "gated  : {:>9.0} /s  p50 {:.2} ms  p99 {:.2} ms  ({} requests, {} non-200; a health-gated channel, its gate evaluated every second)",
@@ -524,6 +618,10 @@ fn main() -> Result<()> {
         );
         println!("ratio checks/healthz: {ratio:.2}");
         println!(
+            "ratio TLS checks/checks: {:.2}",
+            tls_checks.rate() / checks.rate()
+        );
+        println!(
             "ratio gated checks/checks: {:.2}",
             gated.rate() / checks.rate()
         );
@@ -539,6 +637,8 @@ fn main() -> Result<()> {
     let count = server_rt.block_on(state.store().machine_count())?;
     println!("machines in the database after the run: {count}");
     let _ = stop_tx.send(());
+    let _ = tls_stop_tx.send(());
     server_rt.block_on(server)??;
+    server_rt.block_on(tls_server)??;
     Ok(())
 }

@@ -242,6 +242,7 @@ fn rollout_metadata(
 /// `GET /v1/graph?basearch=&stream=&node_uuid=&os_version=&os_checksum=&group=&platform=&rollout_wariness=`.
 pub async fn graph(
     State(state): State<AppState>,
+    identity: Option<axum::extract::Extension<crate::tls::ClientIdentity>>,
     headers: HeaderMap,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
 ) -> Response {
@@ -329,7 +330,11 @@ pub async fn graph(
         .and_then(|v| Version::parse(&v).ok());
     let metrics = state.metrics();
     metrics.graph_requests.inc();
-    if let (Some(id), Some(version)) = (node_uuid, &current) {
+    // With identities required, a host is recorded only as the machine its certificate names
+    // (the graph is answered either way: a Cincinnati client may have no certificate).
+    let recordable =
+        node_uuid.filter(|id| state.authorize_machine(identity.as_deref(), id).is_ok());
+    if let (Some(id), Some(version)) = (recordable, &current) {
         if let Some(Decision::Offer { why, .. }) = view.state.as_ref().map(|s| {
             decide_placed(
                 &ChannelPlan {

@@ -4,7 +4,7 @@ use std::io::SeekFrom;
 
 use axum::body::Body;
 use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -21,6 +21,7 @@ use crate::metrics::{EventLabel, EventLabels, OfferLabels};
 use crate::rollout::{ChannelPlan, Decision, OfferReason, decide};
 use crate::state::AppState;
 use crate::store::{EventRecord, MachineCheck};
+use crate::tls::ClientIdentity;
 
 /// Longest event detail kept; longer ones are cut (at a character boundary).
 pub const MAX_DETAIL: usize = 4096;
@@ -52,11 +53,13 @@ fn check_machine_id(id: &str) -> Result<(), ApiError> {
 /// `POST /v1/check`: `{update: null}` or `{update: <envelope>}`.
 pub async fn check(
     State(state): State<AppState>,
+    identity: Option<Extension<ClientIdentity>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let req: CheckRequest = state.0.limits.json(&headers, body).await?;
     check_machine_id(&req.machine_id)?;
+    state.authorize_machine(identity.as_deref(), &req.machine_id)?;
     if !is_valid_name(&req.channel) {
         return Err(ApiError::bad_request(
             "bad-channel",
@@ -132,11 +135,13 @@ pub struct EventAccepted {
 /// `POST /v1/events`: records a step a machine reports.
 pub async fn event(
     State(state): State<AppState>,
+    identity: Option<Extension<ClientIdentity>>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
     let mut report: EventReport = state.0.limits.json(&headers, body).await?;
     check_machine_id(&report.machine_id)?;
+    state.authorize_machine(identity.as_deref(), &report.machine_id)?;
     if report.detail.len() > MAX_DETAIL {
         let mut cut = MAX_DETAIL;
         while !report.detail.is_char_boundary(cut) {

@@ -10,7 +10,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, string::Ia5String,
 };
 use reqwest::StatusCode;
 use serde_json::json;
@@ -37,6 +38,17 @@ impl TestCa {
 
     pub(crate) fn pem(&self) -> String {
         self.issuer.pem()
+    }
+
+    /// An X.509-SVID: a client certificate whose only name is the SPIFFE ID `uri`.
+    pub(crate) fn svid(&self, uri: &str) -> (String, String) {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = vec![SanType::URI(Ia5String::try_from(uri).unwrap())];
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
     }
 
     /// A server certificate for 127.0.0.1 and localhost: (chain PEM, key PEM, DER).
@@ -347,5 +359,128 @@ fn plain_http_off_loopback_is_refused_unless_allowed() {
     );
     let server = spawn_on(dir.path(), &db, "0.0.0.0:0", &["--allow-plain-http"]);
     assert!(server.url.starts_with("http://0.0.0.0:"), "{}", server.url);
+    sigterm(server);
+}
+
+/// The engine's machine id in `crate::mirror::engine_with`.
+const MACHINE: &str = "0000000000000000000000000000beef";
+
+#[tokio::test]
+async fn machines_must_present_an_svid_naming_themselves() {
+    let t = tls_dir();
+    let bundle = TestCa::new("SPIFFE slipway.test");
+    std::fs::write(t.dir.path().join("bundle.pem"), bundle.pem()).unwrap();
+    let db = format!("sqlite://{}", t.dir.path().join("db").display());
+    let mut args = tls_args(t.dir.path());
+    args.extend([
+        "--client-ca".to_owned(),
+        t.dir.path().join("bundle.pem").display().to_string(),
+        "--spiffe-trust-domain".to_owned(),
+        "slipway.test".to_owned(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = spawn_on(t.dir.path(), &db, "127.0.0.1:0", &args);
+    let url = server.url.clone();
+
+    // Admins keep using tokens, without a client certificate.
+    let admin = client(Some(&t.ca));
+    let payload = b"os image 2.0.0 for svid holders".repeat(64);
+    let sha = crate::harness::upload_to(&admin, &url, &payload).await;
+    assert!(sha.1.is_success(), "{}", sha.1);
+    let env = manifest("stable", "2.0.0", &payload, sha.0).sign(&[&release_key()]);
+    let resp = admin
+        .post(format!("{url}/v1/admin/releases"))
+        .bearer_auth(TOKEN)
+        .body(env.to_json_pretty())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let resp = admin
+        .post(format!("{url}/v1/admin/channels/stable/promote"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"version": "2.0.0"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    let ca = t.dir.path().join("ca.pem");
+    let attempt = |svid: Option<(String, String)>| {
+        let url = url.clone();
+        let ca = ca.clone();
+        async move {
+            let node = tempfile::tempdir().unwrap();
+            let mut extra = format!("ca = \"{}\"\n", ca.display());
+            if let Some((cert, key)) = svid {
+                std::fs::write(node.path().join("svid.pem"), cert).unwrap();
+                std::fs::write(node.path().join("svid.key"), key).unwrap();
+                extra += &format!(
+                    "client-cert = \"{d}/svid.pem\"\nclient-key = \"{d}/svid.key\"\n",
+                    d = node.path().display()
+                );
+            }
+            let engine = crate::mirror::engine_with(node.path(), &url, &extra).await;
+            let _ = engine.check().await;
+            (node, engine)
+        }
+    };
+    // No certificate, another machine's, another trust domain's, one from an untrusted CA:
+    // refused, nothing staged.
+    let stranger = TestCa::new("not the bundle");
+    for (svid, why) in [
+        (None, "client-certificate-required"),
+        (
+            Some(bundle.svid("spiffe://slipway.test/machine/0000000000000000000000000000cafe")),
+            "identity-mismatch",
+        ),
+        (
+            Some(bundle.svid(&format!("spiffe://evil.test/machine/{MACHINE}"))),
+            "trust domain evil.test",
+        ),
+        (
+            Some(stranger.svid(&format!("spiffe://slipway.test/machine/{MACHINE}"))),
+            "error sending request",
+        ),
+    ] {
+        let (_node, engine) = attempt(svid).await;
+        let snap = engine.snapshot();
+        assert_ne!(snap.phase, EnginePhase::Staged, "{why}");
+        assert!(snap.last_error.contains(why), "{why}: {}", snap.last_error);
+    }
+    // Its own SVID: checks, stages and reports.
+    let (node, engine) = attempt(Some(
+        bundle.svid(&format!("spiffe://slipway.test/slipway/machine/{MACHINE}")),
+    ))
+    .await;
+    let snap = engine.snapshot();
+    assert_eq!(
+        (snap.phase, snap.staged_version.as_str()),
+        (EnginePhase::Staged, "2.0.0"),
+        "{}",
+        snap.last_error
+    );
+    engine.flush_reports().await;
+    assert_eq!(engine.queued_events().len(), 0, "reports accepted");
+    drop((node, engine));
+
+    // Rotation without a restart: an engine holding another machine's SVID is refused, gets
+    // its own written over the files, and the next check goes through.
+    let (node, engine) = attempt(Some(
+        bundle.svid("spiffe://slipway.test/machine/0000000000000000000000000000cafe"),
+    ))
+    .await;
+    assert!(engine.snapshot().last_error.contains("identity-mismatch"));
+    let (cert, key) = bundle.svid(&format!("spiffe://slipway.test/machine/{MACHINE}"));
+    std::fs::write(node.path().join("svid.key"), key).unwrap();
+    std::fs::write(node.path().join("svid.pem"), cert).unwrap();
+    engine.check().await.unwrap();
+    let snap = engine.snapshot();
+    assert_eq!(
+        (snap.phase, snap.staged_version.as_str()),
+        (EnginePhase::Staged, "2.0.0"),
+        "{}",
+        snap.last_error
+    );
     sigterm(server);
 }

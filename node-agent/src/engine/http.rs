@@ -1,0 +1,117 @@
+//! The engine's HTTP client: its trust anchors (`ca`) and, with `client-cert` and `client-key`,
+//! its identity for mutual TLS (an X.509-SVID). The client is rebuilt when one of those files
+//! changes, so a rotated certificate is used from the next request on, without a restart; a
+//! rotation caught half-written (a key that does not match, an unreadable file) keeps the
+//! client in use and is tried again at the next request.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use super::settings::Settings;
+use crate::{Error, Result};
+
+/// What the files looked like when the client was built: (modified, length) per file.
+type Stamp = Vec<Option<(SystemTime, u64)>>;
+
+/// A reqwest client kept in step with its certificate files.
+pub struct Http {
+    server: String,
+    timeout: Duration,
+    ca: Option<PathBuf>,
+    identity: Option<(PathBuf, PathBuf)>,
+    current: Mutex<(Stamp, reqwest::Client)>,
+}
+
+impl Http {
+    /// Builds the client from `settings`; fails if a certificate file is unusable.
+    pub fn new(settings: &Settings) -> Result<Self> {
+        let http = Self {
+            server: settings.server.to_string(),
+            timeout: settings.http_timeout,
+            ca: settings.ca.clone(),
+            identity: settings
+                .client_cert
+                .clone()
+                .zip(settings.client_key.clone()),
+            current: Mutex::new((Vec::new(), reqwest::Client::new())),
+        };
+        let stamp = http.stamp();
+        let client = http.build()?;
+        *http.current.lock().unwrap_or_else(|p| p.into_inner()) = (stamp, client);
+        Ok(http)
+    }
+
+    fn files(&self) -> impl Iterator<Item = &PathBuf> {
+        self.ca
+            .iter()
+            .chain(self.identity.iter().flat_map(|(c, k)| [c, k]))
+    }
+
+    fn stamp(&self) -> Stamp {
+        self.files()
+            .map(|p| {
+                std::fs::metadata(p)
+                    .ok()
+                    .and_then(|m| Some((m.modified().ok()?, m.len())))
+            })
+            .collect()
+    }
+
+    fn build(&self) -> Result<reqwest::Client> {
+        let mut http = reqwest::Client::builder()
+            .connect_timeout(self.timeout)
+            .user_agent(concat!("slipway-agent/", env!("CARGO_PKG_VERSION")));
+        if let Some(ca) = &self.ca {
+            // A private CA: only it is trusted, so a server with any other certificate is
+            // refused before a request is sent.
+            let pem = std::fs::read(ca).map_err(|e| Error::io(ca, e))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "ca = \"{}\": no PEM certificate in the file",
+                        ca.display()
+                    ))
+                })?;
+            http = http.tls_certs_only(certs);
+        }
+        if let Some((cert, key)) = &self.identity {
+            let mut pem = std::fs::read(cert).map_err(|e| Error::io(cert, e))?;
+            pem.push(b'\n');
+            pem.extend(std::fs::read(key).map_err(|e| Error::io(key, e))?);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|e| {
+                Error::Config(format!(
+                    "client-cert \"{}\" / client-key \"{}\": {}",
+                    cert.display(),
+                    key.display(),
+                    crate::error::with_causes(&e)
+                ))
+            })?;
+            http = http.identity(identity);
+        }
+        http.build().map_err(|e| Error::Server {
+            url: self.server.clone(),
+            reason: format!("HTTP client: {}", crate::error::with_causes(&e)),
+        })
+    }
+
+    /// The client, rebuilt first if a certificate file changed since it was built.
+    pub fn client(&self) -> reqwest::Client {
+        let stamp = self.stamp();
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != stamp {
+            match self.build() {
+                Ok(client) => {
+                    tracing::info!("certificate files changed: HTTP client rebuilt");
+                    *current = (stamp, client);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "certificate files changed but do not load; keeping the client in use");
+                }
+            }
+        }
+        current.1.clone()
+    }
+}
