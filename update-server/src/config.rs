@@ -83,13 +83,21 @@ pub struct Settings {
     #[arg(long, env = "SLIPWAY_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// PEM trust bundle (a SPIFFE X.509 bundle) for machines' client certificates: with it,
-    /// checks and reports must come with a certificate whose SPIFFE ID names the machine (its
-    /// last path segment, `spiffe://DOMAIN/.../MACHINE_ID`). Needs --tls-cert.
-    #[arg(long, env = "SLIPWAY_CLIENT_CA", requires = "tls_cert")]
+    /// checks and reports must come with an X.509-SVID whose SPIFFE ID is exactly
+    /// `spiffe://TRUST_DOMAIN/PATH_PREFIX/MACHINE_ID`. Needs --tls-cert and
+    /// --spiffe-trust-domain.
+    #[arg(long, env = "SLIPWAY_CLIENT_CA", requires_all = ["tls_cert", "spiffe_trust_domain"])]
     pub client_ca: Option<PathBuf>,
-    /// With --client-ca: the SPIFFE trust domain machines' IDs must belong to.
+    /// With --client-ca: the SPIFFE trust domain of machines' IDs.
     #[arg(long, env = "SLIPWAY_SPIFFE_TRUST_DOMAIN", requires = "client_ca")]
     pub spiffe_trust_domain: Option<String>,
+    /// With --client-ca: the path of machines' SPIFFE IDs before the machine id.
+    #[arg(
+        long,
+        env = "SLIPWAY_SPIFFE_PATH_PREFIX",
+        default_value = "slipway/machine"
+    )]
+    pub spiffe_path_prefix: String,
     /// Serve plain HTTP on an address other than loopback (behind a TLS-terminating proxy, or a
     /// network you trust); without it the server refuses to start there without --tls-cert.
     #[arg(long, env = "SLIPWAY_ALLOW_PLAIN_HTTP")]

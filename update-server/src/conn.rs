@@ -93,6 +93,82 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteProgress<S> {
     }
 }
 
+/// A stream whose first bytes were already read (to learn, under a deadline, that the client
+/// sends anything at all): they are read again first.
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    at: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> Prefixed<S> {
+    /// Waits up to `limit` for the first bytes from `inner`; `None` if none came in time or
+    /// the client closed. A TLS connection's first byte after the handshake is where hyper's
+    /// own header timer cannot see it (its HTTP/1-or-2 detection reads without a timer).
+    pub async fn first_bytes(mut inner: S, limit: Duration) -> Option<Self> {
+        use tokio::io::AsyncReadExt as _;
+        let mut buf = vec![0u8; 4096];
+        match tokio::time::timeout(limit, inner.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                buf.truncate(n);
+                Some(Self {
+                    prefix: buf,
+                    at: 0,
+                    inner,
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.at < self.prefix.len() {
+            let n = buf.remaining().min(self.prefix.len() - self.at);
+            let at = self.at;
+            buf.put_slice(&self.prefix[at..at + n]);
+            self.at += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

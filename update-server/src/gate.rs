@@ -127,6 +127,10 @@ pub struct Gating {
     /// Set when the gate halted the rollout (the channel is paused too).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halt: Option<Halt>,
+    /// When an admin last resumed a halted rollout: the last open wave soaks again from then
+    /// (the outcomes before it are no longer counted, so nothing else would hold the next wave).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed_at: Option<Timestamp>,
 }
 
 impl Gating {
@@ -137,6 +141,7 @@ impl Gating {
             opened: Vec::new(),
             counted_from: promoted_at,
             halt: None,
+            resumed_at: None,
         }
     }
 
@@ -434,7 +439,12 @@ pub fn evaluate(
     }
     for (i, w) in waves.iter().enumerate().take(open) {
         let since = gating.opened[i];
-        let until = since.saturating_add(soak_signed(gate.soak_of(w)));
+        // The last open wave soaks again after a resume.
+        let soak_start = match gating.resumed_at {
+            Some(r) if i + 1 == open => since.max(r),
+            _ => since,
+        };
+        let until = soak_start.saturating_add(soak_signed(gate.soak_of(w)));
         let until = until.unwrap_or(since);
         states.push(if now < until && i + 1 < waves.len() {
             WaveState::Soaking { since, until }
@@ -443,8 +453,7 @@ pub fn evaluate(
         });
     }
     let failures = totals.failures();
-    let over =
-        totals.reached > 0 && failures as f64 > gate.max_failure_rate * totals.reached as f64;
+    let over = above_rate(failures, totals.reached, gate.max_failure_rate);
     let mut action = Action::Hold;
     if open < waves.len() {
         let due = promoted_at
@@ -460,7 +469,9 @@ pub fn evaluate(
             }
         } else if let Some(until) = soaking {
             WaveState::Gated {
-                why: format!("wave {} soaks until {until}", open - 1),
+                // Waves are numbered from 1 for people (as `slipway status` and the
+                // dashboard list them).
+                why: format!("wave {open} soaks until {until}"),
             }
         } else if totals.updating > 0 {
             WaveState::Gated {
@@ -502,6 +513,14 @@ pub fn evaluate(
         waves: states,
         totals,
     }
+}
+
+/// Whether `failures` of `reached` exceed `rate`, in whole numbers: a rate is kept to a
+/// hundredth of a percent, so "at most 29%" lets exactly 29 of 100 through (0.29 × 100 in
+/// floating point is 28.999…).
+fn above_rate(failures: u64, reached: u64, rate: f64) -> bool {
+    let per_10k = (rate * 10_000.0).round() as u128;
+    reached > 0 && u128::from(failures) * 10_000 > per_10k * u128::from(reached)
 }
 
 fn failure_line(failures: u64, reached: u64, gate: &Gate) -> String {
@@ -560,6 +579,7 @@ mod tests {
             opened: opened.iter().map(|&s| at(s)).collect(),
             counted_from: at(0),
             halt: None,
+            resumed_at: None,
         }
     }
 
@@ -804,7 +824,7 @@ mod tests {
         assert_eq!(
             v.waves[1],
             WaveState::Gated {
-                why: format!("wave 0 soaks until {}", at(600))
+                why: format!("wave 1 soaks until {}", at(600))
             }
         );
         let c = [counts(10, 10, 0, 0, 0), WaveCounts::default()];
@@ -901,6 +921,30 @@ mod tests {
                 "not healthy within 100s"
             ]
         );
+    }
+
+    #[test]
+    fn a_resumed_rollout_soaks_its_last_wave_again() {
+        let waves = [wave(0, 0.1, None), wave(0, 1.0, None)];
+        let mut g = gating(0.02, &[0]);
+        g.resumed_at = Some(at(5000));
+        let none = [WaveCounts::default(); 2];
+        let v = evaluate(&waves, &g, at(0), &none, false, at(5000 + 599));
+        assert_eq!(v.action, Action::Hold);
+        assert_eq!(v.waves[0].label(), "soaking");
+        let v = evaluate(&waves, &g, at(0), &none, false, at(5000 + 600));
+        assert_eq!(v.action, Action::Open(1));
+    }
+
+    #[test]
+    fn rates_compare_in_whole_numbers() {
+        assert!(!above_rate(29, 100, 0.29));
+        assert!(above_rate(30, 100, 0.29));
+        assert!(!above_rate(57, 100, 0.57));
+        assert!(above_rate(1, 10_000, 0.0));
+        assert!(!above_rate(0, 10, 0.0));
+        assert!(!above_rate(5, 0, 0.0));
+        assert!(!above_rate(2, 3, 1.0));
     }
 
     #[test]

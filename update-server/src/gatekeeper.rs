@@ -71,6 +71,20 @@ pub fn judge(
     }
 }
 
+/// Each wave's state: the gate's verdict for a gated rollout, the clock's otherwise; none
+/// without a target.
+pub fn wave_states(
+    record: &ChannelRecord,
+    gate: Option<&GateView>,
+    now: Timestamp,
+) -> Vec<WaveState> {
+    match (gate, &record.target, record.promoted_at) {
+        (Some(v), _, _) => v.verdict.waves.clone(),
+        (None, Some(_), Some(at)) => timed_states(&record.waves, at, now),
+        _ => Vec::new(),
+    }
+}
+
 /// Each wave's state for a rollout without a gate: open once its time has come.
 pub fn timed_states(waves: &[Wave], promoted_at: Timestamp, now: Timestamp) -> Vec<WaveState> {
     waves
@@ -94,55 +108,75 @@ pub fn timed_states(waves: &[Wave], promoted_at: Timestamp, now: Timestamp) -> V
 pub async fn tick(state: &AppState) -> Result<Vec<(String, Action)>> {
     let mut changed = Vec::new();
     for record in state.store().channels().await? {
-        let Some(gating) = &record.gating else {
-            continue;
-        };
-        if record.paused || gating.halt.is_some() {
+        let gated = record
+            .gating
+            .as_ref()
+            .is_some_and(|g| g.halt.is_none() && !record.paused);
+        if !gated {
             continue;
         }
-        let _admin = state.0.admin.lock().await;
-        let now = state.0.clock.now();
-        let Some(view) = view(state, &record, now).await? else {
-            continue;
-        };
-        let action = view.verdict.action.clone();
-        let mut next = record.clone();
-        // Strictly after what was read, so the next conditional write sees a change even
-        // within the same millisecond.
-        next.updated_at = now.max(
-            record
-                .updated_at
-                .checked_add(jiff::SignedDuration::from_millis(1))
-                .unwrap_or(now),
-        );
-        let g = next.gating.as_mut().expect("gated");
-        match &action {
-            Action::Hold => continue,
-            Action::Open(_) => g.opened.push(now),
-            Action::Halt { reason } => {
-                g.halt = Some(Halt {
-                    at: now,
-                    reason: reason.clone(),
-                    failed: view.verdict.totals.failures(),
-                    reached: view.verdict.totals.reached,
-                    machines: view.failing.clone(),
-                });
-                next.paused = true;
+        // One channel's trouble (a query that fails) does not stop the others' gates.
+        match tick_one(state, &record).await {
+            Ok(Some(action)) => changed.push((record.name.clone(), action)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(channel = %record.name, error = %e, "evaluating the health gate failed")
             }
         }
-        if !state
-            .store()
-            .put_channel_if(&next, record.updated_at)
-            .await?
-        {
-            tracing::debug!(channel = %record.name, "channel changed meanwhile; gate decision left to the next pass");
-            continue;
-        }
-        state.reload().await?;
-        announce(state, &next, &action, &view, now);
-        changed.push((record.name.clone(), action));
     }
     Ok(changed)
+}
+
+async fn tick_one(state: &AppState, record: &ChannelRecord) -> Result<Option<Action>> {
+    let now = state.0.clock.now();
+    // Read without the admin lock (admin requests need not wait for the query); the write
+    // below lands only if the channel is still as read.
+    let Some(view) = view(state, record, now).await? else {
+        return Ok(None);
+    };
+    let action = view.verdict.action.clone();
+    let mut next = record.clone();
+    // Strictly after what was read, so the next conditional write sees a change even within
+    // the same millisecond.
+    next.updated_at = now.max(
+        record
+            .updated_at
+            .checked_add(jiff::SignedDuration::from_millis(1))
+            .unwrap_or(now),
+    );
+    let Some(g) = next.gating.as_mut() else {
+        return Ok(None);
+    };
+    match &action {
+        Action::Hold => return Ok(None),
+        Action::Open(_) => g.opened.push(now),
+        Action::Halt { reason } => {
+            g.halt = Some(Halt {
+                at: now,
+                reason: reason.clone(),
+                failed: view.verdict.totals.failures(),
+                reached: view.verdict.totals.reached,
+                machines: view.failing.clone(),
+            });
+            next.paused = true;
+        }
+    }
+    let _admin = state.0.admin.lock().await;
+    if !state
+        .store()
+        .put_channel_if(&next, record.updated_at)
+        .await?
+    {
+        tracing::debug!(channel = %record.name, "channel changed meanwhile; gate decision left to the next pass");
+        return Ok(None);
+    }
+    // Written: announce it even if this replica's snapshot refresh fails (the periodic
+    // refresh catches up).
+    announce(state, &next, &action, &view, now);
+    if let Err(e) = state.reload().await {
+        tracing::warn!(error = %e, "reloading after a gate decision failed");
+    }
+    Ok(Some(action))
 }
 
 fn announce(
@@ -162,7 +196,7 @@ fn announce(
         Action::Hold => {}
         Action::Open(i) => {
             let w = &record.waves[*i];
-            tracing::info!(channel = %record.name, target = %target, wave = i, fraction = w.fraction, "gate passed: wave opened");
+            tracing::info!(channel = %record.name, target = %target, wave = i + 1, fraction = w.fraction, "gate passed: wave opened");
             state.metrics().gate_waves_opened.inc();
             state.emit(slipway_events::Event::new(
                 slipway_events::EventType::RolloutWaveOpened,
@@ -171,7 +205,7 @@ fn announce(
                 serde_json::json!({
                     "channel": record.name,
                     "version": target,
-                    "wave": i,
+                    "wave": i + 1,
                     "fraction": w.fraction,
                     "after": duration_text::format(w.after),
                     "reached": totals.reached,

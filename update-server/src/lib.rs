@@ -121,7 +121,7 @@ pub async fn serve_with(
             };
             let result = match tls {
                 None => {
-                    let service = with_identity(tls::ClientIdentity(None));
+                    let service = with_identity(tls::ClientIdentity::default());
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();
@@ -144,8 +144,13 @@ pub async fn serve_with(
                         .1
                         .peer_certificates()
                         .and_then(|c| c.first())
-                        .and_then(|c| tls::spiffe_id(c));
+                        .map_or(tls::PeerId::None, |c| tls::spiffe_id(c));
                     let service = with_identity(tls::ClientIdentity(identity));
+                    // A client that completes the handshake and then sends nothing is held no
+                    // longer than one that sends nothing at all.
+                    let Some(stream) = conn::Prefixed::first_bytes(stream, first_byte).await else {
+                        return;
+                    };
                     let conn = builder
                         .serve_connection_with_upgrades(TokioIo::new(stream), service)
                         .into_owned();

@@ -135,10 +135,12 @@ async fn main() -> Result<()> {
             match &settings.client_ca {
                 Some(bundle) => {
                     let roots = slipway_server::tls::load_bundle(bundle)?;
-                    state.require_identity(slipway_server::tls::IdentityPolicy {
-                        trust_domain: settings.spiffe_trust_domain.clone(),
-                    });
-                    tracing::info!(bundle = %bundle.display(), trust_domain = ?settings.spiffe_trust_domain, "machines must present a client certificate naming them");
+                    let policy = slipway_server::tls::IdentityPolicy {
+                        trust_domain: settings.spiffe_trust_domain.clone().unwrap_or_default(),
+                        path_prefix: settings.spiffe_path_prefix.clone(),
+                    };
+                    tracing::info!(bundle = %bundle.display(), ids = %policy.id_of("MACHINE_ID"), "machines must present an X.509-SVID naming them");
+                    state.require_identity(policy);
                     Some(c.acceptor_with(Some(&roots))?)
                 }
                 None => Some(c.acceptor()?),

@@ -65,6 +65,10 @@ pub struct Options {
     pub channels: Vec<String>,
     /// Where downloads in progress are kept (for resuming).
     pub work_dir: PathBuf,
+    /// Copy advisory and floor marks too. They are not signed (an admin sets them on a server),
+    /// so they change what machines are offered on the word of whoever could alter the copy:
+    /// only when the operator says so.
+    pub copy_marks: bool,
 }
 
 /// What a run did.
@@ -236,9 +240,11 @@ pub async fn run(opts: &Options, progress: &mut (dyn FnMut(String) + Send)) -> R
             summary.releases_present += 1;
             progress(format!("{name}: already published"));
         }
-        mark(&client, &opts.to, r)
-            .await
-            .with_context(|| format!("{name}: copying its advisory and floor marks"))?;
+        if opts.copy_marks {
+            mark(&client, &opts.to, r)
+                .await
+                .with_context(|| format!("{name}: copying its advisory and floor marks"))?;
+        }
     }
     Ok(summary)
 }
@@ -359,7 +365,11 @@ async fn list(client: &reqwest::Client, from: &Place) -> Result<Vec<Release>> {
                     let marks = match std::fs::read(&marks_path) {
                         Ok(b) => serde_json::from_slice(&b)
                             .with_context(|| format!("{}", marks_path.display()))?,
-                        Err(_) => Marks::default(),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Marks::default(),
+                        Err(e) => {
+                            return Err(e)
+                                .with_context(|| format!("reading {}", marks_path.display()));
+                        }
                     };
                     out.push(Release {
                         channel: name.clone(),
@@ -415,10 +425,23 @@ async fn fetch(
         }
         Place::Server { url, .. } => {
             let part = work.join(format!("{}.part", w.sha256));
-            let mut have = tokio::fs::metadata(&part).await.map_or(0, |m| m.len());
+            let mut have = tokio::fs::symlink_metadata(&part)
+                .await
+                .map_or(0, |m| if m.is_file() { m.len() } else { u64::MAX });
             if have > w.size {
                 tokio::fs::remove_file(&part).await?;
                 have = 0;
+            }
+            let done = work.join(w.sha256.to_hex());
+            if have == w.size {
+                // An earlier run got every byte and stopped before (or while) checking them.
+                summary.bytes_resumed += have;
+                if let Err(e) = verify(&part, w) {
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(e);
+                }
+                tokio::fs::rename(&part, &done).await?;
+                return Ok((done, true));
             }
             let mut req = client.get(format!("{}/v1/payloads/{}", base(url), w.sha256));
             if have > 0 {
@@ -430,7 +453,14 @@ async fn fetch(
                 .with_context(|| format!("downloading from {url}"))?;
             let status = resp.status();
             let mut file = match status {
-                reqwest::StatusCode::PARTIAL_CONTENT if have > 0 => {
+                reqwest::StatusCode::PARTIAL_CONTENT
+                    if have > 0
+                        && resp
+                            .headers()
+                            .get(reqwest::header::CONTENT_RANGE)
+                            .and_then(|v| v.to_str().ok())
+                            .is_some_and(|r| r.starts_with(&format!("bytes {have}-"))) =>
+                {
                     summary.bytes_resumed += have;
                     progress(format!(
                         "{}: resuming at {} of {}",
@@ -487,7 +517,6 @@ async fn fetch(
                 let _ = tokio::fs::remove_file(&part).await;
                 return Err(e);
             }
-            let done = work.join(w.sha256.to_hex());
             tokio::fs::rename(&part, &done).await?;
             Ok((done, true))
         }

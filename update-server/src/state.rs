@@ -65,6 +65,13 @@ pub struct ChannelView {
     pub details: HashMap<Version, ReleaseDetail>,
 }
 
+impl ChannelView {
+    /// The rollout plan checks are decided by: `None` while the channel has no state.
+    pub fn plan(&self) -> Option<crate::rollout::ChannelPlan<'_>> {
+        self.state.as_ref().map(|s| s.plan(&self.releases))
+    }
+}
+
 /// What the Cincinnati graph says about a release besides its version.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReleaseDetail {

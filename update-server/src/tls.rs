@@ -147,79 +147,185 @@ pub fn load_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-/// Machine requests must come with a client certificate naming the machine.
+/// Machine requests must come with a client certificate naming the machine: a SPIFFE ID that
+/// is exactly `spiffe://TRUST_DOMAIN/PATH_PREFIX/MACHINE_ID`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdentityPolicy {
-    /// SPIFFE IDs must be from this trust domain, when set.
-    pub trust_domain: Option<String>,
+    /// The trust domain machines' IDs belong to.
+    pub trust_domain: String,
+    /// The path before the machine id (`slipway/machine`); empty: the id is the whole path.
+    pub path_prefix: String,
 }
 
 impl IdentityPolicy {
-    /// Whether `identity` may act as `machine_id`; the refusal's kind and message if not.
+    /// The SPIFFE ID that names `machine_id`.
+    pub fn id_of(&self, machine_id: &str) -> String {
+        let prefix = self.path_prefix.trim_matches('/');
+        if prefix.is_empty() {
+            format!("spiffe://{}/{machine_id}", self.trust_domain)
+        } else {
+            format!("spiffe://{}/{prefix}/{machine_id}", self.trust_domain)
+        }
+    }
+
+    /// Whether `identity` may act as `machine_id`; the refusal's status, kind and message if
+    /// not.
     pub fn authorize(
         &self,
         identity: Option<&ClientIdentity>,
         machine_id: &str,
     ) -> std::result::Result<(), (u16, &'static str, String)> {
-        let Some(id) = identity.and_then(|i| i.0.as_deref()) else {
-            return Err((
-                401,
-                "client-certificate-required",
-                "this server requires machines to present a client certificate (an X.509-SVID naming the machine)".into(),
-            ));
+        let id = match identity.map(|i| &i.0) {
+            None | Some(PeerId::None) => {
+                return Err((
+                    401,
+                    "client-certificate-required",
+                    "this server requires machines to present a client certificate (an X.509-SVID naming the machine)".into(),
+                ));
+            }
+            Some(PeerId::Invalid(why)) => return Err((403, "identity-mismatch", why.clone())),
+            Some(PeerId::Spiffe(id)) => id,
         };
-        match machine_of(id, self.trust_domain.as_deref()) {
-            Ok(m) if m == machine_id => Ok(()),
-            Ok(m) => Err((
+        let want = self.id_of(machine_id);
+        // SPIFFE IDs compare exactly; the trust domain is case-insensitive.
+        let same = id.len() == want.len()
+            && id
+                .split_once("://")
+                .zip(want.split_once("://"))
+                .and_then(|((_, a), (_, b))| Some((a.split_once('/')?, b.split_once('/')?)))
+                .is_some_and(|((td_a, path_a), (td_b, path_b))| {
+                    td_a.eq_ignore_ascii_case(td_b) && path_a == path_b
+                });
+        if same {
+            Ok(())
+        } else {
+            Err((
                 403,
                 "identity-mismatch",
-                format!(
-                    "the client certificate is {id} (machine {m}); it may not act as machine {machine_id}"
-                ),
-            )),
-            Err(e) => Err((403, "identity-mismatch", e)),
+                format!("the client certificate is {id}; machine {machine_id} must present {want}"),
+            ))
         }
     }
 }
 
-/// The verified client certificate's SPIFFE ID, if it presented one: set on every request of
-/// a TLS connection (`None` for plain HTTP or no certificate).
+/// What a verified client certificate says about its holder.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ClientIdentity(pub Option<String>);
-
-/// The first `spiffe://` URI SAN of a DER certificate.
-pub fn spiffe_id(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    let san = cert.subject_alternative_name().ok()??;
-    san.value.general_names.iter().find_map(|n| match n {
-        x509_parser::extensions::GeneralName::URI(u) if u.starts_with("spiffe://") => {
-            Some((*u).to_owned())
-        }
-        _ => None,
-    })
+pub enum PeerId {
+    /// No client certificate (or plain HTTP).
+    #[default]
+    None,
+    /// Exactly one `spiffe://` URI SAN.
+    Spiffe(String),
+    /// A certificate that is no X.509-SVID (no SPIFFE ID, or several).
+    Invalid(String),
 }
 
-/// The machine a SPIFFE ID names: its last path segment (`spiffe://example.org/slipway/machine/ID`
-/// names ID), from `trust_domain` when one is required.
-pub fn machine_of(
-    spiffe_id: &str,
-    trust_domain: Option<&str>,
-) -> std::result::Result<String, String> {
-    let rest = spiffe_id
-        .strip_prefix("spiffe://")
-        .ok_or_else(|| format!("{spiffe_id} is not a SPIFFE ID"))?;
-    let (domain, path) = rest
-        .split_once('/')
-        .ok_or_else(|| format!("{spiffe_id} names no workload (no path)"))?;
-    if let Some(td) = trust_domain
-        && !domain.eq_ignore_ascii_case(td)
-    {
-        return Err(format!(
-            "{spiffe_id} is from trust domain {domain}, not {td}"
-        ));
+/// What the verified client certificate says, set on every request of a connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientIdentity(pub PeerId);
+
+/// The SPIFFE ID of a DER certificate: an X.509-SVID has exactly one URI SAN, a `spiffe://`
+/// one.
+pub fn spiffe_id(der: &[u8]) -> PeerId {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return PeerId::Invalid("the client certificate does not parse".into());
+    };
+    let uris: Vec<&str> = match cert.subject_alternative_name() {
+        Ok(Some(san)) => san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::URI(u) => Some(*u),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    match uris.as_slice() {
+        [one] if one.starts_with("spiffe://") => PeerId::Spiffe((*one).to_owned()),
+        [] => PeerId::Invalid("the client certificate has no SPIFFE ID (URI SAN)".into()),
+        _ => PeerId::Invalid(format!(
+            "an X.509-SVID has exactly one spiffe:// URI SAN; the client certificate has {}",
+            uris.join(", ")
+        )),
     }
-    match path.rsplit('/').next() {
-        Some(m) if !m.is_empty() => Ok(m.to_owned()),
-        _ => Err(format!("{spiffe_id} ends without a machine id")),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert_with_uris(uris: &[&str]) -> Vec<u8> {
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.subject_alt_names = uris
+            .iter()
+            .map(|u| rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*u).unwrap()))
+            .collect();
+        let key = rcgen::KeyPair::generate().unwrap();
+        p.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn an_svid_has_exactly_one_spiffe_id() {
+        assert_eq!(
+            spiffe_id(&cert_with_uris(&["spiffe://td/slipway/machine/m1"])),
+            PeerId::Spiffe("spiffe://td/slipway/machine/m1".into())
+        );
+        for uris in [
+            &[][..],
+            &["https://example.org/m1"][..],
+            &[
+                "spiffe://td/slipway/machine/m1",
+                "spiffe://td/slipway/machine/m2",
+            ][..],
+        ] {
+            assert!(
+                matches!(spiffe_id(&cert_with_uris(uris)), PeerId::Invalid(_)),
+                "{uris:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_exact_id_may_act_as_a_machine() {
+        let policy = IdentityPolicy {
+            trust_domain: "example.org".into(),
+            path_prefix: "slipway/machine".into(),
+        };
+        let id = |s: &str| ClientIdentity(PeerId::Spiffe(s.into()));
+        assert!(
+            policy
+                .authorize(Some(&id("spiffe://example.org/slipway/machine/m1")), "m1")
+                .is_ok()
+        );
+        assert!(
+            policy
+                .authorize(Some(&id("spiffe://EXAMPLE.org/slipway/machine/m1")), "m1")
+                .is_ok()
+        );
+        for other in [
+            "spiffe://example.org/slipway/machine/m2",
+            "spiffe://example.org/ns/default/sa/m1",
+            "spiffe://example.org/slipway/machine/x/m1",
+            "spiffe://other.org/slipway/machine/m1",
+            "spiffe://example.org/slipway/machine/m1/",
+        ] {
+            let e = policy.authorize(Some(&id(other)), "m1").unwrap_err();
+            assert_eq!((e.0, e.1), (403, "identity-mismatch"), "{other}");
+        }
+        assert_eq!(policy.authorize(None, "m1").unwrap_err().0, 401);
+        assert_eq!(
+            policy
+                .authorize(Some(&ClientIdentity(PeerId::None)), "m1")
+                .unwrap_err()
+                .0,
+            401
+        );
+        let flat = IdentityPolicy {
+            trust_domain: "example.org".into(),
+            path_prefix: String::new(),
+        };
+        assert_eq!(flat.id_of("m1"), "spiffe://example.org/m1");
     }
 }

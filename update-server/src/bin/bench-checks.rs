@@ -150,6 +150,7 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
                 opened: vec![now],
                 counted_from: now,
                 halt: None,
+                resumed_at: None,
             }),
             updated_at: now,
         })
@@ -521,50 +522,14 @@ fn main() -> Result<()> {
         let mut gated = Phase::empty();
         let mut health = Phase::empty();
         for _ in 0..rounds {
-            tls_checks.add(
-                run(
-                    &tls,
-                    Target::Check,
-                    args.clients,
-                    args.machines,
-                    slice,
-                    None,
-                )
-                .await?,
-            );
-            gated.add(
-                run(
-                    &plain,
-                    Target::GatedCheck,
-                    args.clients,
-                    args.machines,
-                    slice,
-                    None,
-                )
-                .await?,
-            );
-            checks.add(
-                run(
-                    &plain,
-                    Target::Check,
-                    args.clients,
-                    args.machines,
-                    slice,
-                    None,
-                )
-                .await?,
-            );
-            health.add(
-                run(
-                    &plain,
-                    Target::Healthz,
-                    args.clients,
-                    args.machines,
-                    slice,
-                    None,
-                )
-                .await?,
-            );
+            for (phase, to, target) in [
+                (&mut tls_checks, &tls, Target::Check),
+                (&mut gated, &plain, Target::GatedCheck),
+                (&mut checks, &plain, Target::Check),
+                (&mut health, &plain, Target::Healthz),
+            ] {
+                phase.add(run(to, target, args.clients, args.machines, slice, None).await?);
+            }
         }
         let interval = Duration::from_secs_f64(16.0 / args.rate as f64);
         let mut steady = run(
@@ -584,38 +549,29 @@ fn main() -> Result<()> {
             args.seconds,
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
-        println!(
-            "checks : {:>9.0} /s  p50 {:.2} ms  p99 {:.2} ms  ({} requests, {} non-200)",
-            checks.rate(),
-            ms(checks.percentile(0.5)),
-            ms(checks.percentile(0.99)),
-            checks.requests,
-            checks.errors
-        );
-        println!(
-            "tls    : {:>9.0} /s  p50 {:.2} ms  p99 {:.2} ms  ({} requests, {} non-200; the same checks over TLS 1.3, keep-alive)",
-            tls_checks.rate(),
-            ms(tls_checks.percentile(0.5)),
-            ms(tls_checks.percentile(0.99)),
-            tls_checks.requests,
-            tls_checks.errors
-        );
-        println!(
-            "gated  : {:>9.0} /s  p50 {:.2} ms  p99 {:.2} ms  ({} requests, {} non-200; a health-gated channel, its gate evaluated every second)",
-            gated.rate(),
-            ms(gated.percentile(0.5)),
-            ms(gated.percentile(0.99)),
-            gated.requests,
-            gated.errors
-        );
-        println!(
-            "healthz: {:>9.0} /s  p50 {:.2} ms  p99 {:.2} ms  ({} requests, {} non-200)",
-            health.rate(),
-            ms(health.percentile(0.5)),
-            ms(health.percentile(0.99)),
-            health.requests,
-            health.errors
-        );
+        for (label, phase, note) in [
+            ("checks ", &mut checks, ""),
+            (
+                "tls    ",
+                &mut tls_checks,
+                "; the same checks over TLS 1.3, keep-alive",
+            ),
+            (
+                "gated  ",
+                &mut gated,
+                "; a health-gated channel, its gate evaluated every second",
+            ),
+            ("healthz", &mut health, ""),
+        ] {
+            println!(
+                "{label}: {:>9.0} /s  p50 {:.2} ms  p99 {:.2} ms  ({} requests, {} non-200{note})",
+                phase.rate(),
+                ms(phase.percentile(0.5)),
+                ms(phase.percentile(0.99)),
+                phase.requests,
+                phase.errors
+            );
+        }
         println!("ratio checks/healthz: {ratio:.2}");
         println!(
             "ratio TLS checks/checks: {:.2}",

@@ -139,9 +139,13 @@ struct MirrorArgs {
     #[arg(long = "channel")]
     channels: Vec<String>,
     /// Where downloads in progress are kept, to resume an interrupted mirror
-    /// [default: TO_DIR/.work, or slipway-mirror in the temporary directory].
+    /// [default: TO_DIR/.work, or ~/.cache/slipway/mirror].
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// Copy advisory and floor marks too (they are not signed: whoever could alter the copy
+    /// could set them).
+    #[arg(long)]
+    copy_marks: bool,
     #[command(flatten)]
     tls: TlsArgs,
 }
@@ -786,10 +790,22 @@ fn mirror(args: MirrorArgs) -> Result<()> {
     let root_json = read_limited(&args.root, SMALL_FILE_LIMIT)
         .with_context(|| format!("reading {}", args.root.display()))?;
     let root = load_root(&args.root)?;
-    let work_dir = args.work_dir.clone().unwrap_or_else(|| match &args.to_dir {
-        Some(d) => d.join(".work"),
-        None => std::env::temp_dir().join("slipway-mirror"),
-    });
+    let work_dir = match (&args.work_dir, &args.to_dir) {
+        (Some(w), _) => w.clone(),
+        (None, Some(d)) => d.join(".work"),
+        // A private directory: a shared one (/tmp) would let another user plant files there.
+        (None, None) => std::env::var_os("XDG_CACHE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+            .map(|c| c.join("slipway/mirror"))
+            .ok_or_else(|| anyhow!("--work-dir is needed (no HOME to keep downloads under)"))?,
+    };
+    fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        fs::set_permissions(&work_dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", work_dir.display()))?;
+    }
     let urls: Vec<&str> = [args.from.as_deref(), args.to.as_deref()]
         .into_iter()
         .flatten()
@@ -803,6 +819,7 @@ fn mirror(args: MirrorArgs) -> Result<()> {
         root_json,
         channels: args.channels,
         work_dir,
+        copy_marks: args.copy_marks,
     };
     let summary = tokio::runtime::Builder::new_current_thread()
         .enable_all()

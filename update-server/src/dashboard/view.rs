@@ -322,11 +322,7 @@ pub fn overview(
         let gate_view = gates.get(name);
         let waves = match (record, &target) {
             (Some(c), Some(t)) => {
-                let states = match (gate_view, c.promoted_at) {
-                    (Some(v), _) => v.verdict.waves.clone(),
-                    (None, Some(p)) => crate::gatekeeper::timed_states(&c.waves, p, now),
-                    (None, None) => Vec::new(),
-                };
+                let states = crate::gatekeeper::wave_states(c, gate_view, now);
                 wave_progress(&c.waves, c.promoted_at, t, &members, &states, c.paused)
             }
             _ => Vec::new(),

@@ -17,7 +17,7 @@ use crate::api_error::{ApiError, json_response};
 use crate::gate::{FailingMachine, Gate, Gating, Halt, WaveCounts, WaveState};
 use crate::gatekeeper;
 use crate::payloads::UploadError;
-use crate::rollout::{self, ChannelPlan, Wave, validate_waves};
+use crate::rollout::{self, Wave, validate_waves};
 use crate::state::AppState;
 use crate::store::{AdvisoryMark, ChannelRecord, EventRecord, MachineRecord, PutOutcome};
 
@@ -437,21 +437,9 @@ async fn channel_status(state: &AppState, name: &str) -> Result<ChannelStatus, A
     Ok(match record {
         Some(c) => {
             let gate_view = gatekeeper::view(state, &c, now).await?;
-            let wave_states = match (&gate_view, c.target.is_some(), c.promoted_at) {
-                (Some(v), _, _) => v.verdict.waves.clone(),
-                (None, true, Some(at)) => gatekeeper::timed_states(&c.waves, at, now),
-                _ => Vec::new(),
-            };
+            let wave_states = gatekeeper::wave_states(&c, gate_view.as_ref(), now);
             let fraction_now = match (c.paused, &c.target, c.promoted_at) {
-                (false, Some(target), Some(at)) => ChannelPlan {
-                    target: Some(target),
-                    waves: &c.waves,
-                    promoted_at: at,
-                    gating: c.gating.as_ref(),
-                    paused: false,
-                    releases: &[],
-                }
-                .fraction(now),
+                (false, Some(_), Some(_)) => c.plan(&[]).fraction(now),
                 _ => 0.0,
             };
             ChannelStatus {
@@ -619,6 +607,7 @@ async fn set_paused(state: AppState, name: String, paused: bool) -> Result<Respo
                 tracing::info!(channel = %name, halt = ?g.halt.as_ref().map(|h| &h.reason), "halted rollout resumed");
                 g.halt = None;
                 g.counted_from = now;
+                g.resumed_at = Some(now);
             }
             ChannelRecord {
                 paused,

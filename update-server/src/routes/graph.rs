@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use slipway_api::wire::is_valid_machine_id;
 
 use crate::metrics::OfferLabels;
-use crate::rollout::{ChannelPlan, Decision, OfferReason, decide_placed, place};
+use crate::rollout::{Decision, OfferReason, decide_placed, place};
 use crate::state::{AppState, ChannelView};
 use crate::store::MachineCheck;
 
@@ -121,14 +121,7 @@ pub fn build(view: &ChannelView, placement: Placement<'_>, now: Timestamp) -> Gr
         .map(|(i, v)| (*v, i as u64))
         .collect();
     let state = view.state.as_ref();
-    let plan = state.map(|s| ChannelPlan {
-        target: s.target.as_ref(),
-        waves: &s.waves,
-        promoted_at: s.promoted_at.unwrap_or(s.updated_at),
-        gating: s.gating.as_ref(),
-        paused: s.paused,
-        releases: &view.releases,
-    });
+    let plan = view.plan();
     let mut nodes = Vec::with_capacity(releases.len());
     let mut edges = Vec::new();
     for (i, v) in releases.iter().enumerate() {
@@ -173,7 +166,9 @@ pub fn build(view: &ChannelView, placement: Placement<'_>, now: Timestamp) -> Gr
         });
         if let Some(plan) = &plan {
             let place_of = |target: &Version| match placement {
-                Placement::Wariness(w) => w,
+                // A place is below 1 (a wave open to everyone covers it): the wariest host,
+                // 1.0, gets what everyone gets.
+                Placement::Wariness(w) => w.min(1.0 - f64::EPSILON),
                 Placement::Machine(id) => place(id, target),
                 // Just below 1: inside a wave only once it covers everyone.
                 Placement::Anonymous => 1.0 - f64::EPSILON,
@@ -335,17 +330,10 @@ pub async fn graph(
     let recordable =
         node_uuid.filter(|id| state.authorize_machine(identity.as_deref(), id).is_ok());
     if let (Some(id), Some(version)) = (recordable, &current) {
-        if let Some(Decision::Offer { why, .. }) = view.state.as_ref().map(|s| {
+        if let Some(Decision::Offer { why, .. }) = view.plan().map(|plan| {
             decide_placed(
-                &ChannelPlan {
-                    target: s.target.as_ref(),
-                    waves: &s.waves,
-                    promoted_at: s.promoted_at.unwrap_or(s.updated_at),
-                    gating: s.gating.as_ref(),
-                    paused: s.paused,
-                    releases: &view.releases,
-                },
-                |t| wariness.unwrap_or_else(|| place(id, t)),
+                &plan,
+                |t| wariness.map_or_else(|| place(id, t), |w| w.min(1.0 - f64::EPSILON)),
                 version,
                 now,
             )

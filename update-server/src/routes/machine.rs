@@ -18,7 +18,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::api_error::{ApiError, json_response, raw_json};
 use crate::metrics::{EventLabel, EventLabels, OfferLabels};
-use crate::rollout::{ChannelPlan, Decision, OfferReason, decide};
+use crate::rollout::{Decision, OfferReason, decide};
 use crate::state::AppState;
 use crate::store::{EventRecord, MachineCheck};
 use crate::tls::ClientIdentity;
@@ -77,20 +77,8 @@ pub async fn check(
             format!("no channel named {:?} on this server", req.channel),
         ));
     };
-    let decision = match &view.state {
-        Some(s) => decide(
-            &ChannelPlan {
-                target: s.target.as_ref(),
-                waves: &s.waves,
-                promoted_at: s.promoted_at.unwrap_or(s.updated_at),
-                gating: s.gating.as_ref(),
-                paused: s.paused,
-                releases: &view.releases,
-            },
-            &req.machine_id,
-            &req.version,
-            now,
-        ),
+    let decision = match view.plan() {
+        Some(plan) => decide(&plan, &req.machine_id, &req.version, now),
         None => Decision::Stay(crate::rollout::StayReason::NoTarget),
     };
     state

@@ -81,6 +81,24 @@ pub struct ChannelRecord {
     pub updated_at: Timestamp,
 }
 
+impl ChannelRecord {
+    /// The rollout plan of this state over `releases` (a channel promoted long ago without a
+    /// recorded time counts from its last change).
+    pub fn plan<'a>(
+        &'a self,
+        releases: &'a [crate::rollout::ReleaseInfo],
+    ) -> crate::rollout::ChannelPlan<'a> {
+        crate::rollout::ChannelPlan {
+            target: self.target.as_ref(),
+            waves: &self.waves,
+            promoted_at: self.promoted_at.unwrap_or(self.updated_at),
+            gating: self.gating.as_ref(),
+            paused: self.paused,
+            releases,
+        }
+    }
+}
+
 /// What a machine said in a check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MachineCheck {
@@ -248,8 +266,8 @@ pub trait Store: Send + Sync + 'static {
     async fn put_channel_if(&self, channel: &ChannelRecord, expected: Timestamp) -> Result<bool>;
     /// Every channel's state.
     async fn channels(&self) -> Result<Vec<ChannelRecord>>;
-    /// The events about `version` since `since` of the machines following `channel`, in order
-    /// (for a health gate, see [`outcomes`]).
+    /// The events about `version` since `since` of the machines following `channel`, in order,
+    /// `checked` events left out (for a health gate, see [`outcomes`]).
     async fn rollout_events(
         &self,
         channel: &str,

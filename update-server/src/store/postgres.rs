@@ -313,7 +313,8 @@ impl Store for PostgresStore {
             .query(
                 "SELECT e.machine_id, e.kind, e.detail, e.at FROM events e
                  JOIN machines m ON m.id = e.machine_id
-                 WHERE e.version = $1 AND e.at >= $2 AND m.channel = $3 ORDER BY e.id",
+                 WHERE e.version = $1 AND e.at >= $2 AND m.channel = $3 AND e.kind <> 'checked'
+                 ORDER BY e.id",
                 &[&version.to_string(), &ms(since), &channel],
             )
             .await

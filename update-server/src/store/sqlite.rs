@@ -611,7 +611,8 @@ impl Store for SqliteStore {
                 "rollout events",
                 "SELECT e.machine_id, e.kind, e.detail, e.at FROM events e
                  JOIN machines m ON m.id = e.machine_id
-                 WHERE e.version = ?1 AND e.at >= ?2 AND m.channel = ?3 ORDER BY e.id",
+                 WHERE e.version = ?1 AND e.at >= ?2 AND m.channel = ?3 AND e.kind <> 'checked'
+                 ORDER BY e.id",
                 params![version, ms(since), channel],
                 |r| {
                     let machine_id: String = r.get(0)?;

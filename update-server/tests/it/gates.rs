@@ -213,7 +213,10 @@ async fn a_bad_release_halts_after_its_first_wave() {
     // CloudEvents: the first wave opened, then the halt with the failing machines.
     let opened = wait_events(&sink, "dev.slipway.rollout.wave-opened", 1).await;
     assert_eq!(opened.len(), 1, "{opened:?}");
-    assert_eq!(opened[0]["wave"], 0);
+    assert_eq!(
+        opened[0]["wave"], 1,
+        "waves are numbered from 1, as people read them"
+    );
     let halted = wait_events(&sink, "dev.slipway.rollout.wave-halted", 1).await;
     assert_eq!(halted.len(), 1);
     assert_eq!(halted[0]["reason"], reason);
@@ -283,11 +286,16 @@ async fn a_bad_release_halts_after_its_first_wave() {
         "{out}"
     );
 
-    // Resuming accepts the failures so far: the gate counts from now, and the rollout goes on.
+    // Resuming accepts the failures so far: the gate counts from now, the first wave soaks
+    // again (nothing would hold the next wave otherwise), then the rollout goes on.
     let (code, body) = s.admin(Method::POST, "/channels/stable/resume", None).await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert!(body["halt"].is_null(), "{body}");
     assert_eq!(body["paused"], false);
+    assert_eq!(states(&body), ["soaking", "gated", "later"], "{body:#}");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(states(&status(&s).await), ["soaking", "gated", "later"]);
+    s.set_now(at(3 * 3600 + 600));
     let st = until(&s, "resumed rollout opens the second wave", |st| {
         states(st)[1] != "later" && states(st)[1] != "gated"
     })
@@ -364,7 +372,7 @@ async fn a_good_release_opens_every_wave_in_order(backend: Backend) {
     assert_eq!(st["paused"], false);
     let opened = wait_events(&sink, "dev.slipway.rollout.wave-opened", 3).await;
     let order: Vec<u64> = opened.iter().map(|e| e["wave"].as_u64().unwrap()).collect();
-    assert_eq!(order, [0, 1, 2]);
+    assert_eq!(order, [1, 2, 3]);
     assert!(of_type(&sink, "dev.slipway.rollout.wave-halted").is_empty());
 }
 

@@ -85,20 +85,18 @@ async fn a_channel_is_mirrored_through_a_directory_and_server_to_server() {
     let w = work();
     let dir = w.path();
     let from = source.url.clone();
+    let to_usb = [
+        "--from",
+        from.as_str(),
+        "--from-token-file",
+        "admin.token",
+        "--to-dir",
+        "usb",
+        "--copy-marks",
+    ];
 
     // Source → directory.
-    let (code, summary, err) = mirror(
-        dir,
-        &[
-            "--from",
-            &from,
-            "--from-token-file",
-            "admin.token",
-            "--to-dir",
-            "usb",
-        ],
-    )
-    .await;
+    let (code, summary, err) = mirror(dir, &to_usb).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         (
@@ -132,18 +130,7 @@ async fn a_channel_is_mirrored_through_a_directory_and_server_to_server() {
     );
 
     // A rerun moves nothing.
-    let (code, summary, err) = mirror(
-        dir,
-        &[
-            "--from",
-            &from,
-            "--from-token-file",
-            "admin.token",
-            "--to-dir",
-            "usb",
-        ],
-    )
-    .await;
+    let (code, summary, err) = mirror(dir, &to_usb).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(
         (
@@ -166,6 +153,7 @@ async fn a_channel_is_mirrored_through_a_directory_and_server_to_server() {
             &site.url,
             "--to-token-file",
             "admin.token",
+            "--copy-marks",
         ],
     )
     .await;

@@ -14,6 +14,7 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType, string::Ia5String,
 };
 use reqwest::StatusCode;
+use rustls::pki_types::pem::PemObject as _;
 use serde_json::json;
 use slipway_api::EnginePhase;
 
@@ -431,15 +432,23 @@ async fn machines_must_present_an_svid_naming_themselves() {
     for (svid, why) in [
         (None, "client-certificate-required"),
         (
-            Some(bundle.svid("spiffe://slipway.test/machine/0000000000000000000000000000cafe")),
+            Some(
+                bundle
+                    .svid("spiffe://slipway.test/slipway/machine/0000000000000000000000000000cafe"),
+            ),
             "identity-mismatch",
         ),
         (
-            Some(bundle.svid(&format!("spiffe://evil.test/machine/{MACHINE}"))),
-            "trust domain evil.test",
+            Some(bundle.svid(&format!("spiffe://evil.test/slipway/machine/{MACHINE}"))),
+            "identity-mismatch",
+        ),
+        // Another workload of the same trust domain whose ID merely ends in the machine id.
+        (
+            Some(bundle.svid(&format!("spiffe://slipway.test/ns/default/sa/{MACHINE}"))),
+            "identity-mismatch",
         ),
         (
-            Some(stranger.svid(&format!("spiffe://slipway.test/machine/{MACHINE}"))),
+            Some(stranger.svid(&format!("spiffe://slipway.test/slipway/machine/{MACHINE}"))),
             "error sending request",
         ),
     ] {
@@ -467,11 +476,11 @@ async fn machines_must_present_an_svid_naming_themselves() {
     // Rotation without a restart: an engine holding another machine's SVID is refused, gets
     // its own written over the files, and the next check goes through.
     let (node, engine) = attempt(Some(
-        bundle.svid("spiffe://slipway.test/machine/0000000000000000000000000000cafe"),
+        bundle.svid("spiffe://slipway.test/slipway/machine/0000000000000000000000000000cafe"),
     ))
     .await;
     assert!(engine.snapshot().last_error.contains("identity-mismatch"));
-    let (cert, key) = bundle.svid(&format!("spiffe://slipway.test/machine/{MACHINE}"));
+    let (cert, key) = bundle.svid(&format!("spiffe://slipway.test/slipway/machine/{MACHINE}"));
     std::fs::write(node.path().join("svid.key"), key).unwrap();
     std::fs::write(node.path().join("svid.pem"), cert).unwrap();
     engine.check().await.unwrap();
@@ -481,6 +490,42 @@ async fn machines_must_present_an_svid_naming_themselves() {
         (EnginePhase::Staged, "2.0.0"),
         "{}",
         snap.last_error
+    );
+    sigterm(server);
+}
+
+#[tokio::test]
+async fn a_client_silent_after_the_handshake_is_cut_off_like_one_silent_before_it() {
+    use tokio::io::AsyncReadExt as _;
+    let t = tls_dir();
+    let db = format!("sqlite://{}", t.dir.path().join("db").display());
+    let mut args = tls_args(t.dir.path());
+    args.extend(["--header-read-timeout".to_owned(), "2s".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = spawn_on(t.dir.path(), &db, "127.0.0.1:0", &args);
+    let addr = server.url.trim_start_matches("https://").to_owned();
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_slice_iter(t.ca.pem().as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(slipway_server::tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(20), tls.read(&mut buf)).await;
+    let held = started.elapsed();
+    // Closed by the server (end of stream or a reset), after about the header timeout.
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    assert!(
+        held >= Duration::from_millis(1500) && held < Duration::from_secs(10),
+        "{held:?}"
     );
     sigterm(server);
 }
