@@ -37,7 +37,16 @@ impl Http {
             current: Mutex::new((Vec::new(), reqwest::Client::new())),
         };
         let stamp = http.stamp();
-        let client = http.build()?;
+        let client = match http.build() {
+            Ok(c) => c,
+            // The SVID is not written yet (a SPIFFE helper starting beside the engine): start
+            // without one; the client is rebuilt once the files appear.
+            Err(e) if http.identity_missing() => {
+                tracing::warn!(error = %e, "client certificate not there yet; checking without one until it is");
+                http.build_without_identity()?
+            }
+            Err(e) => return Err(e),
+        };
         *http.current.lock().unwrap_or_else(|p| p.into_inner()) = (stamp, client);
         Ok(http)
     }
@@ -58,7 +67,21 @@ impl Http {
             .collect()
     }
 
+    fn identity_missing(&self) -> bool {
+        self.identity
+            .as_ref()
+            .is_some_and(|(c, k)| !c.exists() || !k.exists())
+    }
+
     fn build(&self) -> Result<reqwest::Client> {
+        self.build_with(true)
+    }
+
+    fn build_without_identity(&self) -> Result<reqwest::Client> {
+        self.build_with(false)
+    }
+
+    fn build_with(&self, identity: bool) -> Result<reqwest::Client> {
         let mut http = reqwest::Client::builder()
             .connect_timeout(self.timeout)
             .user_agent(concat!("slipway-agent/", env!("CARGO_PKG_VERSION")));
@@ -77,7 +100,7 @@ impl Http {
                 })?;
             http = http.tls_certs_only(certs);
         }
-        if let Some((cert, key)) = &self.identity {
+        if let Some((cert, key)) = self.identity.as_ref().filter(|_| identity) {
             let mut pem = std::fs::read(cert).map_err(|e| Error::io(cert, e))?;
             pem.push(b'\n');
             pem.extend(std::fs::read(key).map_err(|e| Error::io(key, e))?);
@@ -113,5 +136,39 @@ impl Http {
             }
         }
         current.1.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &std::path::Path) -> Settings {
+        Settings::from_toml(&format!(
+            "server = \"https://updates.example\"\nclient-cert = \"{d}/svid.pem\"\nclient-key = \"{d}/svid.key\"\n",
+            d = dir.display()
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn an_svid_not_written_yet_is_waited_for_and_a_broken_one_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = settings(dir.path());
+        // Not there yet: the engine starts without it.
+        let http = Http::new(&s).unwrap();
+        let before = http.stamp();
+        assert!(before.iter().all(Option::is_none));
+        // Written, but not a certificate: refused at start, kept out after start.
+        std::fs::write(dir.path().join("svid.pem"), "not a certificate").unwrap();
+        std::fs::write(dir.path().join("svid.key"), "not a key").unwrap();
+        let e = Http::new(&s).err().expect("a broken SVID is refused");
+        assert!(e.to_string().contains("client-cert"), "{e}");
+        let _ = http.client();
+        assert_eq!(
+            http.current.lock().unwrap().0,
+            before,
+            "a pair that does not load is not taken"
+        );
     }
 }
