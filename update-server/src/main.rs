@@ -125,23 +125,25 @@ async fn main() -> Result<()> {
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
                     match reloading.reload() {
-                        Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+                        Ok(()) => tracing::info!(
+                            "SIGHUP: TLS certificate reloaded (and the client bundle)"
+                        ),
                         Err(e) => {
-                            tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the one in use stays")
+                            tracing::error!(error = %e, "SIGHUP: TLS certificate not reloaded; the one in use stays (and the client bundle)")
                         }
                     }
                 }
             });
             match &settings.client_ca {
                 Some(bundle) => {
-                    let roots = slipway_server::tls::load_bundle(bundle)?;
+                    let acceptor = c.acceptor_with(Some(bundle))?;
                     let policy = slipway_server::tls::IdentityPolicy {
                         trust_domain: settings.spiffe_trust_domain.clone().unwrap_or_default(),
                         path_prefix: settings.spiffe_path_prefix.clone(),
                     };
                     tracing::info!(bundle = %bundle.display(), ids = %policy.id_of("MACHINE_ID"), "machines must present an X.509-SVID naming them");
                     state.require_identity(policy);
-                    Some(c.acceptor_with(Some(&roots))?)
+                    Some(acceptor)
                 }
                 None => Some(c.acceptor()?),
             }

@@ -1,16 +1,21 @@
-//! HTTPS for the server: a certificate chain and key from PEM files, re-read on SIGHUP without
-//! dropping connections (established connections keep the session they negotiated; new
-//! handshakes get the new certificate). A reload that fails (a missing file, a key that does
-//! not match the certificate) keeps the certificate in use and says why.
+//! HTTPS for the server: a certificate chain and key from PEM files, and the client trust bundle
+//! (`--client-ca`), re-read on SIGHUP without dropping connections (established connections
+//! keep the session they negotiated; new handshakes get the new certificate and bundle). A
+//! reload that fails (a missing file, a key that does not match the certificate, a bundle with
+//! no certificate) keeps everything in use and says why.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
+use rustls::pki_types::UnixTime;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio_rustls::TlsAcceptor;
 
 use crate::error::{Error, Result};
@@ -22,6 +27,87 @@ pub struct Certificates {
     key: PathBuf,
     provider: Arc<CryptoProvider>,
     current: RwLock<Arc<CertifiedKey>>,
+    /// The client trust bundle's file and the verifier built from it, once an acceptor asks
+    /// for client certificates.
+    clients: std::sync::OnceLock<(PathBuf, Arc<ReloadableVerifier>)>,
+}
+
+/// A client-certificate verifier whose trust bundle can be swapped.
+#[derive(Debug)]
+pub struct ReloadableVerifier {
+    inner: RwLock<Arc<dyn ClientCertVerifier>>,
+}
+
+impl ReloadableVerifier {
+    fn get(&self) -> Arc<dyn ClientCertVerifier> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn client_verifier(
+    roots: &[CertificateDer<'static>],
+    provider: &Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>> {
+    let mut store = rustls::RootCertStore::empty();
+    for r in roots {
+        store
+            .add(r.clone())
+            .map_err(|e| Error::Config(format!("--client-ca: {e}")))?;
+    }
+    // A client without a certificate still connects (admins use tokens); what it may do
+    // without one is the handlers' business.
+    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(store), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| Error::Config(format!("--client-ca: {e}")))
+}
+
+impl ClientCertVerifier for ReloadableVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // No hints: the bundle may change under a borrowed list; an SVID holder has one
+        // certificate to offer anyway.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        self.get()
+            .verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.get().verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.get().supported_verify_schemes()
+    }
 }
 
 /// The crypto provider the server uses (aws-lc-rs, as the HTTP clients do).
@@ -61,13 +147,22 @@ impl Certificates {
             key: key.to_owned(),
             provider,
             current: RwLock::new(Arc::new(first)),
+            clients: std::sync::OnceLock::new(),
         }))
     }
 
-    /// Re-reads the files; on failure the certificate in use stays.
+    /// Re-reads the files (certificate, key, client bundle); on failure everything in use
+    /// stays.
     pub fn reload(&self) -> Result<()> {
         let next = load(&self.cert, &self.key, &self.provider)?;
+        let verifier = match self.clients.get() {
+            Some((path, v)) => Some((v, client_verifier(&load_bundle(path)?, &self.provider)?)),
+            None => None,
+        };
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(next);
+        if let Some((v, next)) = verifier {
+            *v.inner.write().unwrap_or_else(|p| p.into_inner()) = next;
+        }
         Ok(())
     }
 
@@ -81,32 +176,19 @@ impl Certificates {
         self.acceptor_with(None)
     }
 
-    /// [`Self::acceptor`], asking clients for a certificate that chains to `client_roots`
-    /// (a SPIFFE trust bundle). A client without one still connects (admins use tokens); what
-    /// it may do without one is the handlers' business.
-    pub fn acceptor_with(
-        self: &Arc<Self>,
-        client_roots: Option<&[CertificateDer<'static>]>,
-    ) -> Result<TlsAcceptor> {
+    /// [`Self::acceptor`], asking clients for a certificate that chains to the PEM bundle at
+    /// `client_bundle` (a SPIFFE trust bundle; re-read by [`Self::reload`]).
+    pub fn acceptor_with(self: &Arc<Self>, client_bundle: Option<&Path>) -> Result<TlsAcceptor> {
         let builder = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(|e| Error::Config(format!("TLS: {e}")))?;
-        let builder = match client_roots {
+        let builder = match client_bundle {
             None => builder.with_no_client_auth(),
-            Some(roots) => {
-                let mut store = rustls::RootCertStore::empty();
-                for r in roots {
-                    store
-                        .add(r.clone())
-                        .map_err(|e| Error::Config(format!("--client-ca: {e}")))?;
-                }
-                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                    Arc::new(store),
-                    self.provider.clone(),
-                )
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| Error::Config(format!("--client-ca: {e}")))?;
+            Some(path) => {
+                let verifier = Arc::new(ReloadableVerifier {
+                    inner: RwLock::new(client_verifier(&load_bundle(path)?, &self.provider)?),
+                });
+                let _ = self.clients.set((path.to_owned(), verifier.clone()));
                 builder.with_client_cert_verifier(verifier)
             }
         };

@@ -529,3 +529,64 @@ async fn a_client_silent_after_the_handshake_is_cut_off_like_one_silent_before_i
     );
     sigterm(server);
 }
+
+#[tokio::test]
+async fn a_new_trust_bundle_is_taken_on_sighup() {
+    let t = tls_dir();
+    let old = TestCa::new("SPIFFE slipway.test, old");
+    let new = TestCa::new("SPIFFE slipway.test, new");
+    let bundle = t.dir.path().join("bundle.pem");
+    std::fs::write(&bundle, old.pem()).unwrap();
+    let db = format!("sqlite://{}", t.dir.path().join("db").display());
+    let mut args = tls_args(t.dir.path());
+    args.extend([
+        "--client-ca".to_owned(),
+        bundle.display().to_string(),
+        "--spiffe-trust-domain".to_owned(),
+        "slipway.test".to_owned(),
+    ]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = spawn_on(t.dir.path(), &db, "127.0.0.1:0", &args);
+    let check = |svid: &(String, String)| {
+        let identity =
+            reqwest::Identity::from_pem(format!("{}\n{}", svid.0, svid.1).as_bytes()).unwrap();
+        let c = reqwest::Client::builder()
+            .tls_certs_only(reqwest::Certificate::from_pem_bundle(t.ca.pem().as_bytes()).unwrap())
+            .identity(identity)
+            .build()
+            .unwrap();
+        let url = server.url.clone();
+        async move {
+            c.post(format!("{url}/v1/check"))
+                .json(
+                    &json!({"machineId": MACHINE, "channel": "stable", "version": "1.0.0",
+                              "arch": "x86_64", "group": "", "bootId": "b"}),
+                )
+                .send()
+                .await
+                .map(|r| r.status())
+        }
+    };
+    let id = format!("spiffe://slipway.test/slipway/machine/{MACHINE}");
+    let (from_old, from_new) = (old.svid(&id), new.svid(&id));
+    // 404: accepted as the machine (no channel yet); an SVID of the new CA fails the handshake.
+    assert_eq!(check(&from_old).await.unwrap(), StatusCode::NOT_FOUND);
+    assert!(check(&from_new).await.is_err());
+    // The bundle rotates: both CAs during the change, then the new one alone.
+    std::fs::write(&bundle, format!("{}{}", old.pem(), new.pem())).unwrap();
+    hangup(&server);
+    wait_log(&server, "TLS certificate reloaded");
+    assert_eq!(check(&from_old).await.unwrap(), StatusCode::NOT_FOUND);
+    assert_eq!(check(&from_new).await.unwrap(), StatusCode::NOT_FOUND);
+    std::fs::write(&bundle, new.pem()).unwrap();
+    hangup(&server);
+    wait_log(&server, "TLS certificate reloaded");
+    assert!(check(&from_old).await.is_err());
+    assert_eq!(check(&from_new).await.unwrap(), StatusCode::NOT_FOUND);
+    // A bundle with no certificate is refused; the one in use stays.
+    std::fs::write(&bundle, "").unwrap();
+    hangup(&server);
+    wait_log(&server, "TLS certificate not reloaded");
+    assert_eq!(check(&from_new).await.unwrap(), StatusCode::NOT_FOUND);
+    sigterm(server);
+}
