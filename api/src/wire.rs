@@ -234,6 +234,20 @@ pub struct NodeReport {
     pub last_error: Option<String>,
 }
 
+/// Whether a URL's host (as `host_str` gives it: `localhost`, `127.0.0.1`, `[::1]`) names this
+/// machine, where plain HTTP is allowed without asking; the engine and the CLI refuse it
+/// elsewhere unless told.
+pub fn is_loopback_host(host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The admin bearer tokens in a token file (the server's `admin-tokens`, the CLI's and the
 /// operator's `--token-file`s), with their line numbers: one per line, surrounding whitespace
 /// trimmed, blank lines and `#` comments skipped.

@@ -39,7 +39,7 @@ async fn main() -> Result<()> {
     let certificates = match (&settings.tls_cert, &settings.tls_key) {
         (Some(cert), Some(key)) => Some(slipway_server::tls::Certificates::load(cert, key)?),
         _ => {
-            if !slipway_server::tls::is_loopback(&settings.listen) && !settings.allow_plain_http {
+            if !settings.listen.ip().is_loopback() && !settings.allow_plain_http {
                 anyhow::bail!(
                     "refusing to serve plain HTTP on {}: machines' checks and admin tokens would cross the network unencrypted. \
                      Give --tls-cert and --tls-key, or --allow-plain-http (SLIPWAY_ALLOW_PLAIN_HTTP=true) behind a TLS-terminating proxy",

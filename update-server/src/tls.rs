@@ -115,17 +115,23 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| Error::Config(format!("--tls-cert {}: {e}", cert.display())))?
+/// The PEM certificates of `path` (at least one); errors name `flag`.
+fn pem_certs(path: &Path, flag: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| Error::Config(format!("{flag} {}: {e}", path.display())))?
         .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::Config(format!("--tls-cert {}: {e}", cert.display())))?;
-    if chain.is_empty() {
+        .map_err(|e| Error::Config(format!("{flag} {}: {e}", path.display())))?;
+    if certs.is_empty() {
         return Err(Error::Config(format!(
-            "--tls-cert {}: no PEM certificate in the file",
-            cert.display()
+            "{flag} {}: no PEM certificate in the file",
+            path.display()
         )));
     }
+    Ok(certs)
+}
+
+fn load(cert: &Path, key: &Path, provider: &CryptoProvider) -> Result<CertifiedKey> {
+    let chain = pem_certs(cert, "--tls-cert")?;
     let private = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| Error::Config(format!("--tls-key {}: {e}", key.display())))?;
     CertifiedKey::from_der(chain, private, provider).map_err(|e| {
@@ -209,24 +215,9 @@ impl ResolvesServerCert for Certificates {
     }
 }
 
-/// Whether `addr` is a loopback address (plain HTTP is served there without asking).
-pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
-    addr.ip().is_loopback()
-}
-
 /// Reads a PEM bundle of CA certificates (`--client-ca`).
 pub fn load_bundle(path: &Path) -> Result<Vec<CertificateDer<'static>>> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| Error::Config(format!("--client-ca {}: {e}", path.display())))?
-        .collect::<std::result::Result<_, _>>()
-        .map_err(|e| Error::Config(format!("--client-ca {}: {e}", path.display())))?;
-    if certs.is_empty() {
-        return Err(Error::Config(format!(
-            "--client-ca {}: no PEM certificate in the file",
-            path.display()
-        )));
-    }
-    Ok(certs)
+    pem_certs(path, "--client-ca")
 }
 
 /// Machine requests must come with a client certificate naming the machine: a SPIFFE ID that

@@ -319,7 +319,9 @@ impl Settings {
         }
         match self.server.scheme() {
             "https" => {}
-            "http" if self.allow_plain_http || is_loopback(&self.server) => {}
+            "http"
+                if self.allow_plain_http
+                    || slipway_api::wire::is_loopback_host(self.server.host_str()) => {}
             "http" => {
                 return Err(Error::Config(format!(
                     "server = \"{}\": plain HTTP to another host; use https:// (with `ca` for a private CA) or set allow-plain-http = true",
@@ -347,16 +349,6 @@ impl Settings {
             Slot::A => &self.slots.a,
             Slot::B => &self.slots.b,
         }
-    }
-}
-
-/// Whether a URL names this machine: `localhost` or a loopback address.
-fn is_loopback(url: &url::Url) -> bool {
-    match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
     }
 }
 

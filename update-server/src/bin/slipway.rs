@@ -177,12 +177,7 @@ struct TlsArgs {
 /// https://, or http:// to loopback (or anywhere with `allow_plain`).
 fn check_scheme(u: &str, allow_plain: bool) -> Result<()> {
     let url = url::Url::parse(u).with_context(|| format!("{u}: not a URL"))?;
-    let loopback = match url.host() {
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        None => false,
-    };
+    let loopback = slipway_api::wire::is_loopback_host(url.host_str());
     match url.scheme() {
         "https" => Ok(()),
         "http" if loopback || allow_plain => Ok(()),
@@ -762,14 +757,10 @@ fn run(cli: Cli) -> Result<()> {
 fn mirror(args: MirrorArgs) -> Result<()> {
     use slipway_server::mirror::{Options, Place, run};
     let token = |file: &Option<PathBuf>, flag: &str| -> Result<String> {
-        let file = file
-            .as_ref()
-            .ok_or_else(|| anyhow!("{flag} is needed with a server"))?;
-        let text = read_text(file)?;
-        slipway_api::wire::token_lines(&text)
-            .next()
-            .map(|(_, t)| t.to_owned())
-            .ok_or_else(|| anyhow!("{}: no token in the file", file.display()))
+        read_token(
+            file.as_ref()
+                .ok_or_else(|| anyhow!("{flag} is needed with a server"))?,
+        )
     };
     let from = match (&args.from, &args.from_dir) {
         (Some(url), _) => Place::Server {
@@ -1289,6 +1280,15 @@ fn load_public_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
         .collect()
 }
 
+/// The first token of an admin token file.
+fn read_token(file: &Path) -> Result<String> {
+    let text = read_text(file)?;
+    slipway_api::wire::token_lines(&text)
+        .next()
+        .map(|(_, t)| t.to_owned())
+        .ok_or_else(|| anyhow!("{}: no token in the file", file.display()))
+}
+
 fn read_text(path: &Path) -> Result<String> {
     let bytes = read_limited(path, SMALL_FILE_LIMIT)
         .with_context(|| format!("reading {}", path.display()))?;
@@ -1320,11 +1320,7 @@ mod admin {
     use super::*;
 
     fn token(args: &ServerArgs) -> Result<String> {
-        let text = read_text(&args.token_file)?;
-        slipway_api::wire::token_lines(&text)
-            .next()
-            .map(|(_, t)| t.to_owned())
-            .ok_or_else(|| anyhow!("{}: no token in the file", args.token_file.display()))
+        read_token(&args.token_file)
     }
 
     fn runtime() -> Result<tokio::runtime::Runtime> {

@@ -216,13 +216,7 @@ async fn a_channel_is_mirrored_through_a_directory_and_server_to_server() {
     let node = tempfile::tempdir().unwrap();
     let engine = engine(node.path(), &site.url).await;
     engine.check().await.unwrap();
-    let snap = engine.snapshot();
-    assert_eq!(
-        (snap.phase, snap.staged_version.as_str()),
-        (EnginePhase::Staged, "2.0.0"),
-        "{}",
-        snap.last_error
-    );
+    crate::mirror::assert_staged(&engine, "2.0.0");
     let image = std::fs::read(usb.join(format!("payloads/{sha2}"))).unwrap();
     let slot_b = std::fs::read(node.path().join("slot-b")).unwrap();
     assert_eq!(&slot_b[..image.len()], &image[..]);
@@ -324,6 +318,17 @@ impl UnitManager for NoUnits {
     async fn restart_unit(&self, _: &str) -> slipway_agent::Result<()> {
         Ok(())
     }
+}
+
+/// The engine staged `version` (its last error says why not).
+pub(crate) fn assert_staged(engine: &Engine, version: &str) {
+    let snap = engine.snapshot();
+    assert_eq!(
+        (snap.phase, snap.staged_version.as_str()),
+        (EnginePhase::Staged, version),
+        "{}",
+        snap.last_error
+    );
 }
 
 /// An engine running 1.0.0 from slot A, checking `server`.

@@ -212,13 +212,7 @@ async fn the_engine_and_the_cli_trust_the_server_through_its_ca_only() {
     let engine =
         crate::mirror::engine_with(node.path(), &url, &format!("ca = \"{}\"", ca.display())).await;
     engine.check().await.unwrap();
-    let snap = engine.snapshot();
-    assert_eq!(
-        (snap.phase, snap.staged_version.as_str()),
-        (EnginePhase::Staged, "2.0.0"),
-        "{}",
-        snap.last_error
-    );
+    crate::mirror::assert_staged(&engine, "2.0.0");
     let slot_b = std::fs::read(node.path().join("slot-b")).unwrap();
     assert_eq!(&slot_b[..payload.len()], &payload[..]);
     sigterm(server);
@@ -462,13 +456,7 @@ async fn machines_must_present_an_svid_naming_themselves() {
         bundle.svid(&format!("spiffe://slipway.test/slipway/machine/{MACHINE}")),
     ))
     .await;
-    let snap = engine.snapshot();
-    assert_eq!(
-        (snap.phase, snap.staged_version.as_str()),
-        (EnginePhase::Staged, "2.0.0"),
-        "{}",
-        snap.last_error
-    );
+    crate::mirror::assert_staged(&engine, "2.0.0");
     engine.flush_reports().await;
     assert_eq!(engine.queued_events().len(), 0, "reports accepted");
     drop((node, engine));
@@ -484,13 +472,7 @@ async fn machines_must_present_an_svid_naming_themselves() {
     std::fs::write(node.path().join("svid.key"), key).unwrap();
     std::fs::write(node.path().join("svid.pem"), cert).unwrap();
     engine.check().await.unwrap();
-    let snap = engine.snapshot();
-    assert_eq!(
-        (snap.phase, snap.staged_version.as_str()),
-        (EnginePhase::Staged, "2.0.0"),
-        "{}",
-        snap.last_error
-    );
+    crate::mirror::assert_staged(&engine, "2.0.0");
     sigterm(server);
 }
 
