@@ -6,6 +6,7 @@
 
 pub mod api_error;
 pub mod auth;
+pub mod clusters;
 pub mod config;
 pub mod conn;
 pub mod dashboard;
@@ -188,11 +189,40 @@ async fn housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
     gates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut prune = tokio::time::interval(Duration::from_secs(600));
     prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Replicas on one database tell each other of their changes (PostgreSQL's LISTEN/NOTIFY):
+    // live views refresh on every replica, and a release or channel change is reloaded at once.
+    let listener = {
+        let state = state.clone();
+        state
+            .store()
+            .clone()
+            .listen(std::sync::Arc::new(move |notice: &str| {
+                state.take_notice(notice)
+            }))
+    };
+    let replicated = listener.is_some();
+    let mut announce = tokio::time::interval(state::ANNOUNCE_EVERY);
+    announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut announced = state.local_changes();
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.changed() => {
+                if let Some(l) = listener {
+                    l.abort();
+                }
+                return;
+            }
+            _ = announce.tick(), if replicated => {
+                let seen = state.local_changes();
+                if let Some(notice) = state.notice_since(announced) {
+                    match state.store().announce(&notice).await {
+                        Ok(()) => announced = seen,
+                        Err(e) => tracing::warn!(error = %e, "telling other replicas of a change failed"),
+                    }
+                }
+            }
             _ = refresh.tick() => {
-                if let Err(e) = state.reload().await {
+                if let Err(e) = state.reload_with(false).await {
                     tracing::warn!(error = %e, "refreshing releases and channels failed");
                 }
             }
@@ -207,6 +237,11 @@ async fn housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "pruned events beyond retention"),
                     Err(e) => tracing::warn!(error = %e, "pruning events failed"),
+                }
+                match state.store().prune_cluster_history(state.0.retention.max_age, now).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(deleted = n, "pruned cluster history beyond retention"),
+                    Err(e) => tracing::warn!(error = %e, "pruning cluster history failed"),
                 }
             }
         }

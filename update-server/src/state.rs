@@ -3,6 +3,7 @@
 //! checks are answered from (so a check costs no database read).
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -148,6 +149,19 @@ pub struct StateConfig {
     pub gate_interval: Duration,
 }
 
+/// How often a replica tells the others on its database that something changed here (one
+/// notice per period at most, however many changes: a burst of checks costs one).
+pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
+
+/// A name for this process among the replicas: host, process id and start time.
+fn replica_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{}/{}/{started:x}", host.trim(), std::process::id()).replace(':', "-")
+}
+
 /// The shared state (cheap to clone).
 #[derive(Clone)]
 pub struct AppState(pub(crate) Arc<Inner>);
@@ -173,9 +187,13 @@ pub(crate) struct Inner {
     /// cluster report); live views poll it. A counter, not a channel: a check costs one atomic
     /// add, whoever is watching.
     pub generation: std::sync::atomic::AtomicU64,
-    /// The newest report of each cluster's operator, by cluster name (kept in memory; operators
-    /// send theirs again every few seconds).
-    pub clusters: RwLock<std::collections::BTreeMap<String, slipway_api::wire::ClusterReport>>,
+    /// Changes made through this replica (a subset of `generation`'s): what it announces to the
+    /// other replicas on the same database.
+    local_changes: std::sync::atomic::AtomicU64,
+    /// Of those, changes to releases or channels (the others reload their snapshot for them).
+    admin_changes: std::sync::atomic::AtomicU64,
+    /// This process's name in the notices replicas send each other.
+    replica: String,
     /// Where admin changes are announced as CloudEvents (set once at start-up; unset: nowhere).
     pub cloudevents: std::sync::OnceLock<slipway_events::Emitter>,
     /// Set when machine requests must carry a client certificate naming the machine.
@@ -209,11 +227,13 @@ impl AppState {
             reloading: tokio::sync::Mutex::new(()),
             admin: tokio::sync::Mutex::new(()),
             generation: std::sync::atomic::AtomicU64::new(0),
-            clusters: RwLock::default(),
+            local_changes: std::sync::atomic::AtomicU64::new(0),
+            admin_changes: std::sync::atomic::AtomicU64::new(0),
+            replica: replica_name(),
             cloudevents: std::sync::OnceLock::new(),
             identity: std::sync::OnceLock::new(),
         }));
-        state.reload().await?;
+        state.reload_with(false).await?;
         Ok(state)
     }
 
@@ -273,11 +293,56 @@ impl AppState {
         }
     }
 
-    /// Notes that something the dashboard shows changed.
+    /// Notes that something the dashboard shows changed through this replica (the other
+    /// replicas on the same database hear of it within [`ANNOUNCE_EVERY`]).
     pub fn changed(&self) {
-        self.0
-            .generation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.0.local_changes.fetch_add(1, Relaxed);
+        self.0.generation.fetch_add(1, Relaxed);
+    }
+
+    /// This replica's name in the notices replicas exchange.
+    pub fn replica(&self) -> &str {
+        &self.0.replica
+    }
+
+    /// The counts of changes made here, all and to releases or channels (for the announcer).
+    pub fn local_changes(&self) -> (u64, u64) {
+        (
+            self.0.local_changes.load(Relaxed),
+            self.0.admin_changes.load(Relaxed),
+        )
+    }
+
+    /// The notice that tells the other replicas what changed here since `before` (a value of
+    /// [`Self::local_changes`]), if anything did.
+    pub fn notice_since(&self, before: (u64, u64)) -> Option<String> {
+        let now = self.local_changes();
+        if now == before {
+            None
+        } else if now.1 != before.1 {
+            Some(format!("{}:admin", self.0.replica))
+        } else {
+            Some(format!("{}:data", self.0.replica))
+        }
+    }
+
+    /// Takes a notice another replica sent through the database: live views refresh, and
+    /// after a change to releases or channels (or a reconnection, after which notices may
+    /// have been missed) the snapshot is reloaded at once rather than at the next refresh.
+    pub fn take_notice(&self, notice: &str) {
+        let (from, what) = notice.split_once(':').unwrap_or(("", notice));
+        if from == self.0.replica {
+            return;
+        }
+        self.0.generation.fetch_add(1, Relaxed);
+        if what == "admin" || notice == crate::store::Notice::RECONNECTED {
+            let state = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = state.reload_with(false).await {
+                    tracing::warn!(error = %e, "reloading after another replica's change failed");
+                }
+            });
+        }
     }
 
     /// How many changes there have been (see [`Self::changed`]).
@@ -300,6 +365,12 @@ impl AppState {
     /// without this the refresh could read the store before the change, finish after it, and
     /// put back a snapshot without it (until the next refresh).
     pub async fn reload(&self) -> Result<()> {
+        self.reload_with(true).await
+    }
+
+    /// [`Self::reload`]; `announce`: a change found is this replica's to tell the others
+    /// (false when another replica's notice caused the reload, or for the periodic refresh).
+    pub async fn reload_with(&self, announce: bool) -> Result<()> {
         let _one_at_a_time = self.0.reloading.lock().await;
         let releases = self.0.store.releases().await?;
         let channels = self.0.store.channels().await?;
@@ -308,7 +379,12 @@ impl AppState {
         if *current != snap {
             *current = snap;
             drop(current);
-            self.changed();
+            if announce {
+                self.0.admin_changes.fetch_add(1, Relaxed);
+                self.changed();
+            } else {
+                self.0.generation.fetch_add(1, Relaxed);
+            }
         }
         Ok(())
     }

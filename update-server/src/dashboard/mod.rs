@@ -57,6 +57,7 @@ pub fn router() -> Router<AppState> {
         .route("/api/machines/{id}", get(machine_api))
         .route("/api/releases", get(releases_api))
         .route("/api/cluster", get(cluster_api))
+        .route("/api/cluster/{name}/history", get(cluster_history_api))
         .route("/api/stream", get(stream))
 }
 
@@ -292,29 +293,72 @@ async fn releases_api(State(state): State<AppState>) -> Result<Response, ApiErro
     Ok(json_response(StatusCode::OK, &releases_data(&state).await?))
 }
 
-fn cluster_reports(state: &AppState) -> Vec<ClusterReport> {
-    state
-        .0
-        .clusters
-        .read()
-        .unwrap_or_else(|p| p.into_inner())
-        .values()
-        .cloned()
-        .collect()
-}
-
-async fn cluster_page(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let reports = cluster_reports(&state);
-    page(
+async fn cluster_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let reports = state.store().clusters().await?;
+    Ok(page(
         &headers,
         "Cluster",
         Page::Cluster,
         html::clusters(&reports, state.0.clock.now()),
-    )
+    ))
 }
 
-async fn cluster_api(State(state): State<AppState>) -> Response {
-    json_response(StatusCode::OK, &cluster_reports(&state))
+async fn cluster_api(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(json_response(
+        StatusCode::OK,
+        &state.store().clusters().await?,
+    ))
+}
+
+/// Most history rows one `/api/cluster/{name}/history` answer holds.
+const HISTORY_PAGE: u32 = 1000;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    /// Rows seen at or after this time (RFC 3339; default: all kept).
+    since: Option<jiff::Timestamp>,
+    /// Rows after this id (the previous page's `next`).
+    after: Option<i64>,
+    /// Most rows (1-1000, default 1000).
+    limit: Option<u32>,
+}
+
+/// `GET /api/cluster/{name}/history`: each node's and policy's changes, oldest first, in
+/// pages (`next` is the `after` of the following page, absent on the last).
+async fn cluster_history_api(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Path(cluster) = path.map_err(|e| ApiError::bad_request("bad-path", e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad-query", e.body_text()))?;
+    let limit = q.limit.unwrap_or(HISTORY_PAGE);
+    if !(1..=HISTORY_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "bad-query",
+            format!("limit must be 1-{HISTORY_PAGE}"),
+        ));
+    }
+    let changes = state
+        .store()
+        .cluster_history(
+            &cluster,
+            q.since.unwrap_or(jiff::Timestamp::UNIX_EPOCH),
+            q.after.unwrap_or(0),
+            limit,
+        )
+        .await?;
+    let next = (changes.len() == limit as usize)
+        .then(|| changes.last().map(|c| c.id))
+        .flatten();
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "cluster": cluster, "changes": changes, "next": next }),
+    ))
 }
 
 /// `POST /v1/admin/cluster`: stores an operator's picture of its cluster for the cluster
@@ -331,10 +375,7 @@ pub async fn cluster_report(
             "cluster must be 1-253 characters",
         ));
     }
-    let mut map = state.0.clusters.write().unwrap_or_else(|p| p.into_inner());
-    if map.get(&report.cluster) != Some(&report) {
-        map.insert(report.cluster.clone(), report);
-        drop(map);
+    if state.store().put_cluster(&report).await?.changed {
         state.changed();
     }
     Ok(StatusCode::NO_CONTENT.into_response())

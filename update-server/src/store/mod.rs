@@ -11,8 +11,9 @@ use async_trait::async_trait;
 use jiff::Timestamp;
 use semver::Version;
 use serde::{Deserialize, Serialize};
-use slipway_api::wire::{EventKind, Transfer};
+use slipway_api::wire::{ClusterReport, EventKind, Transfer};
 
+use crate::clusters::{ClusterChange, ClusterWrite};
 use crate::error::{Error, Result};
 use crate::gate::{Gating, MachineOutcome, Outcome};
 use crate::rollout::Wave;
@@ -302,8 +303,53 @@ pub trait Store: Send + Sync + 'static {
     async fn prune_events(&self, retention: Retention, now: Timestamp) -> Result<u64>;
     /// Per version, what the `staged` events kept say about downloads.
     async fn transfer_totals(&self) -> Result<Vec<TransferTotals>>;
+    /// Stores an operator's report as its cluster's newest, and a history row for each node
+    /// and policy whose state changed since the stored one (see [`crate::clusters::changes`]).
+    async fn put_cluster(&self, report: &ClusterReport) -> Result<ClusterWrite>;
+    /// The newest report of every cluster, by name.
+    async fn clusters(&self) -> Result<Vec<ClusterReport>>;
+    /// A cluster's history: rows with ids after `after` seen at or after `since`, oldest
+    /// first, at most `limit`.
+    async fn cluster_history(
+        &self,
+        cluster: &str,
+        since: Timestamp,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ClusterChange>>;
+    /// Deletes cluster history older than `max_age`; returns how many rows went.
+    async fn prune_cluster_history(
+        &self,
+        max_age: std::time::Duration,
+        now: Timestamp,
+    ) -> Result<u64>;
+    /// Tells the other replicas on this database that something changed (`notice` says what,
+    /// see [`Notice`]). Stores without replicas (SQLite) do nothing.
+    async fn announce(&self, _notice: &str) -> Result<()> {
+        Ok(())
+    }
+    /// Calls `on` with each notice announced through this database (its own included; a
+    /// notice says who sent it), from a task that reconnects after errors and calls `on` with
+    /// [`Notice::RECONNECTED`] when it has, as notices may have been missed. `None`: this store
+    /// has no other replicas.
+    fn listen(&self, _on: NoticeHandler) -> Option<tokio::task::JoinHandle<()>> {
+        None
+    }
     /// Finishes pending writes and closes (graceful shutdown).
     async fn close(&self) {}
+}
+
+/// Receives the notices of [`Store::listen`].
+pub type NoticeHandler = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Notices replicas send each other through the database (`REPLICA:WHAT`).
+pub struct Notice;
+
+impl Notice {
+    /// The PostgreSQL channel they travel on.
+    pub const CHANNEL: &str = "slipway_changes";
+    /// Handed to the listener after it reconnected: reload everything.
+    pub const RECONNECTED: &str = ":reconnected";
 }
 
 /// Opens the store a `--database` URL names: `sqlite://PATH` or `postgres://...`.
@@ -397,6 +443,24 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
         postgres: "
         ALTER TABLE channels ADD COLUMN gating TEXT;
         CREATE INDEX events_by_version ON events (version, id);",
+    },
+    // Operators' cluster reports: the newest per cluster, and each node's and policy's changes.
+    Migration {
+        version: 4,
+        sqlite: "
+        CREATE TABLE clusters (name TEXT PRIMARY KEY, at INTEGER NOT NULL, report TEXT NOT NULL);
+        CREATE TABLE cluster_history (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, cluster TEXT NOT NULL, at INTEGER NOT NULL,
+            kind TEXT NOT NULL, name TEXT NOT NULL, state TEXT);
+        CREATE INDEX cluster_history_by_cluster ON cluster_history (cluster, id);
+        CREATE INDEX cluster_history_by_time ON cluster_history (at);",
+        postgres: "
+        CREATE TABLE clusters (name TEXT PRIMARY KEY, at BIGINT NOT NULL, report TEXT NOT NULL);
+        CREATE TABLE cluster_history (
+            id BIGSERIAL PRIMARY KEY, cluster TEXT NOT NULL, at BIGINT NOT NULL,
+            kind TEXT NOT NULL, name TEXT NOT NULL, state TEXT);
+        CREATE INDEX cluster_history_by_cluster ON cluster_history (cluster, id);
+        CREATE INDEX cluster_history_by_time ON cluster_history (at);",
     },
 ];
 

@@ -10,11 +10,14 @@ use tokio_postgres::{NoTls, Row};
 
 use super::sqlite::{UPSERT_CHECK, UPSERT_EVENT_MACHINE};
 use super::{
-    AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck, MachineRecord, PutOutcome,
-    ReleaseRecord, Retention, RolloutEvent, Store, TRANSFER_COLUMNS, TransferTotals, event_effects,
-    event_kind, from_json, latest_schema, ms, to_json, transfer_columns, transfer_of, ts, version,
+    AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck, MachineRecord, Notice,
+    NoticeHandler, PutOutcome, ReleaseRecord, Retention, RolloutEvent, Store, TRANSFER_COLUMNS,
+    TransferTotals, event_effects, event_kind, from_json, latest_schema, ms, to_json,
+    transfer_columns, transfer_of, ts, version,
 };
+use crate::clusters::{ClusterChange, ClusterWrite};
 use crate::error::{Error, Result};
+use slipway_api::wire::ClusterReport;
 
 /// An arbitrary constant naming the migration lock.
 const MIGRATION_LOCK: i64 = 0x0511_73a7_5e7e;
@@ -22,7 +25,12 @@ const MIGRATION_LOCK: i64 = 0x0511_73a7_5e7e;
 /// PostgreSQL behind [`Store`].
 pub struct PostgresStore {
     pool: Pool,
+    /// For the listening connection (outside the pool: it stays open).
+    config: tokio_postgres::Config,
 }
+
+/// An arbitrary constant naming the per-cluster report locks (with the name's hash).
+const CLUSTER_LOCK: i32 = 0x51_1b_c1;
 
 impl std::fmt::Debug for PostgresStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -47,7 +55,7 @@ impl PostgresStore {
             config.connect_timeout(std::time::Duration::from_secs(5));
         }
         let manager = Manager::from_config(
-            config,
+            config.clone(),
             NoTls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
@@ -57,7 +65,7 @@ impl PostgresStore {
             .max_size(pool_size.max(1))
             .build()
             .map_err(|e| Error::Pool(e.to_string()))?;
-        let store = Self { pool };
+        let store = Self { pool, config };
         store.migrate().await?;
         Ok(store)
     }
@@ -535,7 +543,186 @@ impl Store for PostgresStore {
         Ok(old + over)
     }
 
+    async fn put_cluster(&self, report: &ClusterReport) -> Result<ClusterWrite> {
+        let err = pg_err("put cluster");
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.map_err(err)?;
+        // One writer per cluster at a time, whichever replica each report reached: the rows
+        // of two reports cannot interleave, and each is diffed against the one before it.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext($2))",
+            &[&CLUSTER_LOCK, &report.cluster],
+        )
+        .await
+        .map_err(pg_err("put cluster"))?;
+        let stored: Option<String> = tx
+            .query_opt(
+                "SELECT report FROM clusters WHERE name = $1",
+                &[&report.cluster],
+            )
+            .await
+            .map_err(pg_err("put cluster"))?
+            .map(|r| r.get(0));
+        // A stored report that no longer parses is replaced (and its history restarts).
+        let old: Option<ClusterReport> = stored.and_then(|s| serde_json::from_str(&s).ok());
+        let changes = crate::clusters::changes(old.as_ref(), report);
+        if !changes.is_empty() {
+            let insert = tx
+                .prepare(
+                    "INSERT INTO cluster_history (cluster, at, kind, name, state)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .await
+                .map_err(pg_err("put cluster"))?;
+            for ch in &changes {
+                tx.execute(
+                    &insert,
+                    &[
+                        &ch.cluster,
+                        &ms(ch.at),
+                        &ch.kind.as_str(),
+                        &ch.name,
+                        &ch.state_json(),
+                    ],
+                )
+                .await
+                .map_err(pg_err("put cluster"))?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO clusters (name, at, report) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET at = excluded.at, report = excluded.report",
+            &[&report.cluster, &ms(report.at), &to_json(report)],
+        )
+        .await
+        .map_err(pg_err("put cluster"))?;
+        tx.commit().await.map_err(pg_err("put cluster"))?;
+        Ok(ClusterWrite {
+            changed: old.as_ref() != Some(report),
+            history: changes.len(),
+        })
+    }
+
+    async fn clusters(&self) -> Result<Vec<ClusterReport>> {
+        let c = self.conn().await?;
+        let rows = c
+            .query("SELECT report FROM clusters ORDER BY name", &[])
+            .await
+            .map_err(pg_err("clusters"))?;
+        rows.iter()
+            .map(|r| from_json("cluster report", r.get(0)))
+            .collect()
+    }
+
+    async fn cluster_history(
+        &self,
+        cluster: &str,
+        since: Timestamp,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ClusterChange>> {
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT id, cluster, at, kind, name, state FROM cluster_history
+                 WHERE cluster = $1 AND id > $2 AND at >= $3 ORDER BY id LIMIT $4",
+                &[&cluster, &after, &ms(since), &i64::from(limit)],
+            )
+            .await
+            .map_err(pg_err("cluster history"))?;
+        rows.iter()
+            .map(|r| {
+                ClusterChange::from_row(
+                    r.get(0),
+                    r.get(1),
+                    ts(r.get(2))?,
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                )
+            })
+            .collect()
+    }
+
+    async fn prune_cluster_history(
+        &self,
+        max_age: std::time::Duration,
+        now: Timestamp,
+    ) -> Result<u64> {
+        let cutoff = ms(now) - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        let c = self.conn().await?;
+        c.execute("DELETE FROM cluster_history WHERE at < $1", &[&cutoff])
+            .await
+            .map_err(pg_err("prune cluster history"))
+    }
+
+    async fn announce(&self, notice: &str) -> Result<()> {
+        let c = self.conn().await?;
+        c.execute("SELECT pg_notify($1, $2)", &[&Notice::CHANNEL, &notice])
+            .await
+            .map_err(pg_err("announce"))?;
+        Ok(())
+    }
+
+    fn listen(&self, on: NoticeHandler) -> Option<tokio::task::JoinHandle<()>> {
+        let config = self.config.clone();
+        Some(tokio::spawn(listen_loop(config, on)))
+    }
+
     async fn close(&self) {
         self.pool.close();
     }
+}
+
+/// Listens for replicas' notices until the task is aborted, reconnecting a second after a
+/// lost connection (and then telling `on` that notices may have been missed).
+async fn listen_loop(config: tokio_postgres::Config, on: NoticeHandler) {
+    let mut connected_before = false;
+    loop {
+        if let Err(e) = listen_once(&config, &on, &mut connected_before).await {
+            tracing::warn!(error = %e, "listening for other replicas' changes failed; retrying");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    on: &NoticeHandler,
+    connected_before: &mut bool,
+) -> std::result::Result<(), tokio_postgres::Error> {
+    use futures::StreamExt;
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(m) = messages.next().await {
+            match m {
+                Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                    let _ = tx.send(Ok(n.payload().to_owned()));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    let result = async {
+        client
+            .batch_execute(&format!("LISTEN {}", Notice::CHANNEL))
+            .await?;
+        if *connected_before {
+            on(Notice::RECONNECTED);
+        }
+        *connected_before = true;
+        while let Some(notice) = rx.recv().await {
+            on(&notice?);
+        }
+        Ok(())
+    }
+    .await;
+    driver.abort();
+    result
 }

@@ -19,7 +19,9 @@ use super::{
     ReleaseRecord, Retention, RolloutEvent, Store, TRANSFER_COLUMNS, TransferTotals, event_effects,
     event_kind, from_json, latest_schema, ms, to_json, transfer_columns, transfer_of, ts, version,
 };
+use crate::clusters::{ClusterChange, ClusterWrite};
 use crate::error::{Error, Result};
+use slipway_api::wire::ClusterReport;
 
 /// Most jobs committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -832,6 +834,98 @@ impl Store for SqliteStore {
                 params![keep],
             )?;
             Ok((old + over) as u64)
+        })
+        .await
+    }
+
+    async fn put_cluster(&self, report: &ClusterReport) -> Result<ClusterWrite> {
+        let report = report.clone();
+        self.write("put cluster", move |c| {
+            let stored: Option<String> = c
+                .query_row(
+                    "SELECT report FROM clusters WHERE name = ?1",
+                    params![report.cluster],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            // A stored report that no longer parses is replaced (and its history restarts).
+            let old: Option<ClusterReport> = stored.and_then(|s| serde_json::from_str(&s).ok());
+            let changes = crate::clusters::changes(old.as_ref(), &report);
+            let mut insert = c.prepare_cached(
+                "INSERT INTO cluster_history (cluster, at, kind, name, state)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for ch in &changes {
+                insert.execute(params![
+                    ch.cluster,
+                    ms(ch.at),
+                    ch.kind.as_str(),
+                    ch.name,
+                    ch.state_json()
+                ])?;
+            }
+            c.execute(
+                "INSERT INTO clusters (name, at, report) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET at = excluded.at, report = excluded.report",
+                params![report.cluster, ms(report.at), to_json(&report)],
+            )?;
+            Ok(ClusterWrite {
+                changed: old.as_ref() != Some(&report),
+                history: changes.len(),
+            })
+        })
+        .await
+    }
+
+    async fn clusters(&self) -> Result<Vec<ClusterReport>> {
+        self.read("clusters", |c| {
+            collect(
+                c,
+                "clusters",
+                "SELECT report FROM clusters ORDER BY name",
+                [],
+                |r| {
+                    let s: String = r.get(0)?;
+                    Ok(from_json("cluster report", &s))
+                },
+            )
+        })
+        .await
+    }
+
+    async fn cluster_history(
+        &self,
+        cluster: &str,
+        since: Timestamp,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<ClusterChange>> {
+        let cluster = cluster.to_owned();
+        self.read("cluster history", move |c| {
+            collect(
+                c,
+                "cluster history",
+                "SELECT id, cluster, at, kind, name, state FROM cluster_history
+                 WHERE cluster = ?1 AND id > ?2 AND at >= ?3 ORDER BY id LIMIT ?4",
+                params![cluster, after, ms(since), limit],
+                |r| {
+                    let (id, cluster, at): (i64, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                    let (kind, name, state): (String, String, Option<String>) =
+                        (r.get(3)?, r.get(4)?, r.get(5)?);
+                    Ok(ts(at).and_then(|at| {
+                        ClusterChange::from_row(id, cluster, at, &kind, name, state.as_deref())
+                    }))
+                },
+            )
+        })
+        .await
+    }
+
+    async fn prune_cluster_history(&self, max_age: Duration, now: Timestamp) -> Result<u64> {
+        let cutoff = ms(now) - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        self.write("prune cluster history", move |c| {
+            let n = c.execute("DELETE FROM cluster_history WHERE at < ?1", params![cutoff])?;
+            Ok(n as u64)
         })
         .await
     }

@@ -13,6 +13,7 @@ mod mirror;
 mod openapi;
 mod pg;
 mod process;
+mod replicas;
 mod rollout;
 mod store;
 mod tls;

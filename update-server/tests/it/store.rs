@@ -411,6 +411,33 @@ impl store::Store for PausingStore {
     async fn machine_count(&self) -> slipway_server::Result<u64> {
         self.inner.machine_count().await
     }
+    async fn put_cluster(
+        &self,
+        r: &slipway_api::wire::ClusterReport,
+    ) -> slipway_server::Result<slipway_server::clusters::ClusterWrite> {
+        self.inner.put_cluster(r).await
+    }
+    async fn clusters(&self) -> slipway_server::Result<Vec<slipway_api::wire::ClusterReport>> {
+        self.inner.clusters().await
+    }
+    async fn cluster_history(
+        &self,
+        cluster: &str,
+        since: Timestamp,
+        after: i64,
+        limit: u32,
+    ) -> slipway_server::Result<Vec<slipway_server::clusters::ClusterChange>> {
+        self.inner
+            .cluster_history(cluster, since, after, limit)
+            .await
+    }
+    async fn prune_cluster_history(
+        &self,
+        max_age: std::time::Duration,
+        now: Timestamp,
+    ) -> slipway_server::Result<u64> {
+        self.inner.prune_cluster_history(max_age, now).await
+    }
     async fn events(
         &self,
         machine_id: Option<&str>,

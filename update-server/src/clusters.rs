@@ -1,0 +1,305 @@
+//! Operators' cluster reports as the server keeps them: the newest report of each cluster, and
+//! the history of each node's and policy's state (one row per change, not per report: an
+//! operator sends the same picture every few seconds). Both live in the database, so every
+//! replica behind a load balancer shows the same cluster view.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use slipway_api::wire::{ClusterReport, NodeReport, PolicyReport};
+
+/// What a history row is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Subject {
+    /// A node.
+    Node,
+    /// A RolloutPolicy.
+    Policy,
+}
+
+impl Subject {
+    /// The stored form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Node => "node",
+            Self::Policy => "policy",
+        }
+    }
+
+    /// From the stored form.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "node" => Some(Self::Node),
+            "policy" => Some(Self::Policy),
+            _ => None,
+        }
+    }
+}
+
+/// One node or policy as a report showed it, from then until its next change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterChange {
+    /// Sequence number (assigned by the store; 0 before).
+    pub id: i64,
+    /// The cluster.
+    pub cluster: String,
+    /// When the operator saw it (the report's `at`).
+    pub at: Timestamp,
+    /// Node or policy.
+    pub kind: Subject,
+    /// Its name.
+    pub name: String,
+    /// The node's state; absent for a policy, or for a node that left the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeReport>,
+    /// The policy's state; absent for a node, or for a policy that left the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyReport>,
+}
+
+impl ClusterChange {
+    /// Whether the node or policy left the report (deleted, or no longer updated).
+    pub fn gone(&self) -> bool {
+        self.node.is_none() && self.policy.is_none()
+    }
+
+    /// The stored state, JSON (None when gone).
+    pub fn state_json(&self) -> Option<String> {
+        match (&self.node, &self.policy) {
+            (Some(n), _) => serde_json::to_string(n).ok(),
+            (None, Some(p)) => serde_json::to_string(p).ok(),
+            (None, None) => None,
+        }
+    }
+
+    /// Rebuilds a change from its stored columns.
+    pub fn from_row(
+        id: i64,
+        cluster: String,
+        at: Timestamp,
+        kind: &str,
+        name: String,
+        state: Option<&str>,
+    ) -> crate::Result<Self> {
+        let kind = Subject::parse(kind)
+            .ok_or_else(|| crate::Error::Corrupt(format!("cluster history kind {kind:?}")))?;
+        let (mut node, mut policy) = (None, None);
+        if let Some(s) = state {
+            match kind {
+                Subject::Node => node = Some(crate::store::from_json("cluster node", s)?),
+                Subject::Policy => policy = Some(crate::store::from_json("cluster policy", s)?),
+            }
+        }
+        Ok(Self {
+            id,
+            cluster,
+            at,
+            kind,
+            name,
+            node,
+            policy,
+        })
+    }
+}
+
+/// What `new` changes against the stored `old` report of the same cluster: every node and
+/// policy that appeared, changed or left, in name order (nodes first). The first report of a
+/// cluster records everything in it.
+pub fn changes(old: Option<&ClusterReport>, new: &ClusterReport) -> Vec<ClusterChange> {
+    let mut out = Vec::new();
+    let change = |kind, name: &str| ClusterChange {
+        id: 0,
+        cluster: new.cluster.clone(),
+        at: new.at,
+        kind,
+        name: name.to_owned(),
+        node: None,
+        policy: None,
+    };
+    let old_nodes = by_name(old.map_or(&[][..], |o| &o.nodes), |n| &n.name);
+    let new_nodes = by_name(&new.nodes, |n| &n.name);
+    for (name, n) in &new_nodes {
+        if old_nodes.get(name) != Some(n) {
+            out.push(ClusterChange {
+                node: Some((*n).clone()),
+                ..change(Subject::Node, name)
+            });
+        }
+    }
+    out.extend(
+        old_nodes
+            .keys()
+            .filter(|name| !new_nodes.contains_key(*name))
+            .map(|name| change(Subject::Node, name)),
+    );
+    let old_policies = by_name(old.map_or(&[][..], |o| &o.policies), |p| &p.name);
+    let new_policies = by_name(&new.policies, |p| &p.name);
+    for (name, p) in &new_policies {
+        if old_policies.get(name) != Some(p) {
+            out.push(ClusterChange {
+                policy: Some((*p).clone()),
+                ..change(Subject::Policy, name)
+            });
+        }
+    }
+    out.extend(
+        old_policies
+            .keys()
+            .filter(|name| !new_policies.contains_key(*name))
+            .map(|name| change(Subject::Policy, name)),
+    );
+    out.sort_by(|a, b| {
+        (a.kind == Subject::Policy, &a.name).cmp(&(b.kind == Subject::Policy, &b.name))
+    });
+    out
+}
+
+fn by_name<'a, T>(
+    items: &'a [T],
+    name: impl Fn(&'a T) -> &'a String,
+) -> std::collections::BTreeMap<&'a str, &'a T> {
+    items.iter().map(|i| (name(i).as_str(), i)).collect()
+}
+
+/// What storing a report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterWrite {
+    /// The report differs from the one stored (its time included): the dashboard should refresh.
+    pub changed: bool,
+    /// History rows written (nodes and policies whose state changed).
+    pub history: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, phase: &str) -> NodeReport {
+        NodeReport {
+            name: name.into(),
+            policy: Some("workers".into()),
+            phase: phase.into(),
+            current_version: Some("1.0.0".into()),
+            target_version: Some("1.1.0".into()),
+            granted: false,
+            waiting_reason: None,
+            waiting_message: None,
+            last_error: None,
+        }
+    }
+
+    fn policy(name: &str, unavailable: u32) -> PolicyReport {
+        PolicyReport {
+            name: name.into(),
+            channel: "stable".into(),
+            target_version: Some("1.1.0".into()),
+            paused: false,
+            halted_since: None,
+            failed_nodes: vec![],
+            nodes: 3,
+            updated: 0,
+            unavailable,
+            max_unavailable: 1,
+            window: None,
+            next_window: None,
+            closed_gates: vec![],
+        }
+    }
+
+    fn report(at: i64, nodes: Vec<NodeReport>, policies: Vec<PolicyReport>) -> ClusterReport {
+        ClusterReport {
+            cluster: "prod".into(),
+            at: Timestamp::from_second(at).unwrap(),
+            policies,
+            nodes,
+        }
+    }
+
+    fn summary(changes: &[ClusterChange]) -> Vec<String> {
+        changes
+            .iter()
+            .map(|c| match (&c.node, &c.policy) {
+                (Some(n), _) => format!("node {} {}", c.name, n.phase),
+                (None, Some(p)) => format!("policy {} {}", c.name, p.unavailable),
+                (None, None) => format!("{} {} gone", c.kind.as_str(), c.name),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_first_report_records_everything_in_it() {
+        let r = report(
+            100,
+            vec![node("b", "Idle"), node("a", "Downloading")],
+            vec![policy("workers", 0)],
+        );
+        let c = changes(None, &r);
+        assert_eq!(
+            summary(&c),
+            ["node a Downloading", "node b Idle", "policy workers 0"]
+        );
+        assert!(
+            c.iter()
+                .all(|c| c.at == r.at && c.cluster == "prod" && c.id == 0)
+        );
+    }
+
+    #[test]
+    fn the_same_picture_again_records_nothing() {
+        let old = report(100, vec![node("a", "Idle")], vec![policy("workers", 0)]);
+        let new = report(105, vec![node("a", "Idle")], vec![policy("workers", 0)]);
+        assert!(changes(Some(&old), &new).is_empty());
+    }
+
+    #[test]
+    fn only_what_changed_appeared_or_left_is_recorded() {
+        let old = report(
+            100,
+            vec![node("a", "Idle"), node("b", "Idle"), node("c", "Idle")],
+            vec![policy("workers", 0), policy("old", 0)],
+        );
+        let new = report(
+            110,
+            vec![node("a", "Draining"), node("b", "Idle"), node("d", "Idle")],
+            vec![policy("workers", 1)],
+        );
+        let c = changes(Some(&old), &new);
+        assert_eq!(
+            summary(&c),
+            [
+                "node a Draining",
+                "node c gone",
+                "node d Idle",
+                "policy old gone",
+                "policy workers 1"
+            ]
+        );
+        assert!(c.iter().all(|c| c.at == new.at));
+    }
+
+    #[test]
+    fn a_change_round_trips_through_its_stored_columns() {
+        let r = report(
+            100,
+            vec![node("a", "Rebooting")],
+            vec![policy("workers", 1)],
+        );
+        for c in changes(None, &r) {
+            let back = ClusterChange::from_row(
+                7,
+                c.cluster.clone(),
+                c.at,
+                c.kind.as_str(),
+                c.name.clone(),
+                c.state_json().as_deref(),
+            )
+            .unwrap();
+            assert_eq!(back, ClusterChange { id: 7, ..c });
+        }
+        let gone =
+            ClusterChange::from_row(1, "prod".into(), r.at, "node", "x".into(), None).unwrap();
+        assert!(gone.gone());
+        assert!(ClusterChange::from_row(1, "prod".into(), r.at, "pod", "x".into(), None).is_err());
+    }
+}
