@@ -232,6 +232,10 @@ pub struct NodeReport {
     /// The node's last error.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Download progress in percent, while downloading.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub progress: Option<u8>,
 }
 
 /// Whether a URL's host (as `host_str` gives it: `localhost`, `127.0.0.1`, `[::1]`) names this

@@ -89,6 +89,9 @@ pub fn cluster_report(cluster: &str, at: Timestamp, view: &ClusterView) -> Clust
             waiting_reason: n.spec.waiting_reason.clone(),
             waiting_message: n.spec.waiting_message.clone(),
             last_error: n.status.last_error.clone(),
+            progress: (n.status.phase == NodePhase::Downloading)
+                .then_some(n.status.progress)
+                .flatten(),
         })
         .collect();
     ClusterReport {

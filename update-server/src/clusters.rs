@@ -120,7 +120,14 @@ pub fn changes(old: Option<&ClusterReport>, new: &ClusterReport) -> Vec<ClusterC
     let old_nodes = by_name(old.map_or(&[][..], |o| &o.nodes), |n| &n.name);
     let new_nodes = by_name(&new.nodes, |n| &n.name);
     for (name, n) in &new_nodes {
-        if old_nodes.get(name) != Some(n) {
+        // Download progress moves by the percent: the history keeps phases, not each step.
+        let same = old_nodes.get(name).is_some_and(|o| {
+            NodeReport {
+                progress: n.progress,
+                ..(*o).clone()
+            } == **n
+        });
+        if !same {
             out.push(ClusterChange {
                 node: Some((*n).clone()),
                 ..change(Subject::Node, name)
@@ -186,6 +193,7 @@ mod tests {
             waiting_reason: None,
             waiting_message: None,
             last_error: None,
+            progress: None,
         }
     }
 
@@ -276,6 +284,16 @@ mod tests {
             ]
         );
         assert!(c.iter().all(|c| c.at == new.at));
+    }
+
+    #[test]
+    fn download_progress_alone_is_not_a_change() {
+        let mut a = node("a", "Downloading");
+        a.progress = Some(10);
+        let old = report(100, vec![a.clone()], vec![]);
+        a.progress = Some(60);
+        let new = report(105, vec![a], vec![]);
+        assert!(changes(Some(&old), &new).is_empty());
     }
 
     #[test]

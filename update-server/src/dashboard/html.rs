@@ -536,14 +536,17 @@ pub fn clusters(reports: &[ClusterReport], now: Timestamp) -> String {
             } else {
                 "<span class=\"badge s-up-to-date\">active</span>".to_owned()
             };
-            let window = match (&p.window, p.next_window) {
-                (Some(w), _) => format!("open ({})", esc(w)),
-                (None, Some(next)) => format!("next {}", when(next, now)),
+            // The operator says `always`, `open until …` or `closed`.
+            let window = match (p.window.as_deref(), p.next_window) {
+                (Some("closed") | None, Some(next)) => format!("closed, opens {}", when(next, now)),
+                (Some(w), _) => esc(w),
                 (None, None) => "—".to_owned(),
             };
             let _ = write!(
                 h,
-                "<tr><td>{n}</td><td>{ch}</td><td>{t}</td><td>{u} of {total}</td><td>{un} of {max}</td><td>{window}</td><td>{state}</td></tr>",
+                "<tr><td><a href=\"/cluster/{cu}/timeline?policy={pu}\" title=\"this rollout's timeline\">{n}</a></td><td>{ch}</td><td>{t}</td><td>{u} of {total}</td><td>{un} of {max}</td><td>{window}</td><td>{state}</td></tr>",
+                cu = url_part(&r.cluster),
+                pu = url_part(&p.name),
                 n = esc(&p.name),
                 ch = esc(&p.channel),
                 t = esc(p.target_version.as_deref().unwrap_or("—")),
@@ -565,14 +568,16 @@ pub fn clusters(reports: &[ClusterReport], now: Timestamp) -> String {
                 (None, Some(t)) => format!("? → {}", esc(t)),
                 (None, None) => "—".to_owned(),
             };
-            let phase = if n.granted {
-                format!(
-                    "{} <span class=\"badge s-updating\">granted</span>",
-                    esc(&n.phase)
-                )
-            } else {
-                esc(&n.phase)
-            };
+            let mut phase = esc(&n.phase);
+            if let Some(pct) = n.progress {
+                let _ = write!(
+                    phase,
+                    " <progress max=\"100\" value=\"{pct}\" title=\"{pct}% downloaded\">{pct}%</progress> {pct}%"
+                );
+            }
+            if n.granted {
+                phase.push_str(" <span class=\"badge s-updating\">granted</span>");
+            }
             let waiting = match (&n.waiting_reason, &n.waiting_message) {
                 (Some(r), Some(m)) => {
                     format!("<span title=\"{}\">{}</span> {}", esc(m), esc(r), esc(m))
@@ -592,6 +597,78 @@ pub fn clusters(reports: &[ClusterReport], now: Timestamp) -> String {
         h.push_str("</tbody></table></section>");
     }
     h
+}
+
+/// A rollout's timeline page: what it rolled out and when, the picture, and each node's
+/// phases as a table (the same facts, for reading and for screen readers).
+pub fn timeline(tl: &super::timeline::Timeline, now: Timestamp) -> String {
+    let mut h = format!(
+        "<h1>Rollout timeline <small>{} · {}</small></h1>",
+        esc(&tl.cluster),
+        esc(tl.policy.as_deref().unwrap_or("no policy"))
+    );
+    let state = match (tl.started, tl.finished) {
+        (Some(s), Some(f)) => format!(
+            "started {}, <strong>finished</strong> {} after {}",
+            when(s, now),
+            when(f, now),
+            span(f.duration_since(s))
+        ),
+        (Some(s), None) => format!("started {}, <strong>in progress</strong>", when(s, now)),
+        _ => "no rollout recorded".to_owned(),
+    };
+    let _ = write!(
+        h,
+        "<p class=\"timeline-summary\">target <strong>{}</strong>: {state}. Drawn from {} to {} UTC \
+         · <a href=\"/cluster/{c}/timeline.svg?{q}\">SVG</a> · <a href=\"/cluster\">cluster view</a></p>",
+        esc(tl.target.as_deref().unwrap_or("—")),
+        tl.from.strftime("%Y-%m-%d %H:%M:%S"),
+        tl.to.strftime("%H:%M:%S"),
+        c = url_part(&tl.cluster),
+        q = tl
+            .policy
+            .as_deref()
+            .map_or(String::new(), |p| format!("policy={}", url_part(p))),
+    );
+    let _ = write!(
+        h,
+        "<figure class=\"timeline\">{}</figure>",
+        super::timeline::svg(tl)
+    );
+    h.push_str(
+        "<table class=\"phases\"><thead><tr><th>node</th><th>phase</th><th>from</th><th>for</th>\
+         <th>why</th></tr></thead><tbody>",
+    );
+    for lane in &tl.lanes {
+        for s in &lane.segments {
+            let _ = write!(
+                h,
+                "<tr data-node=\"{n}\" data-state=\"{st}\"><td>{n}</td><td>{st}</td><td>{from}</td><td>{d}</td><td>{why}</td></tr>",
+                n = esc(&lane.node),
+                st = esc(&s.state),
+                from = s.from.strftime("%H:%M:%S"),
+                d = span(s.to.duration_since(s.from)),
+                why = esc(&match (&s.waiting, &s.detail) {
+                    (Some(w), Some(d)) => format!("{w}: {d}"),
+                    (Some(w), None) => w.clone(),
+                    (None, Some(d)) => d.clone(),
+                    (None, None) => String::new(),
+                }),
+            );
+        }
+    }
+    h.push_str("</tbody></table>");
+    h
+}
+
+/// `45 s`, `3 min 20 s`, `2 h 5 min`.
+fn span(d: jiff::SignedDuration) -> String {
+    let s = d.as_secs().max(0);
+    match s {
+        ..60 => format!("{s} s"),
+        60..3600 => format!("{} min {} s", s / 60, s % 60),
+        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
+    }
 }
 
 /// A page for an error (unknown machine, bad filter).

@@ -10,6 +10,7 @@
 //! `POST /v1/admin/cluster` behind the bearer token).
 
 pub mod html;
+pub mod timeline;
 pub mod view;
 
 use std::convert::Infallible;
@@ -58,6 +59,9 @@ pub fn router() -> Router<AppState> {
         .route("/api/releases", get(releases_api))
         .route("/api/cluster", get(cluster_api))
         .route("/api/cluster/{name}/history", get(cluster_history_api))
+        .route("/cluster/{name}/timeline", get(timeline_page))
+        .route("/cluster/{name}/timeline.svg", get(timeline_svg))
+        .route("/api/cluster/{name}/timeline", get(timeline_api))
         .route("/api/stream", get(stream))
 }
 
@@ -359,6 +363,118 @@ async fn cluster_history_api(
         StatusCode::OK,
         &serde_json::json!({ "cluster": cluster, "changes": changes, "next": next }),
     ))
+}
+
+/// Most history rows a timeline reads (the newest are kept when there are more).
+const TIMELINE_ROWS: usize = 100_000;
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimelineQuery {
+    /// The policy drawn (default: the first one).
+    policy: Option<String>,
+    /// Start of the time drawn (RFC 3339; with `to`; default: the latest rollout's).
+    from: Option<jiff::Timestamp>,
+    /// End of the time drawn.
+    to: Option<jiff::Timestamp>,
+}
+
+async fn timeline_data(
+    state: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<TimelineQuery>, QueryRejection>,
+) -> Result<timeline::Timeline, ApiError> {
+    let Path(cluster) = path.map_err(|e| ApiError::bad_request("bad-path", e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad-query", e.body_text()))?;
+    let range = match (q.from, q.to) {
+        (Some(from), Some(to)) if from < to => Some((from, to)),
+        (None, None) => None,
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad-query",
+                "from and to go together, from before to",
+            ));
+        }
+    };
+    if !state
+        .store()
+        .clusters()
+        .await?
+        .iter()
+        .any(|c| c.cluster == cluster)
+    {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown-cluster",
+            format!("no operator has reported a cluster named {cluster:?}"),
+        ));
+    }
+    let mut rows = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = state
+            .store()
+            .cluster_history(&cluster, jiff::Timestamp::UNIX_EPOCH, after, HISTORY_PAGE)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.id;
+        rows.extend(page);
+        if rows.len() > TIMELINE_ROWS {
+            rows.drain(..rows.len() - TIMELINE_ROWS);
+        }
+    }
+    Ok(timeline::build(
+        &cluster,
+        &rows,
+        q.policy.as_deref(),
+        range,
+        state.0.clock.now(),
+    ))
+}
+
+/// `GET /cluster/{name}/timeline`: a rollout drawn, one lane per node.
+async fn timeline_page(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<TimelineQuery>, QueryRejection>,
+) -> Response {
+    match timeline_data(&state, path, query).await {
+        Ok(tl) => page(
+            &headers,
+            "Rollout timeline",
+            Page::Cluster,
+            html::timeline(&tl, state.0.clock.now()),
+        ),
+        Err(e) => error_page(&headers, e.status, Page::Cluster, &e.message),
+    }
+}
+
+/// `GET /cluster/{name}/timeline.svg`: the same picture alone.
+async fn timeline_svg(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<TimelineQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let tl = timeline_data(&state, path, query).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        timeline::svg(&tl),
+    )
+        .into_response())
+}
+
+/// `GET /api/cluster/{name}/timeline`: its data.
+async fn timeline_api(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<TimelineQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let tl = timeline_data(&state, path, query).await?;
+    Ok(json_response(StatusCode::OK, &tl))
 }
 
 /// `POST /v1/admin/cluster`: stores an operator's picture of its cluster for the cluster

@@ -12,6 +12,7 @@ mod http;
 mod mirror;
 mod openapi;
 mod pg;
+mod pictures;
 mod process;
 mod replicas;
 mod rollout;

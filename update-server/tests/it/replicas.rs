@@ -29,6 +29,7 @@ fn node(name: &str, phase: &str) -> NodeReport {
         waiting_reason: None,
         waiting_message: None,
         last_error: None,
+        progress: None,
     }
 }
 

@@ -1,0 +1,331 @@
+//! The dashboard's pictures against a real server: a rollout an operator reported step by step
+//! is drawn as a timeline (one lane per node, the window and the budget above), as SVG that
+//! reads without JavaScript, and a real headless Chromium shows it, with a screenshot kept in
+//! `target/dashboard/`.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::harness::{Backend, TestServer, t0};
+use crate::webdriver::Browser;
+
+fn at(secs: i64) -> Timestamp {
+    t0() + SignedDuration::from_secs(secs)
+}
+
+/// One node as the operator reports it: `phase`, or `phase:Reason` while it waits.
+fn node(name: &str, phase: &str) -> Value {
+    let (phase, waiting) = phase
+        .split_once(':')
+        .map_or((phase, None), |(p, w)| (p, Some(w)));
+    json!({
+        "name": name, "policy": "workers", "phase": phase,
+        "currentVersion": if phase == "Healthy" { "2.0.0" } else { "1.0.0" },
+        "targetVersion": "2.0.0",
+        "granted": matches!(phase, "Draining" | "Rebooting" | "Verifying"),
+        "waitingReason": waiting,
+        "waitingMessage": waiting.map(|w| format!("waits: {w}")),
+        "lastError": (phase == "Failed").then_some("health check failed: kubelet not ready"),
+        "progress": (phase == "Downloading").then_some(40),
+    })
+}
+
+/// The rollout as the operator saw it: (seconds after t0, window, nodes a b c).
+const STEPS: [(i64, &str, [&str; 3]); 8] = [
+    (0, "closed", ["Idle", "Idle", "Idle"]),
+    (60, "closed", ["Downloading", "Downloading", "Downloading"]),
+    (
+        180,
+        "closed",
+        [
+            "Staged:OutsideWindow",
+            "Staged:OutsideWindow",
+            "Staged:OutsideWindow",
+        ],
+    ),
+    (
+        600,
+        "open until 18:00",
+        ["Draining", "Staged:MaxUnavailable", "Staged:MaxUnavailable"],
+    ),
+    (
+        660,
+        "open until 18:00",
+        [
+            "Rebooting",
+            "Staged:MaxUnavailable",
+            "Staged:MaxUnavailable",
+        ],
+    ),
+    (
+        780,
+        "open until 18:00",
+        ["Healthy", "Draining", "Staged:MaxUnavailable"],
+    ),
+    (900, "open until 18:00", ["Healthy", "Failed", "Draining"]),
+    (1080, "open until 18:00", ["Healthy", "Failed", "Healthy"]),
+];
+
+fn report(secs: i64, window: &str, phases: [&str; 3]) -> Value {
+    let nodes: Vec<Value> = ["a", "b", "c"]
+        .iter()
+        .zip(phases)
+        .map(|(n, p)| node(n, p))
+        .collect();
+    let healthy = phases.iter().filter(|p| **p == "Healthy").count();
+    let unavailable = phases
+        .iter()
+        .filter(|p| matches!(**p, "Draining" | "Rebooting" | "Verifying"))
+        .count();
+    json!({
+        "cluster": "prod",
+        "at": at(secs),
+        "policies": [{
+            "name": "workers", "channel": "stable",
+            "targetVersion": if secs == 0 { "1.0.0" } else { "2.0.0" },
+            "nodes": 3, "updated": if secs == 0 { 3 } else { healthy },
+            "unavailable": unavailable, "maxUnavailable": 1, "window": window,
+        }],
+        "nodes": nodes,
+    })
+}
+
+async fn reported() -> TestServer {
+    let s = TestServer::start(Backend::Sqlite).await;
+    for (secs, window, phases) in STEPS {
+        // Each report is sent several times, as the operator does: only changes are kept.
+        for _ in 0..2 {
+            let (st, b) = s
+                .admin(Method::POST, "/cluster", Some(report(secs, window, phases)))
+                .await;
+            assert_eq!(st, StatusCode::NO_CONTENT, "{b}");
+        }
+    }
+    s.set_now(at(4000));
+    s
+}
+
+/// The recorded phases of `node` from the steps, merged like the timeline merges them:
+/// (state, waiting reason, seconds it started).
+fn expected_lane(i: usize) -> Vec<(String, Option<String>, i64)> {
+    let mut out: Vec<(String, Option<String>, i64)> = Vec::new();
+    for (secs, _, phases) in STEPS {
+        let (phase, waiting) = phases[i]
+            .split_once(':')
+            .map_or((phases[i], None), |(p, w)| (p, Some(w.to_owned())));
+        if out
+            .last()
+            .is_none_or(|(p, w, _)| p != phase || *w != waiting)
+        {
+            out.push((phase.to_owned(), waiting, secs));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_reported_rollout_is_drawn_lane_by_lane() {
+    let s = reported().await;
+    let (st, body) = s.get("/api/cluster/prod/timeline").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let tl: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(tl["policy"], "workers");
+    assert_eq!(tl["target"], "2.0.0");
+    assert_eq!(tl["started"], json!(at(60)));
+    // Not finished: node b failed, so not every node is on the target.
+    assert!(tl["finished"].is_null(), "{tl}");
+    assert_eq!(
+        tl["to"],
+        json!(at(4000)),
+        "an unfinished rollout runs to now"
+    );
+    let lanes = tl["lanes"].as_array().unwrap();
+    assert_eq!(lanes.len(), 3);
+    for (i, lane) in lanes.iter().enumerate() {
+        assert_eq!(lane["node"], ["a", "b", "c"][i]);
+        let got: Vec<(String, Option<String>, i64)> = lane["segments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let from: Timestamp = s["from"].as_str().unwrap().parse().unwrap();
+                (
+                    s["state"].as_str().unwrap().to_owned(),
+                    s["waiting"].as_str().map(str::to_owned),
+                    from.duration_since(t0()).as_secs().max(0),
+                )
+            })
+            .collect();
+        // The first segment starts at the drawn edge (before t0+60), the rest at their report.
+        let mut want = expected_lane(i);
+        want[0].2 = got[0].2;
+        assert_eq!(got, want, "lane {i}");
+    }
+    let failed = &lanes[1]["segments"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(failed["state"], "Failed");
+    assert_eq!(failed["detail"], "health check failed: kubelet not ready");
+    let window: Vec<&str> = tl["window"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(window, ["closed", "open"]);
+    let budget: Vec<&str> = tl["budget"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(budget, ["0/1", "1/1", "0/1"]);
+
+    // The page without JavaScript: the SVG inline, and the same phases as a table.
+    let (st, page) = s.get("/cluster/prod/timeline?policy=workers").await;
+    assert_eq!(st, StatusCode::OK);
+    assert!(page.contains("<svg"), "{page}");
+    assert!(page.contains("<strong>in progress</strong>"), "{page}");
+    let bars = page.matches("class=\"phase\"").count();
+    let segments: usize = lanes
+        .iter()
+        .map(|l| l["segments"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(bars, segments);
+    assert!(
+        page.contains("<td>MaxUnavailable: waits: MaxUnavailable</td>"),
+        "{page}"
+    );
+    // The SVG alone, for embedding elsewhere.
+    let resp = s
+        .client
+        .get(format!("{}/cluster/prod/timeline.svg", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "image/svg+xml");
+    let svg = resp.text().await.unwrap();
+    assert!(svg.starts_with("<svg xmlns=\"http://www.w3.org/2000/svg\""));
+    // A range draws just that.
+    let (_, body) = s
+        .get(&format!(
+            "/api/cluster/prod/timeline?from={}&to={}",
+            at(600),
+            at(700)
+        ))
+        .await;
+    let part: Value = serde_json::from_str(&body).unwrap();
+    let a: Vec<&str> = part["lanes"][0]["segments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(a, ["Draining", "Rebooting"]);
+    // Errors say what is wrong.
+    let (st, body) = s.get("/api/cluster/nowhere/timeline").await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
+    assert!(body.contains("unknown-cluster"), "{body}");
+    let (st, body) = s
+        .get(&format!("/api/cluster/prod/timeline?from={}", at(600)))
+        .await;
+    assert_eq!(st, StatusCode::BAD_REQUEST, "{body}");
+    let (st, _) = s.get("/cluster/nowhere/timeline").await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+
+    // The cluster view links each policy to its timeline and shows download progress.
+    let (_, page) = s.get("/cluster").await;
+    assert!(
+        page.contains("href=\"/cluster/prod/timeline?policy=workers\""),
+        "{page}"
+    );
+    assert!(page.contains("<td>open until 18:00</td>"), "{page}");
+}
+
+#[tokio::test]
+async fn a_finished_rollout_ends_where_its_last_node_did() {
+    let s = TestServer::start(Backend::Sqlite).await;
+    for (secs, window, mut phases) in STEPS {
+        // The same rollout, where b recovers instead of failing.
+        for p in phases.iter_mut() {
+            if *p == "Failed" {
+                *p = "Healthy";
+            }
+        }
+        let (st, _) = s
+            .admin(Method::POST, "/cluster", Some(report(secs, window, phases)))
+            .await;
+        assert_eq!(st, StatusCode::NO_CONTENT);
+    }
+    s.set_now(at(9000));
+    let (_, body) = s.get("/api/cluster/prod/timeline").await;
+    let tl: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(tl["finished"], json!(at(1080)), "{tl}");
+    // A minute of room after the end, not up to now.
+    assert_eq!(tl["to"], json!(at(1140)));
+    let (_, page) = s.get("/cluster/prod/timeline").await;
+    assert!(page.contains("<strong>finished</strong>"), "{page}");
+    assert!(page.contains("after 17 min 0 s"), "{page}");
+}
+
+#[tokio::test]
+async fn a_browser_shows_the_timeline_and_it_grows_live() {
+    let s = reported().await;
+    let b = Browser::start().await;
+    b.goto(&format!("{}/cluster/prod/timeline", s.url)).await;
+    b.wait_text("#live-status", "live", Duration::from_secs(10))
+        .await;
+    let bars = b.find_all("svg.timeline g.phase").await;
+    let expected: usize = (0..3).map(|i| expected_lane(i).len()).sum();
+    assert_eq!(bars.len(), expected);
+    // What the browser drew: each bar's box is inside the picture and wide enough to see.
+    let boxes = b
+        .execute(
+            "return [...document.querySelectorAll('svg.timeline g.phase rect')].map(r => { \
+             const b = r.getBoundingClientRect(); return [r.parentNode.dataset.subject, \
+             r.parentNode.dataset.state, b.width, b.height]; })",
+        )
+        .await;
+    let boxes = boxes.as_array().unwrap();
+    assert_eq!(boxes.len(), expected);
+    for bx in boxes {
+        assert!(bx[2].as_f64().unwrap() >= 1.0, "{bx}");
+        assert!(bx[3].as_f64().unwrap() > 10.0, "{bx}");
+    }
+    let failed: Vec<&Value> = boxes.iter().filter(|b| b[1] == "Failed").collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0][0], "b");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("rollout-timeline.png"), b.screenshot().await).unwrap();
+
+    // The operator reports b rolled back: the page redraws without a reload.
+    let mut phases = STEPS[7].2;
+    phases[1] = "RolledBack";
+    let (st, _) = s
+        .admin(
+            Method::POST,
+            "/cluster",
+            Some(report(1200, STEPS[7].1, phases)),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let start = std::time::Instant::now();
+    while b
+        .find_all("svg.timeline g.phase[data-state=RolledBack]")
+        .await
+        .is_empty()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the timeline did not redraw"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
