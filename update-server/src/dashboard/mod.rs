@@ -491,6 +491,12 @@ pub async fn cluster_report(
             "cluster must be 1-253 characters",
         ));
     }
+    if let Some(n) = report.nodes.iter().find(|n| n.progress.is_some_and(|p| p > 100)) {
+        return Err(ApiError::bad_request(
+            "bad-progress",
+            format!("node {:?}: progress is a percentage (0-100)", n.name),
+        ));
+    }
     if state.store().put_cluster(&report).await?.changed {
         state.changed();
     }
