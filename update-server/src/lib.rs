@@ -204,6 +204,8 @@ async fn housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
     let mut announce = tokio::time::interval(state::ANNOUNCE_EVERY);
     announce.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut announced = state.local_changes();
+    let mut adoption = tokio::time::interval(state::ADOPTION_EVERY);
+    adoption.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.changed() => {
@@ -219,6 +221,11 @@ async fn housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                         Ok(()) => announced = seen,
                         Err(e) => tracing::warn!(error = %e, "telling other replicas of a change failed"),
                     }
+                }
+            }
+            _ = adoption.tick() => {
+                if let Err(e) = state.sample_adoption().await {
+                    tracing::warn!(error = %e, "counting machines per version failed");
                 }
             }
             _ = refresh.tick() => {
@@ -237,6 +244,9 @@ async fn housekeeping(state: AppState, mut stop: tokio::sync::watch::Receiver<bo
                     Ok(0) => {}
                     Ok(n) => tracing::info!(deleted = n, "pruned events beyond retention"),
                     Err(e) => tracing::warn!(error = %e, "pruning events failed"),
+                }
+                if let Err(e) = state.store().prune_adoption(state.0.retention.max_age, now).await {
+                    tracing::warn!(error = %e, "pruning adoption samples failed");
                 }
                 match state.store().prune_cluster_history(state.0.retention.max_age, now).await {
                     Ok(0) => {}

@@ -153,6 +153,10 @@ pub struct StateConfig {
 /// notice per period at most, however many changes: a burst of checks costs one).
 pub const ANNOUNCE_EVERY: Duration = Duration::from_millis(100);
 
+/// How often machines per channel and version are counted for the adoption charts. Samples
+/// fall on multiples of it, so replicas sampling the same moment write one sample.
+pub const ADOPTION_EVERY: Duration = Duration::from_secs(300);
+
 /// A name for this process among the replicas: host, process id and start time.
 fn replica_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
@@ -298,6 +302,20 @@ impl AppState {
     pub fn changed(&self) {
         self.0.local_changes.fetch_add(1, Relaxed);
         self.0.generation.fetch_add(1, Relaxed);
+    }
+
+    /// Counts machines per channel and version for the adoption charts, as the sample of the
+    /// current [`ADOPTION_EVERY`] period; returns the rows written (0 if taken already).
+    pub async fn sample_adoption(&self) -> Result<u64> {
+        let step = i64::try_from(ADOPTION_EVERY.as_millis()).unwrap_or(i64::MAX);
+        let now = self.0.clock.now().as_millisecond();
+        let at = jiff::Timestamp::from_millisecond(now.div_euclid(step) * step)
+            .map_err(|e| Error::Config(format!("adoption sample time: {e}")))?;
+        let n = self.0.store.sample_adoption(at).await?;
+        if n > 0 {
+            self.changed();
+        }
+        Ok(n)
     }
 
     /// This replica's name in the notices replicas exchange.

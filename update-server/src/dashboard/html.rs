@@ -599,6 +599,16 @@ pub fn clusters(reports: &[ClusterReport], now: Timestamp) -> String {
     h
 }
 
+/// A channel's adoption chart on the releases page.
+pub fn adoption(channel: &str, svg: &str) -> String {
+    format!(
+        "<section class=\"adoption\" data-channel=\"{c}\"><h2>Adoption on {c} <small>machines per version, \
+         last 7 days · <a href=\"/releases/{u}/adoption.svg\">SVG</a></small></h2><figure class=\"timeline\">{svg}</figure></section>",
+        c = esc(channel),
+        u = url_part(channel),
+    )
+}
+
 /// A rollout's timeline page: what it rolled out and when, the picture, and each node's
 /// phases as a table (the same facts, for reading and for screen readers).
 pub fn timeline(tl: &super::timeline::Timeline, now: Timestamp) -> String {

@@ -9,6 +9,7 @@
 //! through the admin API ([`cluster_report`], mounted by `routes` at
 //! `POST /v1/admin/cluster` behind the bearer token).
 
+pub mod adoption;
 pub mod html;
 pub mod timeline;
 pub mod view;
@@ -59,6 +60,8 @@ pub fn router() -> Router<AppState> {
         .route("/api/releases", get(releases_api))
         .route("/api/cluster", get(cluster_api))
         .route("/api/cluster/{name}/history", get(cluster_history_api))
+        .route("/releases/{channel}/adoption.svg", get(adoption_svg))
+        .route("/api/releases/{channel}/adoption", get(adoption_api))
         .route("/cluster/{name}/timeline", get(timeline_page))
         .route("/cluster/{name}/timeline.svg", get(timeline_svg))
         .route("/api/cluster/{name}/timeline", get(timeline_api))
@@ -285,11 +288,87 @@ async fn releases_page(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let rows = releases_data(&state).await?;
-    Ok(page(
-        &headers,
-        "Releases",
-        Page::Releases,
-        html::releases(&rows, state.0.clock.now()),
+    let mut body = html::releases(&rows, state.0.clock.now());
+    let since = state.0.clock.now() - ADOPTION_SHOWN;
+    for ch in state.store().channels().await? {
+        let samples = state.store().adoption(&ch.name, since).await?;
+        body.push_str(&html::adoption(
+            &ch.name,
+            &adoption::svg(&ch.name, &samples, ch.target.as_ref()),
+        ));
+    }
+    Ok(page(&headers, "Releases", Page::Releases, body))
+}
+
+/// How far back the releases page draws adoption.
+const ADOPTION_SHOWN: jiff::SignedDuration = jiff::SignedDuration::from_hours(7 * 24);
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdoptionQuery {
+    /// Samples at or after this time (RFC 3339; default: the last 7 days).
+    since: Option<jiff::Timestamp>,
+}
+
+async fn adoption_data(
+    state: &AppState,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<AdoptionQuery>, QueryRejection>,
+) -> Result<
+    (
+        crate::store::ChannelRecord,
+        Vec<crate::store::AdoptionSample>,
+    ),
+    ApiError,
+> {
+    let Path(channel) = path.map_err(|e| ApiError::bad_request("bad-path", e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::bad_request("bad-query", e.body_text()))?;
+    let Some(ch) = state
+        .store()
+        .channels()
+        .await?
+        .into_iter()
+        .find(|c| c.name == channel)
+    else {
+        return Err(ApiError::not_found(
+            "unknown-channel",
+            format!("no channel named {channel:?} on this server"),
+        ));
+    };
+    let since = q
+        .since
+        .unwrap_or_else(|| state.0.clock.now() - ADOPTION_SHOWN);
+    let samples = state.store().adoption(&channel, since).await?;
+    Ok((ch, samples))
+}
+
+/// `GET /releases/{channel}/adoption.svg`: machines per version over time.
+async fn adoption_svg(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<AdoptionQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (ch, samples) = adoption_data(&state, path, query).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "image/svg+xml"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        adoption::svg(&ch.name, &samples, ch.target.as_ref()),
+    )
+        .into_response())
+}
+
+/// `GET /api/releases/{channel}/adoption`: the samples.
+async fn adoption_api(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<AdoptionQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (ch, samples) = adoption_data(&state, path, query).await?;
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({ "channel": ch.name, "target": ch.target, "samples": samples }),
     ))
 }
 
@@ -491,7 +570,11 @@ pub async fn cluster_report(
             "cluster must be 1-253 characters",
         ));
     }
-    if let Some(n) = report.nodes.iter().find(|n| n.progress.is_some_and(|p| p > 100)) {
+    if let Some(n) = report
+        .nodes
+        .iter()
+        .find(|n| n.progress.is_some_and(|p| p > 100))
+    {
         return Err(ApiError::bad_request(
             "bad-progress",
             format!("node {:?}: progress is a percentage (0-100)", n.name),

@@ -185,6 +185,18 @@ pub struct TransferTotals {
     pub fetched_bytes: u64,
 }
 
+/// How many machines of a channel ran a version at one sampling time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptionSample {
+    /// When.
+    pub at: Timestamp,
+    /// The version.
+    pub version: Version,
+    /// Machines running it.
+    pub machines: u64,
+}
+
 /// One event in a rollout, as a health gate reads it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RolloutEvent {
@@ -323,6 +335,13 @@ pub trait Store: Send + Sync + 'static {
         max_age: std::time::Duration,
         now: Timestamp,
     ) -> Result<u64>;
+    /// Records how many machines of each channel run each version now, as the sample of `at`
+    /// (a replica that samples the same `at` again changes nothing); returns the rows written.
+    async fn sample_adoption(&self, at: Timestamp) -> Result<u64>;
+    /// A channel's adoption samples since `since`, oldest first.
+    async fn adoption(&self, channel: &str, since: Timestamp) -> Result<Vec<AdoptionSample>>;
+    /// Deletes adoption samples older than `max_age`; returns how many went.
+    async fn prune_adoption(&self, max_age: std::time::Duration, now: Timestamp) -> Result<u64>;
     /// Tells the other replicas on this database that something changed (`notice` says what,
     /// see [`Notice`]). Stores without replicas (SQLite) do nothing.
     async fn announce(&self, _notice: &str) -> Result<()> {
@@ -461,6 +480,20 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             kind TEXT NOT NULL, name TEXT NOT NULL, state TEXT);
         CREATE INDEX cluster_history_by_cluster ON cluster_history (cluster, id);
         CREATE INDEX cluster_history_by_time ON cluster_history (at);",
+    },
+    // Adoption over time: machines per channel and version, sampled on a fixed schedule.
+    Migration {
+        version: 5,
+        sqlite: "
+        CREATE TABLE adoption (
+            channel TEXT NOT NULL, at INTEGER NOT NULL, version TEXT NOT NULL,
+            machines INTEGER NOT NULL, PRIMARY KEY (channel, at, version)) WITHOUT ROWID;
+        CREATE INDEX adoption_by_time ON adoption (at);",
+        postgres: "
+        CREATE TABLE adoption (
+            channel TEXT NOT NULL, at BIGINT NOT NULL, version TEXT NOT NULL,
+            machines BIGINT NOT NULL, PRIMARY KEY (channel, at, version));
+        CREATE INDEX adoption_by_time ON adoption (at);",
     },
 ];
 

@@ -10,10 +10,10 @@ use tokio_postgres::{NoTls, Row};
 
 use super::sqlite::{UPSERT_CHECK, UPSERT_EVENT_MACHINE};
 use super::{
-    AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck, MachineRecord, Notice,
-    NoticeHandler, PutOutcome, ReleaseRecord, Retention, RolloutEvent, Store, TRANSFER_COLUMNS,
-    TransferTotals, event_effects, event_kind, from_json, latest_schema, ms, to_json,
-    transfer_columns, transfer_of, ts, version,
+    AdoptionSample, AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck,
+    MachineRecord, Notice, NoticeHandler, PutOutcome, ReleaseRecord, Retention, RolloutEvent,
+    Store, TRANSFER_COLUMNS, TransferTotals, event_effects, event_kind, from_json, latest_schema,
+    ms, to_json, transfer_columns, transfer_of, ts, version,
 };
 use crate::clusters::{ClusterChange, ClusterWrite};
 use crate::error::{Error, Result};
@@ -654,6 +654,48 @@ impl Store for PostgresStore {
         c.execute("DELETE FROM cluster_history WHERE at < $1", &[&cutoff])
             .await
             .map_err(pg_err("prune cluster history"))
+    }
+
+    async fn sample_adoption(&self, at: Timestamp) -> Result<u64> {
+        let c = self.conn().await?;
+        c.execute(
+            "INSERT INTO adoption (channel, at, version, machines)
+             SELECT channel, $1, version, COUNT(*) FROM machines WHERE channel <> ''
+             GROUP BY channel, version
+             ON CONFLICT DO NOTHING",
+            &[&ms(at)],
+        )
+        .await
+        .map_err(pg_err("sample adoption"))
+    }
+
+    async fn adoption(&self, channel: &str, since: Timestamp) -> Result<Vec<AdoptionSample>> {
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                "SELECT at, version, machines FROM adoption WHERE channel = $1 AND at >= $2
+                 ORDER BY at, version",
+                &[&channel, &ms(since)],
+            )
+            .await
+            .map_err(pg_err("adoption"))?;
+        rows.iter()
+            .map(|r| {
+                Ok(AdoptionSample {
+                    at: ts(r.get(0))?,
+                    version: version(r.get(1))?,
+                    machines: u64::try_from(r.get::<_, i64>(2)).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
+    async fn prune_adoption(&self, max_age: std::time::Duration, now: Timestamp) -> Result<u64> {
+        let cutoff = ms(now) - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        let c = self.conn().await?;
+        c.execute("DELETE FROM adoption WHERE at < $1", &[&cutoff])
+            .await
+            .map_err(pg_err("prune adoption"))
     }
 
     async fn announce(&self, notice: &str) -> Result<()> {

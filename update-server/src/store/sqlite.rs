@@ -15,9 +15,10 @@ use semver::Version;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck, MachineRecord, PutOutcome,
-    ReleaseRecord, Retention, RolloutEvent, Store, TRANSFER_COLUMNS, TransferTotals, event_effects,
-    event_kind, from_json, latest_schema, ms, to_json, transfer_columns, transfer_of, ts, version,
+    AdoptionSample, AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck,
+    MachineRecord, PutOutcome, ReleaseRecord, Retention, RolloutEvent, Store, TRANSFER_COLUMNS,
+    TransferTotals, event_effects, event_kind, from_json, latest_schema, ms, to_json,
+    transfer_columns, transfer_of, ts, version,
 };
 use crate::clusters::{ClusterChange, ClusterWrite};
 use crate::error::{Error, Result};
@@ -926,6 +927,53 @@ impl Store for SqliteStore {
         self.write("prune cluster history", move |c| {
             let n = c.execute("DELETE FROM cluster_history WHERE at < ?1", params![cutoff])?;
             Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn sample_adoption(&self, at: Timestamp) -> Result<u64> {
+        self.flush().await?;
+        self.write("sample adoption", move |c| {
+            let n = c.execute(
+                "INSERT INTO adoption (channel, at, version, machines)
+                 SELECT channel, ?1, version, COUNT(*) FROM machines WHERE channel <> ''
+                 GROUP BY channel, version
+                 ON CONFLICT DO NOTHING",
+                params![ms(at)],
+            )?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn adoption(&self, channel: &str, since: Timestamp) -> Result<Vec<AdoptionSample>> {
+        let channel = channel.to_owned();
+        self.read("adoption", move |c| {
+            collect(
+                c,
+                "adoption",
+                "SELECT at, version, machines FROM adoption WHERE channel = ?1 AND at >= ?2
+                 ORDER BY at, version",
+                params![channel, ms(since)],
+                |r| {
+                    let (at, v, n): (i64, String, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                    Ok((|| {
+                        Ok(AdoptionSample {
+                            at: ts(at)?,
+                            version: version(&v)?,
+                            machines: u64::try_from(n).unwrap_or(0),
+                        })
+                    })())
+                },
+            )
+        })
+        .await
+    }
+
+    async fn prune_adoption(&self, max_age: Duration, now: Timestamp) -> Result<u64> {
+        let cutoff = ms(now) - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
+        self.write("prune adoption", move |c| {
+            Ok(c.execute("DELETE FROM adoption WHERE at < ?1", params![cutoff])? as u64)
         })
         .await
     }

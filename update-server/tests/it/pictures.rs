@@ -329,3 +329,107 @@ async fn a_browser_shows_the_timeline_and_it_grows_live() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Six machines move from 1.0.0 to 2.0.0 over three samples, five minutes apart.
+async fn adopting() -> TestServer {
+    let s = TestServer::start(Backend::Sqlite).await;
+    s.publish("stable", "1.0.0").await;
+    s.publish("stable", "2.0.0").await;
+    s.promote("stable", "2.0.0", json!([{"after": "0s", "fraction": 1.0}]))
+        .await;
+    for (step, on_new) in [(0, 0), (1, 3), (2, 6)] {
+        s.set_now(at(step * 300));
+        for i in 0..6 {
+            let version = if i < on_new { "2.0.0" } else { "1.0.0" };
+            s.check(&format!("m-{i}"), "stable", version).await;
+        }
+        assert_eq!(
+            s.state.sample_adoption().await.unwrap(),
+            if on_new % 6 == 0 { 1 } else { 2 }
+        );
+        // The same period again (another replica, or a restart): nothing more.
+        assert_eq!(s.state.sample_adoption().await.unwrap(), 0);
+    }
+    s
+}
+
+#[tokio::test]
+async fn adoption_is_sampled_and_charted_per_channel() {
+    let s = adopting().await;
+    let (st, body) = s.get("/api/releases/stable/adoption").await;
+    assert_eq!(st, StatusCode::OK, "{body}");
+    let a: Value = serde_json::from_str(&body).unwrap();
+    let got: Vec<(i64, &str, u64)> = a["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            let t: Timestamp = x["at"].as_str().unwrap().parse().unwrap();
+            (
+                t.duration_since(t0()).as_secs(),
+                x["version"].as_str().unwrap(),
+                x["machines"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0, "1.0.0", 6),
+            (300, "1.0.0", 3),
+            (300, "2.0.0", 3),
+            (600, "2.0.0", 6)
+        ]
+    );
+    let (_, page) = s.get("/releases").await;
+    assert!(page.contains("<h2>Adoption on stable"), "{page}");
+    assert!(
+        page.contains("data-version=\"2.0.0\" data-latest=\"6\" data-peak=\"6\""),
+        "{page}"
+    );
+    assert!(page.contains("2.0.0 (target): 6"), "{page}");
+    let resp = s
+        .client
+        .get(format!("{}/releases/stable/adoption.svg", s.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "image/svg+xml");
+    let (st, body) = s.get("/api/releases/nope/adoption").await;
+    assert_eq!(st, StatusCode::NOT_FOUND, "{body}");
+    // Later samples only.
+    let (_, body) = s
+        .get(&format!("/api/releases/stable/adoption?since={}", at(300)))
+        .await;
+    let later: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(later["samples"].as_array().unwrap().len(), 3);
+}
+
+#[tokio::test]
+async fn a_browser_shows_the_adoption_chart() {
+    let s = adopting().await;
+    let b = Browser::start().await;
+    b.goto(&format!("{}/releases", s.url)).await;
+    let areas = b
+        .execute(
+            "return [...document.querySelectorAll('svg.adoption g.adoption-version')].map(g => { \
+             const r = g.querySelector('path').getBoundingClientRect(); \
+             return [g.dataset.version, g.dataset.latest, r.width, r.height]; })",
+        )
+        .await;
+    let areas = areas.as_array().unwrap();
+    assert_eq!(areas.len(), 2, "{areas:?}");
+    assert_eq!(areas[0][0], "1.0.0");
+    assert_eq!(areas[0][1], "0");
+    assert_eq!(areas[1][0], "2.0.0");
+    assert_eq!(areas[1][1], "6");
+    for a in areas {
+        assert!(
+            a[2].as_f64().unwrap() > 100.0 && a[3].as_f64().unwrap() > 20.0,
+            "{a}"
+        );
+    }
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("adoption.png"), b.screenshot().await).unwrap();
+}

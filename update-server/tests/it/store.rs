@@ -411,6 +411,23 @@ impl store::Store for PausingStore {
     async fn machine_count(&self) -> slipway_server::Result<u64> {
         self.inner.machine_count().await
     }
+    async fn sample_adoption(&self, at: Timestamp) -> slipway_server::Result<u64> {
+        self.inner.sample_adoption(at).await
+    }
+    async fn adoption(
+        &self,
+        channel: &str,
+        since: Timestamp,
+    ) -> slipway_server::Result<Vec<store::AdoptionSample>> {
+        self.inner.adoption(channel, since).await
+    }
+    async fn prune_adoption(
+        &self,
+        max_age: std::time::Duration,
+        now: Timestamp,
+    ) -> slipway_server::Result<u64> {
+        self.inner.prune_adoption(max_age, now).await
+    }
     async fn put_cluster(
         &self,
         r: &slipway_api::wire::ClusterReport,
