@@ -672,7 +672,7 @@ pub fn timeline(tl: &super::timeline::Timeline, now: Timestamp) -> String {
 }
 
 /// `45 s`, `3 min 20 s`, `2 h 5 min`.
-fn span(d: jiff::SignedDuration) -> String {
+pub fn span(d: jiff::SignedDuration) -> String {
     let s = d.as_secs().max(0);
     match s {
         ..60 => format!("{s} s"),

@@ -11,7 +11,7 @@ use jiff::{SignedDuration, Timestamp};
 use serde::Serialize;
 use slipway_api::wire::{NodeReport, PolicyReport};
 
-use super::html::esc;
+use super::html::{esc, span};
 use crate::clusters::{ClusterChange, Subject};
 
 /// A span of time in one state.
@@ -288,25 +288,16 @@ fn clock(t: Timestamp, span: SignedDuration) -> String {
     t.strftime(f).to_string()
 }
 
-fn duration(d: SignedDuration) -> String {
-    let s = d.as_secs();
-    match s {
-        ..60 => format!("{s} s"),
-        60..3600 => format!("{} min {} s", s / 60, s % 60),
-        _ => format!("{} h {} min", s / 3600, s % 3600 / 60),
-    }
-}
-
-fn segment_title(subject: &str, s: &Segment, span: SignedDuration) -> String {
+fn segment_title(subject: &str, s: &Segment, drawn: SignedDuration) -> String {
     let mut t = format!(
         "{subject}: {}{} from {} to {} ({})",
         s.state,
         s.waiting
             .as_ref()
             .map_or(String::new(), |w| format!(", waiting ({w})")),
-        clock(s.from, span),
-        clock(s.to, span),
-        duration(s.to.duration_since(s.from))
+        clock(s.from, drawn),
+        clock(s.to, drawn),
+        span(s.to.duration_since(s.from))
     );
     if let Some(d) = &s.detail {
         let _ = write!(t, ": {d}");
