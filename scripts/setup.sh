@@ -82,6 +82,8 @@ fi
 "$(dirname "$0")/build-node-runtime.sh"
 # Open Policy Agent for the operator's policy-gate tests (about 75 s cold), same cache scheme.
 "$(dirname "$0")/build-opa.sh"
+# SPIRE server and agent for the engine's SPIFFE Workload API test, same cache scheme.
+"$(dirname "$0")/build-spire.sh"
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; install the Rust toolchain named in rust-toolchain.toml" >&2

@@ -2,7 +2,9 @@
 //! its identity for mutual TLS (an X.509-SVID). The client is rebuilt when one of those files
 //! changes, so a rotated certificate is used from the next request on, without a restart; a
 //! rotation caught half-written (a key that does not match, an unreadable file) keeps the
-//! client in use and is tried again at the next request.
+//! client in use and is tried again at the next request. With `spiffe-endpoint` the identity
+//! comes from the SPIFFE Workload API instead ([`super::spiffe`]), and a new SVID there
+//! rebuilds the client the same way.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -11,8 +13,13 @@ use std::time::{Duration, SystemTime};
 use super::settings::Settings;
 use crate::{Error, Result};
 
-/// What the files looked like when the client was built: (modified, length) per file.
-type Stamp = Vec<Option<(SystemTime, u64)>>;
+/// What the files looked like when the client was built, (modified, length) per file, and the
+/// serial of the Workload API's SVID it holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Stamp {
+    files: Vec<Option<(SystemTime, u64)>>,
+    svid: Option<String>,
+}
 
 /// A reqwest client kept in step with its certificate files.
 pub struct Http {
@@ -20,6 +27,7 @@ pub struct Http {
     timeout: Duration,
     ca: Option<PathBuf>,
     identity: Option<(PathBuf, PathBuf)>,
+    spiffe: Option<super::spiffe::SvidSource>,
     current: Mutex<(Stamp, reqwest::Client)>,
 }
 
@@ -34,7 +42,12 @@ impl Http {
                 .client_cert
                 .clone()
                 .zip(settings.client_key.clone()),
-            current: Mutex::new((Vec::new(), reqwest::Client::new())),
+            spiffe: settings
+                .spiffe_endpoint
+                .as_deref()
+                .map(|e| super::spiffe::SvidSource::start(super::spiffe::socket_path(e)?))
+                .transpose()?,
+            current: Mutex::new((Stamp::default(), reqwest::Client::new())),
         };
         let stamp = http.stamp();
         let client = match http.build() {
@@ -58,13 +71,30 @@ impl Http {
     }
 
     fn stamp(&self) -> Stamp {
-        self.files()
-            .map(|p| {
-                std::fs::metadata(p)
-                    .ok()
-                    .and_then(|m| Some((m.modified().ok()?, m.len())))
-            })
-            .collect()
+        Stamp {
+            files: self
+                .files()
+                .map(|p| {
+                    std::fs::metadata(p)
+                        .ok()
+                        .and_then(|m| Some((m.modified().ok()?, m.len())))
+                })
+                .collect(),
+            svid: self.svid().map(|s| s.serial.clone()),
+        }
+    }
+
+    /// The SVID from the Workload API in use (with `spiffe-endpoint`), once one came.
+    pub fn svid(&self) -> Option<std::sync::Arc<super::spiffe::Svid>> {
+        self.spiffe.as_ref()?.current()
+    }
+
+    /// Waits up to `timeout` for the Workload API's first SVID (with `spiffe-endpoint`).
+    pub async fn wait_for_svid(
+        &self,
+        timeout: Duration,
+    ) -> Option<std::sync::Arc<super::spiffe::Svid>> {
+        self.spiffe.as_ref()?.wait(timeout).await
     }
 
     fn identity_missing(&self) -> bool {
@@ -114,6 +144,16 @@ impl Http {
             })?;
             http = http.identity(identity);
         }
+        if let Some(svid) = self.svid().filter(|_| identity) {
+            let identity = reqwest::Identity::from_pem(&svid.identity_pem).map_err(|e| {
+                Error::Config(format!(
+                    "the Workload API's SVID for {}: {}",
+                    svid.spiffe_id,
+                    crate::error::with_causes(&e)
+                ))
+            })?;
+            http = http.identity(identity);
+        }
         http.build().map_err(|e| Error::Server {
             url: self.server.clone(),
             reason: format!("HTTP client: {}", crate::error::with_causes(&e)),
@@ -127,7 +167,7 @@ impl Http {
         if current.0 != stamp {
             match self.build() {
                 Ok(client) => {
-                    tracing::info!("certificate files changed: HTTP client rebuilt");
+                    tracing::info!("certificates changed: HTTP client rebuilt");
                     *current = (stamp, client);
                 }
                 Err(e) => {
@@ -158,7 +198,7 @@ mod tests {
         // Not there yet: the engine starts without it.
         let http = Http::new(&s).unwrap();
         let before = http.stamp();
-        assert!(before.iter().all(Option::is_none));
+        assert!(before.files.iter().all(Option::is_none));
         // Written, but not a certificate: refused at start, kept out after start.
         std::fs::write(dir.path().join("svid.pem"), "not a certificate").unwrap();
         std::fs::write(dir.path().join("svid.key"), "not a key").unwrap();

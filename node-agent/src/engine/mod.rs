@@ -10,6 +10,7 @@ pub mod machine;
 pub mod runner;
 pub mod settings;
 pub mod slot;
+pub mod spiffe;
 pub mod store;
 pub mod sysext;
 

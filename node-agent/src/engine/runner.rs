@@ -391,7 +391,21 @@ impl Engine {
         self.progress.clone()
     }
 
-    /// The machine facts.
+    /// The SVID from the Workload API in use (with `spiffe-endpoint`), once one came.
+    pub fn svid(&self) -> Option<Arc<super::spiffe::Svid>> {
+        self.http.svid()
+    }
+
+    /// Waits up to `timeout` for the first SVID from the Workload API (with `spiffe-endpoint`;
+    /// checks made before it came go without a client certificate).
+    pub async fn wait_for_svid(
+        &self,
+        timeout: std::time::Duration,
+    ) -> Option<Arc<super::spiffe::Svid>> {
+        self.http.wait_for_svid(timeout).await
+    }
+
+    /// What the engine runs and where (read at start).
     pub fn facts(&self) -> &Facts {
         &self.facts
     }

@@ -85,6 +85,11 @@ pub struct Settings {
     /// The private key of `client-cert` (PEM).
     #[serde(default)]
     pub client_key: Option<PathBuf>,
+    /// The SPIFFE Workload API socket (`unix:///run/spire/agent/public/api.sock`) the engine
+    /// takes its X.509-SVID from for mutual TLS, instead of `client-cert`/`client-key`; a
+    /// rotated SVID is used from the next request on.
+    #[serde(default)]
+    pub spiffe_endpoint: Option<String>,
     /// Allow `http://` to a server other than loopback (reports, and which release is offered,
     /// cross the network unencrypted; releases stay verified by their signatures).
     #[serde(default)]
@@ -316,6 +321,15 @@ impl Settings {
             return Err(Error::Config(
                 "client-cert and client-key go together (a certificate and its key)".into(),
             ));
+        }
+        if let Some(endpoint) = &self.spiffe_endpoint {
+            if self.client_cert.is_some() {
+                return Err(Error::Config(
+                    "spiffe-endpoint and client-cert are two sources of one identity: set one"
+                        .into(),
+                ));
+            }
+            super::spiffe::socket_path(endpoint)?;
         }
         match self.server.scheme() {
             "https" => {}

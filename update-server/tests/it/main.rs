@@ -16,6 +16,7 @@ mod pictures;
 mod process;
 mod replicas;
 mod rollout;
+mod spire;
 mod store;
 mod tls;
 mod webdriver;

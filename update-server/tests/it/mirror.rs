@@ -338,10 +338,15 @@ async fn engine(dir: &Path, server: &str) -> Engine {
 
 /// [`engine`] with `extra` lines in its settings (`ca = "..."`).
 pub(crate) async fn engine_with(dir: &Path, server: &str, extra: &str) -> Engine {
+    engine_as(dir, server, extra, "0000000000000000000000000000beef").await
+}
+
+/// [`engine_with`] on a machine whose id is `machine_id`.
+pub(crate) async fn engine_as(dir: &Path, server: &str, extra: &str, machine_id: &str) -> Engine {
     std::fs::write(dir.join("slot-a"), vec![1u8; 1 << 20]).unwrap();
     std::fs::write(dir.join("slot-b"), vec![0u8; 1 << 20]).unwrap();
     std::fs::write(dir.join("root.json"), root_json()).unwrap();
-    std::fs::write(dir.join("machine-id"), "0000000000000000000000000000beef\n").unwrap();
+    std::fs::write(dir.join("machine-id"), format!("{machine_id}\n")).unwrap();
     std::fs::write(dir.join("os-release"), "ID=debian\nSLIPWAY_VERSION=1.0.0\n").unwrap();
     std::fs::write(dir.join("cmdline"), "slipway.slot=a ro\n").unwrap();
     std::fs::write(dir.join("boot_id"), "boot-1\n").unwrap();

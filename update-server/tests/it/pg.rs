@@ -232,6 +232,18 @@ impl PgCluster {
         format!("postgres://postgres@{host}:{}/{db}", self.port)
     }
 
+    /// A new, empty database, as a libpq key-value string (for programs that take that form,
+    /// as SPIRE's datastore does).
+    pub async fn new_database_keyvalue(&self) -> String {
+        let url = self.new_database().await;
+        let db = url.rsplit('/').next().unwrap();
+        format!(
+            "host={} port={} user=postgres dbname={db} sslmode=disable",
+            self.socket_dir.display(),
+            self.port
+        )
+    }
+
     /// A new, empty database; its URL.
     pub async fn new_database(&self) -> String {
         let n = self.next_db.fetch_add(1, Ordering::Relaxed);

@@ -65,7 +65,7 @@ impl TestCa {
     }
 }
 
-fn client(ca: Option<&TestCa>) -> reqwest::Client {
+pub(crate) fn client(ca: Option<&TestCa>) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .tls_info(true)
         .pool_max_idle_per_host(1);
@@ -84,14 +84,14 @@ fn peer(resp: &reqwest::Response) -> Vec<u8> {
         .to_vec()
 }
 
-struct Tls {
-    dir: tempfile::TempDir,
-    ca: TestCa,
+pub(crate) struct Tls {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) ca: TestCa,
     first: Vec<u8>,
 }
 
 /// A data directory with a certificate from a fresh CA written as tls.crt / tls.key.
-fn tls_dir() -> Tls {
+pub(crate) fn tls_dir() -> Tls {
     let dir = data_dir();
     let ca = TestCa::new("Slipway test CA");
     let (cert, key, der) = ca.server(1);
@@ -105,7 +105,7 @@ fn tls_dir() -> Tls {
     }
 }
 
-fn tls_args(dir: &Path) -> Vec<String> {
+pub(crate) fn tls_args(dir: &Path) -> Vec<String> {
     vec![
         "--tls-cert".into(),
         dir.join("tls.crt").display().to_string(),
