@@ -93,9 +93,30 @@ fn report(secs: i64, window: &str, phases: [&str; 3]) -> Value {
     })
 }
 
+/// The steps, with node b recovering instead of failing when `recovers`.
+fn steps(recovers: bool) -> Vec<(i64, &'static str, [&'static str; 3])> {
+    STEPS
+        .iter()
+        .map(|(secs, window, phases)| {
+            let phases = phases.map(|p| {
+                if recovers && p == "Failed" {
+                    "Healthy"
+                } else {
+                    p
+                }
+            });
+            (*secs, *window, phases)
+        })
+        .collect()
+}
+
 async fn reported() -> TestServer {
+    report_steps(&steps(false)).await
+}
+
+async fn report_steps(steps: &[(i64, &str, [&str; 3])]) -> TestServer {
     let s = TestServer::start(Backend::Sqlite).await;
-    for (secs, window, phases) in STEPS {
+    for &(secs, window, phases) in steps {
         // Each report is sent several times, as the operator does: only changes are kept.
         for _ in 0..2 {
             let (st, b) = s
@@ -111,8 +132,15 @@ async fn reported() -> TestServer {
 /// The recorded phases of `node` from the steps, merged like the timeline merges them:
 /// (state, waiting reason, seconds it started).
 fn expected_lane(i: usize) -> Vec<(String, Option<String>, i64)> {
+    expected_lane_of(&steps(false), i)
+}
+
+fn expected_lane_of(
+    steps: &[(i64, &str, [&str; 3])],
+    i: usize,
+) -> Vec<(String, Option<String>, i64)> {
     let mut out: Vec<(String, Option<String>, i64)> = Vec::new();
-    for (secs, _, phases) in STEPS {
+    for &(secs, _, phases) in steps {
         let (phase, waiting) = phases[i]
             .split_once(':')
             .map_or((phases[i], None), |(p, w)| (p, Some(w.to_owned())));
@@ -250,19 +278,7 @@ async fn a_reported_rollout_is_drawn_lane_by_lane() {
 
 #[tokio::test]
 async fn a_finished_rollout_ends_where_its_last_node_did() {
-    let s = TestServer::start(Backend::Sqlite).await;
-    for (secs, window, mut phases) in STEPS {
-        // The same rollout, where b recovers instead of failing.
-        for p in phases.iter_mut() {
-            if *p == "Failed" {
-                *p = "Healthy";
-            }
-        }
-        let (st, _) = s
-            .admin(Method::POST, "/cluster", Some(report(secs, window, phases)))
-            .await;
-        assert_eq!(st, StatusCode::NO_CONTENT);
-    }
+    let s = report_steps(&steps(true)).await;
     s.set_now(at(9000));
     let (_, body) = s.get("/api/cluster/prod/timeline").await;
     let tl: Value = serde_json::from_str(&body).unwrap();
@@ -275,44 +291,72 @@ async fn a_finished_rollout_ends_where_its_last_node_did() {
 }
 
 #[tokio::test]
-async fn a_browser_shows_the_timeline_and_it_grows_live() {
-    let s = reported().await;
+async fn a_browser_shows_a_finished_rollouts_timeline_and_it_redraws_live() {
+    let steps = steps(true);
+    let s = report_steps(&steps).await;
+    s.set_now(at(9000));
     let b = Browser::start().await;
     b.goto(&format!("{}/cluster/prod/timeline", s.url)).await;
     b.wait_text("#live-status", "live", Duration::from_secs(10))
         .await;
-    let bars = b.find_all("svg.timeline g.phase").await;
-    let expected: usize = (0..3).map(|i| expected_lane(i).len()).sum();
-    assert_eq!(bars.len(), expected);
-    // What the browser drew: each bar's box is inside the picture and wide enough to see.
-    let boxes = b
+    let summary = b.text_of(".timeline-summary").await;
+    assert!(
+        summary.contains("finished") && summary.contains("after 17 min 0 s"),
+        "{summary}"
+    );
+    // What the browser drew, lane by lane, against what the operator reported.
+    let drawn = b
         .execute(
-            "return [...document.querySelectorAll('svg.timeline g.phase rect')].map(r => { \
-             const b = r.getBoundingClientRect(); return [r.parentNode.dataset.subject, \
-             r.parentNode.dataset.state, b.width, b.height]; })",
+            "return [...document.querySelectorAll('svg.timeline g rect')].map(r => { \
+             const b = r.getBoundingClientRect(); const g = r.parentNode; \
+             return [g.getAttribute('class'), g.dataset.subject, g.dataset.state, \
+             g.dataset.waiting || null, b.width, b.height]; })",
         )
         .await;
-    let boxes = boxes.as_array().unwrap();
-    assert_eq!(boxes.len(), expected);
-    for bx in boxes {
-        assert!(bx[2].as_f64().unwrap() >= 1.0, "{bx}");
-        assert!(bx[3].as_f64().unwrap() > 10.0, "{bx}");
+    let drawn = drawn.as_array().unwrap();
+    for bx in drawn {
+        assert!(bx[4].as_f64().unwrap() >= 1.0, "{bx}");
+        assert!(bx[5].as_f64().unwrap() > 10.0, "{bx}");
     }
-    let failed: Vec<&Value> = boxes.iter().filter(|b| b[1] == "Failed").collect();
-    assert_eq!(failed.len(), 1);
-    assert_eq!(failed[0][0], "b");
+    let of = |class: &str, subject: &str| -> Vec<(String, Option<String>)> {
+        drawn
+            .iter()
+            .filter(|d| d[0] == class && d[1] == subject)
+            .map(|d| {
+                (
+                    d[2].as_str().unwrap().to_owned(),
+                    d[3].as_str().map(str::to_owned),
+                )
+            })
+            .collect()
+    };
+    for (i, node) in ["a", "b", "c"].iter().enumerate() {
+        let want: Vec<(String, Option<String>)> = expected_lane_of(&steps, i)
+            .into_iter()
+            .map(|(state, waiting, _)| (state, waiting))
+            .collect();
+        assert_eq!(of("phase", node), want, "lane {node}");
+    }
+    let states = |v: Vec<(String, Option<String>)>| -> Vec<String> {
+        v.into_iter().map(|(s, _)| s).collect()
+    };
+    assert_eq!(states(of("window", "reboot window")), ["closed", "open"]);
+    assert_eq!(
+        states(of("budget", "unavailable / budget")),
+        ["0/1", "1/1", "0/1"]
+    );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("rollout-timeline.png"), b.screenshot().await).unwrap();
 
-    // The operator reports b rolled back: the page redraws without a reload.
-    let mut phases = STEPS[7].2;
+    // The operator reports b rolled back after all: the page redraws without a reload.
+    let mut phases = steps[7].2;
     phases[1] = "RolledBack";
     let (st, _) = s
         .admin(
             Method::POST,
             "/cluster",
-            Some(report(1200, STEPS[7].1, phases)),
+            Some(report(1200, steps[7].1, phases)),
         )
         .await;
     assert_eq!(st, StatusCode::NO_CONTENT);
@@ -328,6 +372,7 @@ async fn a_browser_shows_the_timeline_and_it_grows_live() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    assert!(b.text_of(".timeline-summary").await.contains("in progress"));
 }
 
 /// Six machines move from 1.0.0 to 2.0.0 over three samples, five minutes apart.
