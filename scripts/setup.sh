@@ -20,6 +20,7 @@ PACKAGES=(
   squashfs-tools     # the QEMU nodes' kubelet and containerd systemd-sysext images (squashfs, zstd)
   libseccomp-dev     # runc (built for the QEMU nodes' runtime) links libseccomp
   prometheus         # the operator's Prometheus-gate tests start their own server on loopback
+  haproxy            # the update server's multi-replica test puts three replicas behind it
 )
 
 missing=()

@@ -198,6 +198,8 @@ pub(crate) struct Inner {
     admin_changes: std::sync::atomic::AtomicU64,
     /// This process's name in the notices replicas send each other.
     replica: String,
+    /// When a machine request's miss last reloaded the snapshot (Unix ms).
+    miss_reload_ms: std::sync::atomic::AtomicU64,
     /// Where admin changes are announced as CloudEvents (set once at start-up; unset: nowhere).
     pub cloudevents: std::sync::OnceLock<slipway_events::Emitter>,
     /// Set when machine requests must carry a client certificate naming the machine.
@@ -234,6 +236,7 @@ impl AppState {
             local_changes: std::sync::atomic::AtomicU64::new(0),
             admin_changes: std::sync::atomic::AtomicU64::new(0),
             replica: replica_name(),
+            miss_reload_ms: std::sync::atomic::AtomicU64::new(0),
             cloudevents: std::sync::OnceLock::new(),
             identity: std::sync::OnceLock::new(),
         }));
@@ -375,6 +378,51 @@ impl AppState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The snapshot, reloaded from the store first if `present` does not hold for the one in
+    /// memory: another replica may have published the release or channel a request names a
+    /// moment ago, and its notice may not have arrived yet. For admin requests (behind the
+    /// token); machine requests use [`Self::snapshot_reloaded_on_miss`].
+    pub async fn snapshot_with(
+        &self,
+        present: impl Fn(&Snapshot) -> bool,
+    ) -> Result<Arc<Snapshot>> {
+        let snap = self.snapshot();
+        if present(&snap) {
+            return Ok(snap);
+        }
+        self.reload_with(false).await?;
+        Ok(self.snapshot())
+    }
+
+    /// [`Self::snapshot_with`] for machine requests: misses reload at most ten times a second
+    /// (machines naming a channel that does not exist cannot make every request a reload); a
+    /// miss inside that time waits for the reload in flight, if any, and takes its snapshot.
+    pub async fn snapshot_reloaded_on_miss(
+        &self,
+        present: impl Fn(&Snapshot) -> bool,
+    ) -> Result<Arc<Snapshot>> {
+        let snap = self.snapshot();
+        if present(&snap) {
+            return Ok(snap);
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let last = self.0.miss_reload_ms.load(Relaxed);
+        if now.saturating_sub(last) < 100
+            || self
+                .0
+                .miss_reload_ms
+                .compare_exchange(last, now, Relaxed, Relaxed)
+                .is_err()
+        {
+            drop(self.0.reloading.lock().await);
+            return Ok(self.snapshot());
+        }
+        self.reload_with(false).await?;
+        Ok(self.snapshot())
     }
 
     /// Rebuilds the snapshot from the store.

@@ -552,11 +552,12 @@ pub async fn promote(
         ));
     }
     let _guard = state.0.admin.lock().await;
-    let published = state
-        .snapshot()
-        .channels
-        .get(&name)
-        .is_some_and(|c| c.releases.iter().any(|r| r.version == req.version));
+    let has_release = |s: &crate::state::Snapshot| {
+        s.channels
+            .get(&name)
+            .is_some_and(|c| c.releases.iter().any(|r| r.version == req.version))
+    };
+    let published = has_release(&*state.snapshot_with(has_release).await?);
     if !published {
         return Err(ApiError::not_found(
             "unknown-release",
@@ -592,7 +593,8 @@ pub async fn promote(
 async fn set_paused(state: AppState, name: String, paused: bool) -> Result<Response, ApiError> {
     channel_name(&name)?;
     let _guard = state.0.admin.lock().await;
-    if !state.snapshot().channels.contains_key(&name) {
+    let known = |s: &crate::state::Snapshot| s.channels.contains_key(&name);
+    if !known(&*state.snapshot_with(known).await?) {
         return Err(ApiError::not_found(
             "unknown-channel",
             format!("no channel named {name:?}"),

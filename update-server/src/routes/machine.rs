@@ -70,7 +70,9 @@ pub async fn check(
     check_field("arch", &req.arch)?;
     check_field("bootId", &req.boot_id)?;
     let now = state.0.clock.now();
-    let snapshot = state.snapshot();
+    let snapshot = state
+        .snapshot_reloaded_on_miss(|s| s.channels.contains_key(&req.channel))
+        .await?;
     let Some(view) = snapshot.channels.get(&req.channel) else {
         return Err(ApiError::not_found(
             "unknown-channel",

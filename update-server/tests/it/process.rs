@@ -19,6 +19,16 @@ pub(crate) struct Server {
     pub(crate) log: mpsc::Receiver<String>,
 }
 
+impl Drop for Server {
+    /// A test that fails midway leaves no server behind.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 fn spawn(dir: &Path, database: &str) -> Server {
     spawn_with(dir, database, &[])
 }

@@ -4,6 +4,7 @@
 //! promotion made through another.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -334,4 +335,293 @@ async fn replicas_on_postgres_show_the_same_cluster_and_hear_each_others_changes
     {}
     a.check("m-2", "stable", "1.0.0").await;
     next_change(&mut b_stream, Duration::from_secs(1)).await;
+}
+
+/// A child process killed when dropped (HAProxy here).
+struct Balancer(std::process::Child);
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// HAProxy (Debian's) on loopback, round robin over `backends`, health-checking `/healthz`
+/// every 300 ms so a dead replica leaves the rotation at once.
+fn haproxy(dir: &std::path::Path, backends: &[String]) -> (Balancer, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, url)| {
+            format!(
+                "  server r{i} {} check\n",
+                url.trim_start_matches("http://")
+            )
+        })
+        .collect();
+    let config = dir.join("haproxy.cfg");
+    std::fs::write(
+        &config,
+        format!(
+            "global\n  maxconn 2000\ndefaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n\
+             timeout server 30s\n  retries 2\n  option redispatch\nfrontend fe\n  bind 127.0.0.1:{port}\n\
+             default_backend replicas\nbackend replicas\n  balance roundrobin\n  option httpchk GET /healthz\n\
+             default-server inter 300ms fall 1 rise 2\n{servers}"
+        ),
+    )
+    .unwrap();
+    let haproxy = ["/usr/sbin/haproxy", "/usr/bin/haproxy"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("haproxy is not installed (apt-get install haproxy; scripts/setup.sh does)");
+    let child = std::process::Command::new(haproxy)
+        .args(["-db", "-f"])
+        .arg(&config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap())
+        .spawn()
+        .unwrap();
+    (Balancer(child), format!("http://127.0.0.1:{port}"))
+}
+
+/// POSTs `body` to `url` until an answer that is not a gateway or server error comes (a
+/// replica killed mid-request, or the balancer's 502/503 while it notices): how many tries.
+async fn post_retrying(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+    token: bool,
+) -> (u16, u32) {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut req = client.post(url).json(body);
+        if token {
+            req = req.bearer_auth(crate::harness::TOKEN);
+        }
+        match req.send().await {
+            Ok(r) if !r.status().is_server_error() => return (r.status().as_u16(), tries),
+            _ if tries < 50 => tokio::time::sleep(Duration::from_millis(50)).await,
+            Ok(r) => panic!("{url}: still {} after {tries} tries", r.status()),
+            Err(e) => panic!("{url}: {e} after {tries} tries"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn three_replicas_behind_haproxy_agree_and_lose_no_report_when_one_dies() {
+    let dir = crate::process::data_dir();
+    let database = crate::pg::cluster().new_database().await;
+    // Three processes on one database (and one data directory, for payloads).
+    let mut replicas: Vec<Option<crate::process::Server>> = (0..3)
+        .map(|_| {
+            Some(crate::process::spawn_on(
+                dir.path(),
+                &database,
+                "127.0.0.1:0",
+                &[],
+            ))
+        })
+        .collect();
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|r| r.as_ref().unwrap().url.clone())
+        .collect();
+    let (_lb, lb) = haproxy(dir.path(), &urls);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    // Ready through the balancer (its first health checks pass).
+    let start = Instant::now();
+    while client
+        .get(format!("{lb}/healthz"))
+        .send()
+        .await
+        .map_or(true, |r| !r.status().is_success())
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "HAProxy not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A channel to check against, set up through the balancer.
+    let payload = b"os image for replicas".repeat(32);
+    let (sha, st) = crate::harness::upload_to(&client, &lb, &payload).await;
+    assert!(st.is_success(), "{st}");
+    let env = crate::harness::manifest("stable", "2.0.0", &payload, sha)
+        .sign(&[&crate::harness::release_key()]);
+    let (st, _) = post_retrying(
+        &client,
+        &format!("{lb}/v1/admin/releases"),
+        &serde_json::from_str(&env.to_json_pretty()).unwrap(),
+        true,
+    )
+    .await;
+    assert_eq!(st, 201);
+    let (st, _) = post_retrying(
+        &client,
+        &format!("{lb}/v1/admin/channels/stable/promote"),
+        &json!({"version": "2.0.0", "waves": [{"after": "0s", "fraction": 1.0}]}),
+        true,
+    )
+    .await;
+    assert_eq!(st, 200);
+
+    // Load: 40 machines check and send 15 reports each, while an operator reports its
+    // cluster; one replica is killed (SIGKILL) a third of the way in.
+    const MACHINES: usize = 40;
+    const REPORTS: usize = 15;
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let retried = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for m in 0..MACHINES {
+        let (client, lb, sent, retried) =
+            (client.clone(), lb.clone(), sent.clone(), retried.clone());
+        tasks.push(tokio::spawn(async move {
+            let id = format!("{m:032x}");
+            let check = json!({"machineId": id, "channel": "stable", "version": "1.0.0",
+                               "arch": "x86_64", "group": "", "bootId": "b"});
+            let (st, tries) =
+                post_retrying(&client, &format!("{lb}/v1/check"), &check, false).await;
+            assert_eq!(st, 200);
+            retried.fetch_add(tries - 1, Ordering::Relaxed);
+            for n in 0..REPORTS {
+                let event = json!({"machineId": id, "version": "2.0.0", "event": "downloading",
+                                   "detail": format!("report {n}")});
+                let (st, tries) =
+                    post_retrying(&client, &format!("{lb}/v1/events"), &event, false).await;
+                assert!((200..300).contains(&st), "event {n} of {id}: {st}");
+                retried.fetch_add(tries - 1, Ordering::Relaxed);
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    let operator = {
+        let (client, lb) = (client.clone(), lb.clone());
+        tokio::spawn(async move {
+            let phases = [
+                "Idle",
+                "Downloading",
+                "Staged",
+                "Draining",
+                "Rebooting",
+                "Healthy",
+            ];
+            let mut last = Value::Null;
+            for (i, phase) in phases.iter().cycle().take(24).enumerate() {
+                last = report_json("prod", i as i64, phase);
+                let (st, _) =
+                    post_retrying(&client, &format!("{lb}/v1/admin/cluster"), &last, true).await;
+                assert_eq!(st, 204);
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+            last
+        })
+    };
+    let start = Instant::now();
+    while sent.load(Ordering::Relaxed) < MACHINES * REPORTS / 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the load stalled at {} reports",
+            sent.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut victim = replicas[1].take().unwrap();
+    victim.child.kill().unwrap();
+    victim.child.wait().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let last_report = operator.await.unwrap();
+    eprintln!(
+        "{} reports sent through HAProxy, {} retries after the kill",
+        sent.load(Ordering::Relaxed),
+        retried.load(Ordering::Relaxed)
+    );
+
+    // No report lost: every one the machines sent is stored (a retried request whose first
+    // attempt was stored before its answer was lost may be stored twice).
+    let store = store::open(&database, 2).await.unwrap();
+    for m in 0..MACHINES {
+        let id = format!("{m:032x}");
+        let events = store.events(Some(&id), 1000).await.unwrap();
+        let mut details: Vec<&str> = events.iter().map(|e| e.detail.as_str()).collect();
+        details.sort_unstable();
+        details.dedup();
+        assert_eq!(details.len(), REPORTS, "machine {id}: {details:?}");
+    }
+    assert_eq!(store.machine_count().await.unwrap(), MACHINES as u64);
+
+    // The replicas left agree with each other and with what was sent last.
+    let live: Vec<&String> = [&urls[0], &urls[2]].into_iter().collect();
+    let mut clusters = Vec::new();
+    let mut overviews = Vec::new();
+    for url in &live {
+        let c: Value = client
+            .get(format!("{url}/api/cluster"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        clusters.push(c);
+        let o: Value = client
+            .get(format!("{url}/api/overview"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        overviews.push((
+            o["machines"].clone(),
+            o["states"].clone(),
+            o["channels"].clone(),
+        ));
+    }
+    assert_eq!(clusters[0], clusters[1]);
+    assert_eq!(
+        clusters[0][0], last_report,
+        "the newest report is the last one sent"
+    );
+    assert_eq!(overviews[0], overviews[1]);
+    assert_eq!(overviews[0].0, json!(MACHINES));
+
+    // A live view on one replica refreshes for a report made through another.
+    let resp = client
+        .get(format!("{}/api/stream", urls[0]))
+        .send()
+        .await
+        .unwrap();
+    let mut stream = resp.bytes_stream();
+    while tokio::time::timeout(Duration::from_millis(500), stream.next())
+        .await
+        .is_ok()
+    {}
+    let (st, _) = post_retrying(
+        &client,
+        &format!("{}/v1/admin/cluster", urls[2]),
+        &report_json("prod", 100, "Verifying"),
+        true,
+    )
+    .await;
+    assert_eq!(st, 204);
+    let took = next_change(&mut stream, Duration::from_secs(1)).await;
+    eprintln!("a report through replica 3 reached replica 1's stream in {took:?}");
+    // An open stream would hold a replica's graceful shutdown for its grace period.
+    drop(stream);
+    for r in replicas.into_iter().flatten() {
+        crate::process::sigterm(r);
+    }
 }
