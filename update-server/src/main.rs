@@ -92,6 +92,7 @@ async fn main() -> Result<()> {
         retention: Retention {
             max_age: settings.events_max_age,
             max_count: settings.events_max_count,
+            per_machine: settings.events_per_machine,
         },
         refresh: settings.refresh,
         gate_interval: settings.gate_interval,

@@ -214,6 +214,7 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
         retention: Retention {
             max_age: Duration::from_secs(30 * 86_400),
             max_count: 1_000_000,
+            per_machine: 1000,
         },
         refresh: Duration::from_secs(3600),
         gate_interval: Duration::from_secs(1),

@@ -148,11 +148,12 @@ pub async fn event(
         .as_ref()
         .filter(|t| t.delta)
         .map_or(0, |t| t.image_bytes.saturating_sub(t.fetched_bytes));
+    let machine_id = report.machine_id;
     let id = state
         .store()
         .record_event(&EventRecord {
             id: 0,
-            machine_id: report.machine_id,
+            machine_id: machine_id.clone(),
             version: report.version,
             event: report.event,
             detail: report.detail,
@@ -160,6 +161,10 @@ pub async fn event(
             at: state.0.clock.now(),
         })
         .await?;
+    let keep = state.0.retention.per_machine;
+    if id % crate::store::Retention::TRIM_EVERY == 0 {
+        state.store().trim_machine_events(&machine_id, keep).await?;
+    }
     state.metrics().delta_saved_bytes.inc_by(saved);
     state.changed();
     state

@@ -242,13 +242,24 @@ pub fn outcomes(events: &[RolloutEvent]) -> Vec<MachineOutcome> {
     by_machine.into_values().collect()
 }
 
-/// Event retention: events older than `max_age`, and all but the newest `max_count`, go.
+/// Event retention: events older than `max_age`, all but the newest `max_count`, and each
+/// machine's beyond its newest `per_machine` go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retention {
     /// Oldest event kept.
     pub max_age: std::time::Duration,
     /// Most events kept.
     pub max_count: u64,
+    /// Most events kept per machine (engines report `checked` at every check, so a machine
+    /// checking every few minutes for a year would otherwise keep a hundred thousand).
+    pub per_machine: u64,
+}
+
+impl Retention {
+    /// A machine's events are trimmed to `per_machine` after every this-many-th event stored
+    /// (by id), so the cost of trimming is spread thin; a machine keeps at most about
+    /// `per_machine` plus a few of these.
+    pub const TRIM_EVERY: i64 = 64;
 }
 
 /// Everything the server keeps, behind one interface.
@@ -311,6 +322,8 @@ pub trait Store: Send + Sync + 'static {
     async fn machine_count(&self) -> Result<u64>;
     /// The newest events (of one machine, optionally), newest first.
     async fn events(&self, machine_id: Option<&str>, limit: u32) -> Result<Vec<EventRecord>>;
+    /// Deletes a machine's events beyond its newest `keep`; returns how many went.
+    async fn trim_machine_events(&self, machine_id: &str, keep: u64) -> Result<u64>;
     /// Deletes events beyond retention; returns how many went.
     async fn prune_events(&self, retention: Retention, now: Timestamp) -> Result<u64>;
     /// Per version, what the `staged` events kept say about downloads.

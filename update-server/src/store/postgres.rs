@@ -525,6 +525,18 @@ impl Store for PostgresStore {
         .collect()
     }
 
+    async fn trim_machine_events(&self, machine_id: &str, keep: u64) -> Result<u64> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let c = self.conn().await?;
+        c.execute(
+            "DELETE FROM events WHERE machine_id = $1 AND id <= (SELECT id FROM events
+             WHERE machine_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            &[&machine_id, &keep],
+        )
+        .await
+        .map_err(pg_err("trim machine events"))
+    }
+
     async fn prune_events(&self, retention: Retention, now: Timestamp) -> Result<u64> {
         let cutoff = ms(now) - i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
         let keep = i64::try_from(retention.max_count).unwrap_or(i64::MAX);

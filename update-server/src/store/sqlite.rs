@@ -825,6 +825,21 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn trim_machine_events(&self, machine_id: &str, keep: u64) -> Result<u64> {
+        let (machine_id, keep) = (
+            machine_id.to_owned(),
+            i64::try_from(keep).unwrap_or(i64::MAX),
+        );
+        self.write("trim machine events", move |c| {
+            Ok(c.prepare_cached(
+                "DELETE FROM events WHERE machine_id = ?1 AND id <= (SELECT id FROM events
+                 WHERE machine_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![machine_id, keep])? as u64)
+        })
+        .await
+    }
+
     async fn prune_events(&self, retention: Retention, now: Timestamp) -> Result<u64> {
         let cutoff = ms(now) - i64::try_from(retention.max_age.as_millis()).unwrap_or(i64::MAX);
         let keep = i64::try_from(retention.max_count).unwrap_or(i64::MAX);

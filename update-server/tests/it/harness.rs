@@ -91,6 +91,7 @@ impl TestServer {
             retention: Retention {
                 max_age: Duration::from_secs(30 * 86_400),
                 max_count: 1_000_000,
+                per_machine: 1000,
             },
             refresh: Duration::from_secs(3600),
             gate_interval: Duration::from_millis(100),

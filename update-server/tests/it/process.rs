@@ -608,3 +608,69 @@ async fn a_download_whose_client_stops_reading_is_cut_off() {
     );
     sigterm(s);
 }
+
+#[tokio::test]
+async fn each_machine_keeps_its_newest_events_up_to_the_limit() {
+    let dir = data_dir();
+    let db = format!("sqlite://{}", dir.path().join("db").display());
+    let s = spawn_with(dir.path(), &db, &["--events-per-machine", "10"]);
+    let client = reqwest::Client::new();
+    let send = |id: &'static str, n: usize| {
+        let (client, url) = (client.clone(), s.url.clone());
+        async move {
+            let r = client
+                .post(format!("{url}/v1/events"))
+                .json(
+                    &json!({"machineId": id, "version": "1.0.0", "event": "checked",
+                              "detail": format!("check {n}")}),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "{}", r.status());
+        }
+    };
+    let (busy, quiet) = (
+        "00000000000000000000000000000001",
+        "00000000000000000000000000000002",
+    );
+    for n in 0..3 {
+        send(quiet, n).await;
+    }
+    // A year of checks in miniature: 300 events of one machine.
+    for n in 0..300 {
+        send(busy, n).await;
+    }
+    let events = |id: &'static str| {
+        let (client, url) = (client.clone(), s.url.clone());
+        async move {
+            let v: serde_json::Value = client
+                .get(format!("{url}/v1/admin/events?machine={id}&limit=1000"))
+                .bearer_auth(TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v.as_array()
+                .or_else(|| v["events"].as_array())
+                .unwrap()
+                .iter()
+                .map(|e| e["detail"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>()
+        }
+    };
+    let kept = events(busy).await;
+    // Trimmed every 64th event stored: at most the limit plus one stretch between trims.
+    assert!((10..10 + 64).contains(&kept.len()), "{} kept", kept.len());
+    assert_eq!(kept[0], "check 299", "the newest are kept");
+    assert_eq!(events(quiet).await.len(), 3, "another machine's stay");
+    let out = Command::new(env!("CARGO_BIN_EXE_slipway-server"))
+        .args(["--events-per-machine", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--events-per-machine"));
+    sigterm(s);
+}

@@ -282,6 +282,40 @@ async fn suite(backend: Backend) {
         }]
     );
 
+    // Per machine: a machine's oldest events beyond the limit go, others' stay.
+    for i in 0..12 {
+        s.record_event(&event("m3", EventKind::Checked, &i.to_string(), later))
+            .await
+            .unwrap();
+    }
+    assert_eq!(s.trim_machine_events("m3", 4).await.unwrap(), 8);
+    let m3: Vec<String> = s
+        .events(Some("m3"), 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(m3, ["11", "10", "9", "8"], "the newest are kept");
+    assert_eq!(s.trim_machine_events("m3", 4).await.unwrap(), 0);
+    assert_eq!(s.trim_machine_events("nobody", 4).await.unwrap(), 0);
+    assert!(!s.events(Some("m2"), 100).await.unwrap().is_empty());
+    assert_eq!(
+        s.prune_events(
+            Retention {
+                max_age: Duration::from_secs(86_400),
+                max_count: 1_000_000,
+                per_machine: 1
+            },
+            later
+        )
+        .await
+        .unwrap(),
+        0
+    );
+    s.trim_machine_events("m3", 0).await.unwrap();
+    assert!(s.events(Some("m3"), 100).await.unwrap().is_empty());
+
     // Retention: by count, then by age.
     for i in 0..10 {
         s.record_event(&event("m2", EventKind::Checked, &i.to_string(), later))
@@ -291,6 +325,7 @@ async fn suite(backend: Backend) {
     let keep5 = Retention {
         max_age: Duration::from_secs(86_400),
         max_count: 5,
+        per_machine: 1000,
     };
     assert_eq!(s.prune_events(keep5, later).await.unwrap(), 11);
     let left = s.events(None, 100).await.unwrap();
@@ -305,7 +340,11 @@ async fn suite(backend: Backend) {
     drop(s);
     let s = store::open(&url, 4).await.unwrap();
     assert_eq!(s.releases().await.unwrap().len(), 2);
-    assert_eq!(s.machine_count().await.unwrap(), 3);
+    assert_eq!(
+        s.machine_count().await.unwrap(),
+        4,
+        "m3 came with its events"
+    );
 }
 
 #[tokio::test]
@@ -411,6 +450,9 @@ impl store::Store for PausingStore {
     async fn machine_count(&self) -> slipway_server::Result<u64> {
         self.inner.machine_count().await
     }
+    async fn trim_machine_events(&self, id: &str, keep: u64) -> slipway_server::Result<u64> {
+        self.inner.trim_machine_events(id, keep).await
+    }
     async fn sample_adoption(&self, at: Timestamp) -> slipway_server::Result<u64> {
         self.inner.sample_adoption(at).await
     }
@@ -497,6 +539,7 @@ async fn a_refresh_that_read_older_rows_never_replaces_a_newer_snapshot() {
         retention: Retention {
             max_age: Duration::from_secs(86_400),
             max_count: 1000,
+            per_machine: 1000,
         },
         refresh: Duration::from_secs(3600),
         gate_interval: Duration::from_secs(3600),
