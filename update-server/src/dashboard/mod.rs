@@ -124,17 +124,66 @@ fn error_page(headers: &HeaderMap, status: StatusCode, current: Page, message: &
     resp
 }
 
-async fn overview_data(state: &AppState) -> Result<view::Overview, ApiError> {
-    let (rows, channels) = rows(state).await?;
-    let now = state.0.clock.now();
+/// The overview last computed, and what it was computed from.
+pub struct CachedOverview {
+    generation: u64,
+    now: jiff::Timestamp,
+    computed: std::time::Instant,
+    took: Duration,
+    value: std::sync::Arc<view::Overview>,
+}
+
+/// The fleet overview, counted from every machine in pages (no cap, and no more than a page of
+/// machines in memory). Counting a large fleet takes a while, so the answer is cached: it is
+/// reused while nothing changed (same change counter, same clock), and after a change it is
+/// counted again only once five times its last counting time has passed (a million machines
+/// take about a second: at most every 5 s, so the overview costs at most a fifth of a core
+/// however many dashboards are open; a small fleet is counted again at once). Requests that
+/// arrive during a count wait for it rather than count too.
+async fn overview_data(state: &AppState) -> Result<std::sync::Arc<view::Overview>, ApiError> {
+    let mut cache = state.0.overview.lock().await;
+    let (generation, now) = (state.generation(), state.0.clock.now());
+    if let Some(c) = cache.as_ref()
+        && ((c.generation == generation && c.now == now) || c.computed.elapsed() < c.took * 5)
+    {
+        return Ok(c.value.clone());
+    }
+    let started = std::time::Instant::now();
+    let channels = state.store().channels().await?;
+    let mut builder = view::OverviewBuilder::new(&channels, now);
+    let mut after: Option<String> = None;
+    loop {
+        let page = state
+            .store()
+            .machines(None, after.as_deref(), OVERVIEW_PAGE)
+            .await?;
+        for m in &page {
+            builder.add(m);
+        }
+        match page.last() {
+            Some(last) if page.len() == OVERVIEW_PAGE as usize => after = Some(last.id.clone()),
+            _ => break,
+        }
+    }
     let mut gates = std::collections::BTreeMap::new();
     for c in &channels {
         if let Some(v) = crate::gatekeeper::view(state, c, now).await? {
             gates.insert(c.name.clone(), v);
         }
     }
-    Ok(view::overview(&rows, &channels, &gates, now))
+    let value = std::sync::Arc::new(builder.finish(&gates));
+    *cache = Some(CachedOverview {
+        generation,
+        now,
+        computed: std::time::Instant::now(),
+        took: started.elapsed(),
+        value: value.clone(),
+    });
+    Ok(value)
 }
+
+/// Machines read per page when counting the overview.
+const OVERVIEW_PAGE: u32 = 5000;
 
 async fn overview_page(
     State(state): State<AppState>,
@@ -150,7 +199,10 @@ async fn overview_page(
 }
 
 async fn overview_api(State(state): State<AppState>) -> Result<Response, ApiError> {
-    Ok(json_response(StatusCode::OK, &overview_data(&state).await?))
+    Ok(json_response(
+        StatusCode::OK,
+        &*overview_data(&state).await?,
+    ))
 }
 
 fn filter_of(

@@ -297,96 +297,134 @@ pub fn overview(
     gates: &BTreeMap<String, GateView>,
     now: Timestamp,
 ) -> Overview {
-    let mut states: BTreeMap<MachineState, u64> =
-        MachineState::ALL.iter().map(|s| (*s, 0)).collect();
-    let mut by_channel: BTreeMap<&str, Vec<&MachineRow>> = BTreeMap::new();
+    let mut b = OverviewBuilder::new(channels, now);
     for r in rows {
-        *states.entry(r.state).or_default() += 1;
-        by_channel.entry(&r.machine.channel).or_default().push(r);
+        b.add(&r.machine);
     }
-    for c in channels {
-        by_channel.entry(&c.name).or_default();
+    b.finish(gates)
+}
+
+/// What the overview counts of one channel's machines.
+#[derive(Default)]
+struct ChannelTally {
+    machines: u64,
+    updated: u64,
+    versions: BTreeMap<Version, u64>,
+    /// Per wave step: (machines it covers, of which updated).
+    waves: Vec<(u64, u64)>,
+}
+
+/// The overview built one machine at a time, so a fleet of any size is counted from pages of
+/// machines without holding them all (memory: one tally per channel and version).
+pub struct OverviewBuilder<'a> {
+    channels: &'a [ChannelRecord],
+    now: Timestamp,
+    total: u64,
+    states: BTreeMap<MachineState, u64>,
+    tallies: BTreeMap<String, ChannelTally>,
+}
+
+impl<'a> OverviewBuilder<'a> {
+    /// An empty overview of `channels` at `now`.
+    pub fn new(channels: &'a [ChannelRecord], now: Timestamp) -> Self {
+        let mut tallies: BTreeMap<String, ChannelTally> = BTreeMap::new();
+        for c in channels {
+            tallies.entry(c.name.clone()).or_default().waves = vec![(0, 0); c.waves.len()];
+        }
+        Self {
+            channels,
+            now,
+            total: 0,
+            states: MachineState::ALL.iter().map(|s| (*s, 0)).collect(),
+            tallies,
+        }
     }
-    let mut out = Vec::new();
-    for (name, members) in by_channel {
-        if name.is_empty() {
-            continue;
-        }
-        let record = channels.iter().find(|c| c.name == name);
-        let target = record.and_then(|c| c.target.clone());
-        let mut versions: BTreeMap<&Version, u64> = BTreeMap::new();
-        for r in &members {
-            *versions.entry(&r.machine.version).or_default() += 1;
-        }
-        let done = |r: &MachineRow| target.as_ref().is_some_and(|t| r.machine.version >= *t);
-        let gate_view = gates.get(name);
-        let waves = match (record, &target) {
-            (Some(c), Some(t)) => {
-                let states = crate::gatekeeper::wave_states(c, gate_view, now);
-                wave_progress(&c.waves, c.promoted_at, t, &members, &states, c.paused)
+
+    /// Counts one machine.
+    pub fn add(&mut self, m: &MachineRecord) {
+        let record = self.channels.iter().find(|c| c.name == m.channel);
+        let target = record.and_then(|c| c.target.as_ref());
+        self.total += 1;
+        *self
+            .states
+            .entry(machine_state(m, target, self.now))
+            .or_default() += 1;
+        let t = self.tallies.entry(m.channel.clone()).or_default();
+        t.machines += 1;
+        *t.versions.entry(m.version.clone()).or_default() += 1;
+        let done = target.is_some_and(|t| m.version >= *t);
+        t.updated += u64::from(done);
+        if let (Some(c), Some(target)) = (record, target) {
+            let place = rollout::place(&m.id, target);
+            for (w, tally) in c.waves.iter().zip(t.waves.iter_mut()) {
+                if rollout::in_wave(place, w.fraction) {
+                    tally.0 += 1;
+                    tally.1 += u64::from(done);
+                }
             }
-            _ => Vec::new(),
-        };
-        let gating = record.and_then(|c| c.gating.as_ref());
-        out.push(ChannelOverview {
-            name: name.to_owned(),
-            paused: record.is_some_and(|c| c.paused),
-            promoted_at: record.and_then(|c| c.promoted_at),
-            machines: members.len() as u64,
-            updated: members.iter().filter(|r| done(r)).count() as u64,
-            versions: versions
-                .into_iter()
-                .rev()
-                .map(|(v, n)| VersionCount {
-                    version: v.clone(),
-                    machines: n,
-                })
-                .collect(),
-            waves,
-            target,
-            gate: gating.map(|g| g.gate.to_string()),
-            gate_counts: gate_view.map(|v| v.verdict.totals),
-            failing: gate_view.map(|v| v.failing.clone()).unwrap_or_default(),
-            halt: gating.and_then(|g| g.halt.clone()),
-        });
+        }
     }
-    Overview {
-        at: now,
-        machines: rows.len() as u64,
-        states,
-        channels: out,
+
+    /// The overview of the machines added.
+    pub fn finish(self, gates: &BTreeMap<String, GateView>) -> Overview {
+        let now = self.now;
+        let mut out = Vec::new();
+        for (name, t) in self.tallies {
+            if name.is_empty() {
+                continue;
+            }
+            let record = self.channels.iter().find(|c| c.name == name);
+            let target = record.and_then(|c| c.target.clone());
+            let gate_view = gates.get(&name);
+            let waves = match (record, &target) {
+                (Some(c), Some(_)) => {
+                    let states = crate::gatekeeper::wave_states(c, gate_view, now);
+                    wave_progress(&c.waves, c.promoted_at, &t.waves, &states, c.paused)
+                }
+                _ => Vec::new(),
+            };
+            let gating = record.and_then(|c| c.gating.as_ref());
+            out.push(ChannelOverview {
+                paused: record.is_some_and(|c| c.paused),
+                promoted_at: record.and_then(|c| c.promoted_at),
+                machines: t.machines,
+                updated: t.updated,
+                versions: t
+                    .versions
+                    .into_iter()
+                    .rev()
+                    .map(|(version, machines)| VersionCount { version, machines })
+                    .collect(),
+                waves,
+                target,
+                gate: gating.map(|g| g.gate.to_string()),
+                gate_counts: gate_view.map(|v| v.verdict.totals),
+                failing: gate_view.map(|v| v.failing.clone()).unwrap_or_default(),
+                halt: gating.and_then(|g| g.halt.clone()),
+                name,
+            });
+        }
+        Overview {
+            at: now,
+            machines: self.total,
+            states: self.states,
+            channels: out,
+        }
     }
 }
 
 fn wave_progress(
     waves: &[Wave],
     promoted_at: Option<Timestamp>,
-    target: &Version,
-    members: &[&MachineRow],
+    tallies: &[(u64, u64)],
     states: &[WaveState],
     paused: bool,
 ) -> Vec<WaveProgress> {
-    let places: Vec<(f64, bool)> = members
-        .iter()
-        .map(|r| {
-            (
-                rollout::place(&r.machine.id, target),
-                r.machine.version >= *target,
-            )
-        })
-        .collect();
     waves
         .iter()
         .enumerate()
         .map(|(i, w)| {
-            let covered = places
-                .iter()
-                .filter(|(p, _)| rollout::in_wave(*p, w.fraction));
-            let (mut machines, mut updated) = (0, 0);
-            for (_, done) in covered {
-                machines += 1;
-                updated += u64::from(*done);
-            }
+            let (machines, updated) = tallies.get(i).copied().unwrap_or_default();
             let scheduled = promoted_at.and_then(|p| {
                 let after = SignedDuration::try_from(w.after).ok()?;
                 p.checked_add(after).ok()
