@@ -1,0 +1,224 @@
+//! `bench-views`: what the dashboard's views cost at fleet scale. Registers `--machines`
+//! (default 1,000,000) machines straight into the store (SQLite, or PostgreSQL with
+//! `--database postgres://...`), a third of them behind their channel's target and some with
+//! events, then serves the dashboard in process and reports, per view, the p50 and p99 of
+//! `--requests` sequential requests over loopback: `/api/overview` and `/` (cached while nothing
+//! changes), the overview right after a change (a recount), the machines list filtered by state
+//! (its first page) and one machine's timeline. Build with `--release`:
+//! `cargo run --release -p slipway-server --bin bench-views -- [--machines 1000000]`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use slipway_api::wire::EventKind;
+use slipway_runtime::{Clock, SystemClock};
+use slipway_server::auth::AdminTokens;
+use slipway_server::payloads::PayloadDir;
+use slipway_server::rollout::Wave;
+use slipway_server::state::{AppState, Limits, StateConfig};
+use slipway_server::store::{self, ChannelRecord, EventRecord, MachineCheck, Retention, Store};
+
+#[derive(Parser)]
+#[command(about = "Benchmark the dashboard's views against a large fleet")]
+struct Args {
+    /// Machines registered before measuring.
+    #[arg(long, default_value_t = 1_000_000)]
+    machines: usize,
+    /// Requests per view.
+    #[arg(long, default_value_t = 20)]
+    requests: usize,
+    /// The database (default: a new SQLite file in a temporary directory).
+    #[arg(long)]
+    database: Option<String>,
+}
+
+fn machine_id(i: usize) -> String {
+    format!("{i:032x}")
+}
+
+async fn register(store: &Arc<dyn Store>, machines: usize) -> Result<()> {
+    let now = SystemClock.now();
+    store
+        .put_channel(&ChannelRecord {
+            name: "stable".into(),
+            target: Some("2.0.0".parse()?),
+            waves: vec![
+                Wave {
+                    after: Duration::ZERO,
+                    fraction: 0.1,
+                    soak: None,
+                },
+                Wave {
+                    after: Duration::from_secs(3600),
+                    fraction: 1.0,
+                    soak: None,
+                },
+            ],
+            promoted_at: Some(now),
+            paused: false,
+            gating: None,
+            updated_at: now,
+        })
+        .await?;
+    let started = Instant::now();
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..machines {
+        batch.push(MachineCheck {
+            id: machine_id(i),
+            channel: "stable".into(),
+            group: format!("rack-{}", i % 100),
+            version: if i % 3 == 0 { "1.0.0" } else { "2.0.0" }.parse()?,
+            arch: "x86_64".into(),
+            boot_id: "boot".into(),
+            at: now,
+        });
+        if batch.len() == batch.capacity() {
+            store.record_checks(&batch).await?;
+            batch.clear();
+        }
+    }
+    store.record_checks(&batch).await?;
+    // A few hundred machines with a history each (for their timelines and the failed state).
+    for i in (0..machines).step_by((machines / 300).max(1)) {
+        for (k, kind) in [EventKind::Downloading, EventKind::Staged, EventKind::Failed]
+            .into_iter()
+            .enumerate()
+        {
+            store
+                .record_event(&EventRecord {
+                    id: 0,
+                    machine_id: machine_id(i),
+                    version: "2.0.0".parse()?,
+                    event: kind,
+                    detail: format!("step {k}"),
+                    transfer: None,
+                    at: now,
+                })
+                .await?;
+        }
+    }
+    println!(
+        "registered {machines} machines in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Result<Duration> {
+    let t = Instant::now();
+    let resp = client.get(url).send().await.context(url.to_owned())?;
+    let status = resp.status();
+    let body = resp.bytes().await?;
+    anyhow::ensure!(status.is_success(), "{url}: {status}");
+    anyhow::ensure!(!body.is_empty(), "{url}: empty");
+    Ok(t.elapsed())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn report(name: &str, mut times: Vec<Duration>) {
+    times.sort();
+    println!(
+        "{name:<44} p50 {:>9.2} ms   p99 {:>9.2} ms",
+        percentile(&times, 0.5).as_secs_f64() * 1000.0,
+        percentile(&times, 0.99).as_secs_f64() * 1000.0
+    );
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let database = args
+        .database
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("slipway.db").display()));
+    let store = store::open(&database, 8).await?;
+    register(&store, args.machines).await?;
+    let state = AppState::new(StateConfig {
+        store,
+        clock: Arc::new(SystemClock),
+        root: None,
+        tokens: AdminTokens::parse("bench-admin-token-0123456789")?,
+        payloads: PayloadDir::open(dir.path())?,
+        limits: Limits::default(),
+        retention: Retention {
+            max_age: Duration::from_secs(30 * 86_400),
+            max_count: 100_000_000,
+            per_machine: 1000,
+        },
+        refresh: Duration::from_secs(3600),
+        gate_interval: Duration::from_secs(3600),
+    })
+    .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(slipway_server::serve(listener, state.clone(), async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    println!(
+        "{} machines on {}, {} requests per view",
+        args.machines,
+        state.store().backend(),
+        args.requests
+    );
+
+    let first = get(&client, &format!("{url}/api/overview")).await?;
+    println!(
+        "{:<44} {:>9.2} ms",
+        "/api/overview, first count",
+        first.as_secs_f64() * 1000.0
+    );
+    for view in ["/api/overview", "/"] {
+        let mut times = Vec::new();
+        for _ in 0..args.requests {
+            times.push(get(&client, &format!("{url}{view}")).await?);
+        }
+        report(&format!("{view} (nothing changed)"), times);
+    }
+    // After a change: the next request that finds the cache old enough recounts.
+    let mut times = Vec::new();
+    for _ in 0..args.requests.min(5) {
+        state.changed();
+        tokio::time::sleep(first * 6).await;
+        times.push(get(&client, &format!("{url}/api/overview")).await?);
+    }
+    report("/api/overview, recount after a change", times);
+    for (name, view) in [
+        ("/api/machines?state=behind", "/api/machines?state=behind"),
+        ("/machines?state=failed", "/machines?state=failed"),
+        (
+            "/api/machines/{id} (a timeline)",
+            &format!("/api/machines/{}", machine_id(0)) as &str,
+        ),
+    ] {
+        let mut times = Vec::new();
+        for _ in 0..args.requests {
+            times.push(get(&client, &format!("{url}{view}")).await?);
+        }
+        report(name, times);
+    }
+    let _ = stop.send(());
+    server.await??;
+    if database.starts_with("sqlite://") {
+        let bytes: u64 = std::fs::read_dir(dir.path())?
+            .filter_map(|e| e.ok()?.metadata().ok())
+            .map(|m| m.len())
+            .sum();
+        println!("database files: {:.1} MiB", bytes as f64 / (1 << 20) as f64);
+    }
+    Ok(())
+}
