@@ -201,7 +201,9 @@ pub(crate) struct Inner {
     /// When a machine request's miss last reloaded the snapshot (Unix ms).
     miss_reload_ms: std::sync::atomic::AtomicU64,
     /// The dashboard's overview, counted at most so often (see `dashboard::overview_data`).
-    pub overview: tokio::sync::Mutex<Option<crate::dashboard::CachedOverview>>,
+    pub overview: std::sync::Mutex<Option<crate::dashboard::CachedOverview>>,
+    /// Held while the overview is counted (one count at a time).
+    pub overview_counting: Arc<tokio::sync::Mutex<()>>,
     /// Where admin changes are announced as CloudEvents (set once at start-up; unset: nowhere).
     pub cloudevents: std::sync::OnceLock<slipway_events::Emitter>,
     /// Set when machine requests must carry a client certificate naming the machine.
@@ -239,7 +241,8 @@ impl AppState {
             admin_changes: std::sync::atomic::AtomicU64::new(0),
             replica: replica_name(),
             miss_reload_ms: std::sync::atomic::AtomicU64::new(0),
-            overview: tokio::sync::Mutex::new(None),
+            overview: std::sync::Mutex::new(None),
+            overview_counting: Arc::new(tokio::sync::Mutex::new(())),
             cloudevents: std::sync::OnceLock::new(),
             identity: std::sync::OnceLock::new(),
         }));

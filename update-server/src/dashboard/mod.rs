@@ -133,22 +133,67 @@ pub struct CachedOverview {
     value: std::sync::Arc<view::Overview>,
 }
 
+/// A recount that takes longer than this runs in the background while requests get the
+/// previous count; a shorter one is made by the request that needs it (fresh at once).
+const INLINE_COUNT: Duration = Duration::from_millis(50);
+
 /// The fleet overview, counted from every machine in pages (no cap, and no more than a page of
-/// machines in memory). Counting a large fleet takes a while, so the answer is cached: it is
-/// reused while nothing changed (same change counter, same clock), and after a change it is
-/// counted again only once five times its last counting time has passed (a million machines
-/// take about a second: at most every 5 s, so the overview costs at most a fifth of a core
-/// however many dashboards are open; a small fleet is counted again at once). Requests that
-/// arrive during a count wait for it rather than count too.
+/// machines in memory). Counting a large fleet takes a while, so the count is cached: reused
+/// while nothing changed (same change counter, same clock), and after a change counted again
+/// only once five times its last counting time has passed (a million machines take about a
+/// second: at most every 5 s, so the overview costs at most a fifth of a core however many
+/// dashboards are open). A count that took under [`INLINE_COUNT`] is redone by the request (a
+/// small fleet's overview is always current); a longer one is redone in the background, one at
+/// a time, while requests get the previous count (it says when it was taken).
 async fn overview_data(state: &AppState) -> Result<std::sync::Arc<view::Overview>, ApiError> {
-    let mut cache = state.0.overview.lock().await;
     let (generation, now) = (state.generation(), state.0.clock.now());
-    if let Some(c) = cache.as_ref()
-        && ((c.generation == generation && c.now == now) || c.computed.elapsed() < c.took * 5)
+    let cached = state
+        .0
+        .overview
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .map(|c| {
+            let current = c.generation == generation && c.now == now;
+            let due = !current && c.computed.elapsed() >= c.took * 5;
+            (current, due, c.took, c.value.clone())
+        });
+    match cached {
+        Some((true, _, _, value)) | Some((false, false, _, value)) => return Ok(value),
+        Some((false, true, took, value)) if took >= INLINE_COUNT => {
+            if let Ok(one) = state.0.overview_counting.clone().try_lock_owned() {
+                let state = state.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = count_overview(&state).await {
+                        tracing::warn!(error = %e.message, "counting the overview failed");
+                    }
+                    drop(one);
+                });
+            }
+            return Ok(value);
+        }
+        _ => {}
+    }
+    let _one = state.0.overview_counting.lock().await;
+    // Another request may have counted while this one waited.
+    if let Some(c) = state
+        .0
+        .overview
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+        .filter(|c| c.generation == generation && c.now == now)
     {
         return Ok(c.value.clone());
     }
+    count_overview(state).await
+}
+
+/// Counts the overview now and caches it.
+async fn count_overview(state: &AppState) -> Result<std::sync::Arc<view::Overview>, ApiError> {
     let started = std::time::Instant::now();
+    // Read before counting: a change during the count makes the result due again.
+    let (generation, now) = (state.generation(), state.0.clock.now());
     let channels = state.store().channels().await?;
     let mut builder = view::OverviewBuilder::new(&channels, now);
     let mut after: Option<String> = None;
@@ -172,7 +217,7 @@ async fn overview_data(state: &AppState) -> Result<std::sync::Arc<view::Overview
         }
     }
     let value = std::sync::Arc::new(builder.finish(&gates));
-    *cache = Some(CachedOverview {
+    *state.0.overview.lock().unwrap_or_else(|p| p.into_inner()) = Some(CachedOverview {
         generation,
         now,
         computed: std::time::Instant::now(),
