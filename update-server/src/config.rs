@@ -51,8 +51,8 @@ pub struct Settings {
     /// At most this many events are kept (the oldest go first).
     #[arg(long, env = "SLIPWAY_EVENTS_MAX_COUNT", default_value_t = 1_000_000)]
     pub events_max_count: u64,
-    /// At most this many events are kept per machine (the oldest go first; engines report
-    /// one at every check).
+    /// At most this many `checked` events are kept per machine (the oldest go first; engines
+    /// report one at every check). Update events go only by age and --events-max-count.
     #[arg(long, env = "SLIPWAY_EVENTS_PER_MACHINE", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub events_per_machine: u64,
     /// How often releases and channel state are re-read from the database (changes made

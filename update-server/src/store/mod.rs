@@ -250,8 +250,10 @@ pub struct Retention {
     pub max_age: std::time::Duration,
     /// Most events kept.
     pub max_count: u64,
-    /// Most events kept per machine (engines report `checked` at every check, so a machine
-    /// checking every few minutes for a year would otherwise keep a hundred thousand).
+    /// Most `checked` events kept per machine (engines report one at every check, so a
+    /// machine checking every few minutes for a year would otherwise keep a hundred thousand).
+    /// A machine's other events (its updates: what health gates and timelines read) go only
+    /// by age and the overall count.
     pub per_machine: u64,
 }
 
@@ -322,7 +324,7 @@ pub trait Store: Send + Sync + 'static {
     async fn machine_count(&self) -> Result<u64>;
     /// The newest events (of one machine, optionally), newest first.
     async fn events(&self, machine_id: Option<&str>, limit: u32) -> Result<Vec<EventRecord>>;
-    /// Deletes a machine's events beyond its newest `keep`; returns how many went.
+    /// Deletes a machine's `checked` events beyond its newest `keep`; returns how many went.
     async fn trim_machine_events(&self, machine_id: &str, keep: u64) -> Result<u64>;
     /// Deletes events beyond retention; returns how many went.
     async fn prune_events(&self, retention: Retention, now: Timestamp) -> Result<u64>;

@@ -529,8 +529,9 @@ impl Store for PostgresStore {
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let c = self.conn().await?;
         c.execute(
-            "DELETE FROM events WHERE machine_id = $1 AND id <= (SELECT id FROM events
-             WHERE machine_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            "DELETE FROM events WHERE machine_id = $1 AND kind = 'checked' AND id <= (
+             SELECT id FROM events WHERE machine_id = $1 AND kind = 'checked'
+             ORDER BY id DESC LIMIT 1 OFFSET $2)",
             &[&machine_id, &keep],
         )
         .await

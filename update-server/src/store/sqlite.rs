@@ -832,8 +832,9 @@ impl Store for SqliteStore {
         );
         self.write("trim machine events", move |c| {
             Ok(c.prepare_cached(
-                "DELETE FROM events WHERE machine_id = ?1 AND id <= (SELECT id FROM events
-                 WHERE machine_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                "DELETE FROM events WHERE machine_id = ?1 AND kind = 'checked' AND id <= (
+                 SELECT id FROM events WHERE machine_id = ?1 AND kind = 'checked'
+                 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
             )?
             .execute(params![machine_id, keep])? as u64)
         })

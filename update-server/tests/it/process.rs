@@ -637,6 +637,14 @@ async fn each_machine_keeps_its_newest_events_up_to_the_limit() {
     for n in 0..3 {
         send(quiet, n).await;
     }
+    // An update event of the busy machine: kept whatever the checks after it.
+    let r = client
+        .post(format!("{}/v1/events", s.url))
+        .json(&json!({"machineId": busy, "version": "1.0.0", "event": "healthy", "detail": "the update"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success());
     // A year of checks in miniature: 300 events of one machine.
     for n in 0..300 {
         send(busy, n).await;
@@ -665,6 +673,11 @@ async fn each_machine_keeps_its_newest_events_up_to_the_limit() {
     // Trimmed every 64th event stored: at most the limit plus one stretch between trims.
     assert!((10..10 + 64).contains(&kept.len()), "{} kept", kept.len());
     assert_eq!(kept[0], "check 299", "the newest are kept");
+    assert_eq!(
+        kept.last().unwrap(),
+        "the update",
+        "update events are not trimmed"
+    );
     assert_eq!(events(quiet).await.len(), 3, "another machine's stay");
     let out = Command::new(env!("CARGO_BIN_EXE_slipway-server"))
         .args(["--events-per-machine", "0"])

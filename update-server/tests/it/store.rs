@@ -282,7 +282,11 @@ async fn suite(backend: Backend) {
         }]
     );
 
-    // Per machine: a machine's oldest events beyond the limit go, others' stay.
+    // Per machine: a machine's oldest `checked` events beyond the limit go; its update events
+    // and other machines' stay.
+    s.record_event(&event("m3", EventKind::Healthy, "the update", later))
+        .await
+        .unwrap();
     for i in 0..12 {
         s.record_event(&event("m3", EventKind::Checked, &i.to_string(), later))
             .await
@@ -296,7 +300,11 @@ async fn suite(backend: Backend) {
         .into_iter()
         .map(|e| e.detail)
         .collect();
-    assert_eq!(m3, ["11", "10", "9", "8"], "the newest are kept");
+    assert_eq!(
+        m3,
+        ["11", "10", "9", "8", "the update"],
+        "the newest are kept"
+    );
     assert_eq!(s.trim_machine_events("m3", 4).await.unwrap(), 0);
     assert_eq!(s.trim_machine_events("nobody", 4).await.unwrap(), 0);
     assert!(!s.events(Some("m2"), 100).await.unwrap().is_empty());
@@ -314,7 +322,7 @@ async fn suite(backend: Backend) {
         0
     );
     s.trim_machine_events("m3", 0).await.unwrap();
-    assert!(s.events(Some("m3"), 100).await.unwrap().is_empty());
+    assert_eq!(s.events(Some("m3"), 100).await.unwrap().len(), 1);
 
     // Retention: by count, then by age.
     for i in 0..10 {
@@ -327,7 +335,11 @@ async fn suite(backend: Backend) {
         max_count: 5,
         per_machine: 1000,
     };
-    assert_eq!(s.prune_events(keep5, later).await.unwrap(), 11);
+    assert_eq!(
+        s.prune_events(keep5, later).await.unwrap(),
+        12,
+        "m3 kept its update event"
+    );
     let left = s.events(None, 100).await.unwrap();
     assert_eq!(left.len(), 5);
     assert_eq!(left[0].detail, "9", "the newest are kept");
