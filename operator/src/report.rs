@@ -260,6 +260,17 @@ mod tests {
                     ..Default::default()
                 },
                 NodeView {
+                    name: "n3".into(),
+                    labels: labels("a"),
+                    ready: true,
+                    status: NodeUpdateStatus {
+                        phase: NodePhase::Downloading,
+                        progress: Some(42),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                NodeView {
                     name: "elsewhere".into(),
                     labels: labels("b"),
                     ready: true,
@@ -281,8 +292,11 @@ mod tests {
             ]
         );
         let names: Vec<&str> = r.nodes.iter().map(|n| n.name.as_str()).collect();
-        assert_eq!(names, ["n1", "n2"]);
+        assert_eq!(names, ["n1", "n2", "n3"]);
         assert_eq!(r.nodes[0].phase, "Staged");
+        // Download progress travels while downloading, and only then.
+        assert_eq!(r.nodes[2].progress, Some(42));
+        assert_eq!(r.nodes[0].progress, None);
         assert_eq!(r.nodes[0].waiting_reason.as_deref(), Some("WindowClosed"));
         assert_eq!(r.nodes[1].phase, "NotReady");
     }

@@ -274,6 +274,21 @@ async fn a_reported_rollout_is_drawn_lane_by_lane() {
         "{page}"
     );
     assert!(page.contains("<td>open until 18:00</td>"), "{page}");
+    assert!(!page.contains("open (open until"), "{page}");
+    // A node downloading shows how far it is.
+    let (st, _) = s
+        .admin(
+            Method::POST,
+            "/cluster",
+            Some(report(4100, "closed", ["Healthy", "Failed", "Downloading"])),
+        )
+        .await;
+    assert_eq!(st, StatusCode::NO_CONTENT);
+    let (_, page) = s.get("/cluster").await;
+    assert!(
+        page.contains("<progress max=\"100\" value=\"40\" title=\"40% downloaded\">"),
+        "{page}"
+    );
 }
 
 #[tokio::test]
