@@ -46,7 +46,7 @@ static SERVER: LazyLock<Server> = LazyLock::new(|| {
             retention: Retention {
                 max_age: Duration::from_secs(86_400),
                 max_count: 1000,
-            per_machine: 1000,
+                per_machine: 1000,
             },
             refresh: Duration::from_secs(3600),
             gate_interval: Duration::from_secs(3600),
