@@ -171,7 +171,7 @@ operator:
 server:
   storage: {size: 50Gi, storageClassName: fast}
   tls: {secretName: slipway-server-tls}
-engine: {ca: /etc/slipway/ca.pem, allowPlainHttp: true}
+engine: {ca: /etc/slipway/ca.pem, allowPlainHttp: true, spiffeEndpoint: "unix:///run/spire/agent/public/api.sock"}
 rolloutPolicy:
   enabled: true
   name: workers
@@ -601,7 +601,8 @@ async fn the_chart_s_optional_objects_are_what_the_components_expect() {
         toml.contains(r#"server = "https://updates.example.net""#)
             && toml.contains(r#"channel = "beta""#)
             && toml.contains(r#"ca = "/etc/slipway/ca.pem""#)
-            && toml.contains("allow-plain-http = true"),
+            && toml.contains("allow-plain-http = true")
+            && toml.contains(r#"spiffe-endpoint = "unix:///run/spire/agent/public/api.sock""#),
         "{toml}"
     );
     // With a TLS Secret the server serves HTTPS from it (probes too) and is not told to allow
