@@ -102,7 +102,8 @@ fn run(as_postgres: bool, program: &Path, args: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-fn free_port() -> u16 {
+/// A free TCP port on loopback (for servers the tests start).
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

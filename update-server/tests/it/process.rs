@@ -19,6 +19,16 @@ pub(crate) struct Server {
     pub(crate) log: mpsc::Receiver<String>,
 }
 
+/// A child process killed when dropped (SPIRE, HAProxy: helpers a test starts).
+pub(crate) struct KillOnDrop(pub(crate) Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl Drop for Server {
     /// A test that fails midway leaves no server behind.
     fn drop(&mut self) {

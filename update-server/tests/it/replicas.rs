@@ -337,24 +337,10 @@ async fn replicas_on_postgres_show_the_same_cluster_and_hear_each_others_changes
     next_change(&mut b_stream, Duration::from_secs(1)).await;
 }
 
-/// A child process killed when dropped (HAProxy here).
-struct Balancer(std::process::Child);
-
-impl Drop for Balancer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// HAProxy (Debian's) on loopback, round robin over `backends`, health-checking `/healthz`
 /// every 300 ms so a dead replica leaves the rotation at once.
-fn haproxy(dir: &std::path::Path, backends: &[String]) -> (Balancer, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+fn haproxy(dir: &std::path::Path, backends: &[String]) -> (crate::process::KillOnDrop, String) {
+    let port = crate::pg::free_port();
     let servers: String = backends
         .iter()
         .enumerate()
@@ -388,7 +374,10 @@ fn haproxy(dir: &std::path::Path, backends: &[String]) -> (Balancer, String) {
         .stderr(std::fs::File::create(dir.join("haproxy.log")).unwrap())
         .spawn()
         .unwrap();
-    (Balancer(child), format!("http://127.0.0.1:{port}"))
+    (
+        crate::process::KillOnDrop(child),
+        format!("http://127.0.0.1:{port}"),
+    )
 }
 
 /// POSTs `body` to `url` until an answer that is not a gateway or server error comes (a

@@ -8,14 +8,14 @@
 
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::harness::{TOKEN, manifest, release_key};
-use crate::process::{sigterm, spawn_on};
+use crate::process::{KillOnDrop, sigterm, spawn_on};
 use crate::tls::{client, tls_args, tls_dir};
 
 const TRUST_DOMAIN: &str = "slipway.test";
@@ -47,16 +47,6 @@ fn spire_bin(name: &str) -> PathBuf {
     bin
 }
 
-/// A child process killed when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn run(cmd: &mut Command) -> String {
     let out = cmd.stdin(Stdio::null()).output().unwrap();
     assert!(
@@ -66,14 +56,6 @@ fn run(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Waits until `healthcheck` passes (SPIRE's own readiness probe), or fails with the log.
@@ -103,15 +85,15 @@ async fn healthy(program: &Path, socket: &Path, log: &Path, what: &str) {
 /// A SPIRE server and an agent attested to it with a join token, on loopback and unix sockets
 /// in `dir`; a workload entry gives processes of this test's user the machine's SPIFFE ID.
 struct Spire {
-    _server: Running,
-    _agent: Running,
+    _server: KillOnDrop,
+    _agent: KillOnDrop,
     agent_socket: PathBuf,
     bundle: PathBuf,
 }
 
 async fn spire(dir: &Path) -> Spire {
     let (server_bin, agent_bin) = (spire_bin("spire-server"), spire_bin("spire-agent"));
-    let port = free_port();
+    let port = crate::pg::free_port();
     let d = dir.display();
     let server_socket = dir.join("server.sock");
     // SPIRE's SQLite datastore needs a cgo build; its PostgreSQL one does not, and the tests
@@ -149,7 +131,7 @@ plugins {{
     )
     .unwrap();
     let log = dir.join("server.log");
-    let server = Running(
+    let server = KillOnDrop(
         Command::new(&server_bin)
             .args(["run", "-config"])
             .arg(dir.join("server.conf"))
@@ -230,7 +212,7 @@ plugins {{
     )
     .unwrap();
     let agent_socket = dir.join("agent.sock");
-    let agent = Running(
+    let agent = KillOnDrop(
         Command::new(&agent_bin)
             .args(["run", "-config"])
             .arg(dir.join("agent.conf"))
