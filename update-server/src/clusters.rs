@@ -107,7 +107,6 @@ impl ClusterChange {
 /// policy that appeared, changed or left, in name order (nodes first). The first report of a
 /// cluster records everything in it.
 pub fn changes(old: Option<&ClusterReport>, new: &ClusterReport) -> Vec<ClusterChange> {
-    let mut out = Vec::new();
     let change = |kind, name: &str| ClusterChange {
         id: 0,
         cluster: new.cluster.clone(),
@@ -117,56 +116,63 @@ pub fn changes(old: Option<&ClusterReport>, new: &ClusterReport) -> Vec<ClusterC
         node: None,
         policy: None,
     };
-    let old_nodes = by_name(old.map_or(&[][..], |o| &o.nodes), |n| &n.name);
-    let new_nodes = by_name(&new.nodes, |n| &n.name);
-    for (name, n) in &new_nodes {
-        // Download progress moves by the percent: the history keeps phases, not each step.
-        let same = old_nodes.get(name).is_some_and(|o| {
-            NodeReport {
-                progress: n.progress,
-                ..(*o).clone()
-            } == **n
+    let mut out = Vec::new();
+    // Download progress moves by the percent: the history keeps phases, not each step.
+    let same_node = |o: &NodeReport, n: &NodeReport| {
+        NodeReport {
+            progress: n.progress,
+            ..o.clone()
+        } == *n
+    };
+    for (name, n) in differing(
+        old.map_or(&[][..], |o| &o.nodes),
+        &new.nodes,
+        |n| &n.name,
+        same_node,
+    ) {
+        out.push(ClusterChange {
+            node: n.cloned(),
+            ..change(Subject::Node, name)
         });
-        if !same {
-            out.push(ClusterChange {
-                node: Some((*n).clone()),
-                ..change(Subject::Node, name)
-            });
-        }
     }
-    out.extend(
-        old_nodes
-            .keys()
-            .filter(|name| !new_nodes.contains_key(*name))
-            .map(|name| change(Subject::Node, name)),
-    );
-    let old_policies = by_name(old.map_or(&[][..], |o| &o.policies), |p| &p.name);
-    let new_policies = by_name(&new.policies, |p| &p.name);
-    for (name, p) in &new_policies {
-        if old_policies.get(name) != Some(p) {
-            out.push(ClusterChange {
-                policy: Some((*p).clone()),
-                ..change(Subject::Policy, name)
-            });
-        }
+    for (name, p) in differing(
+        old.map_or(&[][..], |o| &o.policies),
+        &new.policies,
+        |p| &p.name,
+        PartialEq::eq,
+    ) {
+        out.push(ClusterChange {
+            policy: p.cloned(),
+            ..change(Subject::Policy, name)
+        });
     }
-    out.extend(
-        old_policies
-            .keys()
-            .filter(|name| !new_policies.contains_key(*name))
-            .map(|name| change(Subject::Policy, name)),
-    );
     out.sort_by(|a, b| {
         (a.kind == Subject::Policy, &a.name).cmp(&(b.kind == Subject::Policy, &b.name))
     });
     out
 }
 
-fn by_name<'a, T>(
-    items: &'a [T],
+/// The items of `new` that are not `same` as their namesake in `old` (new or changed, with
+/// their state), and the names of `old` missing from `new` (gone, without).
+fn differing<'a, T>(
+    old: &'a [T],
+    new: &'a [T],
     name: impl Fn(&'a T) -> &'a String,
-) -> std::collections::BTreeMap<&'a str, &'a T> {
-    items.iter().map(|i| (name(i).as_str(), i)).collect()
+    same: impl Fn(&T, &T) -> bool,
+) -> Vec<(&'a str, Option<&'a T>)> {
+    let by_name = |items: &'a [T]| -> std::collections::BTreeMap<&'a str, &'a T> {
+        items.iter().map(|i| (name(i).as_str(), i)).collect()
+    };
+    let (old, new) = (by_name(old), by_name(new));
+    let changed = new
+        .iter()
+        .filter(|(n, item)| !old.get(*n).is_some_and(|o| same(o, item)))
+        .map(|(n, item)| (*n, Some(*item)));
+    let gone = old
+        .keys()
+        .filter(|n| !new.contains_key(*n))
+        .map(|n| (*n, None));
+    changed.chain(gone).collect()
 }
 
 /// What storing a report did.
