@@ -252,15 +252,26 @@ pub fn overview(o: &Overview) -> String {
     h
 }
 
-/// The machines table's body: the filter form and the rows.
-pub fn machines(
-    rows: &[&MachineRow],
-    total: usize,
-    shown_limit: usize,
-    filter: &MachineFilter,
-    channels: &[String],
-    now: Timestamp,
-) -> String {
+/// A page of the machines table, and where it stands.
+pub struct MachinesView<'a> {
+    /// The page's rows.
+    pub rows: &'a [MachineRow],
+    /// Where the next page starts, when more may match.
+    pub next: Option<&'a str>,
+    /// Machines read to find them.
+    pub scanned: u64,
+    /// Machines the server knows (the overview's count).
+    pub total: u64,
+    /// The filter and page asked for.
+    pub filter: &'a MachineFilter,
+    /// Channel names for the channel filter.
+    pub channels: &'a [String],
+}
+
+/// The machines table: the filter form, one page of matching machines, and links to the
+/// first and next pages.
+pub fn machines(v: &MachinesView<'_>, now: Timestamp) -> String {
+    let filter = v.filter;
     let mut h = String::from("<h1>Machines</h1>");
     let sel = |v: &Option<String>, x: &str| {
         if v.as_deref() == Some(x) {
@@ -287,7 +298,7 @@ pub fn machines(
     h.push_str(
         "</select><select name=\"channel\" aria-label=\"channel\"><option value=\"\">any channel</option>",
     );
-    for c in channels {
+    for c in v.channels {
         let _ = write!(
             h,
             "<option value=\"{0}\"{1}>{0}</option>",
@@ -297,26 +308,59 @@ pub fn machines(
     }
     let _ = write!(
         h,
-        "</select><input name=\"version\" placeholder=\"version\" value=\"{v}\" aria-label=\"version\" size=\"10\">\
+        "</select><input name=\"version\" placeholder=\"version\" value=\"{ver}\" aria-label=\"version\" size=\"10\">\
+         <input name=\"prefix\" placeholder=\"id starts with\" value=\"{prefix}\" aria-label=\"id prefix\" size=\"12\">\
+         <input name=\"group\" placeholder=\"group\" value=\"{group}\" aria-label=\"group\" size=\"10\">{limit}\
          <button type=\"submit\">Filter</button> <a href=\"/machines\">clear</a></form>",
-        v = esc(filter.version.as_deref().unwrap_or(""))
+        ver = esc(filter.version.as_deref().unwrap_or("")),
+        prefix = esc(filter.prefix.as_deref().unwrap_or("")),
+        group = esc(filter.group.as_deref().unwrap_or("")),
+        limit = filter.limit.map_or(String::new(), |n| format!(
+            "<input type=\"hidden\" name=\"limit\" value=\"{n}\">"
+        )),
     );
+    let first = filter.after.as_deref().is_none_or(|a| a.trim().is_empty());
+    let n = v.rows.len();
+    let count = match (first, v.next) {
+        (true, None) => format!("{n} of {} machines match", v.total),
+        (false, None) => format!("{n} more match; the last page"),
+        (_, Some(_)) if n > 0 && filter.limit.unwrap_or(super::SHOWN_ROWS) as usize == n => {
+            format!("showing {n} of {} machines; more on the next page", v.total)
+        }
+        (_, Some(next)) => format!(
+            "{n} match among the {} machines read (up to {}); the next page reads on",
+            v.scanned,
+            esc(next)
+        ),
+    };
     let _ = write!(
         h,
-        "<p class=\"muted\" id=\"machine-count\" data-shown=\"{shown}\" data-matching=\"{m}\">{m} of {total} machines match{more}</p>",
-        shown = rows.len().min(shown_limit),
-        m = rows.len(),
-        more = if rows.len() > shown_limit {
-            format!("; showing the first {shown_limit}")
-        } else {
-            String::new()
-        }
+        "<p class=\"muted\" id=\"machine-count\" data-shown=\"{n}\" data-next=\"{next}\">{count}</p>",
+        next = esc(v.next.unwrap_or("")),
     );
+    let mut pages = String::new();
+    if !first {
+        let _ = write!(
+            pages,
+            "<a id=\"first-page\" href=\"/machines?{}\">« first page</a> ",
+            esc(&filter.query_string(None))
+        );
+    }
+    if let Some(next) = v.next {
+        let _ = write!(
+            pages,
+            "<a id=\"next-page\" href=\"/machines?{}\">next page »</a>",
+            esc(&filter.query_string(Some(next)))
+        );
+    }
+    if !pages.is_empty() {
+        let _ = write!(h, "<p class=\"pages\">{pages}</p>");
+    }
     h.push_str(
         "<table id=\"machines\"><thead><tr><th>machine</th><th>state</th><th>channel</th><th>version</th>\
          <th>target</th><th>last event</th><th>last seen</th><th>last error</th></tr></thead><tbody>",
     );
-    for r in rows.iter().take(shown_limit) {
+    for r in v.rows {
         let m = &r.machine;
         let last_event = match (m.last_event, m.last_event_at) {
             (Some(e), Some(at)) => format!("{} {}", e.as_str(), when(at, now)),

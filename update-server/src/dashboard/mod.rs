@@ -30,16 +30,16 @@ use slipway_api::wire::ClusterReport;
 
 use crate::api_error::{ApiError, json_response};
 use crate::state::AppState;
-use crate::store::MachineRecord;
 use html::Page;
 use view::{MachineFilter, MachineRow};
 
-/// Most machines a dashboard view loads (the dashboard reads the machines table in pages of
-/// 1,000; beyond this, use the admin API's paging).
-pub const MAX_MACHINES: usize = 200_000;
+/// Most machines one list request reads beyond what an index narrows (see
+/// [`crate::store::query`]): a rare match is found over several pages rather than by one
+/// request reading the fleet.
+pub const SCAN_BUDGET: u32 = 50_000;
 
 /// Rows of the machines table shown on one page.
-pub const SHOWN_ROWS: usize = 500;
+pub const SHOWN_ROWS: u32 = 500;
 
 /// How often a live stream looks for changes.
 const POLL: Duration = Duration::from_millis(250);
@@ -84,27 +84,27 @@ async fn js() -> Response {
         .into_response()
 }
 
-/// Every machine (up to [`MAX_MACHINES`]), read in pages.
-async fn all_machines(state: &AppState) -> Result<Vec<MachineRecord>, ApiError> {
-    let mut out: Vec<MachineRecord> = Vec::new();
-    loop {
-        let after = out.last().map(|m| m.id.clone());
-        let page = state.store().machines(None, after.as_deref(), 1000).await?;
-        let full = page.len() == 1000;
-        out.extend(page);
-        if !full || out.len() >= MAX_MACHINES {
-            return Ok(out);
-        }
-    }
-}
-
-async fn rows(
+/// A page of the machines list.
+async fn machine_list(
     state: &AppState,
-) -> Result<(Vec<MachineRow>, Vec<crate::store::ChannelRecord>), ApiError> {
+    filter: &MachineFilter,
+    default_limit: u32,
+) -> Result<(Vec<MachineRow>, crate::store::MachinePage), ApiError> {
     let channels = state.store().channels().await?;
-    let machines = all_machines(state).await?;
     let now = state.0.clock.now();
-    Ok((view::rows(machines, &channels, now), channels))
+    let page = state
+        .store()
+        .machine_page(
+            &filter.query(&channels, now),
+            &crate::store::PageRequest {
+                after: filter.after.clone().filter(|a| !a.trim().is_empty()),
+                limit: filter.limit.unwrap_or(default_limit),
+                scan: SCAN_BUDGET,
+            },
+        )
+        .await?;
+    let rows = view::rows(page.machines.clone(), &channels, now);
+    Ok((rows, page))
 }
 
 /// An HTML answer: the whole page, or just its body when the live script asks for it.
@@ -275,39 +275,55 @@ async fn machines_page(
             ));
         }
     };
-    let (rows, channels) = rows(&state).await?;
-    let mut names: Vec<String> = channels.iter().map(|c| c.name.clone()).collect();
-    for r in &rows {
-        if !r.machine.channel.is_empty() && !names.contains(&r.machine.channel) {
-            names.push(r.machine.channel.clone());
+    let (rows, page_of) = machine_list(&state, &filter, SHOWN_ROWS).await?;
+    let overview = overview_data(&state).await?;
+    let mut names: Vec<String> = state
+        .store()
+        .channels()
+        .await?
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    for c in &overview.channels {
+        if !c.name.is_empty() && !names.contains(&c.name) {
+            names.push(c.name.clone());
         }
     }
     names.sort();
-    let matching: Vec<&MachineRow> = rows.iter().filter(|r| filter.matches(r)).collect();
     let body = html::machines(
-        &matching,
-        rows.len(),
-        SHOWN_ROWS,
-        &filter,
-        &names,
+        &html::MachinesView {
+            rows: &rows,
+            next: page_of.next.as_deref(),
+            scanned: page_of.scanned,
+            total: overview.machines,
+            filter: &filter,
+            channels: &names,
+        },
         state.0.clock.now(),
     );
     Ok(page(&headers, "Machines", Page::Machines, body))
 }
 
-/// `GET /api/machines?q=&state=&channel=&version=`: the matching rows (at most 1,000).
+/// `GET /api/machines?q=&state=&channel=&version=&prefix=&group=&limit=&after=`: a page of
+/// the matching rows (`limit`, 1,000 by default and at most), by id; when more may match, a
+/// `Link: <...>; rel="next"` header gives the next page's URL.
 async fn machines_api(
     State(state): State<AppState>,
     query: Result<Query<MachineFilter>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let filter = filter_of(query)?;
-    let (rows, _) = rows(&state).await?;
-    let matching: Vec<&MachineRow> = rows
-        .iter()
-        .filter(|r| filter.matches(r))
-        .take(1000)
-        .collect();
-    Ok(json_response(StatusCode::OK, &matching))
+    let (rows, page_of) = machine_list(&state, &filter, view::MAX_PAGE).await?;
+    let mut resp = json_response(StatusCode::OK, &rows);
+    if let Some(next) = &page_of.next {
+        let link = format!(
+            "</api/machines?{}>; rel=\"next\"",
+            filter.query_string(Some(next))
+        );
+        if let Ok(v) = header::HeaderValue::from_str(&link) {
+            resp.headers_mut().insert(header::LINK, v);
+        }
+    }
+    Ok(resp)
 }
 
 /// A machine and its newest events.
@@ -373,11 +389,36 @@ async fn machine_api(
     }
 }
 
+/// Releases with how many machines run each (the overview's counts) and, for an advised one,
+/// the first machines still running it (a page of the machines list).
 async fn releases_data(state: &AppState) -> Result<Vec<view::ReleaseRow>, ApiError> {
     let records = state.store().releases().await?;
-    let (rows, channels) = rows(state).await?;
+    let channels = state.store().channels().await?;
+    let overview = overview_data(state).await?;
+    let mut advised = std::collections::BTreeMap::new();
+    for r in records.iter().filter(|r| r.advisory.is_some()) {
+        let page = state
+            .store()
+            .machine_page(
+                &crate::store::MachineQuery {
+                    channel: Some(r.channel.clone()),
+                    version: Some(r.version.to_string()),
+                    ..Default::default()
+                },
+                &crate::store::PageRequest {
+                    after: None,
+                    limit: view::ADVISED_LIST as u32,
+                    scan: SCAN_BUDGET,
+                },
+            )
+            .await?;
+        let ids = page.machines.into_iter().map(|m| m.id).collect();
+        advised.insert((r.channel.clone(), r.version.clone()), ids);
+    }
     let transfers = state.store().transfer_totals().await?;
-    Ok(view::releases(&records, &channels, &rows, &transfers))
+    Ok(view::releases(
+        &records, &channels, &overview, &advised, &transfers,
+    ))
 }
 
 async fn releases_page(

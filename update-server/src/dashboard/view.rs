@@ -14,7 +14,10 @@ use slipway_api::wire::EventKind;
 use crate::gate::{FailingMachine, Halt, WaveCounts, WaveState};
 use crate::gatekeeper::GateView;
 use crate::rollout::{self, Wave};
-use crate::store::{AdvisoryMark, ChannelRecord, MachineRecord, ReleaseRecord, TransferTotals};
+use crate::store::{
+    AdvisoryMark, ChannelRecord, MachineQuery, MachineRecord, ReleaseRecord, StateCondition,
+    TransferTotals,
+};
 
 /// How long a machine may stay silent before the dashboard calls it stale. Engines check every
 /// few minutes to hours; an hour without a word is worth a look.
@@ -140,7 +143,7 @@ pub fn rows(
         .collect()
 }
 
-/// The machines table's filter (the query string of `/machines` and `/api/machines`).
+/// The machines table's filter and page (the query string of `/machines` and `/api/machines`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MachineFilter {
     /// Part of the id or group, any case.
@@ -155,6 +158,28 @@ pub struct MachineFilter {
     /// One version.
     #[serde(default)]
     pub version: Option<String>,
+    /// The start of the id.
+    #[serde(default)]
+    pub prefix: Option<String>,
+    /// One group.
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Machines with ids after this (the previous page's cursor).
+    #[serde(default)]
+    pub after: Option<String>,
+    /// Rows per page (1 to [`MAX_PAGE`]).
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+/// Most rows of one page of the machines list.
+pub const MAX_PAGE: u32 = 1000;
+
+/// Whether `s` may be (the start of) a machine id: `[A-Za-z0-9._-]`, at most 128.
+fn id_like(s: &str) -> bool {
+    s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 impl MachineFilter {
@@ -162,7 +187,8 @@ impl MachineFilter {
         v.as_deref().map(str::trim).filter(|s| !s.is_empty())
     }
 
-    /// Checks the filter: an unknown state is an error (not an empty table).
+    /// Checks the filter: an unknown state, a prefix or cursor no id could have, or a page
+    /// size out of range is an error (not an empty table).
     pub fn validate(&self) -> Result<(), String> {
         if let Some(s) = Self::given(&self.state)
             && MachineState::parse(s).is_none()
@@ -170,15 +196,29 @@ impl MachineFilter {
             let known: Vec<&str> = MachineState::ALL.iter().map(|s| s.as_str()).collect();
             return Err(format!("unknown state {s:?}; one of {}", known.join(", ")));
         }
+        for (name, v) in [("prefix", &self.prefix), ("after", &self.after)] {
+            if let Some(v) = Self::given(v)
+                && !id_like(v)
+            {
+                return Err(format!(
+                    "{name} {v:?}: machine ids are at most 128 of A-Z a-z 0-9 . _ -"
+                ));
+            }
+        }
+        if let Some(n) = self.limit
+            && !(1..=MAX_PAGE).contains(&n)
+        {
+            return Err(format!("limit {n}: from 1 to {MAX_PAGE}"));
+        }
         Ok(())
     }
 
-    /// Whether a row passes.
+    /// Whether a row passes (the page's cursor and size aside).
     pub fn matches(&self, row: &MachineRow) -> bool {
         if let Some(q) = Self::given(&self.q) {
-            let q = q.to_lowercase();
-            if !row.machine.id.to_lowercase().contains(&q)
-                && !row.machine.group.to_lowercase().contains(&q)
+            let q = q.to_ascii_lowercase();
+            if !row.machine.id.to_ascii_lowercase().contains(&q)
+                && !row.machine.group.to_ascii_lowercase().contains(&q)
             {
                 return false;
             }
@@ -198,14 +238,79 @@ impl MachineFilter {
         {
             return false;
         }
+        if let Some(p) = Self::given(&self.prefix)
+            && !row.machine.id.starts_with(p)
+        {
+            return false;
+        }
+        if let Some(g) = Self::given(&self.group)
+            && row.machine.group != g
+        {
+            return false;
+        }
         true
     }
 
     /// Whether any criterion is set.
     pub fn is_empty(&self) -> bool {
-        [&self.q, &self.state, &self.channel, &self.version]
-            .iter()
-            .all(|v| Self::given(v).is_none())
+        [
+            &self.q,
+            &self.state,
+            &self.channel,
+            &self.version,
+            &self.prefix,
+            &self.group,
+        ]
+        .iter()
+        .all(|v| Self::given(v).is_none())
+    }
+
+    /// The filter as the store's query, with what deciding a state needs: the channels'
+    /// targets and the time.
+    pub fn query(&self, channels: &[ChannelRecord], now: Timestamp) -> MachineQuery {
+        let own = |v: &Option<String>| Self::given(v).map(str::to_owned);
+        MachineQuery {
+            prefix: own(&self.prefix),
+            channel: own(&self.channel),
+            version: own(&self.version),
+            group: own(&self.group),
+            text: own(&self.q),
+            state: Self::given(&self.state)
+                .and_then(MachineState::parse)
+                .map(|state| StateCondition {
+                    state,
+                    targets: channels
+                        .iter()
+                        .filter_map(|c| Some((c.name.clone(), c.target.clone()?)))
+                        .collect(),
+                    stale_before: now
+                        - SignedDuration::try_from(STALE_AFTER).unwrap_or(SignedDuration::MAX),
+                }),
+        }
+    }
+
+    /// The query string of this filter's page after `after` (none: the first page).
+    pub fn query_string(&self, after: Option<&str>) -> String {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [
+            ("q", &self.q),
+            ("state", &self.state),
+            ("channel", &self.channel),
+            ("version", &self.version),
+            ("prefix", &self.prefix),
+            ("group", &self.group),
+        ] {
+            if let Some(v) = Self::given(v) {
+                q.append_pair(k, v);
+            }
+        }
+        if let Some(n) = self.limit {
+            q.append_pair("limit", &n.to_string());
+        }
+        if let Some(a) = after {
+            q.append_pair("after", a);
+        }
+        q.finish()
     }
 }
 
@@ -500,45 +605,44 @@ impl ReleaseRow {
 /// Most machine ids listed under an advised release.
 pub const ADVISED_LIST: usize = 50;
 
-/// Releases, newest first within each channel, with who runs them.
+/// Releases, newest first within each channel, with how many machines run them (from the
+/// overview's counts) and, for advised ones, `advised`: some of the machines still running them
+/// (at most [`ADVISED_LIST`]), by channel and version.
 pub fn releases(
     records: &[ReleaseRecord],
     channels: &[ChannelRecord],
-    rows: &[MachineRow],
+    overview: &Overview,
+    advised: &BTreeMap<(String, Version), Vec<String>>,
     transfers: &[TransferTotals],
 ) -> Vec<ReleaseRow> {
     let targets = targets(channels);
-    let mut running: BTreeMap<(&str, &Version), Vec<&str>> = BTreeMap::new();
-    for r in rows {
-        running
-            .entry((&r.machine.channel, &r.machine.version))
-            .or_default()
-            .push(&r.machine.id);
-    }
+    let running = |channel: &str, version: &Version| {
+        overview
+            .channels
+            .iter()
+            .filter(|c| c.name == channel)
+            .flat_map(|c| &c.versions)
+            .find(|v| v.version == *version)
+            .map_or(0, |v| v.machines)
+    };
     let mut out: Vec<ReleaseRow> = records
         .iter()
-        .map(|r| {
-            let ids = running
-                .get(&(r.channel.as_str(), &r.version))
-                .map_or(&[][..], Vec::as_slice);
-            ReleaseRow {
-                channel: r.channel.clone(),
-                version: r.version.clone(),
-                published_at: r.published_at,
-                advisory: r.advisory.clone(),
-                floor: r.floor,
-                target: targets.get(r.channel.as_str()) == Some(&&r.version),
-                running: ids.len() as u64,
-                advised_machines: if r.advisory.is_some() {
-                    ids.iter()
-                        .take(ADVISED_LIST)
-                        .map(|s| (*s).to_owned())
-                        .collect()
-                } else {
-                    Vec::new()
-                },
-                transfer: transfers.iter().find(|t| t.version == r.version).cloned(),
-            }
+        .map(|r| ReleaseRow {
+            channel: r.channel.clone(),
+            version: r.version.clone(),
+            published_at: r.published_at,
+            advisory: r.advisory.clone(),
+            floor: r.floor,
+            target: targets.get(r.channel.as_str()) == Some(&&r.version),
+            running: running(&r.channel, &r.version),
+            advised_machines: match r.advisory {
+                Some(_) => advised
+                    .get(&(r.channel.clone(), r.version.clone()))
+                    .map(|ids| ids.iter().take(ADVISED_LIST).cloned().collect())
+                    .unwrap_or_default(),
+                None => Vec::new(),
+            },
+            transfer: transfers.iter().find(|t| t.version == r.version).cloned(),
         })
         .collect();
     out.sort_by(|a, b| {
@@ -758,10 +862,24 @@ mod tests {
             &channels,
             now,
         );
-        let out = releases(&records, &channels, &rows, &[]);
+        let o = overview(&rows, &channels, &BTreeMap::new(), now);
+        // Listed under the advised release only (a stray list for another is ignored).
+        let advised = BTreeMap::from([
+            (
+                (String::from("stable"), v("1.0.0")),
+                vec![String::from("a")],
+            ),
+            (
+                (String::from("stable"), v("2.0.0")),
+                vec![String::from("b")],
+            ),
+        ]);
+        let out = releases(&records, &channels, &o, &advised, &[]);
         assert_eq!(out[0].version, v("2.0.0"));
         assert!(out[0].target);
+        assert_eq!(out[0].running, 1);
         assert!(out[0].advised_machines.is_empty());
+        // Counted in its channel only: `c` runs 1.0.0 on another channel.
         assert_eq!(out[1].running, 1);
         assert_eq!(out[1].advised_machines, ["a"]);
     }

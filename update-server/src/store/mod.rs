@@ -3,6 +3,7 @@
 //! run the same versioned schema migrations at open.
 
 pub mod postgres;
+pub mod query;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use crate::clusters::{ClusterChange, ClusterWrite};
 use crate::error::{Error, Result};
 use crate::gate::{Gating, MachineOutcome, Outcome};
 use crate::rollout::Wave;
+pub use query::{MachinePage, MachineQuery, PageRequest, StateCondition};
 
 /// A published release, as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -320,6 +322,15 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<MachineRecord>>;
+    /// The SQL dialect of [`Self::machine_window`].
+    fn dialect(&self) -> query::Dialect;
+    /// Runs one bounded read of a machine list ([`query::window_sql`]).
+    async fn machine_window(&self, sql: query::Sql) -> Result<query::Window>;
+    /// A page of the machines meeting `q`, by id, reading at most `req.scan` rows beyond
+    /// what an index narrows (see [`query`]).
+    async fn machine_page(&self, q: &MachineQuery, req: &PageRequest) -> Result<MachinePage> {
+        query::page(q, req, self.dialect(), |sql| self.machine_window(sql)).await
+    }
     /// Number of machines.
     async fn machine_count(&self) -> Result<u64>;
     /// The newest events (of one machine, optionally), newest first.
@@ -510,7 +521,35 @@ pub(crate) const MIGRATIONS: &[Migration] = &[
             machines BIGINT NOT NULL, PRIMARY KEY (channel, at, version));
         CREATE INDEX adoption_by_time ON adoption (at);",
     },
+    // Machine lists at fleet scale (see `query`): each version's sort key, partial indexes for
+    // the failed and updating machines (no check writes them: a check sets neither column), and
+    // on PostgreSQL ids compared byte by byte (as SQLite does, so that pages and prefixes
+    // mean the same on both), room on each page for updates in place (a check changes no
+    // indexed column, so it writes no index), and indexes on version and group.
+    Migration {
+        version: VERSION_KEYS,
+        sqlite: "
+        ALTER TABLE machines ADD COLUMN vkey TEXT NOT NULL DEFAULT '';
+        CREATE INDEX machines_failed ON machines (id)
+            WHERE last_error IS NOT NULL AND last_event IN ('failed', 'rolled-back');
+        CREATE INDEX machines_updating ON machines (id)
+            WHERE last_event IN ('downloading', 'staged', 'rebooting', 'booted');",
+        postgres: "
+        ALTER TABLE machines SET (fillfactor = 80);
+        ALTER TABLE machines ALTER COLUMN id TYPE TEXT COLLATE \"C\",
+            ADD COLUMN vkey TEXT COLLATE \"C\" NOT NULL DEFAULT '';
+        CREATE INDEX machines_by_version ON machines (version, id);
+        CREATE INDEX machines_by_group ON machines (grp, id);
+        CREATE INDEX machines_failed ON machines (id)
+            WHERE last_error IS NOT NULL AND last_event IN ('failed', 'rolled-back');
+        CREATE INDEX machines_updating ON machines (id)
+            WHERE last_event IN ('downloading', 'staged', 'rebooting', 'booted');",
+    },
 ];
+
+/// The migration that adds `machines.vkey`; after it, each backend fills the key of the
+/// machines already stored (computed here, not in SQL).
+pub(crate) const VERSION_KEYS: i64 = 6;
 
 /// The newest schema version this server knows.
 pub(crate) fn latest_schema() -> i64 {

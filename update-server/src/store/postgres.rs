@@ -8,12 +8,13 @@ use jiff::Timestamp;
 use semver::Version;
 use tokio_postgres::{NoTls, Row};
 
+use super::query::{Dialect, MACHINE_COLUMNS, Sql, Value, Window, version_key};
 use super::sqlite::{UPSERT_CHECK, UPSERT_EVENT_MACHINE};
 use super::{
     AdoptionSample, AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck,
     MachineRecord, Notice, NoticeHandler, PutOutcome, ReleaseRecord, Retention, RolloutEvent,
-    Store, TRANSFER_COLUMNS, TransferTotals, event_effects, event_kind, from_json, latest_schema,
-    ms, to_json, transfer_columns, transfer_of, ts, version,
+    Store, TRANSFER_COLUMNS, TransferTotals, VERSION_KEYS, event_effects, event_kind, from_json,
+    latest_schema, ms, to_json, transfer_columns, transfer_of, ts, version,
 };
 use crate::clusters::{ClusterChange, ClusterWrite};
 use crate::error::{Error, Result};
@@ -107,6 +108,25 @@ impl PostgresStore {
             tx.batch_execute(m.postgres)
                 .await
                 .map_err(|e| Error::Migration(format!("step {}: {e}", m.version)))?;
+            if m.version == VERSION_KEYS {
+                // Each stored version's key (one update per version).
+                let versions = tx
+                    .query("SELECT DISTINCT version FROM machines", &[])
+                    .await
+                    .map_err(pg_err("migrate: version keys"))?;
+                for r in versions {
+                    let text: String = r.get(0);
+                    // An unparsable version keeps the empty key (reported as corrupt when read).
+                    if let Ok(v) = Version::parse(&text) {
+                        tx.execute(
+                            "UPDATE machines SET vkey = $1 WHERE version = $2",
+                            &[&version_key(&v), &text],
+                        )
+                        .await
+                        .map_err(pg_err("migrate: version keys"))?;
+                    }
+                }
+            }
             // The database's clock: the record is informational only.
             tx.execute(
                 "INSERT INTO schema_migrations (version, applied_at)
@@ -122,8 +142,6 @@ impl PostgresStore {
 }
 
 const RELEASE_COLUMNS: &str = "channel, version, envelope, manifest, published_at, advisory, floor";
-const MACHINE_COLUMNS: &str = "id, channel, grp, version, arch, boot_id, first_seen, last_seen, \
-     last_event, last_event_at, last_error";
 
 fn release_row(r: &Row) -> Result<ReleaseRecord> {
     let advisory: Option<String> = r.get(5);
@@ -320,7 +338,7 @@ impl Store for PostgresStore {
         let rows = c
             .query(
                 "SELECT e.machine_id, e.kind, e.detail, e.at FROM events e
-                 JOIN machines m ON m.id = e.machine_id
+                 JOIN machines m ON m.id = e.machine_id COLLATE \"C\"
                  WHERE e.version = $1 AND e.at >= $2 AND m.channel = $3 AND e.kind <> 'checked'
                  ORDER BY e.id",
                 &[&version.to_string(), &ms(since), &channel],
@@ -385,6 +403,7 @@ impl Store for PostgresStore {
                     &m.arch,
                     &m.boot_id,
                     &ms(m.at),
+                    &version_key(&m.version),
                 ],
             )
             .await
@@ -431,6 +450,7 @@ impl Store for PostgresStore {
                 &ms(e.at),
                 &e.event.as_str(),
                 &error,
+                &version_key(&e.version),
                 &clear,
                 &set_version,
             ],
@@ -473,6 +493,45 @@ impl Store for PostgresStore {
         .iter()
         .map(machine_row)
         .collect()
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    async fn machine_window(&self, sql: Sql) -> Result<Window> {
+        let c = self.conn().await?;
+        let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = sql
+            .params
+            .into_iter()
+            .map(|p| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                match p {
+                    Value::Text(t) => Box::new(t),
+                    Value::Int(n) => Box::new(n),
+                }
+            })
+            .collect();
+        let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let stmt = c
+            .prepare_cached(&sql.text)
+            .await
+            .map_err(pg_err("machine list"))?;
+        let rows = c
+            .query(&stmt, &refs)
+            .await
+            .map_err(pg_err("machine list"))?;
+        let mut w = Window::default();
+        for r in &rows {
+            w.last = r.get(12);
+            w.read = u64::try_from(r.get::<_, i64>(13)).unwrap_or(0);
+            if r.get::<_, Option<String>>(0).is_some() {
+                w.matches.push(machine_row(r)?);
+            }
+        }
+        Ok(w)
     }
 
     async fn machine_count(&self) -> Result<u64> {

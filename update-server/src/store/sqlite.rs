@@ -14,10 +14,11 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use semver::Version;
 use tokio::sync::{mpsc, oneshot};
 
+use super::query::{Dialect, MACHINE_COLUMNS, Sql, Value, Window, version_key};
 use super::{
     AdoptionSample, AdvisoryMark, ChannelRecord, EventRecord, MIGRATIONS, MachineCheck,
     MachineRecord, PutOutcome, ReleaseRecord, Retention, RolloutEvent, Store, TRANSFER_COLUMNS,
-    TransferTotals, event_effects, event_kind, from_json, latest_schema, ms, to_json,
+    TransferTotals, VERSION_KEYS, event_effects, event_kind, from_json, latest_schema, ms, to_json,
     transfer_columns, transfer_of, ts, version,
 };
 use crate::clusters::{ClusterChange, ClusterWrite};
@@ -155,6 +156,9 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         let tx = conn.transaction().map_err(sqlite_err("migrate"))?;
         tx.execute_batch(m.sqlite)
             .map_err(|e| Error::Migration(format!("step {}: {e}", m.version)))?;
+        if m.version == VERSION_KEYS {
+            fill_version_keys(&tx).map_err(sqlite_err("migrate: version keys"))?;
+        }
         tx.execute(
             // The database's clock: the record is informational only.
             "INSERT INTO schema_migrations (version, applied_at)
@@ -168,6 +172,22 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
+/// Writes the version key of every machine stored before keys were (one update per version).
+fn fill_version_keys(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+    let versions: Vec<String> = tx
+        .prepare("SELECT DISTINCT version FROM machines")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut update = tx.prepare("UPDATE machines SET vkey = ?1 WHERE version = ?2")?;
+    for text in versions {
+        // An unparsable version keeps the empty key (it is reported as corrupt when read).
+        if let Ok(v) = Version::parse(&text) {
+            update.execute(params![version_key(&v), text])?;
+        }
+    }
+    Ok(())
+}
+
 fn upsert_check(conn: &Connection, m: &MachineCheck) -> rusqlite::Result<()> {
     conn.prepare_cached(UPSERT_CHECK)?.execute(params![
         m.id,
@@ -176,7 +196,8 @@ fn upsert_check(conn: &Connection, m: &MachineCheck) -> rusqlite::Result<()> {
         m.version.to_string(),
         m.arch,
         m.boot_id,
-        ms(m.at)
+        ms(m.at),
+        version_key(&m.version)
     ])?;
     Ok(())
 }
@@ -197,7 +218,8 @@ fn record_queued_checks(conn: &Connection, checks: &[MachineCheck]) {
             m.version.to_string(),
             m.arch,
             m.boot_id,
-            ms(m.at)
+            ms(m.at),
+            version_key(&m.version)
         ]);
         if let Err(e) = r {
             tracing::error!(error = %e, machine = %m.id, "recording a check failed");
@@ -349,8 +371,6 @@ impl SqliteStore {
 }
 
 const RELEASE_COLUMNS: &str = "channel, version, envelope, manifest, published_at, advisory, floor";
-const MACHINE_COLUMNS: &str = "id, channel, grp, version, arch, boot_id, first_seen, last_seen, \
-     last_event, last_event_at, last_error";
 
 fn release_row(r: &Row<'_>) -> rusqlite::Result<Result<ReleaseRecord>> {
     let version_text: String = r.get(1)?;
@@ -443,20 +463,23 @@ fn collect<T>(
 }
 
 pub(crate) const UPSERT_CHECK: &str = "INSERT INTO machines
-        (id, channel, grp, version, arch, boot_id, first_seen, last_seen)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+        (id, channel, grp, version, arch, boot_id, first_seen, last_seen, vkey)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8)
     ON CONFLICT (id) DO UPDATE SET channel = excluded.channel, grp = excluded.grp,
-        version = excluded.version, arch = excluded.arch, boot_id = excluded.boot_id,
-        last_seen = excluded.last_seen";
+        version = excluded.version, vkey = excluded.vkey, arch = excluded.arch,
+        boot_id = excluded.boot_id, last_seen = excluded.last_seen";
 
+/// Parameters: id, version, at, kind, error, version key, clears the error, sets the version
+/// (numbered in order of first use: SQLite numbers `$N` that way).
 pub(crate) const UPSERT_EVENT_MACHINE: &str = "INSERT INTO machines
         (id, channel, grp, version, arch, boot_id, first_seen, last_seen, last_event,
-         last_event_at, last_error)
-        VALUES ($1, '', '', $2, '', '', $3, $3, $4, $3, $5)
+         last_event_at, last_error, vkey)
+        VALUES ($1, '', '', $2, '', '', $3, $3, $4, $3, $5, $6)
     ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen,
         last_event = excluded.last_event, last_event_at = excluded.last_event_at,
-        last_error = CASE WHEN $6 THEN NULL ELSE COALESCE($5, machines.last_error) END,
-        version = CASE WHEN $7 THEN excluded.version ELSE machines.version END";
+        last_error = CASE WHEN $7 THEN NULL ELSE COALESCE($5, machines.last_error) END,
+        version = CASE WHEN $8 THEN excluded.version ELSE machines.version END,
+        vkey = CASE WHEN $8 THEN excluded.vkey ELSE machines.vkey END";
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -722,6 +745,7 @@ impl Store for SqliteStore {
                 ms(e.at),
                 e.event.as_str(),
                 error,
+                version_key(&e.version),
                 clear,
                 set_version
             ])?;
@@ -765,6 +789,45 @@ impl Store for SqliteStore {
                 params![channel, after, limit],
                 machine_row,
             )
+        })
+        .await
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    async fn machine_window(&self, sql: Sql) -> Result<Window> {
+        self.flush().await?;
+        self.read("machine list", move |c| {
+            let params = sql.params.iter().map(|p| match p {
+                Value::Text(t) => rusqlite::types::Value::Text(t.clone()),
+                Value::Int(n) => rusqlite::types::Value::Integer(*n),
+            });
+            let mut stmt = c
+                .prepare_cached(&sql.text)
+                .map_err(sqlite_err("machine list"))?;
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(params))
+                .map_err(sqlite_err("machine list"))?;
+            let mut w = Window::default();
+            while let Some(r) = rows.next().map_err(sqlite_err("machine list"))? {
+                let read = |r: &Row<'_>| -> rusqlite::Result<(Option<String>, i64, bool)> {
+                    Ok((
+                        r.get(12)?,
+                        r.get(13)?,
+                        r.get::<_, Option<String>>(0)?.is_some(),
+                    ))
+                };
+                let (last, n, hit) = read(r).map_err(sqlite_err("machine list"))?;
+                w.last = last;
+                w.read = u64::try_from(n).unwrap_or(0);
+                if hit {
+                    w.matches
+                        .push(machine_row(r).map_err(sqlite_err("machine list"))??);
+                }
+            }
+            Ok(w)
         })
         .await
     }

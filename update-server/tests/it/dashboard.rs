@@ -135,6 +135,191 @@ async fn the_json_api_counts_filters_and_shows_timelines() {
     assert_eq!(advised["advisedMachines"].as_array().unwrap().len(), 4);
 }
 
+/// Follows `Link: <...>; rel="next"` from `path`; returns each page's ids.
+async fn pages_of(s: &TestServer, path: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut next = Some(path.to_owned());
+    while let Some(path) = next.take() {
+        assert!(pages.len() < 20, "no end to the pages");
+        let resp = s
+            .client
+            .get(format!("{}{path}", s.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+        next = resp.headers().get("link").map(|l| {
+            let l = l.to_str().unwrap();
+            assert!(l.ends_with(">; rel=\"next\""), "{l}");
+            l.trim_start_matches('<')
+                .trim_end_matches(">; rel=\"next\"")
+                .to_owned()
+        });
+        let rows: Value = resp.json().await.unwrap();
+        pages.push(
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["id"].as_str().unwrap().to_owned())
+                .collect(),
+        );
+    }
+    pages
+}
+
+#[tokio::test]
+async fn the_machines_api_pages_with_a_cursor_and_filters_by_prefix_and_group() {
+    let s = seeded().await;
+    for (m, group) in [
+        ("m-new-0", "rack-a"),
+        ("m-old-1", "rack-a"),
+        ("m-beta-0", "rack-b"),
+    ] {
+        let (st, b) = s
+            .post_raw(
+                "/v1/check",
+                json!({"machineId": m, "channel": if m.starts_with("m-beta") { "beta" } else { "stable" },
+                       "version": if m == "m-new-0" { "2.0.0" } else { "1.0.0" },
+                       "arch": "x86_64", "group": group, "bootId": "b"})
+                .to_string(),
+            )
+            .await;
+        assert_eq!(st, StatusCode::OK, "{b}");
+    }
+    // Every machine once, in id order, five to a page.
+    let pages = pages_of(&s, "/api/machines?limit=5").await;
+    assert_eq!(
+        pages.iter().map(Vec::len).collect::<Vec<_>>(),
+        [5, 5, 2],
+        "{pages:?}"
+    );
+    let ids: Vec<String> = pages.concat();
+    let mut sorted = ids.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(ids, sorted);
+    assert_eq!(ids.len(), 12);
+    // The filter travels with the cursor.
+    let pages = pages_of(&s, "/api/machines?state=up-to-date&limit=4").await;
+    assert_eq!(
+        pages,
+        [
+            vec!["m-new-0", "m-new-1", "m-new-2", "m-new-3"],
+            vec!["m-new-4", "m-new-5"]
+        ]
+    );
+    let old = get_json(&s, "/api/machines?prefix=m-old").await;
+    let old: Vec<&str> = old
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(old, ["m-old-0", "m-old-1", "m-old-2"]);
+    let rack = get_json(&s, "/api/machines?group=rack-a").await;
+    let rack: Vec<&str> = rack
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(rack, ["m-new-0", "m-old-1"]);
+    let behind_in_rack = get_json(&s, "/api/machines?group=rack-a&state=behind").await;
+    assert_eq!(
+        behind_in_rack.as_array().unwrap().len(),
+        1,
+        "{behind_in_rack}"
+    );
+    assert_eq!(behind_in_rack[0]["id"], "m-old-1");
+    let after = get_json(&s, "/api/machines?after=m-new-5&prefix=m-").await;
+    let after: Vec<&str> = after
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(after, ["m-old-0", "m-old-1", "m-old-2"]);
+    for (bad, why) in [
+        ("limit=0", "limit 0"),
+        ("limit=1001", "limit 1001"),
+        ("prefix=m%2Fold", "m/old\\\": machine ids are"),
+        ("after=%3Cx%3E", "<x>\\\": machine ids are"),
+    ] {
+        let (st, body) = s.get(&format!("/api/machines?{bad}")).await;
+        assert_eq!(st, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body.contains(why), "{bad}: {body}");
+    }
+    let (st, page) = s.get("/machines?limit=0").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert!(page.contains("from 1 to 1000"), "{page}");
+}
+
+/// The machine ids of the table's rows, in order.
+async fn row_ids(b: &Browser) -> Vec<String> {
+    let v = b
+        .execute("return [...document.querySelectorAll('#machines tbody tr')].map(r => r.dataset.machine);")
+        .await;
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_browser_pages_through_the_table_and_filters_by_prefix() {
+    let s = seeded().await;
+    let b = Browser::start().await;
+    b.goto(&format!("{}/machines?limit=5", s.url)).await;
+    let mut seen = row_ids(&b).await;
+    assert_eq!(seen.len(), 5);
+    assert!(b.try_find("#first-page").await.is_none());
+    b.wait_text("#machine-count", "showing 5 of 12", Duration::from_secs(10))
+        .await;
+    // Next, next: five, then the last two, and the last page says so.
+    b.click(&b.find("#next-page").await).await;
+    b.wait_text("#machine-count", "showing 5 of 12", Duration::from_secs(10))
+        .await;
+    assert!(b.url().await.contains("after="), "{}", b.url().await);
+    seen.extend(row_ids(&b).await);
+    b.click(&b.find("#next-page").await).await;
+    b.wait_text(
+        "#machine-count",
+        "2 more match; the last page",
+        Duration::from_secs(10),
+    )
+    .await;
+    seen.extend(row_ids(&b).await);
+    assert!(b.try_find("#next-page").await.is_none());
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "every machine once, in order");
+    assert_eq!(seen.len(), 12);
+    // Back to the first page, then a prefix through the form: the page size stays.
+    b.click(&b.find("#first-page").await).await;
+    b.wait_text("#machine-count", "showing 5 of 12", Duration::from_secs(10))
+        .await;
+    b.send_keys(&b.find("input[name=prefix]").await, "m-new")
+        .await;
+    b.click(&b.find("#machine-filter button").await).await;
+    b.wait_text("#machine-count", "showing 5 of 12", Duration::from_secs(10))
+        .await;
+    assert!(b.url().await.contains("prefix=m-new"), "{}", b.url().await);
+    assert!(row_ids(&b).await.iter().all(|id| id.starts_with("m-new")));
+    b.click(&b.find("#next-page").await).await;
+    b.wait_text(
+        "#machine-count",
+        "1 more match; the last page",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert_eq!(row_ids(&b).await, ["m-new-5"]);
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("machines-last-page.png"), b.screenshot().await).unwrap();
+}
+
 #[tokio::test]
 async fn the_pages_render_without_javascript_and_escape_what_machines_send() {
     let s = seeded().await;
@@ -143,7 +328,9 @@ async fn the_pages_render_without_javascript_and_escape_what_machines_send() {
     assert!(home.contains("id=\"count-machines\">12<"), "{home}");
     assert!(home.contains("id=\"count-failed\">1<"));
     let (_, table) = s.get("/machines?state=behind").await;
-    assert!(table.contains("data-matching=\"3\""), "{table}");
+    assert!(table.contains("data-shown=\"3\""), "{table}");
+    assert!(table.contains("3 of 12 machines match"), "{table}");
+    assert!(!table.contains("id=\"next-page\""), "{table}");
     assert!(table.contains("m-old-2") && !table.contains("m-new-0"));
     let (_, machine) = s.get("/machines/m-broken").await;
     assert!(machine.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));

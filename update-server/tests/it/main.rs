@@ -9,6 +9,7 @@ mod gates;
 mod graph;
 mod harness;
 mod http;
+mod lists;
 mod mirror;
 mod openapi;
 mod pg;

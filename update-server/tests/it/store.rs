@@ -459,6 +459,15 @@ impl store::Store for PausingStore {
     ) -> slipway_server::Result<Vec<store::MachineRecord>> {
         self.inner.machines(channel, after, limit).await
     }
+    fn dialect(&self) -> store::query::Dialect {
+        self.inner.dialect()
+    }
+    async fn machine_window(
+        &self,
+        sql: store::query::Sql,
+    ) -> slipway_server::Result<store::query::Window> {
+        self.inner.machine_window(sql).await
+    }
     async fn machine_count(&self) -> slipway_server::Result<u64> {
         self.inner.machine_count().await
     }
