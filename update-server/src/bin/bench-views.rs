@@ -3,8 +3,9 @@
 //! `--database postgres://...`), a third of them behind their channel's target and some with
 //! events, then serves the dashboard in process and reports, per view, the p50 and p99 of
 //! `--requests` sequential requests over loopback: `/api/overview` and `/` (cached while nothing
-//! changes), the overview right after a change (a recount), the machines list filtered by state
-//! (its first page) and one machine's timeline. Build with `--release`:
+//! changes), the overview right after a change (a recount), pages of the machines list under
+//! each kind of filter (indexed, dense, rare and read in bounded steps, from a cursor), the
+//! releases view and one machine's timeline. Build with `--release`:
 //! `cargo run --release -p slipway-server --bin bench-views -- [--machines 1000000]`.
 
 use std::sync::Arc;
@@ -222,12 +223,45 @@ async fn run(args: Args) -> Result<()> {
     }
     report("/api/overview while a change is counted", times);
     report("  ... until the change shows", shows);
+    let middle = machine_id(args.machines / 2);
+    let prefix = &machine_id(args.machines / 3)[..27];
     for (name, view) in [
-        ("/api/machines?state=behind", "/api/machines?state=behind"),
-        ("/machines?state=failed", "/machines?state=failed"),
+        ("/machines (first page, 500)", "/machines".to_owned()),
+        (
+            "/api/machines?state=behind (1,000)",
+            "/api/machines?state=behind".to_owned(),
+        ),
+        (
+            "  ... a page from the middle (cursor)",
+            format!("/api/machines?state=behind&after={middle}"),
+        ),
+        (
+            "/machines?state=failed (rare, indexed)",
+            "/machines?state=failed".to_owned(),
+        ),
+        (
+            "/api/machines?group=rack-42&limit=100",
+            "/api/machines?group=rack-42&limit=100".to_owned(),
+        ),
+        (
+            "/api/machines?prefix=… (27 hex digits)",
+            format!("/api/machines?prefix={prefix}&limit=100"),
+        ),
+        (
+            "/api/machines?state=stale (none: a bounded read)",
+            "/api/machines?state=stale&limit=100".to_owned(),
+        ),
+        (
+            "/api/machines?q=fffff (rare text: a bounded read)",
+            "/api/machines?q=fffff&limit=100".to_owned(),
+        ),
+        (
+            "/releases (running counts from the overview)",
+            "/releases".to_owned(),
+        ),
         (
             "/api/machines/{id} (a timeline)",
-            &format!("/api/machines/{}", machine_id(0)) as &str,
+            format!("/api/machines/{}", machine_id(0)),
         ),
     ] {
         let mut times = Vec::new();

@@ -36,13 +36,19 @@ use view::{MachineFilter, MachineRow};
 /// Most machines one list request reads beyond what an index narrows (see
 /// [`crate::store::query`]): a rare match is found over several pages rather than by one
 /// request reading the fleet.
-pub const SCAN_BUDGET: u32 = 50_000;
+pub const SCAN_BUDGET: u32 = 20_000;
 
 /// Rows of the machines table shown on one page.
 pub const SHOWN_ROWS: u32 = 500;
 
 /// How often a live stream looks for changes.
 const POLL: Duration = Duration::from_millis(250);
+/// A burst of changes is announced once it has been quiet for a [`POLL`], or this long after
+/// its first change while changes keep coming (a busy fleet changes something every
+/// millisecond: each open page then refreshes every two seconds, not on every change).
+const BURST_MAX: Duration = Duration::from_secs(2);
+/// Least time between two announcements to one client.
+const ANNOUNCE_GAP: Duration = Duration::from_secs(1);
 
 /// The dashboard's routes (merged into the server's router).
 pub fn router() -> Router<AppState> {
@@ -731,16 +737,110 @@ async fn stream(
     State(state): State<AppState>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let first = state.generation();
-    let events = futures::stream::unfold((state, first), |(state, mut seen)| async move {
+    let start = Burst {
+        announced: first,
+        latest: first,
+        since: None,
+        sent: None,
+    };
+    let events = futures::stream::unfold((state, start), |(state, mut b)| async move {
         loop {
             tokio::time::sleep(POLL).await;
             let now = state.generation();
-            if now != seen {
-                seen = now;
+            if b.announce(now, std::time::Instant::now()) {
                 let event = Event::default().event("change").data(now.to_string());
-                return Some((Ok(event), (state, seen)));
+                return Some((Ok(event), (state, b)));
             }
         }
     });
     Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+}
+
+/// One live stream's view of a burst of changes.
+struct Burst {
+    /// The change counter last announced.
+    announced: u64,
+    /// The counter at the last look.
+    latest: u64,
+    /// When the burst's first change was seen.
+    since: Option<std::time::Instant>,
+    /// When the last announcement went out.
+    sent: Option<std::time::Instant>,
+}
+
+impl Burst {
+    /// Looks at the change counter (every [`POLL`]); whether to announce now: a burst that
+    /// went quiet, or has lasted [`BURST_MAX`], and not within [`ANNOUNCE_GAP`] of the last.
+    fn announce(&mut self, counter: u64, at: std::time::Instant) -> bool {
+        if counter == self.announced {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(at);
+        let quiet = counter == self.latest && at > since;
+        self.latest = counter;
+        let due = quiet || at.duration_since(since) >= BURST_MAX;
+        if due
+            && self
+                .sent
+                .is_none_or(|s| at.duration_since(s) >= ANNOUNCE_GAP)
+        {
+            self.announced = counter;
+            self.since = None;
+            self.sent = Some(at);
+            return true;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Polls a burst every [`POLL`] with the counters given; returns the poll numbers that
+    /// announced.
+    fn announced(counters: impl IntoIterator<Item = u64>) -> Vec<usize> {
+        let t0 = Instant::now();
+        let mut b = Burst {
+            announced: 0,
+            latest: 0,
+            since: None,
+            sent: None,
+        };
+        counters
+            .into_iter()
+            .enumerate()
+            .filter(|&(i, c)| b.announce(c, t0 + POLL * (i as u32 + 1)))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn a_change_is_announced_once_when_it_went_quiet() {
+        assert_eq!(announced([0, 0, 1, 1, 1, 1]), [3]);
+        assert_eq!(announced([0, 0, 0]), Vec::<usize>::new());
+    }
+
+    #[test]
+    fn a_burst_is_announced_once_however_many_changes_it_holds() {
+        // Five changes on consecutive polls, then quiet: one announcement.
+        assert_eq!(announced([1, 2, 3, 4, 5, 5, 5, 5]), [5]);
+    }
+
+    #[test]
+    fn endless_changes_are_announced_every_two_seconds() {
+        // 40 polls (10 s), a change on each: BURST_MAX (eight polls) after each burst's first
+        // change, which is seen the poll after the last announcement.
+        let got = announced(1..=40);
+        assert_eq!(got, [8, 17, 26, 35], "{got:?}");
+    }
+
+    #[test]
+    fn announcements_to_one_client_are_a_second_apart() {
+        // Quiet bursts on every other poll: announced at most every ANNOUNCE_GAP (4 polls).
+        let got = announced([1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6]);
+        assert_eq!(got, [1, 5, 9], "{got:?}");
+    }
 }

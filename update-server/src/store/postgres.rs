@@ -392,23 +392,26 @@ impl Store for PostgresStore {
             .prepare_cached(UPSERT_CHECK)
             .await
             .map_err(pg_err("record check"))?;
-        for m in checks {
-            tx.execute(
-                &stmt,
-                &[
-                    &m.id,
-                    &m.channel,
-                    &m.group,
-                    &m.version.to_string(),
-                    &m.arch,
-                    &m.boot_id,
-                    &ms(m.at),
-                    &version_key(&m.version),
-                ],
-            )
-            .await
-            .map_err(pg_err("record check"))?;
-        }
+        // Sent together (the connection pipelines them): one round trip for the batch, not
+        // one per check.
+        let rows: Vec<_> = checks
+            .iter()
+            .map(|m| (m.version.to_string(), ms(m.at), version_key(&m.version)))
+            .collect();
+        let (txr, stmt) = (&tx, &stmt);
+        futures::future::try_join_all(checks.iter().zip(&rows).map(
+            |(m, (ver, at, key))| async move {
+                txr.execute(
+                    stmt,
+                    &[
+                        &m.id, &m.channel, &m.group, ver, &m.arch, &m.boot_id, at, key,
+                    ],
+                )
+                .await
+            },
+        ))
+        .await
+        .map_err(pg_err("record check"))?;
         tx.commit().await.map_err(pg_err("record check"))
     }
 

@@ -436,6 +436,48 @@ async fn the_stream_announces_a_new_event() {
 }
 
 #[tokio::test]
+async fn a_stream_announces_changes_that_never_stop_every_two_seconds_not_each() {
+    let s = seeded().await;
+    let resp = s
+        .client
+        .get(format!("{}/api/stream", s.url))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    // An event every 50 ms for 4 s: 80 changes, never a quiet quarter second.
+    let writer = {
+        let (url, client) = (s.url.clone(), s.client.clone());
+        tokio::spawn(async move {
+            for i in 0..80 {
+                let event = json!({"machineId": format!("m-new-{}", i % 6), "version": "2.0.0",
+                                   "event": "checked", "detail": ""});
+                let r = client
+                    .post(format!("{url}/v1/events"))
+                    .header("content-type", "application/json")
+                    .body(event.to_string())
+                    .send()
+                    .await
+                    .unwrap();
+                assert!(r.status().is_success());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let until = tokio::time::Instant::now() + Duration::from_millis(4500);
+    let mut announced = 0;
+    while let Ok(Some(chunk)) = tokio::time::timeout_at(until, body.next()).await {
+        announced += String::from_utf8_lossy(&chunk.unwrap())
+            .matches("event: change")
+            .count();
+    }
+    writer.await.unwrap();
+    // One every two seconds while changes go on (and a second's gap at least): 2 or 3, where
+    // announcing each quarter second with a change would be about 16.
+    assert!((1..=5).contains(&announced), "{announced} announcements");
+}
+
+#[tokio::test]
 async fn a_browser_filters_the_table_opens_a_timeline_and_sees_a_new_event_live() {
     let s = seeded().await;
     let b = Browser::start().await;

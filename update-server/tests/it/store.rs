@@ -647,3 +647,55 @@ async fn a_lost_postgres_session_is_unavailable_not_internal() {
     };
     assert!(!e.is_unavailable(), "{e}");
 }
+
+/// The WAL's length after `events` events written without a pause (256 in flight), with the
+/// writer starting the WAL over beyond `limit` bytes.
+async fn wal_after_nonstop_writes(limit: u64, events: usize) -> u64 {
+    use futures::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slipway.db");
+    let s = Arc::new(
+        store::sqlite::SqliteStore::open_with_wal_limit(&path, limit)
+            .await
+            .unwrap(),
+    );
+    let wal = dir.path().join("slipway.db-wal");
+    let mut longest = 0;
+    let mut writes = futures::stream::iter(0..events)
+        .map(|i| {
+            let s = s.clone();
+            async move {
+                store::Store::record_event(
+                    &*s,
+                    &event(
+                        &format!("m-{:04}", i % 2000),
+                        EventKind::Checked,
+                        "up to date",
+                        t0(),
+                    ),
+                )
+                .await
+                .unwrap();
+            }
+        })
+        .buffer_unordered(256);
+    let mut n = 0;
+    while writes.next().await.is_some() {
+        n += 1;
+        if n % 1000 == 0 {
+            longest = longest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+    }
+    longest
+}
+
+#[tokio::test]
+async fn the_sqlite_wal_is_started_over_under_writes_that_never_pause() {
+    // Why a limit is needed: with none, the WAL only grows while writes go on (the passive
+    // checkpoints never reach its end, so SQLite never starts it over).
+    let unbounded = wal_after_nonstop_writes(u64::MAX, 60_000).await;
+    let bounded = wal_after_nonstop_writes(1 << 20, 60_000).await;
+    eprintln!("wal without a limit: {unbounded} bytes; with 1 MiB: {bounded} bytes");
+    assert!(unbounded > 16 << 20, "{unbounded}");
+    assert!(bounded < unbounded / 3, "{bounded} against {unbounded}");
+}
