@@ -152,8 +152,11 @@ async fn main() -> Result<()> {
         None => None,
     };
     let scheme = if acceptor.is_some() { "https" } else { "http" };
+    // Handlers first: a SIGTERM sent as soon as "listening" is read must stop the server
+    // cleanly, not kill it (seen under load in `tls::plain_http_off_loopback...`).
+    let shutdown = shutdown_signal();
     tracing::info!(%addr, backend = store.backend(), data_dir = %settings.data_dir.display(), "listening on {scheme}://{addr}");
-    slipway_server::serve_with(listener, state, acceptor, shutdown_signal()).await?;
+    slipway_server::serve_with(listener, state, acceptor, shutdown).await?;
     cloudevents
         .shutdown(std::time::Duration::from_secs(5))
         .await;

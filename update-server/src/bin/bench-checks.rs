@@ -1,4 +1,5 @@
-//! `bench-checks`: update-check throughput and latency of the server on SQLite, over loopback.
+//! `bench-checks`: update-check throughput and latency of the server on SQLite (or PostgreSQL
+//! with `--database postgres://...`), over loopback.
 //!
 //! Registers 100,000 machines, promotes a release to half of them, then runs 64 concurrent
 //! keep-alive clients for 10 s against `POST /v1/check` and, in the same run with the same
@@ -49,6 +50,10 @@ struct Args {
     /// Server worker threads (default: the number of CPUs).
     #[arg(long)]
     server_threads: Option<usize>,
+    /// The database (default: a new SQLite file in a temporary directory; a
+    /// `postgres://...` URL for PostgreSQL, whose database should be empty).
+    #[arg(long)]
+    database: Option<String>,
 }
 
 fn machine_id(i: usize) -> String {
@@ -63,8 +68,11 @@ fn gated_id(i: usize) -> String {
     format!("bench-gated-{i:06}")
 }
 
-async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
-    let store = Arc::new(SqliteStore::open(&dir.join("slipway.db")).await?);
+async fn setup(dir: &std::path::Path, machines: usize, database: Option<&str>) -> Result<AppState> {
+    let store: Arc<dyn store::Store> = match database {
+        Some(url) => store::open(url, 32).await?,
+        None => Arc::new(SqliteStore::open(&dir.join("slipway.db")).await?),
+    };
     let key = PrivateKey::from_seed([42; 32]);
     let root_json = Root::new(1, 1, &[key.public()])
         .sign(&[&key])
@@ -95,7 +103,6 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
             advisories: Vec::new(),
         };
         let env = m.sign(&[&key]);
-        use slipway_server::store::Store as _;
         store
             .put_release(&ReleaseRecord {
                 channel: channel.into(),
@@ -108,7 +115,6 @@ async fn setup(dir: &std::path::Path, machines: usize) -> Result<AppState> {
             })
             .await?;
     }
-    use slipway_server::store::Store as _;
     store
         .put_channel(&ChannelRecord {
             name: "stable".into(),
@@ -470,7 +476,7 @@ fn main() -> Result<()> {
         server_rt.worker_threads(n);
     }
     let server_rt = server_rt.enable_all().build()?;
-    let state = server_rt.block_on(setup(dir.path(), args.machines))?;
+    let state = server_rt.block_on(setup(dir.path(), args.machines, args.database.as_deref()))?;
     let listener = server_rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -544,10 +550,11 @@ fn main() -> Result<()> {
         .await?;
         let ratio = checks.rate() / health.rate();
         println!(
-            "machines {}  clients {}  phase {} s  (server on SQLite, loopback, {} CPUs)",
+            "machines {}  clients {}  phase {} s  (server on {}, loopback, {} CPUs)",
             args.machines,
             args.clients,
             args.seconds,
+            state.store().backend(),
             std::thread::available_parallelism().map_or(0, |n| n.get())
         );
         for (label, phase, note) in [
