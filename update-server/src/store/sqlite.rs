@@ -189,8 +189,16 @@ fn fill_version_keys(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A known machine's check: an UPDATE, which touches the table alone. The same as
+/// [`UPSERT_CHECK`]'s update, but an upsert also opens every index for its insert branch (the
+/// partial indexes of failed and updating machines), which costs a check about a tenth.
+const UPDATE_CHECK: &str = "UPDATE machines SET channel = ?2, grp = ?3, version = ?4, arch = ?5,
+        boot_id = ?6, last_seen = ?7, vkey = ?8 WHERE id = ?1";
+
+/// Records a check: updates the machine, or inserts it when new (the writer thread is the only
+/// writer, so nothing comes between the two).
 fn upsert_check(conn: &Connection, m: &MachineCheck) -> rusqlite::Result<()> {
-    conn.prepare_cached(UPSERT_CHECK)?.execute(params![
+    let p = params![
         m.id,
         m.channel,
         m.group,
@@ -199,30 +207,16 @@ fn upsert_check(conn: &Connection, m: &MachineCheck) -> rusqlite::Result<()> {
         m.boot_id,
         ms(m.at),
         version_key(&m.version)
-    ])?;
+    ];
+    if conn.prepare_cached(UPDATE_CHECK)?.execute(p)? == 0 {
+        conn.prepare_cached(UPSERT_CHECK)?.execute(p)?;
+    }
     Ok(())
 }
 
 fn record_queued_checks(conn: &Connection, checks: &[MachineCheck]) {
-    let mut stmt = match conn.prepare_cached(UPSERT_CHECK) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, checks = checks.len(), "recording checks failed");
-            return;
-        }
-    };
     for m in checks {
-        let r = stmt.execute(params![
-            m.id,
-            m.channel,
-            m.group,
-            m.version.to_string(),
-            m.arch,
-            m.boot_id,
-            ms(m.at),
-            version_key(&m.version)
-        ]);
-        if let Err(e) = r {
+        if let Err(e) = upsert_check(conn, m) {
             tracing::error!(error = %e, machine = %m.id, "recording a check failed");
         }
     }
@@ -274,9 +268,10 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, wal_limit: u64) {
         for job in jobs.drain(..) {
             job.finish(committed.clone());
         }
-        if looked.elapsed() >= WAL_LOOK_EVERY {
+        if looked.elapsed() >= WAL_LOOK_EVERY
+            && restart_a_long_wal(&conn, wal.as_deref(), wal_limit)
+        {
             looked = std::time::Instant::now();
-            restart_a_long_wal(&conn, wal.as_deref(), wal_limit);
         }
     }
 }
@@ -291,15 +286,25 @@ pub const WAL_RESTART_BYTES: u64 = 64 << 20;
 /// 5 GB after a simulated month of a thousand machines' checks). So the writer itself, between
 /// two commits, checkpoints a long WAL fully (RESTART: waits for readers of older snapshots,
 /// briefly; the passive checkpoints have copied most pages already) so that the next commit
-/// writes from its start, and `journal_size_limit` cuts the file back.
-fn restart_a_long_wal(conn: &Connection, wal: Option<&Path>, limit: u64) {
+/// writes from its start, and `journal_size_limit` cuts the file back. Whether it is done
+/// with the WAL for now (false: a checkpoint could not finish; try again after the next
+/// commit).
+fn restart_a_long_wal(conn: &Connection, wal: Option<&Path>, limit: u64) -> bool {
     let Some(len) = wal.and_then(|w| std::fs::metadata(w).ok()).map(|m| m.len()) else {
-        return;
+        return true;
     };
-    if len > limit
-        && let Err(e) = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
-    {
-        tracing::warn!(error = %e, wal_bytes = len, "restarting the wal failed");
+    if len <= limit {
+        return true;
+    }
+    // The first column says whether the checkpoint could not finish (the checkpointer thread
+    // was in one, or a reader held an old snapshot): then the writer tries again after its
+    // next commit.
+    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
+        Ok(busy) => busy == 0,
+        Err(e) => {
+            tracing::warn!(error = %e, wal_bytes = len, "restarting the wal failed");
+            true
+        }
     }
 }
 

@@ -693,9 +693,11 @@ async fn wal_after_nonstop_writes(limit: u64, events: usize) -> u64 {
 async fn the_sqlite_wal_is_started_over_under_writes_that_never_pause() {
     // Why a limit is needed: with none, the WAL only grows while writes go on (the passive
     // checkpoints never reach its end, so SQLite never starts it over).
-    let unbounded = wal_after_nonstop_writes(u64::MAX, 60_000).await;
-    let bounded = wal_after_nonstop_writes(1 << 20, 60_000).await;
+    let unbounded = wal_after_nonstop_writes(u64::MAX, 80_000).await;
+    let bounded = wal_after_nonstop_writes(1 << 20, 80_000).await;
     eprintln!("wal without a limit: {unbounded} bytes; with 1 MiB: {bounded} bytes");
     assert!(unbounded > 16 << 20, "{unbounded}");
-    assert!(bounded < unbounded / 3, "{bounded} against {unbounded}");
+    // The limit, plus what is written between two looks (a quarter second) and the odd look
+    // that found a checkpoint in progress.
+    assert!(bounded < 16 << 20, "{bounded} against {unbounded}");
 }
