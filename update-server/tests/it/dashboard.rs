@@ -408,9 +408,8 @@ async fn operators_report_their_cluster_with_an_admin_token() {
     );
 }
 
-#[tokio::test]
-async fn the_stream_announces_a_new_event() {
-    let s = seeded().await;
+/// The live stream's body, checked to be one.
+async fn stream_of(s: &TestServer) -> impl futures::Stream<Item = reqwest::Result<bytes::Bytes>> {
     let resp = s
         .client
         .get(format!("{}/api/stream", s.url))
@@ -421,7 +420,13 @@ async fn the_stream_announces_a_new_event() {
         resp.headers()["content-type"].to_str().unwrap(),
         "text/event-stream"
     );
-    let mut body = resp.bytes_stream();
+    resp.bytes_stream()
+}
+
+#[tokio::test]
+async fn the_stream_announces_a_new_event() {
+    let s = seeded().await;
+    let mut body = std::pin::pin!(stream_of(&s).await);
     // Nothing changes: nothing is announced.
     let quiet = tokio::time::timeout(Duration::from_millis(800), body.next()).await;
     assert!(quiet.is_err(), "announced without a change: {quiet:?}");
@@ -438,13 +443,7 @@ async fn the_stream_announces_a_new_event() {
 #[tokio::test]
 async fn a_stream_announces_changes_that_never_stop_every_two_seconds_not_each() {
     let s = seeded().await;
-    let resp = s
-        .client
-        .get(format!("{}/api/stream", s.url))
-        .send()
-        .await
-        .unwrap();
-    let mut body = resp.bytes_stream();
+    let mut body = std::pin::pin!(stream_of(&s).await);
     // An event every 50 ms for 4 s: 80 changes, never a quiet quarter second.
     let writer = {
         let (url, client) = (s.url.clone(), s.client.clone());
