@@ -534,6 +534,39 @@ async fn a_browser_filters_the_table_opens_a_timeline_and_sees_a_new_event_live(
 }
 
 #[tokio::test]
+async fn a_hidden_page_does_not_refresh_and_catches_up_when_shown() {
+    let s = seeded().await;
+    let b = Browser::start().await;
+    b.goto(&format!("{}/machines/m-broken", s.url)).await;
+    b.wait_text("#live-status", "live", Duration::from_secs(10))
+        .await;
+    assert_eq!(b.find_all("#timeline li").await.len(), 4);
+    // The tab goes to the background (headless Chromium is always visible: the page is told
+    // so the way a browser tells it).
+    b.execute(
+        "Object.defineProperty(document, 'hidden', {configurable: true, get: () => true});
+         document.dispatchEvent(new Event('visibilitychange')); return null;",
+    )
+    .await;
+    event_of(&s, "m-broken", "2.0.0", "healthy", "while hidden").await;
+    // A change is announced within about half a second; the hidden page lets it pass.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        b.find_all("#timeline li").await.len(),
+        4,
+        "refreshed while hidden"
+    );
+    b.execute(
+        "Object.defineProperty(document, 'hidden', {configurable: true, get: () => false});
+         document.dispatchEvent(new Event('visibilitychange')); return null;",
+    )
+    .await;
+    b.wait_text("#timeline li", "while hidden", Duration::from_secs(10))
+        .await;
+    assert_eq!(b.find_all("#timeline li").await.len(), 5);
+}
+
+#[tokio::test]
 async fn the_releases_view_and_a_metric_show_what_deltas_saved() {
     let s = seeded().await;
     let staged = |machine: &str, image: u64, fetched: u64, delta: bool| {

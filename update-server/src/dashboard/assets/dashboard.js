@@ -46,9 +46,15 @@
   var source = new EventSource("/api/stream");
   source.addEventListener("open", function () { status.textContent = "live"; status.className = "on"; });
   source.addEventListener("error", function () { status.textContent = "reconnecting…"; status.className = ""; });
+  // A page nobody looks at (a background tab) does not refresh; it catches up once shown.
+  var missed = false;
   source.addEventListener("change", function () {
+    if (document.hidden) { missed = true; return; }
     clearTimeout(pending);
     pending = setTimeout(refresh, 150);
+  });
+  document.addEventListener("visibilitychange", function () {
+    if (!document.hidden && missed) { missed = false; refresh(); }
   });
 
   // Filters apply as they are chosen, without a round trip through the submit button.
