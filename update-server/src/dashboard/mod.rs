@@ -90,12 +90,19 @@ async fn js() -> Response {
         .into_response()
 }
 
-/// A page of the machines list.
+/// A page of the machines list, and the channels its states were judged against.
+struct MachineList {
+    rows: Vec<MachineRow>,
+    next: Option<String>,
+    scanned: u64,
+    channels: Vec<crate::store::ChannelRecord>,
+}
+
 async fn machine_list(
     state: &AppState,
     filter: &MachineFilter,
     default_limit: u32,
-) -> Result<(Vec<MachineRow>, crate::store::MachinePage), ApiError> {
+) -> Result<MachineList, ApiError> {
     let channels = state.store().channels().await?;
     let now = state.0.clock.now();
     let page = state
@@ -109,8 +116,12 @@ async fn machine_list(
             },
         )
         .await?;
-    let rows = view::rows(page.machines.clone(), &channels, now);
-    Ok((rows, page))
+    Ok(MachineList {
+        rows: view::rows(page.machines, &channels, now),
+        next: page.next,
+        scanned: page.scanned,
+        channels,
+    })
 }
 
 /// An HTML answer: the whole page, or just its body when the live script asks for it.
@@ -281,15 +292,9 @@ async fn machines_page(
             ));
         }
     };
-    let (rows, page_of) = machine_list(&state, &filter, SHOWN_ROWS).await?;
+    let list = machine_list(&state, &filter, SHOWN_ROWS).await?;
     let overview = overview_data(&state).await?;
-    let mut names: Vec<String> = state
-        .store()
-        .channels()
-        .await?
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
+    let mut names: Vec<String> = list.channels.iter().map(|c| c.name.clone()).collect();
     for c in &overview.channels {
         if !c.name.is_empty() && !names.contains(&c.name) {
             names.push(c.name.clone());
@@ -298,9 +303,9 @@ async fn machines_page(
     names.sort();
     let body = html::machines(
         &html::MachinesView {
-            rows: &rows,
-            next: page_of.next.as_deref(),
-            scanned: page_of.scanned,
+            rows: &list.rows,
+            next: list.next.as_deref(),
+            scanned: list.scanned,
             total: overview.machines,
             filter: &filter,
             channels: &names,
@@ -318,9 +323,9 @@ async fn machines_api(
     query: Result<Query<MachineFilter>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let filter = filter_of(query)?;
-    let (rows, page_of) = machine_list(&state, &filter, view::MAX_PAGE).await?;
-    let mut resp = json_response(StatusCode::OK, &rows);
-    if let Some(next) = &page_of.next {
+    let list = machine_list(&state, &filter, view::MAX_PAGE).await?;
+    let mut resp = json_response(StatusCode::OK, &list.rows);
+    if let Some(next) = &list.next {
         let link = format!(
             "</api/machines?{}>; rel=\"next\"",
             filter.query_string(Some(next))

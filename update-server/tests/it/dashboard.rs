@@ -135,6 +135,15 @@ async fn the_json_api_counts_filters_and_shows_timelines() {
     assert_eq!(advised["advisedMachines"].as_array().unwrap().len(), 4);
 }
 
+/// The ids of a JSON list of machine rows, in order.
+fn ids_of(rows: &Value) -> Vec<String> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Follows `Link: <...>; rel="next"` from `path`; returns each page's ids.
 async fn pages_of(s: &TestServer, path: &str) -> Vec<Vec<String>> {
     let mut pages = Vec::new();
@@ -155,14 +164,7 @@ async fn pages_of(s: &TestServer, path: &str) -> Vec<Vec<String>> {
                 .trim_end_matches(">; rel=\"next\"")
                 .to_owned()
         });
-        let rows: Value = resp.json().await.unwrap();
-        pages.push(
-            rows.as_array()
-                .unwrap()
-                .iter()
-                .map(|r| r["id"].as_str().unwrap().to_owned())
-                .collect(),
-        );
+        pages.push(ids_of(&resp.json().await.unwrap()));
     }
     pages
 }
@@ -209,20 +211,10 @@ async fn the_machines_api_pages_with_a_cursor_and_filters_by_prefix_and_group() 
         ]
     );
     let old = get_json(&s, "/api/machines?prefix=m-old").await;
-    let old: Vec<&str> = old
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
+    let old = ids_of(&old);
     assert_eq!(old, ["m-old-0", "m-old-1", "m-old-2"]);
     let rack = get_json(&s, "/api/machines?group=rack-a").await;
-    let rack: Vec<&str> = rack
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
+    let rack = ids_of(&rack);
     assert_eq!(rack, ["m-new-0", "m-old-1"]);
     let behind_in_rack = get_json(&s, "/api/machines?group=rack-a&state=behind").await;
     assert_eq!(
@@ -232,12 +224,7 @@ async fn the_machines_api_pages_with_a_cursor_and_filters_by_prefix_and_group() 
     );
     assert_eq!(behind_in_rack[0]["id"], "m-old-1");
     let after = get_json(&s, "/api/machines?after=m-new-5&prefix=m-").await;
-    let after: Vec<&str> = after
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["id"].as_str().unwrap())
-        .collect();
+    let after = ids_of(&after);
     assert_eq!(after, ["m-old-0", "m-old-1", "m-old-2"]);
     for (bad, why) in [
         ("limit=0", "limit 0"),
