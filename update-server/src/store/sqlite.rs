@@ -222,14 +222,10 @@ fn record_queued_checks(conn: &Connection, checks: &[MachineCheck]) {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, wal_limit: u64) {
+fn writer_loop(mut conn: Connection, mut rx: mpsc::Receiver<Msg>, wal_limit: u64) {
     let mut jobs: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut checks: Vec<MachineCheck> = Vec::with_capacity(MAX_BATCH);
-    let wal = conn
-        .path()
-        .filter(|p| !p.is_empty())
-        .map(|p| PathBuf::from(format!("{p}-wal")));
-    let mut looked = std::time::Instant::now();
+    let wal = WalLength::watch(&mut conn);
     while let Some(first) = rx.blocking_recv() {
         // Nobody waits for a queued check, so linger a moment to gather more: one wake-up
         // and one commit for many checks instead of one each. Durable jobs go at once.
@@ -268,42 +264,68 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Msg>, wal_limit: u64) {
         for job in jobs.drain(..) {
             job.finish(committed.clone());
         }
-        if looked.elapsed() >= WAL_LOOK_EVERY
-            && restart_a_long_wal(&conn, wal.as_deref(), wal_limit)
-        {
-            looked = std::time::Instant::now();
-        }
+        wal.restart_if_over(&conn, wal_limit);
     }
 }
 
-/// How often the writer looks at the WAL's size (after a commit).
-const WAL_LOOK_EVERY: Duration = Duration::from_millis(250);
 /// A WAL longer than this is checkpointed to its end and started over by the writer.
 pub const WAL_RESTART_BYTES: u64 = 64 << 20;
 
 /// Under writes that never pause, the checkpointer's passive checkpoints never catch up with
 /// the WAL's end, so SQLite never starts the WAL over and it grows without bound (measured:
-/// 5 GB after a simulated month of a thousand machines' checks). So the writer itself, between
-/// two commits, checkpoints a long WAL fully (RESTART: waits for readers of older snapshots,
-/// briefly; the passive checkpoints have copied most pages already) so that the next commit
-/// writes from its start, and `journal_size_limit` cuts the file back. Whether it is done
-/// with the WAL for now (false: a checkpoint could not finish; try again after the next
-/// commit).
-fn restart_a_long_wal(conn: &Connection, wal: Option<&Path>, limit: u64) -> bool {
-    let Some(len) = wal.and_then(|w| std::fs::metadata(w).ok()).map(|m| m.len()) else {
-        return true;
-    };
-    if len <= limit {
-        return true;
+/// 5 GB after a simulated month of a thousand machines' checks). So the writer itself, after a
+/// commit that left the WAL longer than the limit, checkpoints it fully (RESTART: waits for
+/// readers of older snapshots, briefly; the passive checkpoints have copied most pages
+/// already) so that the next commit writes from its start, and `journal_size_limit` cuts the
+/// file back.
+///
+/// The WAL's length is the frame count SQLite hands its WAL hook after every commit, not the
+/// file's: the file keeps its longest length (up to `journal_size_limit`) after a restart, and
+/// a size looked at on a timer let a fast writer run a quarter second's writes past the limit
+/// (17 MiB past a 1 MiB limit on a faster machine).
+struct WalLength {
+    /// Frames in the WAL after the last commit (set by the hook, on the writer's thread).
+    frames: Arc<std::sync::atomic::AtomicU64>,
+    page_size: u64,
+}
+
+impl WalLength {
+    fn watch(conn: &mut Connection) -> Self {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let frames = Arc::new(AtomicU64::new(0));
+        let seen = frames.clone();
+        let hooked = conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, n: i32| {
+            seen.store(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
+            Ok(())
+        }));
+        if let Err(e) = hooked {
+            tracing::warn!(error = %e, "cannot watch the wal's length; it is not started over");
+        }
+        let page_size = conn
+            .query_row("PRAGMA page_size", [], |r| r.get::<_, i64>(0))
+            .ok()
+            .and_then(|n| u64::try_from(n).ok())
+            .unwrap_or(4096);
+        Self { frames, page_size }
     }
-    // The first column says whether the checkpoint could not finish (the checkpointer thread
-    // was in one, or a reader held an old snapshot): then the writer tries again after its
-    // next commit.
-    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
-        Ok(busy) => busy == 0,
-        Err(e) => {
-            tracing::warn!(error = %e, wal_bytes = len, "restarting the wal failed");
-            true
+
+    fn bytes(&self) -> u64 {
+        // A frame is a page and its 24-byte header.
+        self.frames.load(std::sync::atomic::Ordering::Relaxed) * (self.page_size + 24)
+    }
+
+    /// Starts the WAL over when it is longer than `limit`. A checkpoint that could not finish
+    /// (the checkpointer thread was in one, or a reader held an old snapshot) is tried again
+    /// after the next commit, which finds the WAL still long.
+    fn restart_if_over(&self, conn: &Connection, limit: u64) {
+        let len = self.bytes();
+        if len <= limit {
+            return;
+        }
+        match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| r.get::<_, i64>(0)) {
+            Ok(0) => self.frames.store(0, std::sync::atomic::Ordering::Relaxed),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, wal_bytes = len, "restarting the wal failed"),
         }
     }
 }

@@ -697,7 +697,9 @@ async fn the_sqlite_wal_is_started_over_under_writes_that_never_pause() {
     let bounded = wal_after_nonstop_writes(1 << 20, 80_000).await;
     eprintln!("wal without a limit: {unbounded} bytes; with 1 MiB: {bounded} bytes");
     assert!(unbounded > 16 << 20, "{unbounded}");
-    // The limit, plus what is written between two looks (a quarter second) and the odd look
-    // that found a checkpoint in progress.
-    assert!(bounded < 16 << 20, "{bounded} against {unbounded}");
+    // The limit, plus the commit that crossed it and the odd few that followed while a
+    // checkpoint in progress kept the restart from finishing (1.2 MiB here). The WAL's length
+    // is taken after each commit, so this holds however fast the machine writes (a length
+    // looked at every 250 ms reached 17 MiB on a faster one).
+    assert!(bounded < 6 << 20, "{bounded} against {unbounded}");
 }
