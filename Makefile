@@ -49,10 +49,11 @@ lint: ## cargo fmt --check and clippy with warnings as errors (the workspace and
 	$(BIN)/crdgen --check --out-dir manifests/crds
 	$(BIN)/crdgen --check --out-dir manifests/helm/slipway/crds
 
-bench: ## Benchmarks: engine apply vs openssl/copy+fsync, update-server checks/s vs /healthz, dashboard views at 1M machines, database size after a simulated year, operator plan (with and without gates) + 5k nodes, delta block sizes, delta vs full apply
+bench: ## Benchmarks: engine apply vs openssl/copy+fsync, update-server checks/s vs /healthz, 1M machines on SQLite and PostgreSQL (views, checks/s vs /healthz, views under checks), database size after a simulated year, operator plan (with and without gates) + 5k nodes, delta block sizes, delta vs full apply
 	$(CARGO) bench --locked -p slipway-agent --bench apply -- 1024 4096
 	$(CARGO) run --release --locked -p slipway-server --bin bench-checks
 	$(CARGO) run --release --locked -p slipway-server --bin bench-views
+	scripts/with-postgres.sh $(CARGO) run --release --locked -p slipway-server --bin bench-views -- --database {}
 	$(CARGO) run --release --locked -p slipway-server --bin bench-retention
 	$(CARGO) bench --locked -p slipway-operator --bench operator
 	$(CARGO) bench --locked -p slipway-api --bench blockindex

@@ -12,14 +12,11 @@
 //! `cargo run --release -p slipway-server --bin bench-checks -- [--seconds 10] [--clients 64]`.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::Parser;
-use slipway_api::manifest::{OsImage, PayloadFormat, RELEASE_TYPE};
 use slipway_api::wire::EventKind;
-use slipway_api::{Manifest, PrivateKey, Root, Sha256Digest, TrustedRoot};
 use slipway_runtime::{Clock, SystemClock};
 use slipway_server::auth::AdminTokens;
 use slipway_server::gate::{Gate, Gating};
@@ -27,10 +24,12 @@ use slipway_server::payloads::PayloadDir;
 use slipway_server::rollout::Wave;
 use slipway_server::state::{AppState, Limits, StateConfig};
 use slipway_server::store::{
-    self, ChannelRecord, EventRecord, MachineCheck, ReleaseRecord, Retention, sqlite::SqliteStore,
+    self, ChannelRecord, EventRecord, MachineCheck, Retention, sqlite::SqliteStore,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+#[path = "bench/load.rs"]
+mod load;
+use load::{Endpoint, Phase, ms};
 
 #[derive(Parser)]
 #[command(about = "Benchmark update checks against slipway-server on SQLite")]
@@ -73,48 +72,17 @@ async fn setup(dir: &std::path::Path, machines: usize, database: Option<&str>) -
         Some(url) => store::open(url, 32).await?,
         None => Arc::new(SqliteStore::open(&dir.join("slipway.db")).await?),
     };
-    let key = PrivateKey::from_seed([42; 32]);
-    let root_json = Root::new(1, 1, &[key.public()])
-        .sign(&[&key])
-        .to_json_pretty();
+    let root = load::publish(
+        &*store,
+        &[
+            ("stable", "1.0.0"),
+            ("stable", "2.0.0"),
+            (GATED, "1.0.0"),
+            (GATED, "2.0.0"),
+        ],
+    )
+    .await?;
     let now = SystemClock.now();
-    for (channel, version) in [
-        ("stable", "1.0.0"),
-        ("stable", "2.0.0"),
-        (GATED, "1.0.0"),
-        (GATED, "2.0.0"),
-    ] {
-        let payload = format!("image {version}");
-        let sha = Sha256Digest::of(payload.as_bytes());
-        let m = Manifest {
-            kind: RELEASE_TYPE.into(),
-            channel: channel.into(),
-            version: version.parse()?,
-            expires: "2099-01-01T00:00:00Z".parse()?,
-            os: Some(OsImage {
-                url: format!("/v1/payloads/{sha}"),
-                size: payload.len() as u64,
-                sha256: sha,
-                format: PayloadFormat::Zstd,
-                delta: None,
-            }),
-            runtime: Vec::new(),
-            min_from_version: None,
-            advisories: Vec::new(),
-        };
-        let env = m.sign(&[&key]);
-        store
-            .put_release(&ReleaseRecord {
-                channel: channel.into(),
-                version: m.version.clone(),
-                envelope: serde_json::to_string(&env)?,
-                manifest: String::from_utf8(m.to_json())?,
-                published_at: now,
-                advisory: None,
-                floor: false,
-            })
-            .await?;
-    }
     store
         .put_channel(&ChannelRecord {
             name: "stable".into(),
@@ -213,7 +181,7 @@ async fn setup(dir: &std::path::Path, machines: usize, database: Option<&str>) -
     let state = AppState::new(StateConfig {
         store: store as Arc<dyn store::Store>,
         clock: Arc::new(SystemClock),
-        root: Some(TrustedRoot::bootstrap(root_json.as_bytes())?),
+        root: Some(root),
         tokens: AdminTokens::default(),
         payloads: PayloadDir::open(dir)?,
         limits: Limits::default(),
@@ -227,217 +195,6 @@ async fn setup(dir: &std::path::Path, machines: usize, database: Option<&str>) -
     })
     .await?;
     Ok(state)
-}
-
-/// A connection: plain TCP or TLS over it.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
-/// Where the clients connect: the plain listener, or the TLS one with a connector trusting the
-/// bench's CA.
-#[derive(Clone)]
-struct Endpoint {
-    addr: std::net::SocketAddr,
-    tls: Option<tokio_rustls::TlsConnector>,
-}
-
-/// A minimal HTTP/1.1 keep-alive client: the bench measures the server, not a client stack.
-struct Conn {
-    stream: Box<dyn Io>,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    async fn connect(to: &Endpoint) -> Result<Self> {
-        let tcp = TcpStream::connect(to.addr).await?;
-        tcp.set_nodelay(true)?;
-        let stream: Box<dyn Io> = match &to.tls {
-            None => Box::new(tcp),
-            Some(c) => {
-                let name = rustls::pki_types::ServerName::try_from("localhost")?.to_owned();
-                Box::new(c.connect(name, tcp).await?)
-            }
-        };
-        Ok(Self {
-            stream,
-            buf: Vec::with_capacity(8192),
-        })
-    }
-
-    /// Sends one request and reads the whole response; returns the status.
-    async fn send(&mut self, request: &[u8]) -> Result<u16> {
-        self.stream.write_all(request).await?;
-        self.buf.clear();
-        let mut chunk = [0u8; 8192];
-        let head_end = loop {
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("connection closed");
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-            if let Some(p) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p + 4;
-            }
-        };
-        let head = std::str::from_utf8(&self.buf[..head_end])?;
-        let status: u16 = head.get(9..12).context("status line")?.parse()?;
-        let len: usize = head
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case("content-length")
-                    .then(|| v.trim().parse().ok())?
-            })
-            .context("content-length")?;
-        while self.buf.len() < head_end + len {
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("connection closed mid-body");
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-        Ok(status)
-    }
-}
-
-fn check_request(id: &str, channel: &str) -> Vec<u8> {
-    let body = format!(
-        r#"{{"machineId":"{id}","channel":"{channel}","group":"workers","version":"1.0.0","arch":"x86_64","bootId":"boot"}}"#,
-    );
-    format!(
-        "POST /v1/check HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-const HEALTHZ: &[u8] = b"GET /healthz HTTP/1.1\r\nhost: bench\r\n\r\n";
-
-#[derive(Clone, Copy)]
-enum Target {
-    Check,
-    GatedCheck,
-    Healthz,
-}
-
-struct Phase {
-    requests: usize,
-    errors: usize,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-impl Phase {
-    fn empty() -> Self {
-        Self {
-            requests: 0,
-            errors: 0,
-            elapsed: Duration::ZERO,
-            latencies: Vec::new(),
-        }
-    }
-
-    fn add(&mut self, other: Phase) {
-        self.requests += other.requests;
-        self.errors += other.errors;
-        self.elapsed += other.elapsed;
-        self.latencies.extend(other.latencies);
-    }
-
-    fn rate(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn percentile(&mut self, p: f64) -> Duration {
-        self.latencies.sort_unstable();
-        if self.latencies.is_empty() {
-            return Duration::ZERO;
-        }
-        let i = ((self.latencies.len() as f64 * p).ceil() as usize).clamp(1, self.latencies.len());
-        self.latencies[i - 1]
-    }
-}
-
-/// `clients` connections, each sending back to back (or, with `interval`, one request per
-/// interval) for `duration`.
-async fn run(
-    to: &Endpoint,
-    target: Target,
-    clients: usize,
-    machines: usize,
-    duration: Duration,
-    interval: Option<Duration>,
-) -> Result<Phase> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut tasks = Vec::new();
-    // Requests are built up front so the client spends its CPU on sending, not formatting.
-    let requests: Arc<Vec<Vec<u8>>> = Arc::new(match target {
-        Target::Check => (0..machines)
-            .map(|i| check_request(&machine_id(i), "stable"))
-            .collect(),
-        Target::GatedCheck => (0..GATED_MACHINES)
-            .map(|i| check_request(&gated_id(i), GATED))
-            .collect(),
-        Target::Healthz => Vec::new(),
-    });
-    let machines = requests.len().max(1);
-    let start = Instant::now();
-    for c in 0..clients {
-        let stop = stop.clone();
-        let requests = requests.clone();
-        let to = to.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut conn = Conn::connect(&to).await?;
-            let mut lat = Vec::with_capacity(200_000);
-            let mut errors = 0usize;
-            // Spread clients over the fleet; each walks its own stride of machine ids.
-            let mut m = c * 7919 % machines;
-            let mut ticker = interval.map(|i| {
-                let mut t = tokio::time::interval_at(
-                    tokio::time::Instant::now() + i.mul_f64(c as f64 / clients as f64),
-                    i,
-                );
-                t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                t
-            });
-            while !stop.load(Ordering::Relaxed) {
-                if let Some(t) = ticker.as_mut() {
-                    t.tick().await;
-                }
-                let bytes: &[u8] = match target {
-                    Target::Check | Target::GatedCheck => {
-                        let r = &requests[m];
-                        m = (m + clients) % machines;
-                        r
-                    }
-                    Target::Healthz => HEALTHZ,
-                };
-                let t0 = Instant::now();
-                let status = conn.send(bytes).await?;
-                lat.push(t0.elapsed());
-                if status != 200 {
-                    errors += 1;
-                }
-            }
-            anyhow::Ok((lat, errors))
-        }));
-    }
-    tokio::time::sleep(duration).await;
-    stop.store(true, Ordering::Relaxed);
-    let mut phase = Phase {
-        requests: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies: Vec::new(),
-    };
-    for t in tasks {
-        let (lat, errors) = t.await??;
-        phase.requests += lat.len();
-        phase.errors += errors;
-        phase.latencies.extend(lat);
-    }
-    phase.elapsed = start.elapsed();
-    Ok(phase)
 }
 
 /// A CA, a server certificate for localhost from it (written under `dir`), the acceptor serving
@@ -462,10 +219,6 @@ fn tls_pair(
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok((acceptor, tokio_rustls::TlsConnector::from(Arc::new(config))))
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn main() -> Result<()> {
@@ -507,18 +260,22 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     let secs = Duration::from_secs(args.seconds);
+    // Requests are built up front so the client spends its CPU on sending, not formatting.
+    let fleet = Arc::new(
+        (0..args.machines)
+            .map(|i| load::check_request(&machine_id(i), "stable", "workers", "1.0.0"))
+            .collect::<Vec<_>>(),
+    );
+    let gated_fleet = Arc::new(
+        (0..GATED_MACHINES)
+            .map(|i| load::check_request(&gated_id(i), GATED, "workers", "1.0.0"))
+            .collect::<Vec<_>>(),
+    );
+    let healthz = load::healthz();
     client_rt.block_on(async {
         // Warm-up: connections, statement cache, page cache.
         for to in [&plain, &tls] {
-            run(
-                to,
-                Target::Check,
-                args.clients,
-                args.machines,
-                Duration::from_secs(1),
-                None,
-            )
-            .await?;
+            load::run(to, &fleet, args.clients, Duration::from_secs(1), None).await?;
         }
         // Checks and /healthz alternate in slices, so load from other processes on a shared
         // machine hits both alike and the ratio stays meaningful.
@@ -529,25 +286,17 @@ fn main() -> Result<()> {
         let mut gated = Phase::empty();
         let mut health = Phase::empty();
         for _ in 0..rounds {
-            for (phase, to, target) in [
-                (&mut tls_checks, &tls, Target::Check),
-                (&mut gated, &plain, Target::GatedCheck),
-                (&mut checks, &plain, Target::Check),
-                (&mut health, &plain, Target::Healthz),
+            for (phase, to, requests) in [
+                (&mut tls_checks, &tls, &fleet),
+                (&mut gated, &plain, &gated_fleet),
+                (&mut checks, &plain, &fleet),
+                (&mut health, &plain, &healthz),
             ] {
-                phase.add(run(to, target, args.clients, args.machines, slice, None).await?);
+                phase.add(load::run(to, requests, args.clients, slice, None).await?);
             }
         }
         let interval = Duration::from_secs_f64(16.0 / args.rate as f64);
-        let mut steady = run(
-            &plain,
-            Target::Check,
-            16,
-            args.machines,
-            secs,
-            Some(interval),
-        )
-        .await?;
+        let mut steady = load::run(&plain, &fleet, 16, secs, Some(interval)).await?;
         let ratio = checks.rate() / health.rate();
         println!(
             "machines {}  clients {}  phase {} s  (server on {}, loopback, {} CPUs)",

@@ -5,7 +5,11 @@
 //! `--requests` sequential requests over loopback: `/api/overview` and `/` (cached while nothing
 //! changes), the overview right after a change (a recount), pages of the machines list under
 //! each kind of filter (indexed, dense, rare and read in bounded steps, from a cursor), the
-//! releases view and one machine's timeline. Build with `--release`:
+//! releases view and one machine's timeline. Then, in the same run against the same fleet, the
+//! update checks the server answers per second (`--clients` keep-alive clients sending every
+//! machine's check in turn) against `GET /healthz` (the ceiling of this HTTP stack here),
+//! alternating in slices, and the views' latencies while those checks keep coming. Build with
+//! `--release`:
 //! `cargo run --release -p slipway-server --bin bench-views -- [--machines 1000000]`.
 
 use std::sync::Arc;
@@ -21,6 +25,9 @@ use slipway_server::rollout::Wave;
 use slipway_server::state::{AppState, Limits, StateConfig};
 use slipway_server::store::{self, ChannelRecord, EventRecord, MachineCheck, Retention, Store};
 
+#[path = "bench/load.rs"]
+mod load;
+
 #[derive(Parser)]
 #[command(about = "Benchmark the dashboard's views against a large fleet")]
 struct Args {
@@ -33,10 +40,29 @@ struct Args {
     /// The database (default: a new SQLite file in a temporary directory).
     #[arg(long)]
     database: Option<String>,
+    /// Concurrent clients sending checks (one keep-alive connection each).
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Seconds of checks against /healthz, and of views measured while checks come.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
 }
 
 fn machine_id(i: usize) -> String {
     format!("{i:032x}")
+}
+
+/// Machine `i`'s group and version, as registered and as it checks.
+fn group_of(i: usize) -> String {
+    format!("rack-{}", i % 100)
+}
+
+fn version_of(i: usize) -> &'static str {
+    if i.is_multiple_of(3) {
+        "1.0.0"
+    } else {
+        "2.0.0"
+    }
 }
 
 async fn register(store: &Arc<dyn Store>, machines: usize) -> Result<()> {
@@ -69,8 +95,8 @@ async fn register(store: &Arc<dyn Store>, machines: usize) -> Result<()> {
         batch.push(MachineCheck {
             id: machine_id(i),
             channel: "stable".into(),
-            group: format!("rack-{}", i % 100),
-            version: if i % 3 == 0 { "1.0.0" } else { "2.0.0" }.parse()?,
+            group: group_of(i),
+            version: version_of(i).parse()?,
             arch: "x86_64".into(),
             boot_id: "boot".into(),
             at: now,
@@ -142,6 +168,120 @@ fn report(name: &str, mut times: Vec<Duration>) {
     );
 }
 
+/// Requests of the whole fleet's checks, built up front so the client spends its CPU on
+/// sending, not formatting.
+fn fleet_checks(machines: usize) -> Arc<Vec<Vec<u8>>> {
+    Arc::new(
+        (0..machines)
+            .map(|i| load::check_request(&machine_id(i), "stable", &group_of(i), version_of(i)))
+            .collect(),
+    )
+}
+
+/// Runs `work` with a client runtime on a thread of its own, so the clients cannot starve the
+/// server's workers (nor be starved by them).
+async fn on_client_thread<T, F>(work: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>>>> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(work())
+    })
+    .await?
+}
+
+/// Checks/s against /healthz at this fleet size (alternating slices, so load from other
+/// processes on a shared machine hits both alike), then the views while checks keep coming.
+async fn under_checks(
+    args: &Args,
+    addr: std::net::SocketAddr,
+    client: &reqwest::Client,
+    url: &str,
+) -> Result<()> {
+    let fleet = fleet_checks(args.machines);
+    let to = load::Endpoint { addr, tls: None };
+    let (clients, secs) = (args.clients, Duration::from_secs(args.seconds));
+    let (requests, healthz) = (fleet.clone(), load::healthz());
+    let endpoint = to.clone();
+    let (mut checks, mut health) = on_client_thread(move || {
+        Box::pin(async move {
+            // Warm-up: connections, statement cache.
+            load::run(&endpoint, &requests, clients, Duration::from_secs(1), None).await?;
+            let rounds = 5u32;
+            let (mut checks, mut health) = (load::Phase::empty(), load::Phase::empty());
+            for _ in 0..rounds {
+                checks.add(load::run(&endpoint, &requests, clients, secs / rounds, None).await?);
+                health.add(load::run(&endpoint, &healthz, clients, secs / rounds, None).await?);
+            }
+            Ok((checks, health))
+        })
+    })
+    .await?;
+    for (label, phase) in [("checks", &mut checks), ("/healthz", &mut health)] {
+        println!(
+            "{label:<44} {:>9.0} /s   p50 {:>6.2} ms   p99 {:>6.2} ms  ({} clients, {} non-200)",
+            phase.rate(),
+            load::ms(phase.percentile(0.5)),
+            load::ms(phase.percentile(0.99)),
+            clients,
+            phase.errors
+        );
+    }
+    println!(
+        "{:<44} {:>9.2}",
+        "ratio checks/healthz",
+        checks.rate() / health.rate()
+    );
+    anyhow::ensure!(
+        checks.errors == 0,
+        "{} checks were not answered 200",
+        checks.errors
+    );
+
+    // The views while the fleet checks in: each in turn, for as long as the checks run.
+    let requests = fleet.clone();
+    let load = tokio::spawn(on_client_thread(move || {
+        Box::pin(async move { load::run(&to, &requests, clients, secs, None).await })
+    }));
+    let views = [
+        ("/api/overview", "/api/overview".to_owned()),
+        ("/machines (first page, 500)", "/machines".to_owned()),
+        (
+            "/api/machines?state=behind (1,000)",
+            "/api/machines?state=behind".to_owned(),
+        ),
+        (
+            "/api/machines/{id} (a timeline)",
+            format!("/api/machines/{}", machine_id(0)),
+        ),
+    ];
+    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); views.len()];
+    while !load.is_finished() {
+        for ((_, view), times) in views.iter().zip(&mut times) {
+            times.push(get(client, &format!("{url}{view}")).await?);
+        }
+    }
+    let during = load.await??;
+    println!(
+        "while {:.0} checks/s come ({} clients):",
+        during.rate(),
+        clients
+    );
+    for ((name, _), times) in views.iter().zip(times) {
+        report(&format!("  {name}"), times);
+    }
+    anyhow::ensure!(
+        during.errors == 0,
+        "{} checks were not answered 200",
+        during.errors
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     tokio::runtime::Builder::new_multi_thread()
@@ -158,10 +298,11 @@ async fn run(args: Args) -> Result<()> {
         .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("slipway.db").display()));
     let store = store::open(&database, 8).await?;
     register(&store, args.machines).await?;
+    let root = load::publish(&*store, &[("stable", "1.0.0"), ("stable", "2.0.0")]).await?;
     let state = AppState::new(StateConfig {
         store,
         clock: Arc::new(SystemClock),
-        root: None,
+        root: Some(root),
         tokens: AdminTokens::parse("bench-admin-token-0123456789")?,
         payloads: PayloadDir::open(dir.path())?,
         limits: Limits::default(),
@@ -175,7 +316,8 @@ async fn run(args: Args) -> Result<()> {
     })
     .await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let url = format!("http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
+    let url = format!("http://{addr}");
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(slipway_server::serve(listener, state.clone(), async move {
         let _ = stopped.await;
@@ -270,6 +412,7 @@ async fn run(args: Args) -> Result<()> {
         }
         report(name, times);
     }
+    under_checks(&args, addr, &client, &url).await?;
     let _ = stop.send(());
     server.await??;
     if database.starts_with("sqlite://") {
