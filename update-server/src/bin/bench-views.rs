@@ -8,7 +8,8 @@
 //! releases view and one machine's timeline. Then, in the same run against the same fleet, the
 //! update checks the server answers per second (`--clients` keep-alive clients sending every
 //! machine's check in turn) against `GET /healthz` (the ceiling of this HTTP stack here),
-//! alternating in slices, and the views' latencies while those checks keep coming. Build with
+//! alternating in slices, and the views' latencies while checks keep coming (at a steady
+//! `--rate`, then as fast as the clients can send). Build with
 //! `--release`:
 //! `cargo run --release -p slipway-server --bin bench-views -- [--machines 1000000]`.
 
@@ -46,6 +47,10 @@ struct Args {
     /// Seconds of checks against /healthz, and of views measured while checks come.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// The steady rate of checks the views are first measured under, per second (5,000: a
+    /// million machines checking every 200 s).
+    #[arg(long, default_value_t = 5000)]
+    rate: u64,
 }
 
 fn machine_id(i: usize) -> String {
@@ -242,11 +247,9 @@ async fn under_checks(
         checks.errors
     );
 
-    // The views while the fleet checks in: each in turn, for as long as the checks run.
-    let requests = fleet.clone();
-    let load = tokio::spawn(on_client_thread(move || {
-        Box::pin(async move { load::run(&to, &requests, clients, secs, None).await })
-    }));
+    // The views while the fleet checks in, each in turn for as long as the checks run: at a
+    // steady `--rate` (a fleet's checks spread over time), then as fast as the clients can send
+    // (this machine's CPUs shared by the clients, the server and the views).
     let views = [
         ("/api/overview", "/api/overview".to_owned()),
         ("/machines (first page, 500)", "/machines".to_owned()),
@@ -259,26 +262,32 @@ async fn under_checks(
             format!("/api/machines/{}", machine_id(0)),
         ),
     ];
-    let mut times: Vec<Vec<Duration>> = vec![Vec::new(); views.len()];
-    while !load.is_finished() {
-        for ((_, view), times) in views.iter().zip(&mut times) {
-            times.push(get(client, &format!("{url}{view}")).await?);
+    let steady = Duration::from_secs_f64(clients as f64 / args.rate as f64);
+    for (how, interval) in [("a steady", Some(steady)), ("as many as", None)] {
+        let (requests, to) = (fleet.clone(), to.clone());
+        let load = tokio::spawn(on_client_thread(move || {
+            Box::pin(async move { load::run(&to, &requests, clients, secs, interval).await })
+        }));
+        let mut times: Vec<Vec<Duration>> = vec![Vec::new(); views.len()];
+        while !load.is_finished() {
+            for ((_, view), times) in views.iter().zip(&mut times) {
+                times.push(get(client, &format!("{url}{view}")).await?);
+            }
         }
+        let during = load.await??;
+        println!(
+            "while {how} {:.0} checks/s come ({clients} clients):",
+            during.rate()
+        );
+        for ((name, _), times) in views.iter().zip(times) {
+            report(&format!("  {name}"), times);
+        }
+        anyhow::ensure!(
+            during.errors == 0,
+            "{} checks were not answered 200",
+            during.errors
+        );
     }
-    let during = load.await??;
-    println!(
-        "while {:.0} checks/s come ({} clients):",
-        during.rate(),
-        clients
-    );
-    for ((name, _), times) in views.iter().zip(times) {
-        report(&format!("  {name}"), times);
-    }
-    anyhow::ensure!(
-        during.errors == 0,
-        "{} checks were not answered 200",
-        during.errors
-    );
     Ok(())
 }
 

@@ -6,6 +6,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use jiff::Timestamp;
 use semver::Version;
+use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::{NoTls, Row};
 
 use super::query::{Dialect, MACHINE_COLUMNS, Sql, Value, Window, version_key};
@@ -28,7 +29,23 @@ pub struct PostgresStore {
     pool: Pool,
     /// For the listening connection (outside the pool: it stays open).
     config: tokio_postgres::Config,
+    /// Checks on their way to the database (see [`Store::note_check`]); `None` once closed.
+    checks: std::sync::Mutex<Option<mpsc::Sender<Queued>>>,
+    /// The task writing them.
+    check_writer: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// What the check writer is sent.
+enum Queued {
+    Check(MachineCheck),
+    /// Answered once every check queued before it is written (or given up).
+    Flush(oneshot::Sender<()>),
+}
+
+/// Checks queued before `note_check` waits (backpressure when the database cannot keep up).
+const CHECK_QUEUE: usize = 16_384;
+/// Most checks written in one transaction.
+const CHECK_BATCH: usize = 512;
 
 /// An arbitrary constant naming the per-cluster report locks (with the name's hash).
 const CLUSTER_LOCK: i32 = 0x51_1b_c1;
@@ -66,9 +83,33 @@ impl PostgresStore {
             .max_size(pool_size.max(1))
             .build()
             .map_err(|e| Error::Pool(e.to_string()))?;
-        let store = Self { pool, config };
+        let (tx, rx) = mpsc::channel(CHECK_QUEUE);
+        let store = Self {
+            pool: pool.clone(),
+            config,
+            checks: std::sync::Mutex::new(Some(tx)),
+            check_writer: std::sync::Mutex::new(None),
+        };
         store.migrate().await?;
+        *store.check_writer.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(tokio::spawn(check_writer(pool, rx)));
         Ok(store)
+    }
+
+    fn check_queue(&self) -> Result<mpsc::Sender<Queued>> {
+        let guard = self.checks.lock().unwrap_or_else(|p| p.into_inner());
+        guard.as_ref().cloned().ok_or(Error::Closed)
+    }
+
+    /// Waits until every check this replica queued before now is written, so its reads of
+    /// machines see them (as on SQLite; another replica's queue is its own).
+    async fn flush(&self) -> Result<()> {
+        let (reply, done) = oneshot::channel();
+        self.check_queue()?
+            .send(Queued::Flush(reply))
+            .await
+            .map_err(|_| Error::Closed)?;
+        done.await.map_err(|_| Error::Closed)
     }
 
     async fn conn(&self) -> Result<Object> {
@@ -386,33 +427,16 @@ impl Store for PostgresStore {
     }
 
     async fn record_checks(&self, checks: &[MachineCheck]) -> Result<()> {
-        let mut c = self.conn().await?;
-        let tx = c.transaction().await.map_err(pg_err("record check"))?;
-        let stmt = tx
-            .prepare_cached(UPSERT_CHECK)
+        write_checks(&self.pool, checks).await
+    }
+
+    async fn note_check(&self, check: MachineCheck) -> Result<()> {
+        // Immediate unless the queue is full: then checks wait, which is the backpressure that
+        // keeps memory bounded when the database cannot keep up.
+        self.check_queue()?
+            .send(Queued::Check(check))
             .await
-            .map_err(pg_err("record check"))?;
-        // Sent together (the connection pipelines them): one round trip for the batch, not
-        // one per check.
-        let rows: Vec<_> = checks
-            .iter()
-            .map(|m| (m.version.to_string(), ms(m.at), version_key(&m.version)))
-            .collect();
-        let (txr, stmt) = (&tx, &stmt);
-        futures::future::try_join_all(checks.iter().zip(&rows).map(
-            |(m, (ver, at, key))| async move {
-                txr.execute(
-                    stmt,
-                    &[
-                        &m.id, &m.channel, &m.group, ver, &m.arch, &m.boot_id, at, key,
-                    ],
-                )
-                .await
-            },
-        ))
-        .await
-        .map_err(pg_err("record check"))?;
-        tx.commit().await.map_err(pg_err("record check"))
+            .map_err(|_| Error::Closed)
     }
 
     async fn record_event(&self, e: &EventRecord) -> Result<i64> {
@@ -465,6 +489,7 @@ impl Store for PostgresStore {
     }
 
     async fn machine(&self, id: &str) -> Result<Option<MachineRecord>> {
+        self.flush().await?;
         let c = self.conn().await?;
         c.query_opt(
             &format!("SELECT {MACHINE_COLUMNS} FROM machines WHERE id = $1"),
@@ -483,6 +508,7 @@ impl Store for PostgresStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<MachineRecord>> {
+        self.flush().await?;
         let c = self.conn().await?;
         c.query(
             &format!(
@@ -503,6 +529,7 @@ impl Store for PostgresStore {
     }
 
     async fn machine_window(&self, sql: Sql) -> Result<Window> {
+        self.flush().await?;
         let c = self.conn().await?;
         let params: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = sql
             .params
@@ -538,6 +565,7 @@ impl Store for PostgresStore {
     }
 
     async fn machine_count(&self) -> Result<u64> {
+        self.flush().await?;
         let c = self.conn().await?;
         let n: i64 = c
             .query_one("SELECT COUNT(*) FROM machines", &[])
@@ -564,6 +592,7 @@ impl Store for PostgresStore {
     }
 
     async fn transfer_totals(&self) -> Result<Vec<TransferTotals>> {
+        self.flush().await?;
         let c = self.conn().await?;
         c.query(
             "SELECT version, COUNT(*), SUM(CASE WHEN delta THEN 1 ELSE 0 END)::BIGINT,
@@ -732,6 +761,7 @@ impl Store for PostgresStore {
     }
 
     async fn sample_adoption(&self, at: Timestamp) -> Result<u64> {
+        self.flush().await?;
         let c = self.conn().await?;
         c.execute(
             "INSERT INTO adoption (channel, at, version, machines)
@@ -787,7 +817,88 @@ impl Store for PostgresStore {
     }
 
     async fn close(&self) {
+        // The writer drains what was queued, then ends with the queue.
+        drop(self.checks.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let writer = self
+            .check_writer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(w) = writer {
+            let _ = w.await;
+        }
         self.pool.close();
+    }
+}
+
+/// Writes checks in one transaction, sent together (the connection pipelines them): one round
+/// trip for the batch, not one per check.
+async fn write_checks(pool: &Pool, checks: &[MachineCheck]) -> Result<()> {
+    let mut c = pool.get().await.map_err(|e| Error::Pool(e.to_string()))?;
+    let tx = c.transaction().await.map_err(pg_err("record check"))?;
+    let stmt = tx
+        .prepare_cached(UPSERT_CHECK)
+        .await
+        .map_err(pg_err("record check"))?;
+    let rows: Vec<_> = checks
+        .iter()
+        .map(|m| (m.version.to_string(), ms(m.at), version_key(&m.version)))
+        .collect();
+    let (txr, stmt) = (&tx, &stmt);
+    futures::future::try_join_all(
+        checks
+            .iter()
+            .zip(&rows)
+            .map(|(m, (ver, at, key))| async move {
+                txr.execute(
+                    stmt,
+                    &[
+                        &m.id, &m.channel, &m.group, ver, &m.arch, &m.boot_id, at, key,
+                    ],
+                )
+                .await
+            }),
+    )
+    .await
+    .map_err(pg_err("record check"))?;
+    tx.commit().await.map_err(pg_err("record check"))
+}
+
+/// Writes queued checks until the queue is closed and drained: what has gathered while the
+/// last batch was written goes in the next (up to [`CHECK_BATCH`]), so a busy fleet's checks
+/// cost one transaction per batch, not one each, and a quiet fleet's are written at once.
+/// A batch the database refused while unavailable is tried once more a second later; then it
+/// is given up with a warning (a check is "last seen" telemetry: the machine's next check
+/// writes it again).
+async fn check_writer(pool: Pool, mut rx: mpsc::Receiver<Queued>) {
+    let mut batch: Vec<MachineCheck> = Vec::with_capacity(CHECK_BATCH);
+    let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                Queued::Check(c) => batch.push(c),
+                // Answered after this batch, which holds every check queued before it.
+                Queued::Flush(reply) => flushes.push(reply),
+            }
+            if batch.len() < CHECK_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !batch.is_empty() {
+            let mut written = write_checks(&pool, &batch).await;
+            if matches!(&written, Err(e) if e.is_unavailable()) {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                written = write_checks(&pool, &batch).await;
+            }
+            if let Err(e) = written {
+                tracing::warn!(error = %e, checks = batch.len(), "recording checks failed; they are dropped");
+            }
+            batch.clear();
+        }
+        for reply in flushes.drain(..) {
+            let _ = reply.send(());
+        }
     }
 }
 

@@ -703,3 +703,84 @@ async fn the_sqlite_wal_is_started_over_under_writes_that_never_pause() {
     // looked at every 250 ms reached 17 MiB on a faster one).
     assert!(bounded < 6 << 20, "{bounded} against {unbounded}");
 }
+
+/// The next transaction id PostgreSQL will hand out (each write transaction takes one; this
+/// query takes one too).
+async fn next_xid(url: &str) -> i64 {
+    let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c.query_one("SELECT txid_current()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// Checks a server only notes (queued and committed in batches, `Store::note_check`): a read
+/// of machines sees every check noted before it, the later of two checks of a machine wins,
+/// closing the store writes what is still queued, and on PostgreSQL thousands of checks cost
+/// a few transactions, not one each.
+async fn noted_checks(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_url(backend, &dir).await;
+    let s = store::open(&url, 4).await.unwrap();
+    let check = |id: String, version: &str, at: Timestamp| MachineCheck {
+        id,
+        channel: "stable".into(),
+        group: "workers".into(),
+        version: v(version),
+        arch: "x86_64".into(),
+        boot_id: "b".into(),
+        at,
+    };
+    const N: usize = 5000;
+    let first_xid = match backend {
+        Backend::Postgres => Some(next_xid(&url).await),
+        Backend::Sqlite => None,
+    };
+    for i in 0..N {
+        s.note_check(check(format!("m-{i:05}"), "1.0.0", t0()))
+            .await
+            .unwrap();
+    }
+    let later = t0() + SignedDuration::from_hours(1);
+    s.note_check(check("m-00007".into(), "2.0.0", later))
+        .await
+        .unwrap();
+    // Read at once: the reads wait for what was queued before them.
+    assert_eq!(s.machine_count().await.unwrap(), N as u64);
+    let m = s.machine("m-00007").await.unwrap().unwrap();
+    assert_eq!(
+        (m.version, m.last_seen, m.first_seen),
+        (v("2.0.0"), later, t0())
+    );
+    if let Some(first) = first_xid {
+        let used = next_xid(&url).await - first - 1;
+        eprintln!("{N} checks noted on PostgreSQL: {used} transactions");
+        assert!(
+            used <= (N / 100) as i64,
+            "{used} transactions for {N} checks"
+        );
+    }
+    for i in N..N + 1000 {
+        s.note_check(check(format!("m-{i:05}"), "1.0.0", t0()))
+            .await
+            .unwrap();
+    }
+    s.close().await;
+    drop(s);
+    let reopened = store::open(&url, 1).await.unwrap();
+    assert_eq!(reopened.machine_count().await.unwrap(), (N + 1000) as u64);
+    reopened.close().await;
+}
+
+#[tokio::test]
+async fn noted_checks_are_read_back_and_written_on_close_sqlite() {
+    noted_checks(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn noted_checks_are_read_back_and_written_on_close_postgres() {
+    noted_checks(Backend::Postgres).await;
+}
