@@ -403,8 +403,12 @@ impl AppState {
     }
 
     /// [`Self::snapshot_with`] for machine requests: misses reload at most ten times a second
-    /// (machines naming a channel that does not exist cannot make every request a reload); a
-    /// miss inside that time waits for the reload in flight, if any, and takes its snapshot.
+    /// (machines naming a channel that does not exist cannot make every request a reload).
+    /// Misses are decided one at a time, after any reload in flight, so a miss that waited
+    /// takes the snapshot that reload made. (Deciding before taking the lock let two
+    /// simultaneous misses on two worker threads race: the one that lost the right to reload
+    /// could take the free lock before the winner did, and answer 404 for a channel promoted a
+    /// moment before; seen twice in the three-replica test.)
     pub async fn snapshot_reloaded_on_miss(
         &self,
         present: impl Fn(&Snapshot) -> bool,
@@ -413,21 +417,19 @@ impl AppState {
         if present(&snap) {
             return Ok(snap);
         }
+        let _one_at_a_time = self.0.reloading.lock().await;
+        let snap = self.snapshot();
+        if present(&snap) {
+            return Ok(snap);
+        }
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let last = self.0.miss_reload_ms.load(Relaxed);
-        if now.saturating_sub(last) < 100
-            || self
-                .0
-                .miss_reload_ms
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_err()
-        {
-            drop(self.0.reloading.lock().await);
-            return Ok(self.snapshot());
+        if now.saturating_sub(self.0.miss_reload_ms.load(Relaxed)) < 100 {
+            return Ok(snap);
         }
-        self.reload_with(false).await?;
+        self.0.miss_reload_ms.store(now, Relaxed);
+        self.reload_locked(false).await?;
         Ok(self.snapshot())
     }
 
@@ -444,6 +446,11 @@ impl AppState {
     /// (false when another replica's notice caused the reload, or for the periodic refresh).
     pub async fn reload_with(&self, announce: bool) -> Result<()> {
         let _one_at_a_time = self.0.reloading.lock().await;
+        self.reload_locked(announce).await
+    }
+
+    /// [`Self::reload_with`], the caller holding `reloading`.
+    async fn reload_locked(&self, announce: bool) -> Result<()> {
         let releases = self.0.store.releases().await?;
         let channels = self.0.store.channels().await?;
         let snap = Arc::new(Snapshot::build(releases, channels)?);
