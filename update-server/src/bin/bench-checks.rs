@@ -277,24 +277,20 @@ fn main() -> Result<()> {
         for to in [&plain, &tls] {
             load::run(to, &fleet, args.clients, Duration::from_secs(1), None).await?;
         }
-        // Checks and /healthz alternate in slices, so load from other processes on a shared
-        // machine hits both alike and the ratio stays meaningful.
-        let rounds = 5u32;
-        let slice = secs / rounds;
-        let mut checks = Phase::empty();
-        let mut tls_checks = Phase::empty();
-        let mut gated = Phase::empty();
-        let mut health = Phase::empty();
-        for _ in 0..rounds {
-            for (phase, to, requests) in [
-                (&mut tls_checks, &tls, &fleet),
-                (&mut gated, &plain, &gated_fleet),
-                (&mut checks, &plain, &fleet),
-                (&mut health, &plain, &healthz),
-            ] {
-                phase.add(load::run(to, requests, args.clients, slice, None).await?);
-            }
-        }
+        // Checks and /healthz alternate (see `load::alternating`).
+        let [mut tls_checks, mut gated, mut checks, mut health]: [Phase; 4] = load::alternating(
+            &[
+                (&tls, &fleet),
+                (&plain, &gated_fleet),
+                (&plain, &fleet),
+                (&plain, &healthz),
+            ],
+            args.clients,
+            secs,
+        )
+        .await?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("four phases"))?;
         let interval = Duration::from_secs_f64(16.0 / args.rate as f64);
         let mut steady = load::run(&plain, &fleet, 16, secs, Some(interval)).await?;
         let ratio = checks.rate() / health.rate();

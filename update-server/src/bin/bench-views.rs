@@ -216,12 +216,14 @@ async fn under_checks(
         Box::pin(async move {
             // Warm-up: connections, statement cache.
             load::run(&endpoint, &requests, clients, Duration::from_secs(1), None).await?;
-            let rounds = 5u32;
-            let (mut checks, mut health) = (load::Phase::empty(), load::Phase::empty());
-            for _ in 0..rounds {
-                checks.add(load::run(&endpoint, &requests, clients, secs / rounds, None).await?);
-                health.add(load::run(&endpoint, &healthz, clients, secs / rounds, None).await?);
-            }
+            let [checks, health]: [load::Phase; 2] = load::alternating(
+                &[(&endpoint, &requests), (&endpoint, &healthz)],
+                clients,
+                secs,
+            )
+            .await?
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("two phases"))?;
             Ok((checks, health))
         })
     })

@@ -113,10 +113,7 @@ impl PostgresStore {
     }
 
     async fn conn(&self) -> Result<Object> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| Error::Pool(e.to_string()))
+        pooled(&self.pool).await
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -831,10 +828,15 @@ impl Store for PostgresStore {
     }
 }
 
+/// A connection from the pool.
+async fn pooled(pool: &Pool) -> Result<Object> {
+    pool.get().await.map_err(|e| Error::Pool(e.to_string()))
+}
+
 /// Writes checks in one transaction, sent together (the connection pipelines them): one round
 /// trip for the batch, not one per check.
 async fn write_checks(pool: &Pool, checks: &[MachineCheck]) -> Result<()> {
-    let mut c = pool.get().await.map_err(|e| Error::Pool(e.to_string()))?;
+    let mut c = pooled(pool).await?;
     let tx = c.transaction().await.map_err(pg_err("record check"))?;
     let stmt = tx
         .prepare_cached(UPSERT_CHECK)

@@ -247,6 +247,24 @@ pub async fn run(
     Ok(phase)
 }
 
+/// Runs each of `targets` (where, what) for `total` altogether, in turn in five slices, so that
+/// load from other processes on a shared machine hits them alike and their ratios stay
+/// meaningful; their phases, in the order given.
+pub async fn alternating(
+    targets: &[(&Endpoint, &Arc<Vec<Vec<u8>>>)],
+    clients: usize,
+    total: Duration,
+) -> Result<Vec<Phase>> {
+    let rounds = 5u32;
+    let mut phases: Vec<Phase> = targets.iter().map(|_| Phase::empty()).collect();
+    for _ in 0..rounds {
+        for ((to, requests), phase) in targets.iter().zip(&mut phases) {
+            phase.add(run(to, requests, clients, total / rounds, None).await?);
+        }
+    }
+    Ok(phases)
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
